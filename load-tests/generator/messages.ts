@@ -1,0 +1,42 @@
+/** Messages between the generator's main thread and its workers. */
+
+export interface ConnSpec {
+  user: string;
+  room: string;
+  /** Whether this connection publishes. */
+  publish: boolean;
+  /** Members of its room (for the expected delivery count). */
+  roomSize: number;
+  /** Server port to connect to (several in cluster mode). */
+  port: number;
+}
+
+export interface WorkerSnap {
+  published: number;
+  /** Deliveries owed for what was published: sum of the room sizes. */
+  expected: number;
+  delivered: number;
+  /** Non-message frames by error code or type. */
+  others: Record<string, number>;
+  /** Transport and setup errors by code. */
+  errors: Record<string, number>;
+  hist?: string;
+  open: number;
+}
+
+export type ToWorker =
+  | { cmd: 'setup'; host: string; conns: ConnSpec[]; binary: boolean; sampleEvery: number; padBytes: number; concurrency: number }
+  | { cmd: 'start'; rate: number }
+  | { cmd: 'stop' }
+  | { cmd: 'snap'; resetHist: boolean; withHist: boolean }
+  | { cmd: 'close' }
+  | { cmd: 'churn'; host: string; ports: number[]; rate: number; durationMs: number; maxInFlight: number; binary: boolean }
+  | { cmd: 'exit' };
+
+export type ToMain =
+  | { ev: 'ready'; id: number; ok: number; failed: number }
+  | { ev: 'tick'; id: number; published: number; delivered: number; errors: number }
+  | { ev: 'stopped'; id: number }
+  | { ev: 'snap'; id: number; snap: WorkerSnap }
+  | { ev: 'closed'; id: number }
+  | { ev: 'churn'; id: number; started: number; completed: number; elapsedS: number; errors: Record<string, number>; hist: string };

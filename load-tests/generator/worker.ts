@@ -1,0 +1,343 @@
+/**
+ * One generator worker thread: holds a share of the connections, publishes at its share of the
+ * rate, counts what is delivered and samples latency. The main thread (pool.ts) drives it with
+ * small commands and adds up what the workers report.
+ *
+ * Connections are opened with the project's protocol module (preamble, hello and join_room are
+ * encoded by services/protocol and their replies parsed by its TextParser/BinaryParser); once a
+ * connection has joined, its socket's data goes to a FrameCounter, which counts frames without
+ * parsing them. Churn cycles use the project's SwitchboardClient as a user would.
+ */
+import { connect, type Socket } from 'node:net';
+import { parentPort, workerData } from 'node:worker_threads';
+import { SwitchboardClient } from '../../services/client';
+import { BINARY_PREAMBLE, BinaryParser, encodeBinaryFrame, encodeTextFrame, TextParser, type FrameSink } from '../../services/protocol';
+import { nowUs } from '../lib/clock';
+import { FrameCounter } from '../lib/counter';
+import { encodeHistogram, newHistogram } from '../lib/histogram';
+import { PublishTemplate } from '../lib/payload';
+import type { ConnSpec, ToMain, ToWorker, WorkerSnap } from './messages';
+
+const port = parentPort!;
+const id = (workerData as { id: number }).id;
+const hist = newHistogram();
+const errors = new Map<string, number>();
+
+function countError(code: string, n = 1): void {
+  errors.set(code, (errors.get(code) ?? 0) + n);
+}
+
+function send(msg: ToMain): void {
+  port.postMessage(msg);
+}
+
+class Conn implements FrameSink {
+  socket: Socket | null = null;
+  counter: FrameCounter;
+  template: PublishTemplate | null = null;
+  private parser: TextParser | BinaryParser | null;
+  private replies = 0;
+  private readyCb: ((err: string | null) => void) | null = null;
+  closedByUs = false;
+  published = 0;
+
+  constructor(
+    readonly spec: ConnSpec,
+    readonly binary: boolean,
+    sampleEvery: number,
+    padBytes: number,
+  ) {
+    this.counter = new FrameCounter(binary, hist, sampleEvery);
+    this.parser = binary ? new BinaryParser(this, 1 << 24) : new TextParser(this, 1 << 24);
+    if (spec.publish) this.template = new PublishTemplate(spec.room, padBytes, binary);
+  }
+
+  open(host: string): Promise<string | null> {
+    return new Promise((resolve) => {
+      this.readyCb = resolve;
+      const s = connect({ host, port: this.spec.port, noDelay: true });
+      this.socket = s;
+      s.on('connect', () => {
+        const enc = this.binary ? encodeBinaryFrame : encodeTextFrame;
+        const hello = enc(JSON.stringify({ type: 'hello', id: 1, user: this.spec.user }));
+        const join = enc(JSON.stringify({ type: 'join_room', id: 2, room: this.spec.room }));
+        s.write(this.binary ? Buffer.concat([BINARY_PREAMBLE, hello, join]) : Buffer.concat([hello, join]));
+      });
+      s.on('data', (chunk: Buffer) => {
+        if (this.parser !== null) this.parser.push(chunk);
+        else this.counter.push(chunk);
+      });
+      s.on('error', (err: NodeJS.ErrnoException) => {
+        if (this.readyCb !== null) this.settle(err.code ?? 'socket_error');
+        else if (!this.closedByUs) countError(err.code ?? 'socket_error');
+      });
+      s.on('close', () => {
+        if (this.readyCb !== null) this.settle('closed_during_setup');
+        else if (!this.closedByUs) countError('disconnected');
+        this.socket = null;
+      });
+    });
+  }
+
+  private settle(err: string | null): void {
+    const cb = this.readyCb;
+    this.readyCb = null;
+    this.parser = null;
+    cb?.(err);
+  }
+
+  onFrame(body: Buffer): void {
+    let msg: { type: string; code?: string };
+    try {
+      msg = JSON.parse(body.toString('utf8')) as { type: string; code?: string };
+    } catch {
+      this.settle('bad_json_from_server');
+      this.socket?.destroy();
+      return;
+    }
+    if (msg.type === 'error') {
+      this.settle(msg.code ?? 'error');
+      this.socket?.destroy();
+      return;
+    }
+    if (++this.replies === 2) this.settle(null);
+  }
+
+  onFrameError(code: string): void {
+    this.settle(code);
+  }
+
+  publish(k: number, ts: number): void {
+    if (this.socket === null || this.template === null) return;
+    this.socket.write(this.template.batch(k, ts));
+    this.published += k;
+  }
+
+  close(): void {
+    this.closedByUs = true;
+    this.socket?.destroy();
+  }
+}
+
+let conns: Conn[] = [];
+let publishers: Conn[] = [];
+let host = '127.0.0.1';
+let expected = 0;
+let published = 0;
+
+// ---- publishing: open loop, owed = rate x elapsed - sent, spread round-robin ------------------
+
+let rate = 0;
+let startedAt = 0;
+let sent = 0;
+let cursor = 0;
+let timer: NodeJS.Timeout | null = null;
+const TICK_MS = 5;
+
+function publishTick(): void {
+  timer = setTimeout(publishTick, TICK_MS);
+  const now = nowUs();
+  let owed = Math.floor((rate * (now - startedAt)) / 1e6) - sent;
+  if (owed <= 0 || publishers.length === 0) return;
+  sent += owed;
+  const p = publishers.length;
+  const each = Math.floor(owed / p);
+  let extra = owed - each * p;
+  const advance = extra;
+  // Everyone gets `each`; the next `extra` publishers from the cursor get one more.
+  if (each > 0) {
+    for (let i = 0; i < p; i++) {
+      const c = publishers[(cursor + i) % p];
+      const k = each + (extra > 0 ? 1 : 0);
+      if (extra > 0) extra--;
+      c.publish(k, now);
+      expected += k * c.spec.roomSize;
+      published += k;
+    }
+    cursor = (cursor + advance) % p;
+  } else {
+    while (owed-- > 0) {
+      const c = publishers[cursor];
+      cursor = (cursor + 1) % p;
+      c.publish(1, now);
+      expected += c.spec.roomSize;
+      published++;
+    }
+  }
+}
+
+function startPublishing(r: number): void {
+  stopPublishing();
+  rate = r;
+  startedAt = nowUs();
+  sent = 0;
+  if (r > 0) timer = setTimeout(publishTick, TICK_MS);
+}
+
+function stopPublishing(): void {
+  if (timer !== null) clearTimeout(timer);
+  timer = null;
+}
+
+// ---- setup and reports -------------------------------------------------------------------------
+
+async function setup(specs: ConnSpec[], binary: boolean, sampleEvery: number, padBytes: number, concurrency: number): Promise<void> {
+  conns = specs.map((s) => new Conn(s, binary, sampleEvery, padBytes));
+  publishers = conns.filter((c) => c.spec.publish);
+  let next = 0;
+  let ok = 0;
+  let failed = 0;
+  const lane = async () => {
+    while (next < conns.length) {
+      const c = conns[next++];
+      const err = await c.open(host);
+      if (err === null) ok++;
+      else {
+        failed++;
+        countError(`setup:${err}`);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, concurrency) }, lane));
+  publishers = publishers.filter((c) => c.socket !== null);
+  send({ ev: 'ready', id, ok, failed });
+}
+
+function snap(resetHist: boolean, withHist: boolean): WorkerSnap {
+  let delivered = 0;
+  const others: Record<string, number> = {};
+  for (const c of conns) {
+    delivered += c.counter.messages;
+    for (const [k, v] of c.counter.others) others[k] = (others[k] ?? 0) + v;
+  }
+  const s: WorkerSnap = {
+    published,
+    expected,
+    delivered,
+    others,
+    errors: Object.fromEntries(errors),
+    hist: withHist ? encodeHistogram(hist) : undefined,
+    open: conns.reduce((n, c) => n + (c.socket !== null ? 1 : 0), 0),
+  };
+  if (resetHist) hist.reset();
+  return s;
+}
+
+function closeAll(): void {
+  stopPublishing();
+  for (const c of conns) c.close();
+  conns = [];
+  publishers = [];
+  expected = 0;
+  published = 0;
+  errors.clear();
+  hist.reset();
+}
+
+// ---- churn: connect, hello, join, leave, close, at a rate, with the project's client --------
+
+async function churn(ports: number[], r: number, durationMs: number, maxInFlight: number, binary: boolean): Promise<void> {
+  let started = 0;
+  let completed = 0;
+  let inFlight = 0;
+  const t0 = nowUs();
+  const end = t0 + durationMs * 1000;
+  await new Promise<void>((resolve) => {
+    const cycle = (n: number) => {
+      const begin = nowUs();
+      const client = new SwitchboardClient({
+        servers: [{ host, port: ports[n % ports.length] }],
+        user: `churn-${id}-${n}`,
+        mode: binary ? 'binary' : 'text',
+        reconnect: false,
+        requestTimeoutMs: 5000,
+      });
+      inFlight++;
+      const room = `churn-${id}-${n % 64}`;
+      client
+        .connect()
+        .then(() => client.join(room))
+        .then(() => client.leave(room))
+        .then(() => client.close())
+        .then(
+          () => {
+            completed++;
+            hist.recordValue(Math.max(0, nowUs() - begin));
+          },
+          (err: { code?: string }) => {
+            countError(err.code ?? 'churn_failed');
+            void client.close();
+          },
+        )
+        .finally(() => {
+          inFlight--;
+        });
+    };
+    const tick = () => {
+      const now = nowUs();
+      if (now >= end) {
+        const wait = () => (inFlight === 0 || nowUs() > end + 5e6 ? resolve() : setTimeout(wait, 10));
+        wait();
+        return;
+      }
+      const owed = Math.floor((r * (now - t0)) / 1e6) - started;
+      for (let i = 0; i < owed; i++) {
+        if (inFlight >= maxInFlight) {
+          countError('churn_backlog');
+          started++;
+          continue;
+        }
+        cycle(started++);
+      }
+      setTimeout(tick, 2);
+    };
+    tick();
+  });
+  const elapsed = (nowUs() - t0) / 1e6;
+  send({ ev: 'churn', id, started, completed, elapsedS: elapsed, errors: Object.fromEntries(errors), hist: encodeHistogram(hist) });
+}
+
+// ---- command loop ------------------------------------------------------------------------------
+
+const progress = setInterval(() => {
+  let delivered = 0;
+  for (const c of conns) delivered += c.counter.messages;
+  let errs = 0;
+  for (const v of errors.values()) errs += v;
+  send({ ev: 'tick', id, published, delivered, errors: errs });
+}, 500);
+progress.unref();
+
+port.on('message', (m: ToWorker) => {
+  switch (m.cmd) {
+    case 'setup':
+      host = m.host;
+      void setup(m.conns, m.binary, m.sampleEvery, m.padBytes, m.concurrency);
+      return;
+    case 'start':
+      startPublishing(m.rate);
+      return;
+    case 'stop':
+      stopPublishing();
+      send({ ev: 'stopped', id });
+      return;
+    case 'snap':
+      send({ ev: 'snap', id, snap: snap(m.resetHist, m.withHist) });
+      return;
+    case 'close':
+      closeAll();
+      send({ ev: 'closed', id });
+      return;
+    case 'churn':
+      host = m.host;
+      errors.clear();
+      hist.reset();
+      void churn(m.ports, m.rate, m.durationMs, m.maxInFlight, m.binary);
+      return;
+    case 'exit':
+      closeAll();
+      clearInterval(progress);
+      port.close();
+      return;
+  }
+});

@@ -1,0 +1,43 @@
+/**
+ * The send side: publish frames built from a template and patched in place, so a batch of k
+ * messages for one socket is one allocation, k copies and k timestamp patches.
+ *
+ * The payload carries the send time as a fixed-width string (`"sbt":"<15 digits>"`; JSON numbers
+ * may not have leading zeros, strings may), which the FrameCounter finds in the delivered frame.
+ */
+import { encodeBinaryFrame, encodeTextFrame } from '../../services/protocol';
+import { TS_DIGITS, TS_MARKER } from './counter';
+
+export class PublishTemplate {
+  readonly frame: Buffer;
+  /** Offset of the first timestamp digit inside one frame. */
+  readonly tsAt: number;
+
+  constructor(room: string, padBytes: number, binary: boolean) {
+    const pad = 'x'.repeat(Math.max(0, padBytes));
+    const json = `{"type":"send_chat","room":${JSON.stringify(room)},"data":{"sbt":"${'0'.repeat(TS_DIGITS)}","p":"${pad}"}}`;
+    this.frame = binary ? encodeBinaryFrame(json) : encodeTextFrame(json);
+    this.tsAt = this.frame.indexOf(TS_MARKER) + TS_MARKER.length;
+  }
+
+  /** k frames stamped with `ts` (microseconds), in one buffer. */
+  batch(k: number, ts: number): Buffer {
+    const f = this.frame;
+    const n = f.length;
+    const out = Buffer.allocUnsafe(n * k);
+    for (let i = 0; i < k; i++) {
+      f.copy(out, i * n);
+      writeDigits(out, i * n + this.tsAt, ts);
+    }
+    return out;
+  }
+}
+
+/** Write v as exactly TS_DIGITS decimal digits (zero-padded) at off. */
+export function writeDigits(buf: Buffer, off: number, v: number): void {
+  let x = Math.floor(v);
+  for (let i = TS_DIGITS - 1; i >= 0; i--) {
+    buf[off + i] = 0x30 + (x % 10);
+    x = Math.floor(x / 10);
+  }
+}

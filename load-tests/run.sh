@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The standard load-test set (the origin's test_runner.sh): builds, then runs the fan-out sweep,
+# broadcast, ingest, idle memory, churn and (when the cluster roles exist) the cluster sweep, each
+# against Switchboard and the baseline server in the same run, and prints one table.
+#
+#   load-tests/run.sh [extra options for `cli.js suite`]    e.g. --workers 2 --mode text
+#
+# Result: load-tests/results/suite-<time>.json (compare two with `npm run bench:compare`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+npx tsc -p tsconfig.json >/dev/null || true   # type errors elsewhere in the tree must not stop a benchmark
+test -f dist/load-tests/cli.js || { echo "build failed: dist/load-tests/cli.js missing" >&2; exit 1; }
+# 10,000 idle connections need 10,000 descriptors in the generator and 10,000 in the server.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+exec node dist/load-tests/cli.js suite "$@"

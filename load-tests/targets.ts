@@ -1,0 +1,227 @@
+/**
+ * Servers under test, each run as child processes of the generator (never inside it): the
+ * Switchboard standalone role, the baseline server, and a cluster (redis-server on a free port,
+ * one broadcast worker, N gateways). Resource use is read from /proc/<pid> of every process of a
+ * target, so RSS and CPU cover the whole server side (Redis included in cluster mode).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { join } from 'node:path';
+
+export type TargetKind = 'switchboard' | 'baseline' | 'cluster';
+
+const ROOT = join(__dirname, '..', '..');
+const CLI = join(ROOT, 'dist', 'services', 'cli.js');
+const BASELINE = join(__dirname, 'baseline', 'server.js');
+const CLK_TCK = 100;
+const PAGE = 4096;
+
+/**
+ * Settings for every benchmark run of Switchboard. The per-connection rate limit is an abuse
+ * guard, not a capacity limit: broadcast and ingest publish thousands of messages a second from
+ * one connection, so it is raised; everything else keeps its default.
+ */
+export const BENCH_ENV: Record<string, string> = {
+  RATE_LIMIT_PER_SEC: '1000000',
+  RATE_LIMIT_BURST: '1000000',
+  IDLE_TIMEOUT_MS: '600000',
+  LOG_LEVEL: 'info',
+};
+
+export interface ProcUsage {
+  /** CPU seconds (user + system) since start, summed over the processes. */
+  cpuS: number;
+  /** Resident set size in bytes, summed. */
+  rssBytes: number;
+}
+
+export function procUsage(pids: readonly number[]): ProcUsage {
+  let cpuS = 0;
+  let rssBytes = 0;
+  for (const pid of pids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+      // Fields after the command name (which may contain spaces) start after the last ')'.
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      cpuS += (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime, stime (fields 14, 15)
+      rssBytes += Number(f[21]) * PAGE; // rss (field 24)
+    } catch {
+      // process gone
+    }
+  }
+  return { cpuS, rssBytes };
+}
+
+export interface Target {
+  kind: TargetKind;
+  /** Client ports; clients are dealt round-robin over them. */
+  ports: number[];
+  /** Processes whose usage counts as the server's. */
+  pids: number[];
+  /** Admin ports for /stats (Switchboard only). */
+  adminPorts: number[];
+  stop(): Promise<void>;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen({ host: '127.0.0.1', port: 0 }, () => {
+      const a = s.address();
+      const port = typeof a === 'object' && a !== null ? a.port : 0;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+interface Spawned {
+  child: ChildProcess;
+  port: number;
+  adminPort: number | null;
+}
+
+/** Spawn a node process and wait for its JSON "listening" log line on stderr. */
+function spawnListening(args: string[], env: Record<string, string>, name: string, timeoutMs = 20_000): Promise<Spawned> {
+  return new Promise((resolve, reject) => {
+    const nodeArgs = (process.env.LOADTEST_SERVER_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const child = spawn(process.execPath, [...nodeArgs, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let buf = '';
+    let done = false;
+    const timer = setTimeout(() => finish(new Error(`${name}: no "listening" line within ${timeoutMs} ms`)), timeoutMs);
+    const finish = (err: Error | null, s?: Spawned) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      if (err !== null) {
+        child.kill('SIGKILL');
+        reject(err);
+      } else resolve(s!);
+    };
+    child.stderr!.on('data', (c: Buffer) => {
+      if (done) return; // keep draining the pipe, but stop parsing
+      buf += c.toString('utf8');
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) !== -1) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        try {
+          const rec = JSON.parse(line) as { msg?: string; port?: number; adminPort?: number | null; level?: string };
+          if (rec.msg === 'listening' && typeof rec.port === 'number') finish(null, { child, port: rec.port, adminPort: rec.adminPort ?? null });
+          else if (rec.level === 'error') process.stderr.write(`[${name}] ${line}\n`);
+        } catch {
+          process.stderr.write(`[${name}] ${line}\n`);
+        }
+      }
+    });
+    child.once('exit', (code, signal) => finish(new Error(`${name} exited early (code ${code}, signal ${signal})`)));
+  });
+}
+
+function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+    child.once('exit', () => {
+      clearTimeout(t);
+      resolve();
+    });
+    child.kill('SIGTERM');
+  });
+}
+
+export async function startSwitchboard(extraEnv: Record<string, string> = {}): Promise<Target> {
+  const s = await spawnListening([CLI, 'standalone'], { ...BENCH_ENV, TCP_PORT: '0', ADMIN_PORT: '0', SHUTDOWN_DRAIN_MS: '500', ...extraEnv }, 'switchboard');
+  return { kind: 'switchboard', ports: [s.port], pids: [s.child.pid!], adminPorts: s.adminPort === null ? [] : [s.adminPort], stop: () => stopChild(s.child) };
+}
+
+export async function startBaseline(): Promise<Target> {
+  const s = await spawnListening([BASELINE], { TCP_PORT: '0' }, 'baseline');
+  return { kind: 'baseline', ports: [s.port], pids: [s.child.pid!], adminPorts: [], stop: () => stopChild(s.child) };
+}
+
+/** Whether this build has the cluster roles (`switchboard gateway` and `broadcast`). */
+export function clusterRolesAvailable(): boolean {
+  try {
+    const src = readFileSync(CLI, 'utf8');
+    return /\bgateway\s*:/.test(src) && /\bbroadcast\s*:/.test(src);
+  } catch {
+    return false;
+  }
+}
+
+async function startRedis(): Promise<{ child: ChildProcess; port: number }> {
+  const port = await freePort();
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'], { stdio: 'ignore' });
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port }, () => {
+        s.write('PING\r\n');
+      });
+      s.once('data', (d: Buffer) => {
+        s.destroy();
+        resolve(d.toString().startsWith('+PONG'));
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return { child, port };
+    if (Date.now() > deadline || child.exitCode !== null) {
+      child.kill('SIGKILL');
+      throw new Error(`redis-server did not start on port ${port}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** redis-server + one broadcast worker + `gateways` gateways, all on 127.0.0.1. */
+export async function startCluster(gateways = 2, extraEnv: Record<string, string> = {}): Promise<Target> {
+  if (!clusterRolesAvailable()) throw new Error('this build has no cluster roles (switchboard gateway / broadcast): see load-tests/README.md');
+  const redis = await startRedis();
+  const children: ChildProcess[] = [redis.child];
+  const env = { ...BENCH_ENV, REDIS_URL: `redis://127.0.0.1:${redis.port}`, SHUTDOWN_DRAIN_MS: '500', ...extraEnv };
+  try {
+    const bc = spawn(process.execPath, [CLI, 'broadcast'], { env: { ...process.env, ...env, ADMIN_PORT: '0', TCP_PORT: '0' }, stdio: ['ignore', 'ignore', 'pipe'] });
+    children.push(bc);
+    // Only its errors are of interest on the generator's terminal.
+    bc.stderr!.on('data', (c: Buffer) => {
+      for (const line of c.toString('utf8').split('\n')) if (line.includes('"level":"error"')) process.stderr.write(`[broadcast] ${line}\n`);
+    });
+    const gws: Spawned[] = [];
+    for (let i = 0; i < gateways; i++) {
+      const g = await spawnListening([CLI, 'gateway'], { ...env, TCP_PORT: '0', ADMIN_PORT: '0', SERVER_ID: `bench-gw-${i + 1}` }, `gateway-${i + 1}`);
+      gws.push(g);
+      children.push(g.child);
+    }
+    return {
+      kind: 'cluster',
+      ports: gws.map((g) => g.port),
+      pids: children.map((c) => c.pid!),
+      adminPorts: gws.flatMap((g) => (g.adminPort === null ? [] : [g.adminPort])),
+      stop: async () => {
+        await Promise.all(children.slice(1).map(stopChild));
+        await stopChild(redis.child);
+      },
+    };
+  } catch (err) {
+    for (const c of children) c.kill('SIGKILL');
+    throw err;
+  }
+}
+
+export function startTarget(kind: TargetKind, extraEnv: Record<string, string> = {}, gateways = 2): Promise<Target> {
+  if (kind === 'baseline') return startBaseline();
+  if (kind === 'cluster') return startCluster(gateways, extraEnv);
+  return startSwitchboard(extraEnv);
+}
+
+/** GET /stats from a Switchboard admin port (null when unavailable). */
+export async function fetchStats(adminPort: number): Promise<Record<string, unknown> | null> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${adminPort}/stats`, { signal: AbortSignal.timeout(2000) });
+    return (await res.json()) as Record<string, unknown>;
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,293 @@
+/**
+ * The gRPC server API (package switchboard.v1, services/api/switchboard.proto), served by every
+ * gateway on API_PORT: how backend services publish into rooms, reach users and watch the server.
+ *
+ * The .proto is loaded at run time with @grpc/proto-loader, so there is no generated code to keep
+ * in sync; the request and reply shapes below mirror it (a test calls every method through a real
+ * client built from the same file). Everything goes through the gateway's bus, exactly as client
+ * requests do, so the API behaves the same in standalone and cluster mode: a Publish on any
+ * gateway reaches the room's members on every gateway.
+ *
+ * Authentication: the API key (API_KEY) in metadata, `x-api-key` or `authorization: Bearer`.
+ * Without a configured key the API refuses every call, so an API port exposed by mistake cannot be
+ * used. Failures are SwitchboardErrors mapped through ErrorInfo[code].grpc, with the protocol code
+ * in the `switchboard-error-code` trailer.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import type { Config } from '../control';
+import { Connection, type GatewayServer } from '../gateway';
+import {
+  directMessageJson,
+  DisconnectReason,
+  ErrorCode,
+  ErrorInfo,
+  isSwitchboardError,
+  MAX_NAME_LENGTH,
+  Outbound,
+  SwitchboardError,
+} from '../protocol';
+import { preciseNow } from '../telemetry/clock';
+import type { Logger } from '../telemetry/log';
+
+/** Where the .proto lives: next to this file in the sources, or under services/api from dist/. */
+export function protoPath(): string {
+  const candidates = [join(__dirname, 'switchboard.proto'), resolve(__dirname, '../../../services/api/switchboard.proto')];
+  const found = candidates.find((p) => existsSync(p));
+  if (found === undefined) throw new Error(`switchboard.proto not found (looked in ${candidates.join(', ')})`);
+  return found;
+}
+
+/** The loaded package definition; also used by tests and Node clients to build a client. */
+export function loadSwitchboardProto(): grpc.GrpcObject {
+  const def = protoLoader.loadSync(protoPath(), { keepCase: true, longs: Number, defaults: true, oneofs: true });
+  return grpc.loadPackageDefinition(def);
+}
+
+export function switchboardService(): grpc.ServiceClientConstructor {
+  const pkg = loadSwitchboardProto() as unknown as { switchboard: { v1: { Switchboard: grpc.ServiceClientConstructor } } };
+  return pkg.switchboard.v1.Switchboard;
+}
+
+export const ERROR_CODE_TRAILER = 'switchboard-error-code';
+
+interface PublishRequest {
+  room: string;
+  data: string;
+  from: string;
+}
+interface SendDirectRequest {
+  user: string;
+  data: string;
+  from: string;
+}
+interface DisconnectRequest {
+  user: string;
+  reason: string;
+}
+interface WatchStatsRequest {
+  interval_ms: number;
+}
+
+function name(value: string, field: string): string {
+  if (value === '') throw new SwitchboardError(ErrorCode.BadRequest, `field "${field}" must be a non-empty string`);
+  if (value.length > MAX_NAME_LENGTH) throw new SwitchboardError(ErrorCode.BadRequest, `field "${field}" must be at most ${MAX_NAME_LENGTH} characters`);
+  return value;
+}
+
+/** Payloads are JSON text; re-serialised so a line-delimited client never sees a raw newline. */
+function jsonData(value: string): string {
+  if (value === '') throw new SwitchboardError(ErrorCode.BadRequest, 'field "data" is required (JSON text)');
+  try {
+    return JSON.stringify(JSON.parse(value));
+  } catch {
+    throw new SwitchboardError(ErrorCode.BadRequest, 'field "data" must be JSON text, e.g. "\\"hello\\"" or {"n":1}');
+  }
+}
+
+/** A gRPC error from any failure: protocol codes map one to one, the rest is INTERNAL. */
+export function toGrpcError(err: unknown): grpc.ServiceError {
+  const code = isSwitchboardError(err) ? err.code : ErrorCode.Internal;
+  const metadata = new grpc.Metadata();
+  metadata.set(ERROR_CODE_TRAILER, code);
+  const message = isSwitchboardError(err) ? err.message : 'internal error';
+  return Object.assign(new Error(message), { code: ErrorInfo[code].grpc as number, details: message, metadata }) as grpc.ServiceError;
+}
+
+function digest(s: string): Buffer {
+  return createHash('sha256').update(s).digest();
+}
+
+export interface ApiServerOptions {
+  gateway: GatewayServer;
+  config: Config;
+  log: Logger;
+}
+
+export class ApiServer {
+  readonly grpc = new grpc.Server();
+  private readonly keyDigest: Buffer | null;
+  private readonly watchers = new Set<NodeJS.Timeout>();
+  port = -1;
+
+  constructor(private readonly opts: ApiServerOptions) {
+    this.keyDigest = opts.config.apiKey === '' ? null : digest(opts.config.apiKey);
+    const service = switchboardService().service;
+    this.grpc.addService(service, {
+      Publish: this.unary((call: grpc.ServerUnaryCall<PublishRequest, unknown>, caller) => this.publish(call.request, caller)),
+      SendDirect: this.unary((call: grpc.ServerUnaryCall<SendDirectRequest, unknown>, caller) => this.sendDirect(call.request, caller)),
+      Presence: this.unary((call: grpc.ServerUnaryCall<{ room: string }, unknown>) => this.presence(call.request.room)),
+      Disconnect: this.unary((call: grpc.ServerUnaryCall<DisconnectRequest, unknown>) => this.disconnect(call.request)),
+      GetStats: this.unary(() => this.stats()),
+      WatchStats: (call: grpc.ServerWritableStream<WatchStatsRequest, unknown>) => this.watchStats(call),
+    });
+  }
+
+  /** Bind API_HOST:API_PORT; resolves with the bound port. */
+  start(): Promise<number> {
+    const { apiHost, apiPort } = this.opts.config;
+    const host = apiHost.includes(':') ? `[${apiHost}]` : apiHost;
+    return new Promise((res, rej) => {
+      this.grpc.bindAsync(`${host}:${apiPort}`, grpc.ServerCredentials.createInsecure(), (err, port) => {
+        if (err !== null) return rej(err);
+        this.port = port;
+        res(port);
+      });
+    });
+  }
+
+  /** Stop accepting calls, end watch streams, and wait for calls in flight (bounded). */
+  async stop(graceMs = 2000): Promise<void> {
+    for (const t of this.watchers) clearInterval(t);
+    this.watchers.clear();
+    await new Promise<void>((res) => {
+      const timer = setTimeout(() => {
+        this.grpc.forceShutdown();
+        res();
+      }, graceMs);
+      this.grpc.tryShutdown(() => {
+        clearTimeout(timer);
+        res();
+      });
+    });
+  }
+
+  /** The caller's name for `from` defaults, once the key is verified; throws unauthorized. */
+  private authenticate(metadata: grpc.Metadata): string {
+    if (this.keyDigest === null) throw new SwitchboardError(ErrorCode.Unauthorized, 'the API is disabled: no API_KEY is configured on this server');
+    const direct = metadata.get('x-api-key')[0];
+    const bearer = metadata.get('authorization')[0];
+    const key = typeof direct === 'string' ? direct : typeof bearer === 'string' && bearer.startsWith('Bearer ') ? bearer.slice(7) : undefined;
+    if (key === undefined) throw new SwitchboardError(ErrorCode.Unauthorized, 'missing API key (metadata x-api-key or authorization: Bearer)');
+    if (!timingSafeEqual(digest(key), this.keyDigest)) throw new SwitchboardError(ErrorCode.Unauthorized, 'invalid API key');
+    const caller = metadata.get('x-caller')[0];
+    return typeof caller === 'string' && caller !== '' ? caller.slice(0, 64) : 'api';
+  }
+
+  private unary<Req>(fn: (call: grpc.ServerUnaryCall<Req, unknown>, caller: string) => unknown): grpc.handleUnaryCall<Req, unknown> {
+    return (call, callback) => {
+      let result: unknown;
+      try {
+        const caller = this.authenticate(call.metadata);
+        result = fn(call, caller);
+      } catch (err) {
+        callback(toGrpcError(err));
+        return;
+      }
+      Promise.resolve(result).then(
+        (value) => callback(null, value),
+        (err: unknown) => {
+          if (!isSwitchboardError(err)) this.opts.log.error('api call failed', { err, method: call.getPath() });
+          callback(toGrpcError(err));
+        },
+      );
+    };
+  }
+
+  private async publish(req: PublishRequest, caller: string): Promise<{ seq: number }> {
+    const room = name(req.room, 'room');
+    const from = req.from === '' ? `api:${caller}` : name(req.from, 'from');
+    const dataJson = jsonData(req.data);
+    const bus = this.opts.gateway.services.bus;
+    let r;
+    try {
+      r = await bus.publish({ room, from, dataJson, ts: preciseNow() });
+    } catch (err) {
+      if (isSwitchboardError(err)) throw err;
+      throw new SwitchboardError(ErrorCode.Unavailable, 'the message could not be accepted', { cause: err });
+    }
+    return { seq: r.seq ?? 0 };
+  }
+
+  private async sendDirect(req: SendDirectRequest, caller: string): Promise<object> {
+    const to = name(req.user, 'user');
+    const from = req.from === '' ? `api:${caller}` : name(req.from, 'from');
+    const out = new Outbound(directMessageJson(from, jsonData(req.data), Date.now()));
+    let ok: boolean;
+    try {
+      ok = await this.opts.gateway.services.bus.direct(to, out);
+    } catch (err) {
+      throw new SwitchboardError(ErrorCode.Unavailable, 'the message could not be sent', { cause: err });
+    }
+    if (!ok) throw new SwitchboardError(ErrorCode.UserOffline, `user "${to}" is not connected`);
+    return {};
+  }
+
+  private async presence(room: string): Promise<{ users: string[] }> {
+    return { users: await this.opts.gateway.services.bus.presence(name(room, 'room')) };
+  }
+
+  /** Close the user's connections on this gateway (cluster mode: other gateways are not told). */
+  private disconnect(req: DisconnectRequest): { connections: number } {
+    const user = name(req.user, 'user');
+    const members = this.opts.gateway.services.hub.connectionsOf(user);
+    if (members === undefined) return { connections: 0 };
+    const push = Outbound.of({ type: 'reconnect', reason: DisconnectReason.Kicked, reconnect: false, ...(req.reason === '' ? {} : { message: req.reason.slice(0, 512) }) });
+    let n = 0;
+    for (const m of [...members]) {
+      if (m instanceof Connection && m.isOpen) {
+        m.close(DisconnectReason.Kicked, push);
+        n++;
+      }
+    }
+    this.opts.log.info('api: user disconnected', { user, connections: n, reason: req.reason });
+    return { connections: n };
+  }
+
+  private stats(): Record<string, unknown> {
+    const s = this.opts.gateway.statsSnapshot();
+    const num = (k: string) => (typeof s[k] === 'number' ? (s[k] as number) : 0);
+    return {
+      msg_per_sec: num('msg_per_sec'),
+      latency_p99: num('latency_p99'),
+      memory_mb: num('memory_mb'),
+      connections: num('connections'),
+      error_rate: num('error_rate'),
+      delivered_per_sec: num('delivered_per_sec'),
+      latency_p50: num('latency_p50'),
+      messages_received_total: num('messages_received_total'),
+      messages_delivered_total: num('messages_delivered_total'),
+      errors_total: num('errors_total'),
+      uptime_s: num('uptime_s'),
+      server: String(s.server ?? ''),
+      json: JSON.stringify(s),
+    };
+  }
+
+  private watchStats(call: grpc.ServerWritableStream<WatchStatsRequest, unknown>): void {
+    try {
+      this.authenticate(call.metadata);
+    } catch (err) {
+      call.emit('error', toGrpcError(err));
+      return;
+    }
+    const every = Math.max(100, call.request.interval_ms || 1000);
+    call.write(this.stats());
+    const timer = setInterval(() => call.write(this.stats()), every);
+    this.watchers.add(timer);
+    const done = () => {
+      clearInterval(timer);
+      this.watchers.delete(timer);
+    };
+    call.on('cancelled', done);
+    call.on('close', done);
+    call.on('error', done);
+  }
+}
+
+/**
+ * Start the API for a gateway, unless API_PORT is -1. Roles call this after the gateway started.
+ * Resolves with the server (null when disabled).
+ */
+export async function startApiServer(gateway: GatewayServer, config: Config, log: Logger): Promise<ApiServer | null> {
+  if (config.apiPort < 0) return null;
+  const apiLog = log.child({ component: 'api' });
+  if (config.apiKey === '') apiLog.warn('API_KEY is not set: the gRPC API refuses every call (UNAUTHENTICATED)');
+  const api = new ApiServer({ gateway, config, log: apiLog });
+  const port = await api.start();
+  apiLog.info('api listening', { host: config.apiHost, port });
+  return api;
+}

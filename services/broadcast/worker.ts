@@ -1,0 +1,288 @@
+/**
+ * The broadcast tier: consumes the ingress shards through the `broadcast` consumer group and
+ * routes each room message to the egress stream of every gateway with members in the room.
+ *
+ * Ownership: one worker owns a shard at a time (lease `sb:lease:{N}` with expiry), which keeps
+ * each room's messages in order. Live workers announce themselves in `sb:workers`; each takes the
+ * shards `s % live === its index` and releases the others, so shards rebalance when a worker
+ * joins or leaves. A new owner first reclaims the entries its predecessor read but never
+ * acknowledged (XAUTOCLAIM), so a worker killed mid-batch loses nothing.
+ *
+ * Per batch: routing sets for the batch's rooms, one APPLY script per entry (sequence number and
+ * history), one XADD per (entry, gateway), then XACK and XTRIM of the processed prefix. Commands
+ * of a batch are auto-pipelined, so a batch costs a few round trips, not a few per message.
+ */
+import { Keys, GROUP } from '../bus/keys';
+import { createRedis, fieldsOf, isReady, type RedisClient, type StreamEntry } from '../bus/redis-conn';
+import { removeGateway } from '../bus/redis';
+import type { Logger } from '../telemetry/log';
+import { injectTraceparent, SpanKind, startSpan, tracing, type Span } from '../telemetry/tracing';
+import { APPLY_LUA, RELEASE_LUA, RENEW_LUA } from './scripts';
+
+export interface BroadcastOptions {
+  url: string;
+  cluster: boolean;
+  workerId: string;
+  shards: number;
+  leaseMs: number;
+  batch: number;
+  egressMaxLen: number;
+  historySize: number;
+  log: Logger;
+}
+
+/** Counters for /stats and metrics. */
+export class BroadcastCounters {
+  entries = 0;
+  routed = 0;
+  reclaimed = 0;
+  failures = 0;
+  batches = 0;
+}
+
+type ApplyClient = RedisClient & {
+  sbApply(seqKey: string, histKey: string, id: string, maxlen: number, head: string, tail: string): Promise<[number, string | null]>;
+  sbRenew(lease: string, owner: string, ttl: number): Promise<number>;
+  sbRelease(lease: string, owner: string): Promise<number>;
+};
+
+function defineScripts(client: RedisClient): ApplyClient {
+  client.defineCommand('sbApply', { numberOfKeys: 2, lua: APPLY_LUA });
+  client.defineCommand('sbRenew', { numberOfKeys: 1, lua: RENEW_LUA });
+  client.defineCommand('sbRelease', { numberOfKeys: 1, lua: RELEASE_LUA });
+  return client as ApplyClient;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** The consuming loop of one owned shard, on its own (blocking) connection. */
+class ShardLoop {
+  private running = true;
+  private readonly reader: RedisClient;
+  private readonly key: string;
+  readonly done: Promise<void>;
+  private needReclaim = true;
+
+  constructor(
+    readonly shard: number,
+    private readonly worker: BroadcastWorker,
+  ) {
+    this.key = Keys.ingress(shard);
+    const o = worker.opts;
+    this.reader = createRedis({ url: o.url, cluster: o.cluster, name: `sb-bc-${o.workerId}-s${shard}`, log: o.log, autoPipelining: false });
+    this.done = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    this.reader.disconnect();
+    await this.done;
+  }
+
+  private async run(): Promise<void> {
+    const { workerId, batch } = this.worker.opts;
+    while (this.running) {
+      if (!isReady(this.reader) || !isReady(this.worker.cmd)) {
+        await sleep(50);
+        continue;
+      }
+      try {
+        if (this.needReclaim) {
+          await this.ensureGroup();
+          await this.reclaim();
+          this.needReclaim = false;
+          continue;
+        }
+        const res = (await this.reader.call('XREADGROUP', 'GROUP', GROUP, workerId, 'COUNT', batch, 'BLOCK', 1000, 'STREAMS', this.key, '>')) as
+          | [string, StreamEntry[]][]
+          | null;
+        if (res === null || !this.running) continue;
+        await this.worker.process(this.key, res[0][1]);
+      } catch (err) {
+        if (!this.running) break;
+        this.worker.counters.failures++;
+        this.worker.opts.log.warn('shard batch failed; will retry from pending', { shard: this.shard, err: (err as Error).message });
+        this.needReclaim = true;
+        await sleep(100);
+      }
+    }
+  }
+
+  private async ensureGroup(): Promise<void> {
+    try {
+      await this.worker.cmd.call('XGROUP', 'CREATE', this.key, GROUP, '0', 'MKSTREAM');
+    } catch (err) {
+      if (!String((err as Error).message).includes('BUSYGROUP')) throw err;
+    }
+  }
+
+  /** Take over every pending entry of the shard (a dead owner's, or ours after a failure), in id order. */
+  private async reclaim(): Promise<void> {
+    const { workerId, batch } = this.worker.opts;
+    let cursor = '0-0';
+    do {
+      const res = (await this.worker.cmd.call('XAUTOCLAIM', this.key, GROUP, workerId, 0, cursor, 'COUNT', batch)) as [string, StreamEntry[], ...unknown[]];
+      cursor = res[0];
+      const entries = res[1].filter((e) => e !== null && e[1] !== null);
+      if (entries.length > 0) {
+        this.worker.counters.reclaimed += entries.length;
+        await this.worker.process(this.key, entries);
+      }
+    } while (cursor !== '0-0' && this.running);
+  }
+}
+
+export class BroadcastWorker {
+  readonly cmd: ApplyClient;
+  readonly counters = new BroadcastCounters();
+  private readonly loops = new Map<number, ShardLoop>();
+  private timer: NodeJS.Timeout | null = null;
+  private ticking = false;
+  private stopped = false;
+
+  constructor(readonly opts: BroadcastOptions) {
+    this.cmd = defineScripts(createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-bc-${opts.workerId}`, log: opts.log }));
+  }
+
+  get ready(): boolean {
+    return !this.stopped && isReady(this.cmd);
+  }
+
+  get ownedShards(): number[] {
+    return [...this.loops.keys()].sort((a, b) => a - b);
+  }
+
+  start(): void {
+    this.timer = setInterval(() => void this.tick(), Math.max(50, Math.floor(this.opts.leaseMs / 3)));
+    this.timer.unref();
+    void this.tick();
+  }
+
+  /** Stop consuming, release leases (so others take over at once), leave the worker set. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer !== null) clearInterval(this.timer);
+    await Promise.all([...this.loops.values()].map((l) => l.stop()));
+    if (isReady(this.cmd)) {
+      try {
+        await Promise.all([
+          ...[...this.loops.keys()].map((s) => this.cmd.sbRelease(Keys.lease(s), this.opts.workerId)),
+          this.cmd.zrem(Keys.workers, this.opts.workerId),
+        ]);
+      } catch {
+        // Redis gone: the leases expire by themselves.
+      }
+    }
+    this.loops.clear();
+    this.cmd.disconnect();
+  }
+
+  /** Heartbeat, rebalance, renew or acquire leases, clean up dead gateways. */
+  async tick(): Promise<void> {
+    if (this.ticking || this.stopped || !isReady(this.cmd)) return;
+    this.ticking = true;
+    const { workerId, leaseMs, shards } = this.opts;
+    try {
+      const now = Date.now();
+      await this.cmd.zadd(Keys.workers, now, workerId);
+      await this.cmd.zremrangebyscore(Keys.workers, '-inf', now - leaseMs);
+      const live = await this.cmd.zrange(Keys.workers, "0", "-1");
+      const index = Math.max(0, live.indexOf(workerId));
+      for (let s = 0; s < shards; s++) {
+        const mine = s % live.length === index;
+        const loop = this.loops.get(s);
+        if (loop !== undefined) {
+          const renewed = await this.cmd.sbRenew(Keys.lease(s), workerId, leaseMs);
+          if (renewed !== 1 || !mine) {
+            this.loops.delete(s);
+            await loop.stop();
+            if (renewed === 1) await this.cmd.sbRelease(Keys.lease(s), workerId);
+            this.opts.log.info(renewed === 1 ? 'released shard' : 'lost shard lease', { shard: s });
+          }
+        } else if (mine) {
+          const got = await this.cmd.set(Keys.lease(s), workerId, 'PX', leaseMs, 'NX');
+          if (got === 'OK') {
+            this.loops.set(s, new ShardLoop(s, this));
+            this.opts.log.info('acquired shard', { shard: s });
+          }
+        }
+      }
+      if (this.loops.has(0)) await this.janitor();
+    } catch (err) {
+      this.opts.log.warn('broadcast tick failed', { err: (err as Error).message });
+    } finally {
+      this.ticking = false;
+    }
+  }
+
+  /** Remove gateways whose heartbeat expired from routing, presence and the user map. */
+  private async janitor(): Promise<void> {
+    const gws = await this.cmd.smembers(Keys.gateways);
+    const alive = await Promise.all(gws.map((g) => this.cmd.exists(Keys.gateway(g))));
+    for (let i = 0; i < gws.length; i++) {
+      if (alive[i] === 0) {
+        await removeGateway(this.cmd, gws[i]);
+        this.opts.log.info('removed dead gateway', { gateway: gws[i] });
+      }
+    }
+  }
+
+  /** Route one batch of ingress entries; acknowledges only after every egress XADD succeeded. */
+  async process(key: string, entries: StreamEntry[]): Promise<void> {
+    if (entries.length === 0) return;
+    const { egressMaxLen, historySize } = this.opts;
+    const cmd = this.cmd;
+    const routes = new Map<string, Promise<string[]>>();
+    const parsed = entries.map(([id, flat]) => ({ id, f: fieldsOf(flat) }));
+    for (const e of parsed) {
+      const room = e.f.r;
+      if (room !== undefined && !routes.has(room)) routes.set(room, cmd.smembers(Keys.room(room)));
+    }
+    const applied = parsed.map((e) => {
+      const { r: room, f: from, d: data, t: ts } = e.f;
+      if (room === undefined || from === undefined || data === undefined) return Promise.resolve([0, null] as [number, string | null]);
+      const head = `{"type":"message","room":${JSON.stringify(room)},"from":${JSON.stringify(from)},"data":${data},"seq":`;
+      const tail = `,"ts":${Math.floor(Number(ts))}}`;
+      return cmd.sbApply(Keys.seq(room), Keys.history(room), e.id, historySize, head, tail);
+    });
+    const results = await Promise.all(applied);
+    const writes: Promise<unknown>[] = [];
+    let spans: Span[] | null = null;
+    for (let i = 0; i < parsed.length; i++) {
+      const [seq, json] = results[i];
+      const e = parsed[i];
+      if (json === null || json === undefined || seq === 0) continue;
+      const gws = await routes.get(e.f.r)!;
+      // A sampled message: the routing span continues the publisher's trace, and the gateways'
+      // deliver spans continue from it.
+      let trace = e.f.p;
+      if (trace !== undefined && tracing.enabled) {
+        const span = startSpan('broadcast route', trace, SpanKind.CONSUMER, { 'messaging.destination.name': e.f.r, 'switchboard.gateways': gws.length });
+        (spans ??= []).push(span);
+        trace = injectTraceparent(span) ?? trace;
+      }
+      for (const gw of gws) {
+        const args: (string | number)[] = [Keys.egress(gw), 'MAXLEN', '~', egressMaxLen, '*', 'k', 'r', 'r', e.f.r, 'i', e.id, 't', e.f.t, 'm', json];
+        if (trace !== undefined) args.push('p', trace);
+        writes.push(cmd.call('XADD', ...args));
+      }
+      this.counters.routed += gws.length;
+    }
+    await Promise.all(writes);
+    if (spans !== null) for (const s of spans) s.end();
+    await cmd.call('XACK', key, GROUP, ...parsed.map((e) => e.id));
+    cmd.call('XTRIM', key, 'MINID', '~', parsed[parsed.length - 1].id).catch(() => {});
+    this.counters.entries += parsed.length;
+    this.counters.batches++;
+  }
+
+  /** Entries read but not yet acknowledged, over the shards this worker owns. */
+  async pending(): Promise<number> {
+    let total = 0;
+    for (const s of this.loops.keys()) {
+      const r = (await this.cmd.call('XPENDING', Keys.ingress(s), GROUP)) as [number, ...unknown[]];
+      total += Number(r[0]);
+    }
+    return total;
+  }
+}

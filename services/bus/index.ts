@@ -1,0 +1,3 @@
+/** The gateway-to-gateway bus: interface and the embedded in-memory implementation. */
+export * from './types';
+export { MemoryBus, type MemoryBusOptions } from './memory';

@@ -1,0 +1,89 @@
+/**
+ * Redis connections for the cluster roles: one place that decides between a single Redis and
+ * Redis Cluster, and sets the reconnect and failure behaviour every role relies on:
+ * - reconnect forever with capped exponential backoff, logging state changes (not every try);
+ * - no offline queue: while Redis is down, commands fail at once, so a client gets `unavailable`
+ *   instead of a false `ok` or a request hanging until Redis returns;
+ * - commands in flight when the connection drops are failed, not resent, so a publish is never
+ *   silently applied twice.
+ */
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
+import type { Logger } from '../telemetry/log';
+
+export type RedisClient = Redis | Cluster;
+
+export interface RedisConnOptions {
+  url: string;
+  /** Treat `url` as a seed node of a Redis Cluster. */
+  cluster: boolean;
+  /** Name shown in logs and CLIENT LIST. */
+  name: string;
+  log: Logger;
+  /** Blocking readers must not auto-pipeline (a blocked command would hold up the batch). */
+  autoPipelining?: boolean;
+}
+
+function backoff(times: number): number {
+  return Math.min(50 * 2 ** Math.min(times, 6), 2000);
+}
+
+export function createRedis(opts: RedisConnOptions): RedisClient {
+  const u = new URL(opts.url);
+  const base: RedisOptions = {
+    connectionName: opts.name,
+    username: u.username ? decodeURIComponent(u.username) : undefined,
+    password: u.password ? decodeURIComponent(u.password) : undefined,
+    tls: u.protocol === 'rediss:' ? {} : undefined,
+    // RESP2: stream replies keep their documented nested-array shape (RESP3 maps are flattened).
+    protocol: 2,
+    enableOfflineQueue: false,
+    autoResendUnfulfilledCommands: false,
+    maxRetriesPerRequest: 0,
+    retryStrategy: backoff,
+    enableAutoPipelining: opts.autoPipelining ?? true,
+    lazyConnect: false,
+  };
+  let client: RedisClient;
+  if (opts.cluster) {
+    client = new Cluster([{ host: u.hostname, port: Number(u.port || 6379) }], {
+      redisOptions: base,
+      enableOfflineQueue: false,
+      enableAutoPipelining: opts.autoPipelining ?? true,
+      clusterRetryStrategy: backoff,
+      slotsRefreshTimeout: 2000,
+    });
+  } else {
+    const db = u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0;
+    client = new Redis({ ...base, host: u.hostname, port: Number(u.port || 6379), db });
+  }
+  let wasReady = false;
+  let warned = false;
+  client.on('ready', () => {
+    wasReady = true;
+    warned = false;
+    opts.log.info('redis connected', { conn: opts.name });
+  });
+  client.on('error', (err: Error) => {
+    if (!warned) {
+      warned = true;
+      opts.log.warn(wasReady ? 'redis connection lost, reconnecting' : 'redis unreachable, retrying with backoff', {
+        conn: opts.name,
+        err: err.message,
+      });
+    }
+  });
+  return client;
+}
+
+export function isReady(client: RedisClient): boolean {
+  return client.status === 'ready';
+}
+
+/** Stream entry fields ([k1, v1, k2, v2, ...]) as a lookup. */
+export function fieldsOf(flat: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i + 1 < flat.length; i += 2) out[flat[i]] = flat[i + 1];
+  return out;
+}
+
+export type StreamEntry = [id: string, fields: string[]];

@@ -1,0 +1,68 @@
+/**
+ * The bus between gateways: the one interface that the embedded in-memory bus and the Redis
+ * Streams bus both implement, so every plugin works unchanged in both modes.
+ *
+ * A gateway calls the bus for everything that crosses gateways (publishing, routing membership,
+ * direct messages, presence, history) and receives what the bus delivers through a BusSink.
+ * Methods may complete synchronously (memory) or return a promise (Redis): callers handle both.
+ */
+import type { Outbound } from '../protocol';
+
+export type MaybePromise<T> = T | Promise<T>;
+
+/** What a gateway receives from the bus. */
+export interface BusSink {
+  /**
+   * Fan a room message out to local members. `msg` is the encoded `message` push (encode once);
+   * `ts` is when the origin gateway accepted it (for delivery latency); `mid` identifies the
+   * message for duplicate suppression; `trace` is the traceparent of the routing span when the
+   * message is sampled for tracing (the gateway's `gateway deliver` span continues from it).
+   */
+  deliverRoom(room: string, msg: Outbound, ts: number, mid: string, trace?: string): void;
+  /** Deliver a direct push to every local connection of `user`; returns how many got it. */
+  deliverUser(user: string, msg: Outbound): number;
+}
+
+export interface PublishRequest {
+  room: string;
+  from: string;
+  /** The payload, already serialised as JSON (parsed once, serialised once). */
+  dataJson: string;
+  /** Accept time at the origin gateway, ms since epoch. */
+  ts: number;
+  /** W3C traceparent of the sampled span that accepted the message, carried across processes. */
+  trace?: string;
+}
+
+export interface PublishResult {
+  /** Sequence number within the room, when the bus assigns it synchronously. */
+  seq?: number;
+}
+
+export interface Bus {
+  /** Human-readable kind, for logs and /stats. */
+  readonly kind: string;
+  /** True while the bus can accept work (Redis connected). */
+  readonly ready: boolean;
+  start(sink: BusSink): Promise<void>;
+  stop(): Promise<void>;
+  /** Accept a room message. Resolves only once the message is durably accepted. */
+  publish(req: PublishRequest): MaybePromise<PublishResult>;
+  /** `user` now has a connection in `room` on this gateway (first one). */
+  join(room: string, user: string): MaybePromise<void>;
+  /** `user` has no connection left in `room` on this gateway. */
+  leave(room: string, user: string): MaybePromise<void>;
+  /** The last local member of `room` left this gateway: stop routing the room here. */
+  roomEmpty?(room: string): MaybePromise<void>;
+  /** `user` has a connection on this gateway (first one) / has none left. */
+  userOnline(user: string): MaybePromise<void>;
+  userOffline(user: string): MaybePromise<void>;
+  /** Send a direct push; resolves to false when the user has no connection anywhere. */
+  direct(to: string, msg: Outbound): MaybePromise<boolean>;
+  /** Users with a connection in the room, across gateways. */
+  presence(room: string): MaybePromise<string[]>;
+  /** The last messages of a room (encoded pushes, oldest first), after `since` when given. */
+  history(room: string, since: number | undefined, limit: number): MaybePromise<Outbound[]>;
+  /** Last sequence number assigned in the room (0 when none). */
+  lastSeq(room: string): MaybePromise<number>;
+}

@@ -1,0 +1,465 @@
+/**
+ * The TypeScript client for wire protocol v1: connect, hello, rooms, chat, direct messages,
+ * history and presence, with automatic reconnect (exponential backoff with jitter, rotating
+ * over the given servers), rejoin, and recovery of missed room messages through `history`.
+ *
+ * Used by the tests and the load generator, and meant for Node.js backends and bots.
+ */
+import { EventEmitter } from 'node:events';
+import { connect as netConnect, type Socket } from 'node:net';
+import {
+  BinaryParser,
+  BINARY_PREAMBLE,
+  Codec,
+  CODEC_MASK,
+  decompressBody,
+  encodeBinaryFrame,
+  encodeFrameMaybeCompressed,
+  encodeTextFrame,
+  ErrorCode,
+  TextParser,
+  type CodecName,
+  type FrameSink,
+  type RequestId,
+} from '../protocol';
+
+export interface ServerAddress {
+  host: string;
+  port: number;
+}
+
+export interface ClientOptions {
+  /** Servers to use, in order; reconnects rotate through them. */
+  servers: ServerAddress[];
+  user: string;
+  token?: string;
+  /** @default 'text' */
+  mode?: 'text' | 'binary';
+  /** Reconnect after an unexpected close or a `reconnect` push. @default true */
+  reconnect?: boolean;
+  /** First reconnect delay; doubles up to maxBackoffMs, with full jitter. @default 100 */
+  initialBackoffMs?: number;
+  /** @default 5000 */
+  maxBackoffMs?: number;
+  /** Reject requests not answered in time. @default 10000 */
+  requestTimeoutMs?: number;
+  /** Largest frame accepted from the server. @default 16 MiB */
+  maxFrameBytes?: number;
+  /** Extra fields for hello (codecs, client info). */
+  helloFields?: Record<string, unknown>;
+  /** Binary mode: compression codecs offered in hello (lz4, zstd), most preferred first. @default [] (none) */
+  codecs?: CodecName[];
+  /** Outbound bodies above this many bytes are compressed with the negotiated codec. @default 512 */
+  compressionThreshold?: number;
+}
+
+export interface RoomMessage {
+  type: 'message';
+  room: string;
+  from: string;
+  data: unknown;
+  seq: number;
+  ts: number;
+}
+
+export interface DirectMessage {
+  type: 'direct';
+  from: string;
+  data: unknown;
+  ts: number;
+}
+
+export interface Welcome {
+  type: 'welcome';
+  session: string;
+  user: string;
+  server: string;
+  protocol: number;
+  limits: Record<string, number>;
+  flags: Record<string, boolean>;
+  /** Codec the server compresses with (binary mode): 'none', 'lz4' or 'zstd'. */
+  codec?: 'none' | CodecName;
+}
+
+/** A request answered with `error`. */
+export class ClientError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(`${code}: ${message}`);
+    this.name = 'ClientError';
+  }
+}
+
+interface Pending {
+  resolve(v: Record<string, unknown>): void;
+  reject(e: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+type Json = Record<string, unknown>;
+
+/**
+ * Events: 'welcome' (Welcome), 'message' (RoomMessage), 'direct' (DirectMessage),
+ * 'push' (any other server push), 'error' (an error push without id, or a transport error),
+ * 'reconnect' (the server's reconnect push), 'connected', 'disconnected', 'recovered'
+ * ({room, count}).
+ */
+export class SwitchboardClient extends EventEmitter implements FrameSink {
+  private socket: Socket | null = null;
+  private parser: TextParser | BinaryParser | null = null;
+  private nextId = 1;
+  private readonly pending = new Map<RequestId, Pending>();
+  private readonly joined = new Map<string, number>(); // room -> last seq seen
+  /** Rooms being recovered after a reconnect -> live messages held until history is merged. */
+  private readonly recovering = new Map<string, RoomMessage[]>();
+  private serverIndex = 0;
+  private attempts = 0;
+  private closedByUser = false;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  /** Codec for frames we send, from welcome; frames we receive name theirs in the flags. */
+  private txCodec: Codec = Codec.None;
+  /** Set while a frame is being (de)compressed asynchronously: later frames wait behind it. */
+  private txTail: Promise<void> | null = null;
+  private rxTail: Promise<void> | null = null;
+  private readonly opts: Required<Omit<ClientOptions, 'token' | 'helloFields'>> & Pick<ClientOptions, 'token' | 'helloFields'>;
+  welcome: Welcome | null = null;
+  /** Times this client has (re)connected successfully. */
+  connects = 0;
+
+  constructor(opts: ClientOptions) {
+    super();
+    if (opts.servers.length === 0) throw new Error('at least one server is required');
+    this.opts = {
+      mode: 'text',
+      reconnect: true,
+      initialBackoffMs: 100,
+      maxBackoffMs: 5000,
+      requestTimeoutMs: 10_000,
+      maxFrameBytes: 16 * 1024 * 1024,
+      codecs: [],
+      compressionThreshold: 512,
+      ...opts,
+    };
+    // Unhandled 'error' events must not crash a process that only cares about messages.
+    this.on('error', () => {});
+  }
+
+  /** Connect and say hello; resolves with the welcome. */
+  connect(): Promise<Welcome> {
+    this.closedByUser = false;
+    return this.open();
+  }
+
+  get connected(): boolean {
+    return this.welcome !== null && this.socket !== null;
+  }
+
+  /** Rooms this client is in, with the last sequence number seen in each. */
+  get rooms(): ReadonlyMap<string, number> {
+    return this.joined;
+  }
+
+  private open(): Promise<Welcome> {
+    const addr = this.opts.servers[this.serverIndex % this.opts.servers.length];
+    return new Promise<Welcome>((resolve, reject) => {
+      const socket = netConnect({ host: addr.host, port: addr.port, noDelay: true });
+      this.socket = socket;
+      this.txCodec = Codec.None;
+      this.parser = this.opts.mode === 'binary' ? new BinaryParser(this, this.opts.maxFrameBytes) : new TextParser(this, this.opts.maxFrameBytes);
+      let settled = false;
+      socket.once('connect', () => {
+        if (this.opts.mode === 'binary') socket.write(BINARY_PREAMBLE);
+        const hello: Json = { type: 'hello', user: this.opts.user, ...this.opts.helloFields };
+        if (this.opts.mode === 'binary' && this.opts.codecs.length > 0) hello.codecs = this.opts.codecs;
+        if (this.opts.token !== undefined) hello.token = this.opts.token;
+        this.request(hello).then(
+          async (w) => {
+            this.welcome = w as unknown as Welcome;
+            this.txCodec = w.codec === 'lz4' ? Codec.Lz4 : w.codec === 'zstd' ? Codec.Zstd : Codec.None;
+            this.attempts = 0;
+            this.connects++;
+            settled = true;
+            try {
+              await this.rejoin();
+            } catch (err) {
+              this.emit('error', err);
+            }
+            this.emit('welcome', this.welcome);
+            this.emit('connected', addr);
+            resolve(this.welcome);
+          },
+          (err: Error) => {
+            settled = true;
+            reject(err);
+            socket.destroy();
+          },
+        );
+      });
+      socket.on('data', (chunk: Buffer) => this.parser?.push(chunk));
+      socket.on('error', (err) => {
+        if (!settled) {
+          settled = true;
+          reject(err);
+        }
+        this.emit('error', err);
+      });
+      socket.on('close', () => this.onClose(socket));
+    });
+  }
+
+  /** After a reconnect: join the rooms again and fetch what was missed since the last seq. */
+  private async rejoin(): Promise<void> {
+    if (this.connects <= 1 || this.joined.size === 0) return;
+    for (const [room, seen] of this.joined) {
+      // Live messages of the room that arrive before the history reply are held and merged, or
+      // the first of them would mark everything missed before it as already seen.
+      const live: RoomMessage[] = [];
+      this.recovering.set(room, live);
+      try {
+        const j = await this.request({ type: 'join_room', room });
+        let since = seen;
+        if (typeof j.seq === 'number' && j.seq < seen) {
+          // The room's sequence went backwards: the server lost its state (a restarted
+          // standalone server). What it has now is all new to us.
+          since = 0;
+          this.joined.set(room, 0);
+        }
+        const h = (await this.request({ type: 'history', room, since })) as { messages: RoomMessage[] };
+        const all = h.messages.concat(live).sort((a, b) => a.seq - b.seq);
+        let count = 0;
+        for (const m of all) {
+          if (m.seq > (this.joined.get(room) ?? 0)) {
+            this.joined.set(room, m.seq);
+            count++;
+            this.emit('message', m);
+          }
+        }
+        this.emit('recovered', { room, count });
+      } finally {
+        this.recovering.delete(room);
+      }
+    }
+  }
+
+  private onClose(socket: Socket): void {
+    if (socket !== this.socket) return;
+    this.socket = null;
+    this.parser = null;
+    const wasConnected = this.welcome !== null;
+    this.welcome = null;
+    for (const [id, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(new ClientError(ErrorCode.Unavailable, 'connection closed'));
+      this.pending.delete(id);
+    }
+    if (wasConnected) this.emit('disconnected');
+    if (this.closedByUser || !this.opts.reconnect) return;
+    this.scheduleReconnect();
+  }
+
+  private scheduleReconnect(): void {
+    if (this.reconnectTimer !== null) return;
+    this.serverIndex++;
+    const cap = Math.min(this.opts.maxBackoffMs, this.opts.initialBackoffMs * 2 ** this.attempts);
+    this.attempts++;
+    const delay = Math.random() * cap;
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      if (this.closedByUser) return;
+      this.open().catch(() => {
+        if (this.socket === null || this.socket.destroyed) this.scheduleReconnect();
+      });
+    }, delay);
+  }
+
+  onFrameError(code: string, message: string): void {
+    this.emit('error', new ClientError(code, message));
+    this.socket?.destroy();
+  }
+
+  onFrame(body: Buffer, flags: number): void {
+    const codec = (flags & CODEC_MASK) as Codec;
+    if (codec === Codec.None && this.rxTail === null) {
+      this.handleFrame(body);
+      return;
+    }
+    let out: Buffer | Promise<Buffer>;
+    try {
+      out = codec === Codec.None ? Buffer.from(body) : decompressBody(codec, body, this.opts.maxFrameBytes);
+    } catch (err) {
+      this.onFrameError(ErrorCode.BadFrame, (err as Error).message);
+      return;
+    }
+    if (!(out instanceof Promise) && this.rxTail === null) {
+      this.handleFrame(out);
+      return;
+    }
+    // zstd decompresses asynchronously: frames after it wait, so messages keep the server's order.
+    const socket = this.socket;
+    const tail = (this.rxTail ?? Promise.resolve())
+      .then(() => out)
+      .then(
+        (b) => {
+          if (this.socket === socket) this.handleFrame(b);
+        },
+        (err: unknown) => {
+          if (this.socket === socket) this.onFrameError(ErrorCode.BadFrame, (err as Error).message);
+        },
+      );
+    this.rxTail = tail;
+    const clear = () => {
+      if (this.rxTail === tail) this.rxTail = null;
+    };
+    tail.then(clear, (err: unknown) => {
+      clear();
+      this.emit('error', err);
+    });
+  }
+
+  private handleFrame(body: Buffer): void {
+    let msg: Json;
+    try {
+      msg = JSON.parse(body.toString('utf8')) as Json;
+    } catch (err) {
+      this.emit('error', err);
+      return;
+    }
+    const type = msg.type;
+    if (type === 'message') {
+      const m = msg as unknown as RoomMessage;
+      const held = this.recovering.get(m.room);
+      if (held !== undefined) {
+        held.push(m);
+        return;
+      }
+      const last = this.joined.get(m.room);
+      if (last !== undefined) {
+        if (m.seq <= last) return; // already seen (recovered through history)
+        this.joined.set(m.room, m.seq);
+      }
+      this.emit('message', m);
+      return;
+    }
+    const id = msg.id as RequestId | undefined;
+    if (id !== undefined && this.pending.has(id)) {
+      const p = this.pending.get(id)!;
+      this.pending.delete(id);
+      clearTimeout(p.timer);
+      if (type === 'error') p.reject(new ClientError(String(msg.code), String(msg.message)));
+      else p.resolve(msg);
+      return;
+    }
+    if (type === 'direct') this.emit('direct', msg);
+    else if (type === 'reconnect') {
+      // The server says whether coming back makes sense (not after kicked or unauthorized).
+      if (msg.reconnect === false) this.closedByUser = true;
+      this.emit('reconnect', msg);
+    }
+    else if (type === 'error') this.emit('error', new ClientError(String(msg.code), String(msg.message)));
+    else this.emit('push', msg);
+  }
+
+  /** Send a message and wait for its reply (`ok`, a typed reply, or an error -> ClientError). */
+  request(msg: Json): Promise<Json> {
+    const id = this.nextId++;
+    return new Promise<Json>((resolve, reject) => {
+      if (this.socket === null) {
+        reject(new ClientError(ErrorCode.Unavailable, 'not connected'));
+        return;
+      }
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new ClientError('timeout', `no reply to ${String(msg.type)} within ${this.opts.requestTimeoutMs} ms`));
+      }, this.opts.requestTimeoutMs);
+      this.pending.set(id, { resolve, reject, timer });
+      this.write({ ...msg, id });
+    });
+  }
+
+  /** Send without waiting for a reply (no id: the server sends none unless it fails). */
+  post(msg: Json): void {
+    this.write(msg);
+  }
+
+  private write(msg: Json): void {
+    const json = JSON.stringify(msg);
+    if (this.opts.mode !== 'binary') {
+      this.socket?.write(encodeTextFrame(json));
+      return;
+    }
+    if (this.txCodec === Codec.None && this.txTail === null) {
+      this.socket?.write(encodeBinaryFrame(json));
+      return;
+    }
+    this.writeOrdered(encodeFrameMaybeCompressed(this.txCodec, Buffer.from(json), this.opts.compressionThreshold));
+  }
+
+  /** Write a frame that may still be compressing, after every frame written before it. */
+  private writeOrdered(frame: Buffer | Promise<Buffer>): void {
+    const socket = this.socket;
+    if (socket === null) return;
+    if (this.txTail === null && !(frame instanceof Promise)) {
+      socket.write(frame);
+      return;
+    }
+    const tail = (this.txTail ?? Promise.resolve()).then(() => frame).then((f) => {
+      if (this.socket === socket) socket.write(f);
+    });
+    this.txTail = tail;
+    const clear = () => {
+      if (this.txTail === tail) this.txTail = null;
+    };
+    tail.then(clear, (err: unknown) => {
+      clear();
+      this.emit('error', err);
+    });
+  }
+
+  async join(room: string): Promise<void> {
+    const r = await this.request({ type: 'join_room', room });
+    // Start from the room's current sequence, so a later recovery does not replay older history.
+    if (!this.joined.has(room)) this.joined.set(room, typeof r.seq === 'number' ? r.seq : 0);
+  }
+
+  async leave(room: string): Promise<void> {
+    this.joined.delete(room);
+    await this.request({ type: 'leave_room', room });
+  }
+
+  /** Publish to a room; resolves with the sequence number once the server accepted it. */
+  async send(room: string, data: unknown): Promise<number | undefined> {
+    const r = await this.request({ type: 'send_chat', room, data });
+    return r.seq as number | undefined;
+  }
+
+  async direct(to: string, data: unknown): Promise<void> {
+    await this.request({ type: 'direct', to, data });
+  }
+
+  async presence(room: string): Promise<string[]> {
+    return (await this.request({ type: 'presence', room })).users as string[];
+  }
+
+  async history(room: string, since?: number, limit?: number): Promise<RoomMessage[]> {
+    const msg: Json = { type: 'history', room };
+    if (since !== undefined) msg.since = since;
+    if (limit !== undefined) msg.limit = limit;
+    return (await this.request(msg)).messages as RoomMessage[];
+  }
+
+  /** Close for good (no reconnect). Resolves when the socket is closed. */
+  close(): Promise<void> {
+    this.closedByUser = true;
+    if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    const s = this.socket;
+    if (s === null || s.destroyed) return Promise.resolve();
+    return new Promise((resolve) => {
+      s.once('close', () => resolve());
+      s.end();
+      setTimeout(() => s.destroy(), 1000).unref();
+    });
+  }
+}

@@ -1,0 +1,56 @@
+/**
+ * Flags for one process: a FlagStore fed by the flags file (FLAGS_FILE, any role) and, in cluster
+ * mode, by Redis (`sb:flags`), bound to a gateway's flag hooks, and following the performance
+ * monitor when there is one. The roles call startFlags right after creating their gateway.
+ */
+import type { Logger } from '../telemetry/log';
+import type { Config } from './config';
+import { FlagStore, type FlagHooks, type OverloadSignal } from './flags';
+import { FlagsFileSource } from './flags-file';
+import { RedisFlagsSource } from './flags-redis';
+
+export interface FlagServiceOptions {
+  config: Config;
+  log: Logger;
+  /** Read flags from Redis (cluster roles). @default false */
+  redis?: boolean;
+  /** Shed nonCritical flags while this says overloaded. @default none */
+  monitor?: OverloadSignal;
+  /** Redis resync period, ms. @default 30000 */
+  resyncMs?: number;
+}
+
+export interface FlagService {
+  readonly store: FlagStore;
+  readonly file: FlagsFileSource | null;
+  readonly redis: RedisFlagsSource | null;
+  stop(): Promise<void>;
+}
+
+/** What startFlags binds: a gateway's flag hooks and, optionally, its /stats extras. */
+export interface FlagTarget extends FlagHooks {
+  readonly statsExtras?: (() => Record<string, unknown>)[];
+}
+
+export async function startFlags(target: FlagTarget, opts: FlagServiceOptions): Promise<FlagService> {
+  const store = new FlagStore();
+  const log = opts.log.child({ component: 'flags' });
+  const file = opts.config.flagsFile === '' ? null : new FlagsFileSource({ path: opts.config.flagsFile, store, log });
+  const redis = opts.redis ? new RedisFlagsSource({ url: opts.config.redisUrl, store, log, resyncMs: opts.resyncMs }) : null;
+  if (file !== null) await file.start();
+  if (redis !== null) await redis.start();
+  if (opts.monitor !== undefined) store.attachMonitor(opts.monitor);
+  store.on('change', () => log.debug('flags changed', { shedding: store.isShedding }));
+  store.bind(target);
+  target.statsExtras?.push(() => ({ flags_shed: store.isShedding }));
+  return {
+    store,
+    file,
+    redis,
+    async stop() {
+      store.detachMonitor();
+      file?.stop();
+      await redis?.stop();
+    },
+  };
+}

@@ -1,0 +1,122 @@
+/**
+ * The flags file source: a JSON or YAML file (by extension; `.json` is JSON, anything else is
+ * parsed as YAML, which also accepts JSON), loaded at start and reloaded when it changes.
+ *
+ * Editors replace files in several ways (write in place, write a temp file and rename, delete and
+ * recreate), so we watch the directory rather than the file and debounce events. A file that does
+ * not parse or validate is rejected with one log line naming the problem, and the last good set
+ * stays in force. A missing file counts as an empty set (every flag at its default: on).
+ */
+import { watch, type FSWatcher } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { basename, dirname, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import type { Logger } from '../telemetry/log';
+import { parseFlagSet, type FeatureFlag, type FlagStore } from './flags';
+
+export const FILE_SOURCE = 'file';
+
+export interface FlagsFileOptions {
+  path: string;
+  store: FlagStore;
+  log: Logger;
+  /** Quiet time after the last change event before the file is read. @default 100 */
+  debounceMs?: number;
+}
+
+/** Parse the text of a flags file; throws an Error naming the problem. */
+export function parseFlagsFile(text: string, path: string): FeatureFlag[] {
+  let doc: unknown;
+  try {
+    doc = path.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
+  } catch (err) {
+    throw new Error(`not valid ${path.endsWith('.json') ? 'JSON' : 'YAML'}: ${(err as Error).message.split('\n')[0]}`);
+  }
+  return parseFlagSet(doc);
+}
+
+export class FlagsFileSource {
+  private readonly path: string;
+  private watcher: FSWatcher | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private loading: Promise<boolean> | null = null;
+  private again = false;
+  /** Successful loads, for tests and /stats. */
+  loads = 0;
+  /** Rejected loads. */
+  rejects = 0;
+
+  constructor(private readonly opts: FlagsFileOptions) {
+    this.path = resolve(opts.path);
+  }
+
+  /** Load the file once and start watching it. Resolves whether the first load succeeded. */
+  async start(): Promise<boolean> {
+    const ok = await this.reload();
+    const name = basename(this.path);
+    this.watcher = watch(dirname(this.path), { persistent: false }, (_event, file) => {
+      if (file === null || file === name) this.schedule();
+    });
+    this.watcher.on('error', (err) => this.opts.log.warn('flags file watch failed', { path: this.path, err }));
+    return ok;
+  }
+
+  stop(): void {
+    this.watcher?.close();
+    this.watcher = null;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  private schedule(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      void this.reload();
+    }, this.opts.debounceMs ?? 100);
+    this.timer.unref();
+  }
+
+  /** Read and apply the file now; loads never overlap, a change during a load reloads after it. */
+  reload(): Promise<boolean> {
+    if (this.loading !== null) {
+      this.again = true;
+      return this.loading;
+    }
+    this.loading = this.load().finally(() => {
+      this.loading = null;
+      if (this.again) {
+        this.again = false;
+        void this.reload();
+      }
+    });
+    return this.loading;
+  }
+
+  private async load(): Promise<boolean> {
+    const { store, log } = this.opts;
+    let text: string;
+    try {
+      text = await readFile(this.path, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+        this.rejects++;
+        log.error('flags file rejected, keeping the last good flags', { path: this.path, err: (err as Error).message });
+        return false;
+      }
+      text = '';
+    }
+    let flags: FeatureFlag[];
+    try {
+      flags = parseFlagsFile(text, this.path);
+    } catch (err) {
+      this.rejects++;
+      log.error('flags file rejected, keeping the last good flags', { path: this.path, err: (err as Error).message });
+      return false;
+    }
+    store.setSource(FILE_SOURCE, flags);
+    this.loads++;
+    log.info('flags loaded', { source: FILE_SOURCE, path: this.path, flags: flags.length });
+    return true;
+  }
+}

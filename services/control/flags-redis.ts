@@ -1,0 +1,153 @@
+/**
+ * The Redis flags source (cluster mode): the `sb:flags` hash holds one JSON flag per field, and a
+ * message on `sb:flags:changed` tells every gateway to read the hash again. Whoever writes flags
+ * (the `switchboard flags` CLI now, the operator later) does HSET then PUBLISH, so a change
+ * reaches every gateway within a round trip, without a restart.
+ *
+ * Every notification re-reads the whole hash: flags are few, and a full read cannot be confused
+ * by lost or reordered notifications. The hash is also re-read after the subscriber reconnects
+ * (changes published while it was away are not replayed) and every `resyncMs` as a backstop.
+ * An entry that does not validate is logged and the last good version of that flag is kept.
+ */
+import { Redis } from 'ioredis';
+import type { Logger } from '../telemetry/log';
+import { parseFlag, type FeatureFlag, type FlagStore } from './flags';
+
+export const FLAGS_KEY = 'sb:flags';
+export const FLAGS_CHANNEL = 'sb:flags:changed';
+export const REDIS_SOURCE = 'redis';
+
+/** A Redis connection for flags: fail fast while Redis is down, reconnect with capped backoff. */
+export function flagsRedis(url: string, name: string): Redis {
+  return new Redis(url, {
+    connectionName: name,
+    maxRetriesPerRequest: 1,
+    enableOfflineQueue: true,
+    retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), 2000),
+  });
+}
+
+/** Read every flag in `sb:flags`; invalid entries are returned as errors, not thrown. */
+export async function readFlags(redis: Redis): Promise<{ flags: FeatureFlag[]; errors: { name: string; error: string }[] }> {
+  const raw = await redis.hgetall(FLAGS_KEY);
+  const flags: FeatureFlag[] = [];
+  const errors: { name: string; error: string }[] = [];
+  for (const [name, json] of Object.entries(raw)) {
+    try {
+      flags.push(parseFlag(JSON.parse(json), name));
+    } catch (err) {
+      errors.push({ name, error: (err as Error).message });
+    }
+  }
+  flags.sort((a, b) => a.name.localeCompare(b.name));
+  return { flags, errors };
+}
+
+/** Write one flag and notify every gateway. */
+export async function writeFlag(redis: Redis, flag: FeatureFlag): Promise<void> {
+  await redis.multi().hset(FLAGS_KEY, flag.name, JSON.stringify(flag)).publish(FLAGS_CHANNEL, flag.name).exec();
+}
+
+/** Remove a flag (it falls back to the default: on) and notify. Resolves whether it existed. */
+export async function deleteFlag(redis: Redis, name: string): Promise<boolean> {
+  const res = await redis.multi().hdel(FLAGS_KEY, name).publish(FLAGS_CHANNEL, name).exec();
+  return Number(res?.[0]?.[1] ?? 0) > 0;
+}
+
+export interface RedisFlagsOptions {
+  url: string;
+  store: FlagStore;
+  log: Logger;
+  /** Re-read the hash this often even without notifications. @default 30000 */
+  resyncMs?: number;
+}
+
+export class RedisFlagsSource {
+  private readonly cmd: Redis;
+  private readonly sub: Redis;
+  private timer: NodeJS.Timeout | null = null;
+  private current = new Map<string, FeatureFlag>();
+  private loading: Promise<void> | null = null;
+  private again = false;
+  private stopped = false;
+  /** Completed reads of the hash, for tests. */
+  loads = 0;
+
+  constructor(private readonly opts: RedisFlagsOptions) {
+    this.cmd = flagsRedis(opts.url, 'switchboard-flags');
+    this.sub = flagsRedis(opts.url, 'switchboard-flags-sub');
+    this.cmd.on('error', () => {}); // state changes are logged by the reload that fails
+    this.sub.on('error', () => {});
+    this.sub.on('message', (channel: string) => {
+      if (channel === FLAGS_CHANNEL) void this.reload();
+    });
+    let subscribedOnce = false;
+    this.sub.on('ready', () => {
+      // After a reconnect (ioredis resubscribes by itself), catch up on missed changes.
+      if (subscribedOnce) void this.reload();
+      subscribedOnce = true;
+    });
+  }
+
+  /** Subscribe and load the current flags. Does not throw when Redis is down: flags keep their defaults until it is back. */
+  async start(): Promise<void> {
+    try {
+      await this.sub.subscribe(FLAGS_CHANNEL);
+    } catch (err) {
+      this.opts.log.warn('flags: cannot subscribe to Redis yet, retrying in the background', { err: (err as Error).message });
+    }
+    await this.reload();
+    const every = this.opts.resyncMs ?? 30_000;
+    if (every > 0) {
+      this.timer = setInterval(() => void this.reload(), every);
+      this.timer.unref();
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+    this.cmd.disconnect();
+    this.sub.disconnect();
+  }
+
+  /** Read the hash and apply it; reads never overlap, a notification during a read reads again after it. */
+  reload(): Promise<void> {
+    if (this.loading !== null) {
+      this.again = true;
+      return this.loading;
+    }
+    this.loading = this.load().finally(() => {
+      this.loading = null;
+      if (this.again && !this.stopped) {
+        this.again = false;
+        void this.reload();
+      }
+    });
+    return this.loading;
+  }
+
+  private async load(): Promise<void> {
+    if (this.stopped) return;
+    const { store, log } = this.opts;
+    let read: Awaited<ReturnType<typeof readFlags>>;
+    try {
+      read = await readFlags(this.cmd);
+    } catch (err) {
+      log.warn('flags: cannot read from Redis, keeping the current flags', { err: (err as Error).message });
+      return;
+    }
+    const next = new Map<string, FeatureFlag>();
+    for (const f of read.flags) next.set(f.name, f);
+    for (const e of read.errors) {
+      const last = this.current.get(e.name);
+      log.error('flags: invalid flag in Redis rejected, keeping its last good value', { key: FLAGS_KEY, flag: e.name, err: e.error, kept: last !== undefined });
+      if (last !== undefined) next.set(e.name, last);
+    }
+    this.current = next;
+    this.loads++;
+    store.setSource(REDIS_SOURCE, [...next.values()]);
+    log.debug('flags loaded', { source: REDIS_SOURCE, flags: next.size });
+  }
+}

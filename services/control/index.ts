@@ -1,0 +1,6 @@
+/** Configuration, feature flags, thresholds and overload control. */
+export * from './config';
+export * from './flags';
+export { FlagsFileSource, parseFlagsFile, type FlagsFileOptions } from './flags-file';
+export { RedisFlagsSource, FLAGS_KEY, FLAGS_CHANNEL, readFlags, writeFlag, deleteFlag, type RedisFlagsOptions } from './flags-redis';
+export { startFlags, type FlagService, type FlagServiceOptions, type FlagTarget } from './flag-service';

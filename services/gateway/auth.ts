@@ -1,0 +1,66 @@
+/**
+ * HS256 JWT verification for `hello` tokens, with node:crypto only.
+ *
+ * Accepts exactly alg HS256 (no "none", no algorithm confusion), compares signatures in constant
+ * time, checks `exp` and `nbf` with a small clock skew, and requires `sub` (the user id).
+ */
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import { ErrorCode, SwitchboardError } from '../protocol';
+
+const CLOCK_SKEW_S = 30;
+
+function b64urlDecode(part: string): Buffer {
+  if (!/^[A-Za-z0-9_-]*$/.test(part)) throw new Error('not base64url');
+  return Buffer.from(part, 'base64url');
+}
+
+function parseJsonPart(part: string): Record<string, unknown> {
+  const value: unknown = JSON.parse(b64urlDecode(part).toString('utf8'));
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new Error('not an object');
+  return value as Record<string, unknown>;
+}
+
+export interface VerifiedToken {
+  sub: string;
+  exp?: number;
+  claims: Record<string, unknown>;
+}
+
+/** Verify a token; throws SwitchboardError(unauthorized) with a reason that never echoes the token. */
+export function verifyHs256(token: string, secret: string, nowMs = Date.now()): VerifiedToken {
+  const fail = (why: string, cause?: unknown): never => {
+    throw new SwitchboardError(ErrorCode.Unauthorized, `invalid token: ${why}`, { cause });
+  };
+  if (typeof token !== 'string' || token.length > 8192) fail('malformed');
+  const parts = token.split('.');
+  if (parts.length !== 3) fail('malformed');
+  let header: Record<string, unknown>;
+  let payload: Record<string, unknown>;
+  try {
+    header = parseJsonPart(parts[0]);
+    payload = parseJsonPart(parts[1]);
+  } catch (err) {
+    return fail('malformed', err);
+  }
+  if (header.alg !== 'HS256') fail('unsupported algorithm');
+  let sig: Buffer;
+  try {
+    sig = b64urlDecode(parts[2]);
+  } catch (err) {
+    return fail('malformed', err);
+  }
+  const expected = createHmac('sha256', secret).update(`${parts[0]}.${parts[1]}`).digest();
+  if (sig.length !== expected.length || !timingSafeEqual(sig, expected)) fail('bad signature');
+  const now = nowMs / 1000;
+  if (payload.exp !== undefined && (typeof payload.exp !== 'number' || payload.exp + CLOCK_SKEW_S < now)) fail('expired');
+  if (payload.nbf !== undefined && (typeof payload.nbf !== 'number' || payload.nbf - CLOCK_SKEW_S > now)) fail('not yet valid');
+  if (typeof payload.sub !== 'string' || payload.sub.length === 0 || payload.sub.length > 128) fail('missing sub');
+  return { sub: payload.sub as string, exp: payload.exp as number | undefined, claims: payload };
+}
+
+/** Sign a token (tests, the CLI's `token` helper, backends that mint tokens). */
+export function signHs256(claims: Record<string, unknown>, secret: string): string {
+  const enc = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const head = `${enc({ alg: 'HS256', typ: 'JWT' })}.${enc(claims)}`;
+  return `${head}.${createHmac('sha256', secret).update(head).digest('base64url')}`;
+}

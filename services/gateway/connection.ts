@@ -1,0 +1,688 @@
+/**
+ * One client connection: mode sniffing, frame parsing, the session (hello), dispatch to the core
+ * handlers and plugins, rate limiting, and a bounded outbound queue flushed once per turn.
+ *
+ * Hot-path rules: socket listeners are shared functions (no closures per connection), frames are
+ * parsed once, replies and pushes are queued as already encoded bytes, and the queue is bounded
+ * (ours plus the socket's own buffer); past the bound the client is a slow consumer.
+ */
+import type { Socket } from 'node:net';
+import type { MaybePromise } from '../bus';
+import {
+  asInbound,
+  BinaryParser,
+  BINARY_PREAMBLE,
+  Codec,
+  CODEC_MASK,
+  codecName,
+  codecOf,
+  CompressionError,
+  decompressBody,
+  DisconnectReason,
+  DisconnectReconnect,
+  ErrorCode,
+  ErrorInfo,
+  isSwitchboardError,
+  Mode,
+  nameField,
+  negotiateCodec,
+  optionalStringArrayField,
+  optionalStringField,
+  Outbound,
+  PROTOCOL_VERSION,
+  requestIdOf,
+  sniffMode,
+  SwitchboardError,
+  TextParser,
+  type FrameSink,
+  type FrameWaiter,
+  type InboundMessage,
+  type RequestId,
+  type WelcomeLimits,
+} from '../protocol';
+import { DropReason } from '../telemetry/counters';
+import { verifyHs256 } from './auth';
+import type { HubMember } from './hub';
+import type { GatewayServices, MessageProcessor, PluginContext, PluginRegistry, ProcessResult } from './plugins';
+
+/** What a connection needs from the server that accepted it. */
+export interface ConnectionHost {
+  readonly services: GatewayServices;
+  readonly plugins: PluginRegistry;
+  readonly limits: WelcomeLimits;
+  nextSessionId(): string;
+  /** Give an HTTP connection (sniffed on the client port) to the HTTP handler. */
+  handOverHttp(socket: Socket, firstBytes: Buffer): void;
+  /** Whether a feature flag is on for a user (flags issue); gated plugins check it. */
+  featureEnabled(flag: string, user: string): boolean;
+  /** Flags to announce in welcome. */
+  flagsFor(user: string): Record<string, boolean>;
+  /** Whether a new session may start (false while overloaded past the margin). @default always */
+  admitSession?(): boolean;
+  closed(conn: Connection): void;
+}
+
+const CONN = Symbol('switchboard.connection');
+type ConnSocket = Socket & { [CONN]?: Connection };
+
+const State = { Open: 0, Ending: 1, Closed: 2 } as const;
+type State = (typeof State)[keyof typeof State];
+
+/** How long a closing connection may take to flush its last frames before it is destroyed. */
+const CLOSE_GRACE_MS = 2000;
+/**
+ * Queued bytes that trigger a write before the end of the turn (nats.js' inline threshold): a
+ * busy turn must not pile up more than the outbound bound in our queue, or members that read
+ * perfectly well would be taken for slow consumers.
+ */
+const INLINE_FLUSH_BYTES = 32 * 1024;
+
+const reconnectFrames = new Map<DisconnectReason, Outbound>();
+/** The `reconnect` push for a reason, encoded once per process. */
+export function reconnectFrame(reason: DisconnectReason): Outbound {
+  let f = reconnectFrames.get(reason);
+  if (f === undefined) {
+    f = Outbound.of({ type: 'reconnect', reason, reconnect: DisconnectReconnect[reason] });
+    reconnectFrames.set(reason, f);
+  }
+  return f;
+}
+
+function errorFrame(id: RequestId | undefined, code: ErrorCode, message: string): Outbound {
+  return Outbound.of(id === undefined ? { type: 'error', code, message } : { type: 'error', id, code, message });
+}
+
+function disconnectReasonOf(code: ErrorCode): DisconnectReason {
+  if (code === ErrorCode.Unauthorized) return DisconnectReason.Unauthorized;
+  if (code === ErrorCode.SlowConsumer) return DisconnectReason.SlowConsumer;
+  return DisconnectReason.ProtocolError;
+}
+
+const EMPTY_ROOMS: ReadonlySet<string> = new Set();
+
+interface HeldFrame {
+  body: Buffer;
+  flags: number;
+}
+
+/** A reply waiting for the replies of earlier requests (async handlers). */
+interface ReplySlot {
+  done: boolean;
+  emit: (() => void) | null;
+}
+
+export class Connection implements HubMember, FrameSink, FrameWaiter, PluginContext {
+  user = '';
+  sessionId = '';
+  mode: Mode = Mode.Unknown;
+  /** Last time the client sent anything (ms, coarse). */
+  lastSeen: number;
+  readonly openedAt: number;
+  private state: State = State.Open;
+  private parser: TextParser | BinaryParser | null = null;
+  private sniffed: Buffer | null = null;
+  private roomSet: Set<string> | null = null;
+  private queue: Buffer[] = [];
+  private queuedBytes = 0;
+  private tokens: number;
+  private refilledAt: number;
+  private closeTimer: NodeJS.Timeout | null = null;
+  private helloPending = false;
+  /** Codec of outbound binary frames, negotiated in hello (None: uncompressed). */
+  codec: Codec = Codec.None;
+  /** Bit (1 << codec) for each codec the client may send compressed frames in. */
+  private inboundCodecs = 0;
+  /** Messages waiting, in order, behind one still being compressed (zstd is asynchronous). */
+  private heldOut: Outbound[] | null = null;
+  private heldOutBytes = 0;
+  /** Frames that arrived while an earlier one was being decompressed, in order. */
+  private heldIn: HeldFrame[] | null = null;
+  private replySlots: ReplySlot[] | null = null;
+
+  constructor(
+    readonly socket: Socket,
+    private readonly host: ConnectionHost,
+    now: number,
+  ) {
+    this.lastSeen = now;
+    this.openedAt = now;
+    this.tokens = host.services.config.rateLimitBurst;
+    this.refilledAt = now;
+    (socket as ConnSocket)[CONN] = this;
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 30_000);
+    socket.on('data', onSocketData);
+    socket.on('error', onSocketError);
+    socket.on('close', onSocketClose);
+  }
+
+  get services(): GatewayServices {
+    return this.host.services;
+  }
+
+  get rooms(): ReadonlySet<string> {
+    return this.roomSet ?? EMPTY_ROOMS;
+  }
+
+  get isOpen(): boolean {
+    return this.state === State.Open;
+  }
+
+  /** Bytes waiting to be written: our queue plus the socket's own buffer. */
+  get bufferedAmount(): number {
+    return this.queuedBytes + this.socket.writableLength;
+  }
+
+  // ---- input -------------------------------------------------------------------------------
+
+  onData(chunk: Buffer): void {
+    this.host.services.counters.bytesReceived += chunk.length;
+    this.lastSeen = Date.now();
+    if (this.parser !== null) {
+      this.parser.push(chunk);
+      return;
+    }
+    this.sniff(chunk);
+  }
+
+  private sniff(chunk: Buffer): void {
+    const data = this.sniffed === null ? chunk : Buffer.concat([this.sniffed, chunk]);
+    this.sniffed = null;
+    const mode = sniffMode(data);
+    const maxFrame = this.host.services.config.maxFrameBytes;
+    switch (mode) {
+      case Mode.Unknown:
+        this.sniffed = data;
+        return;
+      case Mode.Text:
+        this.mode = Mode.Text;
+        this.parser = new TextParser(this, maxFrame);
+        this.parser.push(data);
+        return;
+      case Mode.Binary:
+        this.mode = Mode.Binary;
+        this.parser = new BinaryParser(this, maxFrame);
+        if (data.length > BINARY_PREAMBLE.length) this.parser.push(data.subarray(BINARY_PREAMBLE.length));
+        return;
+      case Mode.Http:
+        this.detach();
+        this.host.services.counters.connections--;
+        this.host.closed(this);
+        this.host.handOverHttp(this.socket, data);
+        return;
+      default:
+        // Unknown first bytes: answer in text mode, which a human with nc can read, then close.
+        this.mode = Mode.Text;
+        this.fail(undefined, ErrorCode.BadFrame, 'unrecognised protocol preamble: send JSON lines, the binary preamble, or HTTP');
+    }
+  }
+
+  onFrameError(code: ErrorCode, message: string): void {
+    this.fail(undefined, code, message);
+  }
+
+  onFrame(body: Buffer, flags: number): void {
+    if (this.state !== State.Open) return;
+    if (this.heldIn !== null) {
+      // Keep the client's order: later frames wait behind the one being decompressed.
+      this.heldIn.push({ body: Buffer.from(body), flags });
+      return;
+    }
+    const codec = (flags & CODEC_MASK) as Codec;
+    if (codec !== Codec.None) {
+      if ((this.inboundCodecs & (1 << codec)) === 0) {
+        this.fail(undefined, ErrorCode.BadFrame, `compressed frame (${codecName(codec)}), but that codec was not negotiated in hello`);
+        return;
+      }
+      let out: Buffer | Promise<Buffer>;
+      try {
+        out = decompressBody(codec, body, this.host.services.config.maxFrameBytes);
+      } catch (err) {
+        this.fail(undefined, ErrorCode.BadFrame, (err as Error).message);
+        return;
+      }
+      if (out instanceof Promise) {
+        this.heldIn = [];
+        this.socket.pause();
+        out.then(
+          (b) => this.inflated(b),
+          (err: unknown) => this.fail(undefined, ErrorCode.BadFrame, err instanceof CompressionError ? err.message : 'corrupt compressed frame'),
+        );
+        return;
+      }
+      body = out;
+    }
+    this.handleBody(body);
+  }
+
+  /** A frame decompressed asynchronously: handle it, then the frames held behind it. */
+  private inflated(body: Buffer): void {
+    if (this.state !== State.Open) return;
+    this.handleBody(body);
+    const held = this.heldIn ?? [];
+    this.heldIn = null;
+    let i = 0;
+    while (i < held.length && this.state === State.Open && !this.holdingInput()) {
+      const f = held[i++];
+      this.onFrame(f.body, f.flags);
+    }
+    if (this.state !== State.Open) return;
+    // Another frame started decompressing: the rest of the held frames go on waiting behind it.
+    if (this.holdingInput()) this.heldIn = held.slice(i);
+    else this.socket.resume();
+  }
+
+  private holdingInput(): boolean {
+    return this.heldIn !== null;
+  }
+
+  private handleBody(body: Buffer): void {
+    let value: unknown;
+    try {
+      value = JSON.parse(body.toString('utf8'));
+    } catch {
+      this.host.services.counters.countReceived('invalid');
+      this.fail(undefined, ErrorCode.BadJson, 'frame is not valid JSON');
+      return;
+    }
+    this.dispatch(value);
+  }
+
+  private takeToken(): boolean {
+    const cfg = this.host.services.config;
+    if (this.tokens < 1) {
+      const now = this.lastSeen;
+      const refill = ((now - this.refilledAt) * cfg.rateLimitPerSec) / 1000;
+      this.refilledAt = now;
+      this.tokens = Math.min(cfg.rateLimitBurst, this.tokens + refill);
+      if (this.tokens < 1) return false;
+    } else if (this.tokens < cfg.rateLimitBurst) {
+      const now = this.lastSeen;
+      this.tokens = Math.min(cfg.rateLimitBurst, this.tokens + ((now - this.refilledAt) * cfg.rateLimitPerSec) / 1000);
+      this.refilledAt = now;
+    } else {
+      this.refilledAt = this.lastSeen;
+    }
+    this.tokens -= 1;
+    return true;
+  }
+
+  /** Route one parsed value: envelope check, rate limit, core types, then plugins. */
+  dispatch(value: unknown): void {
+    const counters = this.host.services.counters;
+    let msg: InboundMessage;
+    try {
+      msg = asInbound(value);
+    } catch (err) {
+      counters.countReceived('invalid');
+      this.fail(requestIdOf(value), ErrorCode.BadRequest, (err as Error).message);
+      return;
+    }
+    if (!this.takeToken()) {
+      counters.dropped[DropReason.RateLimited]++;
+      this.fail(msg.id, ErrorCode.RateLimited, `rate limit of ${this.host.services.config.rateLimitPerSec} messages/s exceeded`);
+      return;
+    }
+    const type = msg.type;
+    if (type === 'ping') {
+      counters.countReceived(type);
+      this.enqueue(Outbound.of(msg.id === undefined ? { type: 'pong', ts: Date.now() } : { type: 'pong', id: msg.id, ts: Date.now() }));
+      return;
+    }
+    if (type === 'hello') {
+      counters.countReceived(type);
+      if (this.user === '' && this.host.admitSession?.() === false) {
+        // Refused before any work: the client should come back later or elsewhere.
+        counters.countError(ErrorCode.Overloaded);
+        this.enqueue(errorFrame(msg.id, ErrorCode.Overloaded, 'server overloaded: try again later or another server'));
+        this.disconnect(DisconnectReason.Overloaded);
+        return;
+      }
+      this.execute(msg, null);
+      return;
+    }
+    if (this.user === '') {
+      this.fail(msg.id, ErrorCode.Unauthorized, 'send hello first');
+      return;
+    }
+    const plugin = this.host.plugins.find(type);
+    if (plugin === undefined) {
+      counters.countReceived('unknown');
+      this.fail(msg.id, ErrorCode.UnknownType, `unknown message type "${type.length > 64 ? type.slice(0, 64) + '...' : type}"`);
+      return;
+    }
+    counters.countReceived(type);
+    const flag = plugin.flagFor !== undefined ? plugin.flagFor(type) : plugin.flag;
+    if (flag !== undefined && !this.host.featureEnabled(flag, this.user)) {
+      this.fail(msg.id, ErrorCode.FeatureDisabled, `feature "${flag}" is disabled`);
+      return;
+    }
+    this.execute(msg, plugin);
+  }
+
+  /** Run `hello` (plugin null) or a plugin and send its result or failure, now or when it settles. */
+  private execute(msg: InboundMessage, plugin: MessageProcessor | null): void {
+    let result: MaybePromise<ProcessResult>;
+    try {
+      result = plugin === null ? this.hello(msg) : plugin.process(msg, this);
+    } catch (err) {
+      this.replyFailure(msg.id, err);
+      return;
+    }
+    const id = msg.id;
+    if (result instanceof Promise) {
+      // Replies leave in request order even when handlers finish out of order (cluster mode).
+      const slot: ReplySlot = { done: false, emit: null };
+      (this.replySlots ??= []).push(slot);
+      result.then(
+        (r) => this.settle(slot, () => this.reply(id, r)),
+        (err: unknown) => this.settle(slot, () => this.replyFailure(id, err)),
+      );
+      return;
+    }
+    if (this.replySlots !== null && this.replySlots.length > 0) {
+      this.replySlots.push({ done: true, emit: () => this.reply(id, result) });
+      return;
+    }
+    this.reply(id, result);
+  }
+
+  private settle(slot: ReplySlot, emit: () => void): void {
+    slot.done = true;
+    slot.emit = emit;
+    const slots = this.replySlots!;
+    while (slots.length > 0 && slots[0].done) slots.shift()!.emit!();
+  }
+
+  private reply(id: RequestId | undefined, r: ProcessResult): void {
+    if (this.state !== State.Open) return;
+    if (r === undefined) {
+      if (id !== undefined) this.enqueue(Outbound.of({ type: 'ok', id }));
+      return;
+    }
+    if (r instanceof Outbound) {
+      this.enqueue(r);
+      return;
+    }
+    const out: Record<string, unknown> = { type: 'ok' };
+    if (id !== undefined) out.id = id;
+    this.enqueue(Outbound.of(Object.assign(out, r)));
+  }
+
+  private replyFailure(id: RequestId | undefined, err: unknown): void {
+    if (isSwitchboardError(err)) {
+      this.fail(id, err.code, err.message);
+      return;
+    }
+    this.host.services.log.error('handler failed', { err, session: this.sessionId });
+    this.fail(id, ErrorCode.Internal, 'internal error');
+  }
+
+  /** Send an error; when its code closes the connection, close it after the frame. */
+  fail(id: RequestId | undefined, code: ErrorCode, message: string): void {
+    this.host.services.counters.countError(code);
+    if (this.state !== State.Open) return;
+    const frame = errorFrame(id, code, message);
+    if (ErrorInfo[code].closes) this.close(disconnectReasonOf(code), frame);
+    else this.enqueue(frame);
+  }
+
+  // ---- session -----------------------------------------------------------------------------
+
+  private hello(msg: InboundMessage): MaybePromise<ProcessResult> {
+    if (this.user !== '' || this.helloPending) throw new SwitchboardError(ErrorCode.BadRequest, 'hello was already sent');
+    const codecs = optionalStringArrayField(msg, 'codecs');
+    const secret = this.host.services.config.authSecret;
+    let user: string;
+    if (secret !== '') {
+      const token = optionalStringField(msg, 'token');
+      if (token === undefined) throw new SwitchboardError(ErrorCode.Unauthorized, 'a token is required');
+      user = verifyHs256(token, secret).sub;
+      const claimed = optionalStringField(msg, 'user');
+      if (claimed !== undefined && claimed !== user) throw new SwitchboardError(ErrorCode.Unauthorized, 'user does not match the token');
+    } else {
+      user = nameField(msg, 'user');
+    }
+    this.user = user;
+    this.negotiateCompression(codecs);
+    this.sessionId = this.host.nextSessionId();
+    this.helloPending = true;
+    const registered = this.host.services.hub.addUser(this);
+    if (registered instanceof Promise) return registered.then(() => this.welcome(), (err: unknown) => this.helloFailed(err));
+    return this.welcome();
+  }
+
+  private helloFailed(err: unknown): never {
+    this.helloPending = false;
+    const undo = this.host.services.hub.removeUser(this);
+    if (undo instanceof Promise) undo.catch(() => {});
+    this.user = '';
+    this.sessionId = '';
+    this.codec = Codec.None;
+    this.inboundCodecs = 0;
+    throw new SwitchboardError(ErrorCode.Unavailable, 'session could not be registered', { cause: err });
+  }
+
+  /**
+   * Binary mode, when the `compression` flag is on for the user: outbound frames use the server's
+   * first preferred codec the client lists; the client may send frames in any codec both list.
+   */
+  private negotiateCompression(offered: readonly string[] | undefined): void {
+    const prefs = this.host.services.config.compressionCodecs;
+    if (offered === undefined || this.mode !== Mode.Binary || prefs.length === 0) return;
+    if (!this.host.featureEnabled('compression', this.user)) return;
+    this.codec = negotiateCodec(prefs, offered);
+    for (const name of prefs) if (offered.includes(name)) this.inboundCodecs |= 1 << codecOf(name);
+  }
+
+  private welcome(): Record<string, unknown> {
+    this.helloPending = false;
+    return {
+      type: 'welcome',
+      session: this.sessionId,
+      user: this.user,
+      server: this.host.services.serverId,
+      protocol: PROTOCOL_VERSION,
+      codec: codecName(this.codec),
+      limits: this.host.limits,
+      flags: this.host.flagsFor(this.user),
+    };
+  }
+
+  joinRoom(room: string): MaybePromise<void> {
+    if (this.roomSet?.has(room)) return;
+    const rooms = (this.roomSet ??= new Set());
+    const max = this.host.services.config.maxRoomsPerConnection;
+    if (rooms.size >= max) throw new SwitchboardError(ErrorCode.TooManyRooms, `at most ${max} rooms per connection`);
+    rooms.add(room);
+    const joined = this.host.services.hub.join(room, this);
+    if (joined instanceof Promise) {
+      return joined.catch((err: unknown) => {
+        rooms.delete(room);
+        void this.host.services.hub.leave(room, this);
+        throw new SwitchboardError(ErrorCode.Unavailable, 'could not join the room', { cause: err });
+      });
+    }
+  }
+
+  leaveRoom(room: string): MaybePromise<void> {
+    if (this.roomSet === null || !this.roomSet.delete(room)) return;
+    return this.host.services.hub.leave(room, this);
+  }
+
+  send(msg: Outbound): void {
+    this.enqueue(msg);
+  }
+
+  // ---- output ------------------------------------------------------------------------------
+
+  enqueue(msg: Outbound): boolean {
+    if (this.state !== State.Open) return false;
+    let buf: Buffer | null;
+    if (this.mode !== Mode.Binary) buf = msg.text();
+    else if (this.codec === Codec.None) buf = msg.binary();
+    else if (this.heldOut !== null) return this.holdBack(msg);
+    else {
+      buf = msg.binaryFor(this.codec, this.host.services.config.compressionThreshold, this);
+      if (buf === null) return this.holdBack(msg);
+    }
+    return this.queueBytes(buf);
+  }
+
+  /**
+   * Hold `msg` until the frame ahead of it is compressed (order is per connection), starting its
+   * own compression now so that every recipient shares it. Held bytes count against the bound.
+   */
+  private holdBack(msg: Outbound): boolean {
+    const size = msg.binary().length;
+    if (this.queuedBytes + this.heldOutBytes + this.socket.writableLength + size > this.host.services.config.maxOutboundBytes) {
+      return this.slowConsumer();
+    }
+    if (this.heldOut === null) this.heldOut = [msg]; // the head: enqueue registered us as its waiter
+    else {
+      msg.binaryFor(this.codec, this.host.services.config.compressionThreshold);
+      this.heldOut.push(msg);
+    }
+    this.heldOutBytes += size;
+    return true;
+  }
+
+  /** FrameWaiter: the first held message is compressed; queue every ready one, in order. */
+  frameReady(): void {
+    const held = this.heldOut;
+    if (held === null) return;
+    const threshold = this.host.services.config.compressionThreshold;
+    let i = 0;
+    while (i < held.length && this.state === State.Open) {
+      const buf = held[i].binaryFor(this.codec, threshold, this);
+      if (buf === null) break;
+      this.heldOutBytes -= held[i].binary().length;
+      i++;
+      this.queueBytes(buf);
+    }
+    if (i < held.length && this.state === State.Open) {
+      held.splice(0, i);
+      return;
+    }
+    this.heldOut = null;
+    this.heldOutBytes = 0;
+  }
+
+  private queueBytes(buf: Buffer): boolean {
+    if (this.queuedBytes + this.heldOutBytes + this.socket.writableLength + buf.length > this.host.services.config.maxOutboundBytes) {
+      return this.slowConsumer();
+    }
+    if (this.queuedBytes === 0) this.host.services.hub.markDirty(this);
+    this.queue.push(buf);
+    this.queuedBytes += buf.length;
+    if (this.queuedBytes >= INLINE_FLUSH_BYTES) this.flush();
+    return true;
+  }
+
+  private slowConsumer(): false {
+    const services = this.host.services;
+    services.counters.dropped[DropReason.SlowConsumer]++;
+    if (services.config.slowConsumerPolicy === 'drop') return false;
+    // Nothing queued will reach a client that does not read: free it, say why, close.
+    this.queue.length = 0;
+    this.queuedBytes = 0;
+    this.fail(undefined, ErrorCode.SlowConsumer, 'outbound buffer full: the client does not read fast enough');
+    return false;
+  }
+
+  flush(): void {
+    const n = this.queue.length;
+    if (n === 0 || this.state === State.Closed) return;
+    const data = n === 1 ? this.queue[0] : Buffer.concat(this.queue, this.queuedBytes);
+    this.host.services.counters.bytesSent += this.queuedBytes;
+    this.queue.length = 0;
+    this.queuedBytes = 0;
+    this.socket.write(data);
+    if (this.state === State.Ending) this.socket.end();
+  }
+
+  /**
+   * Close gracefully: stop reading, send `final` (an error or a reconnect push) after what is
+   * queued, end the socket, and destroy it if it has not gone within the grace period.
+   */
+  close(reason: DisconnectReason, final?: Outbound, graceMs = CLOSE_GRACE_MS): void {
+    if (this.state !== State.Open) return;
+    this.parser?.stop();
+    // Messages still waiting for compression are dropped with the connection; a client that
+    // reconnects recovers room messages through history.
+    this.heldOut = null;
+    this.heldOutBytes = 0;
+    if (final !== undefined && this.mode !== Mode.Unknown && this.mode !== Mode.Http) {
+      const buf = this.mode === Mode.Binary ? final.binary() : final.text();
+      if (this.queuedBytes === 0) this.host.services.hub.markDirty(this);
+      this.queue.push(buf);
+      this.queuedBytes += buf.length;
+    }
+    this.state = State.Ending;
+    this.host.services.log.debug('closing connection', { session: this.sessionId, reason });
+    if (this.queuedBytes === 0) this.socket.end();
+    this.closeTimer = setTimeout(destroySocket, graceMs, this.socket);
+    this.closeTimer.unref();
+  }
+
+  /** Close with a `reconnect` push that tells the client why and whether to come back. */
+  disconnect(reason: DisconnectReason, graceMs = CLOSE_GRACE_MS): void {
+    if (this.mode === Mode.Unknown) {
+      this.socket.destroy();
+      return;
+    }
+    this.close(reason, reconnectFrame(reason), graceMs);
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  private detach(): void {
+    this.state = State.Closed;
+    this.socket.removeListener('data', onSocketData);
+    this.socket.removeListener('error', onSocketError);
+    this.socket.removeListener('close', onSocketClose);
+    (this.socket as ConnSocket)[CONN] = undefined;
+  }
+
+  onClosed(): void {
+    if (this.state === State.Closed) return;
+    this.state = State.Closed;
+    this.parser?.stop();
+    this.queue.length = 0;
+    this.queuedBytes = 0;
+    if (this.closeTimer !== null) clearTimeout(this.closeTimer);
+    const { hub, log } = this.host.services;
+    const swallow = (err: unknown) => log.warn('cleanup after close failed', { err, session: this.sessionId });
+    if (this.roomSet !== null) {
+      for (const room of this.roomSet) {
+        const p = hub.leave(room, this);
+        if (p instanceof Promise) p.catch(swallow);
+      }
+    }
+    if (this.user !== '') {
+      const p = hub.removeUser(this);
+      if (p instanceof Promise) p.catch(swallow);
+      for (const plugin of this.host.plugins.list()) plugin.onClose?.(this);
+    }
+    this.host.services.counters.connections--;
+    this.host.closed(this);
+  }
+}
+
+function onSocketData(this: ConnSocket, chunk: Buffer): void {
+  this[CONN]?.onData(chunk);
+}
+
+function onSocketError(this: ConnSocket): void {
+  // ECONNRESET and friends: 'close' follows and cleans up.
+}
+
+function onSocketClose(this: ConnSocket): void {
+  this[CONN]?.onClosed();
+}
+
+function destroySocket(socket: Socket): void {
+  socket.destroy();
+}

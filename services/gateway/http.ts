@@ -1,0 +1,51 @@
+/**
+ * HTTP endpoints: /stats, /healthz, /readyz and /metrics. The same handler serves the admin port
+ * and HTTP requests sniffed on the client port (the origin's `curl localhost:4000/stats`).
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+
+export interface HttpEndpoints {
+  stats(): Record<string, unknown>;
+  /** Readiness and the reasons when not ready. */
+  readiness(): { ready: boolean; reasons: string[] };
+  /** Prometheus exposition, when telemetry is wired. */
+  metrics?(): Promise<{ contentType: string; body: string }>;
+}
+
+function send(res: ServerResponse, status: number, body: string, type = 'application/json'): void {
+  res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+export function createHttpHandler(ep: HttpEndpoints): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      send(res, 405, JSON.stringify({ error: 'method not allowed' }));
+      return;
+    }
+    switch (path) {
+      case '/stats':
+        send(res, 200, JSON.stringify(ep.stats()) + '\n');
+        return;
+      case '/healthz':
+        send(res, 200, '{"status":"ok"}\n');
+        return;
+      case '/readyz': {
+        const r = ep.readiness();
+        send(res, r.ready ? 200 : 503, JSON.stringify({ status: r.ready ? 'ready' : 'not ready', reasons: r.reasons }) + '\n');
+        return;
+      }
+      case '/metrics':
+        if (ep.metrics !== undefined) {
+          ep.metrics().then(
+            (m) => send(res, 200, m.body, m.contentType),
+            (err: unknown) => send(res, 500, JSON.stringify({ error: String(err) })),
+          );
+          return;
+        }
+        break;
+    }
+    send(res, 404, JSON.stringify({ error: 'not found', endpoints: ['/stats', '/healthz', '/readyz', '/metrics'] }) + '\n');
+  };
+}

@@ -1,0 +1,217 @@
+/**
+ * Flags end to end: the file source (hot reload, bad file rejected), the Redis source reaching
+ * two gateways after `switchboard flags set`, gating over the wire, and shedding under overload.
+ */
+import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
+import { rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { FlagStore, FlagsFileSource, startFlags, type FlagService } from '../../services/control';
+import { createLogger } from '../../services/telemetry';
+import { spawnCli, tempDir } from '../helpers/cli';
+import { startServer, type TestServer } from '../helpers/server';
+import { waitFor } from '../helpers/wait';
+import { WireClient } from '../helpers/wire';
+import { hasRedisServer, startRedis } from './redis';
+
+function captureLog() {
+  const lines: Record<string, unknown>[] = [];
+  const log = createLogger('debug', {}, (l) => lines.push(JSON.parse(l) as Record<string, unknown>));
+  return { log, lines };
+}
+
+test('flags file: loads YAML, hot-reloads on change, rejects a bad file and keeps the last good set', async (t) => {
+  const dir = tempDir();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'flags.yaml');
+  writeFileSync(path, 'flags:\n  history:\n    enabled: false\n  direct:\n    rolloutPercent: 0\n    betaUsers: [alice]\n');
+  const store = new FlagStore();
+  const { log, lines } = captureLog();
+  const src = new FlagsFileSource({ path, store, log, debounceMs: 20 });
+  t.after(() => src.stop());
+  assert.equal(await src.start(), true);
+  assert.equal(store.isEnabled('history', 'bob'), false);
+  assert.equal(store.isEnabled('direct', 'alice'), true);
+  assert.equal(store.isEnabled('direct', 'bob'), false);
+
+  writeFileSync(path, 'flags:\n  history: {enabled: true}\n');
+  await waitFor(() => store.isEnabled('history', 'bob'), 3000, 'the edited file to be applied');
+  assert.equal(store.get('direct'), undefined, 'a flag removed from the file reverts to the default');
+
+  const loads = src.loads;
+  writeFileSync(path, 'flags:\n  history: {enabled: nope, rolloutPercent: 300}\n');
+  await waitFor(() => src.rejects > 0, 3000, 'the bad file to be rejected');
+  assert.equal(src.loads, loads);
+  assert.equal(store.isEnabled('history', 'bob'), true, 'the last good set stays');
+  const rejected = lines.find((l) => l.msg === 'flags file rejected, keeping the last good flags');
+  assert.ok(rejected, 'one clear log line');
+  assert.equal(rejected.level, 'error');
+  assert.match(String(rejected.err), /enabled must be true or false/);
+
+  writeFileSync(path, '{ "flags": [ {"name": "history", "enabled": false ');
+  await waitFor(() => src.rejects > 1, 3000, 'the broken YAML to be rejected');
+  assert.equal(store.isEnabled('history', 'bob'), true);
+});
+
+test('flags file: JSON by extension', async (t) => {
+  const dir = tempDir();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'flags.json');
+  writeFileSync(path, JSON.stringify([{ name: 'compression', enabled: false }]));
+  const store = new FlagStore();
+  const src = new FlagsFileSource({ path, store, log: captureLog().log });
+  t.after(() => src.stop());
+  assert.equal(await src.start(), true);
+  assert.equal(store.isEnabled('compression', 'x'), false);
+});
+
+test('gating over the wire: welcome lists flags, history and direct answer feature_disabled, chat still works', async (t) => {
+  const dir = tempDir();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'flags.yaml');
+  writeFileSync(path, 'history: {enabled: false}\ndirect: {rolloutPercent: 0, betaUsers: [alice]}\n');
+  const srv = await startServer({ flagsFile: path });
+  const flags = await startFlags(srv.server, { config: srv.config, log: captureLog().log });
+  t.after(async () => {
+    await flags.stop();
+    await srv.close();
+  });
+  const alice = await WireClient.connect(srv.port);
+  const bob = await WireClient.connect(srv.port);
+  t.after(() => {
+    alice.socket.destroy();
+    bob.socket.destroy();
+  });
+  const wa = await alice.hello('alice');
+  const wb = await bob.hello('bob');
+  assert.deepEqual(wa.flags, { direct: true, history: false });
+  assert.deepEqual(wb.flags, { direct: false, history: false });
+  await alice.join('r');
+  await bob.join('r');
+  const h = await alice.request({ type: 'history', room: 'r' });
+  assert.equal(h.code, 'feature_disabled');
+  assert.equal((await alice.request({ type: 'send_chat', room: 'r', data: 'hi' })).type, 'ok', 'chat is not gated');
+  assert.equal((await alice.request({ type: 'direct', to: 'bob', data: 1 })).type, 'ok', 'alice is a beta user');
+  const d = await bob.request({ type: 'direct', to: 'alice', data: 1 });
+  assert.equal(d.code, 'feature_disabled');
+  assert.equal(bob.closed, false, 'feature_disabled does not close the connection');
+});
+
+test('shedding: a nonCritical flag is off while the monitor says overloaded and back when it clears', async (t) => {
+  const dir = tempDir();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'flags.yaml');
+  writeFileSync(path, 'history: {nonCritical: true, description: room history reads}\n');
+  const monitor = Object.assign(new EventEmitter(), { overloaded: false });
+  const srv = await startServer({ flagsFile: path });
+  const flags = await startFlags(srv.server, { config: srv.config, log: captureLog().log, monitor });
+  t.after(async () => {
+    await flags.stop();
+    await srv.close();
+  });
+  const c = await WireClient.connect(srv.port, 'binary');
+  t.after(() => c.socket.destroy());
+  await c.hello('u1');
+  await c.join('r');
+  assert.equal((await c.request({ type: 'history', room: 'r' })).type, 'history');
+
+  monitor.overloaded = true;
+  monitor.emit('overloaded');
+  const shed = await c.request({ type: 'history', room: 'r' });
+  assert.equal(shed.type, 'error');
+  assert.equal(shed.code, 'feature_disabled');
+  assert.equal(srv.server.statsSnapshot().flags_shed, true);
+  assert.deepEqual(flags.store.featureStates(), [['history', false]]);
+
+  monitor.overloaded = false;
+  monitor.emit('recovered');
+  assert.equal((await c.request({ type: 'history', room: 'r' })).type, 'history');
+  assert.deepEqual(flags.store.featureStates(), [['history', true]]);
+});
+
+test('redis: `switchboard flags set` reaches two gateways within a second', { skip: !hasRedisServer() && 'redis-server is not installed' }, async (t) => {
+  const redis = await startRedis();
+  t.after(() => redis.stop());
+  const gateways: { srv: TestServer; flags: FlagService; c: WireClient }[] = [];
+  for (let i = 0; i < 2; i++) {
+    const srv = await startServer({ redisUrl: redis.url });
+    const flags = await startFlags(srv.server, { config: srv.config, log: captureLog().log, redis: true });
+    t.after(async () => {
+      await flags.stop();
+      await srv.close();
+    });
+    const c = await WireClient.connect(srv.port);
+    t.after(() => c.socket.destroy());
+    await c.hello(`user${i}`);
+    await c.join('lobby');
+    assert.equal((await c.request({ type: 'history', room: 'lobby' })).type, 'history');
+    gateways.push({ srv, flags, c });
+  }
+
+  const env = { REDIS_URL: redis.url };
+  const set = spawnCli(['flags', 'set', 'history', '--enabled', 'false', '--description', 'off for maintenance'], env);
+  assert.equal((await set.exited).code, 0, set.stderr.join('\n'));
+  const written = Date.now();
+  await waitFor(() => gateways.every((g) => !g.srv.server.featureEnabled('history', 'user0')), 1000, 'both gateways to apply the flag', 2);
+  const elapsed = Date.now() - written;
+  assert.ok(elapsed < 1000, `applied after ${elapsed} ms`);
+  for (const g of gateways) assert.equal((await g.c.request({ type: 'history', room: 'lobby' })).code, 'feature_disabled');
+  assert.deepEqual(JSON.parse(set.stdout[0]), { name: 'history', rolloutPercent: 100, betaUsers: [], nonCritical: false, description: 'off for maintenance', enabled: false });
+
+  const list = spawnCli(['flags', 'list'], env);
+  assert.equal((await list.exited).code, 0);
+  assert.equal(JSON.parse(list.stdout[0]).name, 'history');
+
+  // A bad value written behind the CLI's back is rejected; the last good version stays.
+  redis.cli('HSET', 'sb:flags', 'history', '{"enabled":"maybe"}');
+  redis.cli('PUBLISH', 'sb:flags:changed', 'history');
+  const loads = gateways[0].flags.redis!.loads;
+  await waitFor(() => gateways[0].flags.redis!.loads > loads, 2000, 'the reload after the bad write');
+  assert.equal(gateways[0].srv.server.featureEnabled('history', 'user0'), false);
+
+  const del = spawnCli(['flags', 'delete', 'history'], env);
+  assert.equal((await del.exited).code, 0);
+  await waitFor(() => gateways.every((g) => g.srv.server.featureEnabled('history', 'user0')), 1000, 'the default (on) after delete');
+
+  const bad = spawnCli(['flags', 'set', 'history', '--rollout', '250'], env);
+  assert.equal((await bad.exited).code, 2);
+  assert.match(bad.stderr.join('\n'), /rolloutPercent must be a number 0-100/);
+});
+
+test('shedding with the real performance monitor: a throughput breach sheds, a quiet interval restores', async (t) => {
+  const dir = tempDir();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'flags.yaml');
+  writeFileSync(path, 'history: {nonCritical: true}\n');
+  // The monitor samples only when the test says so (interval far away), one breach enters, one clear interval exits.
+  const srv = await startServer({
+    flagsFile: path,
+    overloadMaxMsgPerSec: 50,
+    overloadIntervalMs: 600_000,
+    overloadEnterSamples: 1,
+    overloadExitSamples: 1,
+    overloadP99LatencyMs: 0,
+    overloadEventLoopLagMs: 0,
+    overloadErrorRatePercent: 0,
+  });
+  const flags = await startFlags(srv.server, { config: srv.config, log: captureLog().log, monitor: srv.server.monitor });
+  t.after(async () => {
+    await flags.stop();
+    await srv.close();
+  });
+  const c = await WireClient.connect(srv.port);
+  t.after(() => c.socket.destroy());
+  await c.hello('u1');
+  await c.join('r');
+  srv.server.monitor.sample(); // baseline
+  for (let i = 0; i < 200; i++) c.send({ type: 'ping' });
+  await c.next((m) => m.type === 'pong' && c.inbox.filter((x) => x.type === 'pong').length >= 199, 3000, '200 pongs');
+  srv.server.monitor.sample();
+  assert.equal(srv.server.monitor.overloaded, true, 'the throughput breach is an overload');
+  assert.equal((await c.request({ type: 'history', room: 'r' })).code, 'feature_disabled');
+  await new Promise((r) => setTimeout(r, 300)); // a quiet interval: a handful of messages over 300 ms
+  srv.server.monitor.sample();
+  assert.equal(srv.server.monitor.overloaded, false);
+  assert.equal((await c.request({ type: 'history', room: 'r' })).type, 'history');
+});

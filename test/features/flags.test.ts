@@ -1,0 +1,119 @@
+/** Feature flag evaluation: the murmur3 hash, rollout distribution and monotonicity, beta users, shedding. */
+import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
+import { test } from 'node:test';
+import { bucket, evaluate, FlagError, FlagStore, murmur3, parseFlag, parseFlagSet, type FeatureFlag } from '../../services/control/flags';
+
+function flag(over: Partial<FeatureFlag> = {}): FeatureFlag {
+  return { name: 'f', enabled: true, rolloutPercent: 100, betaUsers: [], nonCritical: false, description: '', ...over };
+}
+
+test('murmur3 x86_32 matches the reference vectors', () => {
+  // Vectors from the reference implementation (SMHasher MurmurHash3_x86_32).
+  const vectors: [string | Uint8Array, number, number][] = [
+    ['', 0, 0],
+    ['', 1, 0x514e28b7],
+    ['', 0xffffffff, 0x81f16f39],
+    [new Uint8Array([0, 0, 0, 0]), 0, 0x2362f9de],
+    [new Uint8Array([0xff, 0xff, 0xff, 0xff]), 0, 0x76293b50],
+    [new Uint8Array([0x21, 0x43, 0x65, 0x87]), 0, 0xf55b516b],
+    [new Uint8Array([0x21, 0x43, 0x65, 0x87]), 0x5082edee, 0x2362f9de],
+    [new Uint8Array([0x21, 0x43, 0x65]), 0, 0x7e4a8634],
+    [new Uint8Array([0x21, 0x43]), 0, 0xa0f7b07a],
+    [new Uint8Array([0x21]), 0, 0x72661cf4],
+    ['aaaa', 0x9747b28c, 0x5a97808a],
+    ['aaa', 0x9747b28c, 0x283e0130],
+    ['aa', 0x9747b28c, 0x5d211726],
+    ['a', 0x9747b28c, 0x7fa09ea6],
+    ['abcd', 0x9747b28c, 0xf0478627],
+    ['abc', 0x9747b28c, 0xc84a62dd],
+    ['ab', 0x9747b28c, 0x74875592],
+    ['Hello, world!', 0x9747b28c, 0x24884cba],
+    ['The quick brown fox jumps over the lazy dog', 0x9747b28c, 0x2fa826cd],
+  ];
+  for (const [input, seed, want] of vectors) {
+    assert.equal(murmur3(input, seed), want, `murmur3(${JSON.stringify(typeof input === 'string' ? input : [...input])}, ${seed.toString(16)})`);
+  }
+  // UTF-8: the string and its bytes hash the same.
+  assert.equal(murmur3('π€𝄞'), murmur3(Buffer.from('π€𝄞', 'utf8')));
+});
+
+test('rollout: the share of 100,000 users is within 1 percentage point of the target', () => {
+  for (const pct of [1, 5, 25, 50, 75, 99]) {
+    const f = flag({ name: `rollout-${pct}`, rolloutPercent: pct });
+    let on = 0;
+    for (let i = 0; i < 100_000; i++) if (evaluate(f, `user-${i}`)) on++;
+    const share = on / 1000;
+    assert.ok(Math.abs(share - pct) <= 1, `${pct}%: got ${share}%`);
+  }
+  assert.equal(evaluate(flag({ rolloutPercent: 0 }), 'anyone'), false);
+  assert.equal(evaluate(flag({ rolloutPercent: 100 }), 'anyone'), true);
+});
+
+test('rollout is monotonic: raising the percentage keeps every user who was in', () => {
+  const steps = [0, 5, 25, 50, 100];
+  for (let i = 0; i < 20_000; i++) {
+    const user = `u${i}`;
+    let was = false;
+    for (const pct of steps) {
+      const now = evaluate(flag({ name: 'chat-v2', rolloutPercent: pct }), user);
+      assert.ok(!was || now, `${user} left at ${pct}%`);
+      was = now;
+    }
+  }
+  assert.ok(bucket('chat-v2', 'u1') >= 0 && bucket('chat-v2', 'u1') < 100);
+  // Buckets depend on the flag, so the same 5% of users do not get every experiment.
+  let same = 0;
+  for (let i = 0; i < 10_000; i++) if (bucket('a', `u${i}`) === bucket('b', `u${i}`)) same++;
+  assert.ok(same < 300, `buckets of different flags coincide for ${same} of 10000 users`);
+});
+
+test('beta users are always on while the flag is enabled, and off when it is not', () => {
+  const f = flag({ rolloutPercent: 0, betaUsers: ['alice', 'bob'] });
+  assert.equal(evaluate(f, 'alice'), true);
+  assert.equal(evaluate(f, 'bob'), true);
+  assert.equal(evaluate(f, 'carol'), false);
+  assert.equal(evaluate({ ...f, enabled: false }, 'alice'), false);
+});
+
+test('FlagStore: undefined flags are on, later sources win, nonCritical flags are shed while overloaded', () => {
+  const store = new FlagStore();
+  assert.equal(store.isEnabled('history', 'u'), true);
+  store.setSource('file', [flag({ name: 'history', enabled: false }), flag({ name: 'direct', nonCritical: true })]);
+  assert.equal(store.isEnabled('history', 'u'), false);
+  store.setSource('redis', [flag({ name: 'history', enabled: true })]);
+  assert.equal(store.isEnabled('history', 'u'), true);
+  assert.deepEqual(store.flagsFor('u'), { history: true, direct: true });
+
+  const monitor = Object.assign(new EventEmitter(), { overloaded: false });
+  store.attachMonitor(monitor);
+  let changes = 0;
+  store.on('change', () => changes++);
+  monitor.overloaded = true;
+  monitor.emit('overloaded');
+  assert.equal(store.isEnabled('direct', 'u'), false);
+  assert.equal(store.isEnabled('history', 'u'), true, 'critical flags are not shed');
+  assert.deepEqual(store.featureStates(), [
+    ['direct', false],
+    ['history', true],
+  ]);
+  monitor.overloaded = false;
+  monitor.emit('recovered');
+  assert.equal(store.isEnabled('direct', 'u'), true);
+  assert.equal(changes, 2);
+  store.detachMonitor();
+  assert.equal(monitor.listenerCount('overloaded'), 0);
+});
+
+test('flag documents: both shapes parse, bad values are rejected with the field named', () => {
+  const a = parseFlagSet({ flags: { history: { rolloutPercent: 5, betaUsers: ['x'] } } });
+  const b = parseFlagSet([{ name: 'history', rolloutPercent: 5, betaUsers: ['x'] }]);
+  assert.deepEqual(a, b);
+  assert.deepEqual(a[0], { name: 'history', enabled: true, rolloutPercent: 5, betaUsers: ['x'], nonCritical: false, description: '' });
+  assert.throws(() => parseFlag({ name: 'x', rolloutPercent: 101 }), /rolloutPercent/);
+  assert.throws(() => parseFlag({ name: 'x', enabled: 'yes' }), /enabled/);
+  assert.throws(() => parseFlag({ name: 'x', betaUsers: [1] }), /betaUsers/);
+  assert.throws(() => parseFlag({ name: 'bad name' }), FlagError);
+  assert.throws(() => parseFlagSet([{ name: 'x' }, { name: 'x' }]), /twice/);
+  assert.deepEqual(parseFlagSet(null), []);
+});

@@ -1,0 +1,102 @@
+// Configuration: environment and .env, origin keys, precedence, validation with one clear message.
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { ConfigError, defaultConfig, loadConfig, parseDotEnv, redactedConfig, SETTINGS } from '../../services/control';
+import { tempDir } from '../helpers/cli';
+
+function dotEnv(text: string): string {
+  const dir = tempDir();
+  const path = join(dir, '.env');
+  writeFileSync(path, text);
+  return path;
+}
+
+describe('config', () => {
+  test('defaults: standalone on 127.0.0.1:4000, limits from the issue', () => {
+    const c = loadConfig({ env: {}, dotEnvPath: null });
+    assert.equal(c.tcpHost, '127.0.0.1');
+    assert.equal(c.tcpPort, 4000);
+    assert.equal(c.maxFrameBytes, 1024 * 1024);
+    assert.equal(c.maxRoomsPerConnection, 100);
+    assert.equal(c.idleTimeoutMs, 60_000);
+    assert.equal(c.slowConsumerPolicy, 'disconnect');
+    assert.equal(c.authSecret, '');
+    assert.equal(c.redisUrl, 'redis://127.0.0.1:6379');
+    assert.deepEqual(defaultConfig({ tcpPort: 0 }).tcpPort, 0);
+  });
+
+  test('parseDotEnv: comments, quotes, export, keys upper-cased', () => {
+    const m = parseDotEnv('# comment\n\ntcp_host=0.0.0.0\nexport TCP_PORT="4100"\nAUTH_SECRET=\'s3cr=t\'\nnot a line\n');
+    assert.equal(m.get('TCP_HOST'), '0.0.0.0');
+    assert.equal(m.get('TCP_PORT'), '4100');
+    assert.equal(m.get('AUTH_SECRET'), 's3cr=t');
+    assert.equal(m.size, 3);
+  });
+
+  test("the origin's lower-case .env keys work", () => {
+    const path = dotEnv('tcp_host=0.0.0.0\ntcp_port=4555\nredis_host=10.0.0.7\nredis_port=6390\n');
+    const c = loadConfig({ env: {}, dotEnvPath: path });
+    assert.equal(c.tcpHost, '0.0.0.0');
+    assert.equal(c.tcpPort, 4555);
+    assert.equal(c.redisUrl, 'redis://10.0.0.7:6390');
+  });
+
+  test('the environment wins over .env, also in lower case', () => {
+    const path = dotEnv('tcp_port=4555\nMAX_ROOMS_PER_CONNECTION=5\n');
+    const c = loadConfig({ env: { TCP_PORT: '4666', max_rooms_per_connection: '7' }, dotEnvPath: path });
+    assert.equal(c.tcpPort, 4666);
+    assert.equal(c.maxRoomsPerConnection, 7);
+  });
+
+  test('a missing .env file is fine', () => {
+    const c = loadConfig({ env: {}, dotEnvPath: join(tempDir(), 'nope.env') });
+    assert.equal(c.tcpPort, 4000);
+  });
+
+  test('REDIS_URL overrides host and port; secrets are redacted', () => {
+    const c = loadConfig({ env: { REDIS_URL: 'redis://user:pw@r:1/0', AUTH_SECRET: 'top' }, dotEnvPath: null });
+    assert.equal(c.redisUrl, 'redis://user:pw@r:1/0');
+    const r = redactedConfig(c);
+    assert.equal(r.authSecret, '<set>');
+    assert.doesNotMatch(JSON.stringify(r), /pw|top/);
+  });
+
+  const invalid: [Record<string, string>, string, RegExp][] = [
+    [{ TCP_PORT: 'abc' }, 'TCP_PORT', /port number 0-65535/],
+    [{ TCP_PORT: '70000' }, 'TCP_PORT', /port number/],
+    [{ TCP_PORT: '-1' }, 'TCP_PORT', /port number/],
+    [{ MAX_ROOMS_PER_CONNECTION: '-5' }, 'MAX_ROOMS_PER_CONNECTION', /integer >= 1/],
+    [{ MAX_FRAME_BYTES: '1.5' }, 'MAX_FRAME_BYTES', /integer >= 64/],
+    [{ RATE_LIMIT_PER_SEC: '0' }, 'RATE_LIMIT_PER_SEC', /integer >= 1/],
+    [{ SLOW_CONSUMER_POLICY: 'ignore' }, 'SLOW_CONSUMER_POLICY', /one of disconnect, drop/],
+    [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL', /one of/],
+    [{ REDIS_URL: 'http://x' }, 'REDIS_URL', /redis:\/\//],
+  ];
+  for (const [env, key, expected] of invalid) {
+    test(`invalid ${key}=${Object.values(env)[0]} is a ConfigError naming the key and the expected form`, () => {
+      assert.throws(
+        () => loadConfig({ env, dotEnvPath: null }),
+        (err: unknown) => {
+          assert.ok(err instanceof ConfigError);
+          assert.equal(err.key, key);
+          assert.match(err.message, new RegExp(`^invalid ${key}=`));
+          assert.match(err.message, expected);
+          assert.doesNotMatch(err.message, /\n/);
+          return true;
+        },
+      );
+    });
+  }
+
+  test('ADMIN_PORT=-1 disables the admin port (the only port that accepts -1)', () => {
+    assert.equal(loadConfig({ env: { ADMIN_PORT: '-1' }, dotEnvPath: null }).adminPort, -1);
+  });
+
+  test('every setting has a default that itself validates', () => {
+    const keys = SETTINGS.map((s) => s.key);
+    assert.equal(new Set(keys).size, keys.length, 'no duplicate keys');
+    assert.doesNotThrow(() => loadConfig({ env: {}, dotEnvPath: null }));
+  });
+});

@@ -1,0 +1,84 @@
+// The load generator's frame counter: counts every delivered frame and samples timestamps without
+// parsing, however the byte stream is split into chunks (text and binary framing).
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import fc from 'fast-check';
+import { FrameCounter } from '../../load-tests/lib/counter';
+import { PublishTemplate, writeDigits } from '../../load-tests/lib/payload';
+import { encodeBinaryFrame, encodeTextFrame, roomMessageJson } from '../../services/protocol';
+
+function message(ts: number, seq: number): string {
+  const data = Buffer.alloc(15);
+  writeDigits(data, 0, ts);
+  return roomMessageJson('room-1', 'ada', `{"sbt":"${data.toString('latin1')}","p":"xxxx"}`, seq, 1);
+}
+
+function stream(binary: boolean, n: number, extra: string[] = []): Buffer {
+  const enc = binary ? encodeBinaryFrame : encodeTextFrame;
+  const parts: Buffer[] = [];
+  for (let i = 0; i < n; i++) {
+    parts.push(enc(message(1_000_000 + i, i + 1)));
+    if (i === 2) for (const e of extra) parts.push(enc(e));
+  }
+  return Buffer.concat(parts);
+}
+
+function split(buf: Buffer, cuts: number[]): Buffer[] {
+  const at = [...new Set(cuts.map((c) => c % (buf.length + 1)))].sort((a, b) => a - b);
+  const out: Buffer[] = [];
+  let prev = 0;
+  for (const c of at) {
+    out.push(buf.subarray(prev, c));
+    prev = c;
+  }
+  out.push(buf.subarray(prev));
+  return out;
+}
+
+for (const binary of [false, true]) {
+  describe(`FrameCounter (${binary ? 'binary' : 'text'})`, () => {
+    test('counts messages and samples latency against the embedded timestamp', () => {
+      const samples: number[] = [];
+      const c = new FrameCounter(binary, { recordValue: (v) => samples.push(v) }, 1);
+      c.clock = () => 2_000_000;
+      c.push(stream(binary, 10));
+      assert.equal(c.messages, 10);
+      assert.deepEqual(samples, Array.from({ length: 10 }, (_, i) => 1_000_000 - i));
+    });
+
+    test('counts errors by code and other pushes by type, apart from messages', () => {
+      const c = new FrameCounter(binary, null);
+      c.push(stream(binary, 5, ['{"type":"error","code":"slow_consumer","message":"x"}', '{"type":"reconnect","reason":"shutdown"}']));
+      assert.equal(c.messages, 5);
+      assert.equal(c.others.get('slow_consumer'), 1);
+      assert.equal(c.others.get('reconnect'), 1);
+    });
+
+    test('any chunk split gives the same counts (property)', () => {
+      const whole = stream(binary, 40, ['{"type":"error","code":"rate_limited","message":"x"}']);
+      fc.assert(
+        fc.property(fc.array(fc.nat(), { maxLength: 60 }), (cuts) => {
+          let sampled = 0;
+          const c = new FrameCounter(binary, { recordValue: () => sampled++ }, 4);
+          for (const chunk of split(whole, cuts)) c.push(chunk);
+          assert.equal(c.messages, 40);
+          assert.equal([...c.others.values()].reduce((a, b) => a + b, 0), 1);
+          assert.ok(sampled > 0 && sampled <= 40);
+        }),
+        { numRuns: 200 },
+      );
+    });
+
+    test('the publish template is a valid send_chat carrying the timestamp', () => {
+      const t = new PublishTemplate('r', 8, binary);
+      const b = t.batch(3, 123456789);
+      const one = b.subarray(0, t.frame.length);
+      const json = binary ? one.subarray(5).toString() : one.toString().trimEnd();
+      const msg = JSON.parse(json) as { type: string; room: string; data: { sbt: string } };
+      assert.equal(msg.type, 'send_chat');
+      assert.equal(msg.room, 'r');
+      assert.equal(Number(msg.data.sbt), 123456789);
+      assert.equal(b.length, 3 * t.frame.length);
+    });
+  });
+}
