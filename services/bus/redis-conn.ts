@@ -56,6 +56,7 @@ export function createRedis(opts: RedisConnOptions): RedisClient {
     const db = u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0;
     client = new Redis({ ...base, host: u.hostname, port: Number(u.port || 6379), db });
   }
+  if (opts.cluster) watchCluster(client as Cluster, opts);
   let wasReady = false;
   let warned = false;
   client.on('ready', () => {
@@ -73,6 +74,48 @@ export function createRedis(opts: RedisConnOptions): RedisClient {
     }
   });
   return client;
+}
+
+/**
+ * ioredis' Cluster can end up in status `close` with no reconnect scheduled: when the ready check
+ * fails right after the slots refresh (a freshly created or resharding cluster), the connection
+ * pool's late `drain` event sets `close` after the retry timer was armed, and the client stays
+ * down for good (seen with ioredis 6.0.0 against a 3-master cluster on a busy machine). A role
+ * must never stay unready while Redis is up, so a watchdog restarts the connect cycle when the
+ * client has been closed without our asking for it. `disconnect()`/`quit()` stop the watchdog.
+ */
+function watchCluster(client: Cluster, opts: RedisConnOptions): void {
+  let closing = false;
+  let stuckSince = 0;
+  const timer = setInterval(() => {
+    if (closing) return;
+    if (client.status !== 'close' && client.status !== 'end') {
+      stuckSince = 0;
+      return;
+    }
+    const now = Date.now();
+    if (stuckSince === 0) stuckSince = now;
+    else if (now - stuckSince >= 1000) {
+      stuckSince = 0;
+      opts.log.warn('redis cluster client closed without a retry pending: reconnecting', { conn: opts.name });
+      client.connect().catch(() => undefined);
+    }
+  }, 500);
+  timer.unref();
+  const stop = () => {
+    closing = true;
+    clearInterval(timer);
+  };
+  const disconnect = client.disconnect.bind(client);
+  client.disconnect = (reconnect?: boolean) => {
+    if (!reconnect) stop();
+    disconnect(reconnect);
+  };
+  const quit = client.quit.bind(client);
+  client.quit = ((...args: Parameters<Cluster['quit']>) => {
+    stop();
+    return quit(...args);
+  }) as Cluster['quit'];
 }
 
 export function isReady(client: RedisClient): boolean {

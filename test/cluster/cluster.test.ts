@@ -20,7 +20,9 @@ async function cluster(redisUrl: string, gateways = 2, broadcasts = 1, extra: Re
   const bcs: RoleProcess[] = [];
   for (let i = 0; i < broadcasts; i++) bcs.push(await spawnRole('broadcast', env));
   for (const p of [...gws, ...bcs]) {
-    await waitFor('ready', async () => (await httpGet(p.adminPort, '/readyz')).status === 200, 15_000);
+    await waitFor('ready', async () => (await httpGet(p.adminPort, '/readyz')).status === 200, 15_000).catch((err: Error) => {
+      throw new Error(`${err.message}\n${p.logs.slice(-20).join('\n')}`);
+    });
   }
   return { gws, bcs, env };
 }
