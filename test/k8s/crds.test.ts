@@ -79,8 +79,13 @@ test('a valid Switchboard is accepted and defaulted', async (t) => {
     prometheus: { url: 'http://prometheus:9090' },
   }), { namespace: ns });
   const spec = sb.spec as Record<string, Record<string, unknown>>;
-  assert.deepEqual(spec.gateway, { minReplicas: 2, maxReplicas: 8, port: 4000, resources: { requests: { cpu: '250m' } } });
+  assert.deepEqual(spec.gateway, {
+    minReplicas: 2, maxReplicas: 8, port: 4000, resources: { requests: { cpu: '250m' } }, service: { type: 'ClusterIP' },
+  });
   assert.equal(spec.broadcast.shards, 16);
+  assert.equal(spec.thresholds.p99LatencyMs, 50);
+  assert.equal(spec.thresholds.holdSeconds, 60);
+  assert.equal(spec.scaling.tolerance, 0.1);
   assert.equal(spec.prometheus.interval, '15s');
   assert.equal(spec.scaling.scaleDownStabilizationSeconds, 300);
 });
