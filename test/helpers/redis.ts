@@ -1,0 +1,118 @@
+/**
+ * A real redis-server for tests: on a given or free port (never 6379, so a developer's own Redis
+ * is never touched), in its own temporary directory, with the append-only file on so a graceful
+ * stop and a start again keep every accepted write. Every process started here is tracked:
+ * `stopAllRedis()` kills leftovers and removes the directories, and whatever is still around when
+ * the test process exits is killed then.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort } from './net';
+import { waitFor } from './wait';
+
+const running = new Set<ChildProcess>();
+const dirs = new Set<string>();
+
+process.once('exit', () => {
+  for (const p of running) p.kill('SIGKILL');
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+/** Whether redis-server can be run (for `skip` conditions). */
+export function hasRedisServer(): boolean {
+  return spawnSync('redis-server', ['--version']).status === 0;
+}
+
+/** Run `redis-cli -p PORT args...` and return its trimmed output; throws when it fails. */
+export function redisCli(port: number, ...args: string[]): string {
+  const r = spawnSync('redis-cli', ['-p', String(port), ...args], { encoding: 'utf8' });
+  if (r.error !== undefined) throw new Error(`redis-cli could not run (apt-get install redis-tools): ${r.error.message}`);
+  if (r.status !== 0) throw new Error(`redis-cli ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+export class RedisProcess {
+  proc: ChildProcess | null = null;
+  readonly dir: string;
+
+  constructor(
+    readonly port: number,
+    private readonly extra: string[] = [],
+  ) {
+    if (port === 6379) throw new Error('RedisProcess: refusing port 6379 (a real Redis may be there); use a free port');
+    this.dir = mkdtempSync(join(tmpdir(), 'sb-redis-'));
+    dirs.add(this.dir);
+  }
+
+  /** Start a redis-server on a free port; `extraArgs` are appended to its command line. */
+  static async start(extraArgs: string[] = []): Promise<RedisProcess> {
+    return new RedisProcess(await freePort(), extraArgs).start();
+  }
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  /** `redis-cli` against this server. */
+  cli(...args: string[]): string {
+    return redisCli(this.port, ...args);
+  }
+
+  /** Start (or start again, on the same port and directory) and wait until it answers. */
+  async start(): Promise<this> {
+    if (!hasRedisServer()) throw new Error('redis-server is not installed (apt-get install redis-server)');
+    const p = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--dir', this.dir, ...this.extra], {
+      stdio: 'ignore',
+    });
+    this.proc = p;
+    running.add(p);
+    p.once('exit', () => running.delete(p));
+    let spawnError: Error | undefined;
+    p.once('error', (err) => (spawnError = err));
+    await waitFor(
+      () => {
+        if (spawnError !== undefined) throw new Error(`redis-server could not run: ${spawnError.message}`);
+        if (p.exitCode !== null || p.signalCode !== null) throw new Error(`redis-server on port ${this.port} exited (${p.signalCode ?? p.exitCode})`);
+        try {
+          // Ours answering, not another server that already had the port.
+          return Number(/^process_id:(\d+)/m.exec(redisCli(this.port, 'info', 'server'))?.[1]) === p.pid;
+        } catch {
+          return false;
+        }
+      },
+      10_000,
+      `redis-server on port ${this.port}`,
+      25,
+    );
+    return this;
+  }
+
+  /** Graceful stop: the append-only file is flushed, so a restart keeps every accepted entry. */
+  async stop(): Promise<void> {
+    const p = this.proc;
+    if (p === null) return;
+    this.proc = null;
+    if (p.exitCode !== null || p.signalCode !== null) return;
+    const gone = new Promise((r) => p.once('exit', r));
+    p.kill('SIGTERM');
+    await gone;
+  }
+}
+
+/** Kill every redis-server still running (SIGKILL) and remove their directories. */
+export async function stopAllRedis(): Promise<void> {
+  await Promise.all(
+    [...running].map(
+      (p) =>
+        new Promise<void>((r) => {
+          if (p.exitCode !== null || p.signalCode !== null) return r();
+          p.once('exit', () => r());
+          p.kill('SIGKILL');
+        }),
+    ),
+  );
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  dirs.clear();
+}
