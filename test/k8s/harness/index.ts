@@ -32,10 +32,10 @@ export function namespaceFor(testName: string): string {
   return `${slug || 'test'}-${randomBytes(3).toString('hex')}`;
 }
 
-/** The project's CRDs (k8s/crds/*.yaml) as one YAML stream, for cp.apply(). */
+/** The project's CRDs (k8s/crds/*.yaml but its kustomization.yaml) as one YAML stream, for cp.apply(). */
 export function projectCrdsYaml(): string {
   const dir = path.join(repoRoot(), 'k8s', 'crds');
-  return readdirSync(dir).filter((f) => f.endsWith('.yaml')).sort()
+  return readdirSync(dir).filter((f) => f.endsWith('.yaml') && f !== 'kustomization.yaml').sort()
     .map((f) => readFileSync(path.join(dir, f), 'utf8'))
     .join('\n---\n');
 }
