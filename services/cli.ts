@@ -83,14 +83,32 @@ const roles: Record<string, RoleMain> = {
     const server = createBroadcast(config, log);
     const stop = (signal: string) => {
       log.info('signal received, releasing shards', { signal });
-      server.shutdown().then(
+      server
+        .shutdown()
+        .then(() => shutdownTracing())
+        .then(
+          () => process.exit(0),
+          () => process.exit(1),
+        );
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+    await server.start();
+  },
+  operator: async (_config, log) => {
+    // Loaded here, not at the top: the other roles never pay for the Kubernetes client.
+    const { Operator, loadOperatorConfig } = await import('../operator');
+    const op = new Operator(loadOperatorConfig(), log);
+    const stop = (signal: string) => {
+      log.info('signal received, stepping down', { signal });
+      op.stop().then(
         () => process.exit(0),
         () => process.exit(1),
       );
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
-    await server.start();
+    await op.start();
   },
 };
 
@@ -116,6 +134,17 @@ export async function main(argv: readonly string[]): Promise<number> {
       return 2;
     }
     throw err;
+  }
+  if (role === 'operator') {
+    try {
+      (await import('../operator')).loadOperatorConfig();
+    } catch (err) {
+      if (err instanceof ConfigError) {
+        process.stderr.write(`switchboard: ${err.message}\n`);
+        return 2;
+      }
+      throw err;
+    }
   }
   const log = createLogger(config.logLevel, { role });
   log.info('starting', { config: redactedConfig(config) });

@@ -1,0 +1,210 @@
+/**
+ * The operator process (`switchboard operator`): informers on Switchboards and FeatureFlags run
+ * on every replica so a new leader starts warm; the work queues, metrics loops and every write
+ * run only on the replica holding the leader Lease. Admin HTTP: /metrics, /healthz, /readyz.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from '../services/telemetry/log';
+import { GROUP, Plural, VERSION, type FeatureFlag, type Switchboard } from './api/types';
+import type { OperatorConfig } from './config';
+import { FeatureFlagController } from './controllers/featureflag';
+import { SwitchboardController } from './controllers/switchboard';
+import { FlagPublisher } from './flag-publisher';
+import { describe, loadKube, type Kube } from './kube/client';
+import { EventRecorder } from './kube/events';
+import { ResilientInformer } from './kube/informer';
+import { LeaderElector } from './kube/leader';
+import { WorkQueue } from './kube/queue';
+import { OperatorMetrics } from './metrics';
+
+export { loadOperatorConfig, type OperatorConfig } from './config';
+export { decide, type ScalingDecision, type ScalingInput } from './scaling/policy';
+
+const keyOf = (o: { metadata?: { namespace?: string; name?: string } }) => `${o.metadata?.namespace}/${o.metadata?.name}`;
+
+export class Operator {
+  readonly metrics = new OperatorMetrics();
+  private readonly kube: Kube;
+  private readonly switchboards: ResilientInformer<Switchboard>;
+  private readonly flags: ResilientInformer<FeatureFlag>;
+  private readonly sbQueue: WorkQueue;
+  private readonly ffQueue: WorkQueue;
+  private readonly sbController: SwitchboardController;
+  private readonly ffController: FeatureFlagController;
+  private readonly publisher: FlagPublisher;
+  private readonly elector: LeaderElector | null;
+  private admin: Server | null = null;
+  private resync: NodeJS.Timeout | null = null;
+  private acting = false;
+
+  constructor(
+    readonly config: OperatorConfig,
+    private readonly log: Logger,
+  ) {
+    this.kube = loadKube(config.kubeconfig);
+    const ns = config.watchNamespace;
+    const path = (plural: string) => (ns ? `/apis/${GROUP}/${VERSION}/namespaces/${ns}/${plural}` : `/apis/${GROUP}/${VERSION}/${plural}`);
+    const list = (plural: string) => () =>
+      (ns
+        ? this.kube.custom.listNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: ns, plural })
+        : this.kube.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural })) as Promise<{ items: never[] }>;
+
+    this.switchboards = new ResilientInformer<Switchboard>({
+      kube: this.kube, path: path(Plural.Switchboard), list: list(Plural.Switchboard), log,
+      onChange: (sb) => {
+        this.sbQueue.add(keyOf(sb));
+        for (const ff of this.flags.list(sb.metadata.namespace)) this.ffQueue.add(keyOf(ff));
+      },
+    });
+    this.flags = new ResilientInformer<FeatureFlag>({
+      kube: this.kube, path: path(Plural.FeatureFlag), list: list(Plural.FeatureFlag), log,
+      onChange: (ff) => {
+        this.ffQueue.add(keyOf(ff));
+        for (const sb of this.switchboards.list(ff.metadata.namespace)) this.sbQueue.add(keyOf(sb)); // shedFlags in status
+      },
+    });
+
+    const events = new EventRecorder(this.kube, log);
+    this.publisher = new FlagPublisher(this.kube, log);
+    this.sbController = new SwitchboardController({
+      kube: this.kube, log, events, metrics: this.metrics,
+      get: (n, name) => this.switchboards.get(name, n),
+      flagsIn: (n) => this.flags.list(n),
+      enqueue: (k) => this.sbQueue.add(k),
+      enqueueFlag: (k) => this.ffQueue.add(k),
+    });
+    this.ffController = new FeatureFlagController({
+      kube: this.kube, log, publisher: this.publisher,
+      get: (n, name) => this.flags.get(name, n),
+      switchboardsIn: (n) => this.switchboards.list(n),
+      overloaded: (n, name) => this.sbController.overloaded(n, name),
+    });
+    this.sbQueue = this.queue('Switchboard', (k) => this.sbController.reconcile(k));
+    this.ffQueue = this.queue('FeatureFlag', (k) => this.ffController.reconcile(k));
+
+    this.elector = config.leaderElection
+      ? new LeaderElector({
+          kube: this.kube,
+          namespace: config.namespace,
+          name: config.leaseName,
+          identity: config.identity,
+          leaseDurationMs: config.leaseDurationMs,
+          log,
+          onStartedLeading: () => this.startActing(),
+          onStoppedLeading: () => void this.stopActing(),
+        })
+      : null;
+  }
+
+  get isLeader(): boolean {
+    return this.acting;
+  }
+
+  get ready(): boolean {
+    return this.switchboards.hasSynced && this.flags.hasSynced;
+  }
+
+  /** The admin port actually bound (after start). */
+  get adminPort(): number {
+    return (this.admin?.address() as AddressInfo | null)?.port ?? -1;
+  }
+
+  async start(): Promise<void> {
+    if (this.config.adminPort >= 0) await this.listenAdmin();
+    await Promise.all([this.switchboards.start(), this.flags.start()]);
+    if (this.elector) this.elector.start();
+    else this.startActing();
+    this.log.info('operator started', {
+      identity: this.config.identity,
+      watchNamespace: this.config.watchNamespace || '(all)',
+      leaderElection: this.config.leaderElection,
+      adminPort: this.adminPort,
+    });
+  }
+
+  async stop(): Promise<void> {
+    if (this.elector) await this.elector.stop();
+    await this.stopActing();
+    await Promise.all([this.switchboards.stop(), this.flags.stop()]);
+    await this.publisher.close();
+    await new Promise<void>((r) => (this.admin ? this.admin.close(() => r()) : r()));
+  }
+
+  private queue(kind: 'Switchboard' | 'FeatureFlag', reconcile: (key: string) => Promise<void>): WorkQueue {
+    return new WorkQueue(
+      async (key) => {
+        const end = this.metrics.reconcileDuration.startTimer({ kind });
+        try {
+          await reconcile(key);
+          this.metrics.reconciles.inc({ kind, result: 'ok' });
+        } catch (err) {
+          this.metrics.reconciles.inc({ kind, result: 'error' });
+          this.metrics.reconcileErrors.inc({ kind });
+          throw err;
+        } finally {
+          end();
+        }
+      },
+      {
+        baseDelayMs: 100,
+        maxDelayMs: 60_000,
+        onError: (key, err, attempt) => this.log.warn('reconcile failed, retrying with backoff', { kind, key, attempt, err: describe(err) }),
+      },
+    );
+  }
+
+  private startActing(): void {
+    if (this.acting) return;
+    this.acting = true;
+    this.metrics.isLeader.set(1);
+    this.sbQueue.start();
+    this.ffQueue.start();
+    const all = () => {
+      for (const sb of this.switchboards.list()) this.sbQueue.add(keyOf(sb));
+      for (const ff of this.flags.list()) this.ffQueue.add(keyOf(ff));
+    };
+    all();
+    this.resync = setInterval(all, this.config.resyncMs);
+    this.resync.unref();
+  }
+
+  private async stopActing(): Promise<void> {
+    if (!this.acting) return;
+    this.acting = false;
+    this.metrics.isLeader.set(0);
+    if (this.resync) clearInterval(this.resync);
+    this.sbController.stopAll();
+    await Promise.all([this.sbQueue.stop(), this.ffQueue.stop()]);
+  }
+
+  private async listenAdmin(): Promise<void> {
+    this.admin = createServer((req, res) => {
+      const path = (req.url ?? '/').split('?')[0];
+      if (path === '/metrics') {
+        this.metrics.registry.metrics().then(
+          (body) => {
+            res.writeHead(200, { 'content-type': this.metrics.registry.contentType });
+            res.end(body);
+          },
+          () => {
+            res.writeHead(500);
+            res.end();
+          },
+        );
+        return;
+      }
+      if (path === '/healthz') return void res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+      if (path === '/readyz') {
+        const ok = this.ready;
+        res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' });
+        return void res.end(JSON.stringify({ ready: ok, leader: this.acting }) + '\n');
+      }
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.admin!.once('error', reject);
+      this.admin!.listen(this.config.adminPort, this.config.adminHost, () => resolve());
+    });
+  }
+}

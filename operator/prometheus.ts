@@ -1,0 +1,112 @@
+/**
+ * Instant queries to the Prometheus HTTP API (/api/v1/query) over the metric names in
+ * DESIGN.md, for one Switchboard's pods. Any failure (unreachable, HTTP error, query error,
+ * timeout) is a MetricsError; "no series" is reported as missing data, not as zero, so the
+ * caller never scales down on it.
+ */
+import type { SwitchboardSpec } from './api/types';
+
+export class MetricsError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'MetricsError';
+  }
+}
+
+export interface ClusterMetrics {
+  gatewayPods: number;
+  broadcastPods: number;
+  /** Delivered messages per second, all gateways. */
+  deliveredPerSecond: number;
+  /** Messages received from clients per second, all gateways. */
+  receivedPerSecond: number;
+  connections: number;
+  /** 0 when there was no traffic in the window. */
+  p99LatencyMs: number;
+  /** Largest resident set of a gateway or broadcast pod. */
+  memoryMiB: number;
+  /** Errors per received message. */
+  errorRate: number;
+}
+
+export interface Selector {
+  namespace: string;
+  name: string;
+}
+
+function esc(s: string): string {
+  return s.replace(/\\/g, '\\\\').replace(/"/g, '\\"');
+}
+
+/** Label matchers for a Switchboard's pods of one tier (or both). */
+export function podSelector(sel: Selector, tier: 'gateway' | 'broadcast' | 'all'): string {
+  const re = tier === 'all' ? `${sel.name}-(gateway|broadcast)-.+` : `${sel.name}-${tier}-.+`;
+  return `namespace="${esc(sel.namespace)}",pod=~"${esc(re)}"`;
+}
+
+/** The PromQL the operator runs, by name (documented in docs/operator.md). */
+export function queries(sel: Selector, window: string): Record<keyof ClusterMetrics, string> {
+  const gw = podSelector(sel, 'gateway');
+  const bc = podSelector(sel, 'broadcast');
+  const all = podSelector(sel, 'all');
+  return {
+    gatewayPods: `count(up{${gw}} == 1)`,
+    broadcastPods: `count(up{${bc}} == 1)`,
+    deliveredPerSecond: `sum(rate(switchboard_messages_delivered_total{${gw}}[${window}]))`,
+    receivedPerSecond: `sum(rate(switchboard_messages_received_total{${gw}}[${window}]))`,
+    connections: `sum(switchboard_connections{${gw}})`,
+    p99LatencyMs: `1000 * histogram_quantile(0.99, sum by (le) (rate(switchboard_delivery_latency_seconds_bucket{${gw}}[${window}])))`,
+    memoryMiB: `max(process_resident_memory_bytes{${all}}) / 1048576`,
+    errorRate: `sum(rate(switchboard_errors_total{${gw}}[${window}])) / clamp_min(sum(rate(switchboard_messages_received_total{${gw}}[${window}])), 1e-9)`,
+  };
+}
+
+interface ApiAnswer {
+  status: 'success' | 'error';
+  error?: string;
+  data?: { resultType: string; result: Array<{ metric: Record<string, string>; value: [number, string] }> };
+}
+
+export class PrometheusClient {
+  constructor(
+    private readonly baseUrl: string,
+    private readonly timeoutMs = 5000,
+  ) {}
+
+  /** A scalar from an instant vector query; undefined when it has no series. */
+  async scalar(promql: string): Promise<number | undefined> {
+    const url = `${this.baseUrl.replace(/\/+$/, '')}/api/v1/query?query=${encodeURIComponent(promql)}`;
+    let res: Response;
+    try {
+      res = await fetch(url, { signal: AbortSignal.timeout(this.timeoutMs) });
+    } catch (err) {
+      throw new MetricsError(`prometheus unreachable at ${this.baseUrl}: ${(err as Error).message}`, { cause: err });
+    }
+    let body: ApiAnswer;
+    try {
+      body = (await res.json()) as ApiAnswer;
+    } catch (err) {
+      throw new MetricsError(`prometheus answered ${res.status} without JSON`, { cause: err });
+    }
+    if (body.status !== 'success' || body.data === undefined) throw new MetricsError(`prometheus query failed (${res.status}): ${body.error ?? 'unknown error'}`);
+    const first = body.data.result[0];
+    if (first === undefined) return undefined;
+    const v = Number(first.value[1]);
+    return Number.isNaN(v) ? 0 : v;
+  }
+
+  /**
+   * Everything the scaling and threshold logic needs, or null when Prometheus has no data for
+   * these pods (none scraped yet, or the selector matches nothing).
+   */
+  async clusterMetrics(sel: Selector, spec: Pick<SwitchboardSpec, 'prometheus'>): Promise<ClusterMetrics | null> {
+    const q = queries(sel, spec.prometheus?.rateWindow ?? '1m');
+    const keys = Object.keys(q) as Array<keyof ClusterMetrics>;
+    const values = await Promise.all(keys.map((k) => this.scalar(q[k])));
+    const out = {} as ClusterMetrics;
+    keys.forEach((k, i) => (out[k] = values[i] ?? 0));
+    // No gateway target reporting "up" means no data at all: the caller must not act on zeros.
+    if (values[keys.indexOf('gatewayPods')] === undefined) return null;
+    return out;
+  }
+}
