@@ -6,7 +6,10 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { SwitchboardClient, ClientError } from '../../services/client';
-import { freePort, httpGet, RedisProcess, redisCli, spawnRole, stopAll, waitFor, type RoleProcess } from './harness';
+import { freePort } from '../helpers/net';
+import { RedisProcess, redisCli } from '../helpers/redis';
+import { waitFor } from '../helpers/wait';
+import { httpGet, PROBE, spawnRole, stopAll, type RoleProcess } from './harness';
 import { ChatScenario } from './scenario';
 
 const FAST = { HEARTBEAT_MS: '300', LEASE_MS: '1000', STREAM_SHARDS: '4', LOG_LEVEL: 'info' };
@@ -20,7 +23,7 @@ async function cluster(redisUrl: string, gateways = 2, broadcasts = 1, extra: Re
   const bcs: RoleProcess[] = [];
   for (let i = 0; i < broadcasts; i++) bcs.push(await spawnRole('broadcast', env));
   for (const p of [...gws, ...bcs]) {
-    await waitFor('ready', async () => (await httpGet(p.adminPort, '/readyz')).status === 200, 15_000).catch((err: Error) => {
+    await waitFor(async () => (await httpGet(p.adminPort, '/readyz')).status === 200, 15_000, 'ready', PROBE).catch((err: Error) => {
       throw new Error(`${err.message}\n${p.logs.slice(-20).join('\n')}`);
     });
   }
@@ -31,7 +34,7 @@ const addr = (g: RoleProcess) => ({ host: '127.0.0.1', port: g.port });
 
 describe('cluster mode', () => {
   test('chat, presence, direct and history across two gateways', async () => {
-    const redis = await new RedisProcess(await freePort()).start();
+    const redis = await RedisProcess.start();
     const { gws } = await cluster(redis.url);
     const s = new ChatScenario('lobby');
     const a = await s.addMember('alice', [addr(gws[0])]);
@@ -48,18 +51,18 @@ describe('cluster mode', () => {
     assert.deepEqual(hist.map((m) => m.seq), Array.from({ length: 10 }, (_, i) => 51 + i));
     await s.close();
     for (const g of gws) await g.kill('SIGTERM');
-    assert.equal(redisCli(redis.port, 'scard', 'sb:room:{lobby}'), '0', 'gateways leave routing on shutdown');
+    assert.equal(redis.cli('scard', 'sb:room:{lobby}'), '0', 'gateways leave routing on shutdown');
     await redis.stop();
   });
 
   test('kill -9 of a broadcast worker under load: another takes its shards, nothing accepted is lost', async () => {
-    const redis = await new RedisProcess(await freePort()).start();
+    const redis = await RedisProcess.start();
     const { gws, bcs } = await cluster(redis.url, 2, 2);
     const s = new ChatScenario('fault-bc');
     const members = [];
     for (let i = 0; i < 6; i++) members.push(await s.addMember(`u${i}`, [addr(gws[i % 2])]));
     const load = Promise.all(members.map((c) => s.publish(c, 60, 5)));
-    await waitFor('some traffic', () => s.accepted.size > 60);
+    await waitFor(() => s.accepted.size > 60, 10_000, 'some traffic', PROBE);
     await bcs[0].kill('SIGKILL');
     await load;
     await s.verify(20_000);
@@ -69,7 +72,7 @@ describe('cluster mode', () => {
   });
 
   test('kill -9 of a gateway: clients move to the other one and recover what they missed', async () => {
-    const redis = await new RedisProcess(await freePort()).start();
+    const redis = await RedisProcess.start();
     const { gws } = await cluster(redis.url, 2, 1);
     const s = new ChatScenario('fault-gw');
     const movers = [];
@@ -83,25 +86,25 @@ describe('cluster mode', () => {
     await Promise.all(movers.map((c) => s.publish(c, 10)));
     await s.verify(20_000);
     const dead = gws[0].logs.map((l) => /"server":"([^"]+)"/.exec(l)?.[1]).find(Boolean)!;
-    await waitFor('the dead gateway to leave routing', () => !redisCli(redis.port, 'smembers', 'sb:room:{fault-gw}').includes(dead), 10_000);
+    await waitFor(() => !redis.cli('smembers', 'sb:room:{fault-gw}').includes(dead), 10_000, 'the dead gateway to leave routing', PROBE);
     await s.close();
     await redis.stop();
   });
 
   test('redis restart mid-run: unavailable during the outage, not ready, then everything resumes', async () => {
-    const redis = await new RedisProcess(await freePort()).start();
+    const redis = await RedisProcess.start();
     const { gws, bcs } = await cluster(redis.url, 2, 1);
     const s = new ChatScenario('fault-redis');
     const a = await s.addMember('a', [addr(gws[0])]);
     const b = await s.addMember('b', [addr(gws[1])]);
     await s.publish(a, 10);
     await redis.stop();
-    await waitFor('gateway not ready', async () => (await httpGet(gws[0].adminPort, '/readyz')).status === 503);
-    await waitFor('broadcast not ready', async () => (await httpGet(bcs[0].adminPort, '/readyz')).status === 503);
+    await waitFor(async () => (await httpGet(gws[0].adminPort, '/readyz')).status === 503, 10_000, 'gateway not ready', PROBE);
+    await waitFor(async () => (await httpGet(bcs[0].adminPort, '/readyz')).status === 503, 10_000, 'broadcast not ready', PROBE);
     await assert.rejects(a.send('fault-redis', 'during-outage'), (e: ClientError) => e.code === 'unavailable');
     await redis.start();
-    await waitFor('gateway ready again', async () => (await httpGet(gws[0].adminPort, '/readyz')).status === 200, 15_000);
-    await waitFor('broadcast ready again', async () => (await httpGet(bcs[0].adminPort, '/readyz')).status === 200, 15_000);
+    await waitFor(async () => (await httpGet(gws[0].adminPort, '/readyz')).status === 200, 15_000, 'gateway ready again', PROBE);
+    await waitFor(async () => (await httpGet(bcs[0].adminPort, '/readyz')).status === 200, 15_000, 'broadcast ready again', PROBE);
     await Promise.all([s.publish(a, 10), s.publish(b, 10)]);
     await s.verify(20_000);
     await s.close();
@@ -111,12 +114,12 @@ describe('cluster mode', () => {
   test('redis unreachable at start: a clear log line, not ready, then ready once redis appears', async () => {
     const port = await freePort();
     const gw = await spawnRole('gateway', { REDIS_URL: `redis://127.0.0.1:${port}`, ...FAST });
-    await waitFor('a log line about redis', () => gw.logs.some((l) => l.includes('redis unreachable, retrying')));
+    await waitFor(() => gw.logs.some((l) => l.includes('redis unreachable, retrying')), 10_000, 'a log line about redis', PROBE);
     assert.equal((await httpGet(gw.adminPort, '/readyz')).status, 503);
     const c = new SwitchboardClient({ servers: [addr(gw)], user: 'early', reconnect: false });
     await assert.rejects(c.connect(), (e: ClientError) => e.code === 'unavailable');
     const redis = await new RedisProcess(port).start();
-    await waitFor('gateway ready', async () => (await httpGet(gw.adminPort, '/readyz')).status === 200, 15_000);
+    await waitFor(async () => (await httpGet(gw.adminPort, '/readyz')).status === 200, 15_000, 'gateway ready', PROBE);
     const d = new SwitchboardClient({ servers: [addr(gw)], user: 'late' });
     await d.connect();
     await d.close();
@@ -131,7 +134,7 @@ describe('cluster mode', () => {
       ports.map((p) => new RedisProcess(p, ['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${p}.conf`, '--cluster-node-timeout', '2000']).start()),
     );
     redisCli(ports[0], '--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes');
-    await waitFor('cluster state ok', () => ports.every((p) => redisCli(p, 'cluster', 'info').includes('cluster_state:ok')), 15_000);
+    await waitFor(() => ports.every((p) => redisCli(p, 'cluster', 'info').includes('cluster_state:ok')), 15_000, 'cluster state ok', PROBE);
     const { gws, bcs } = await cluster(`redis://127.0.0.1:${ports[0]}`, 2, 1, { REDIS_CLUSTER: 'true' });
     const s = new ChatScenario('cluster-room');
     const a = await s.addMember('alice', [addr(gws[0])]);

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { ClientError, SwitchboardClient, type RoomMessage, type ServerAddress } from '../../services/client';
-import { waitFor } from './harness';
+import { waitFor } from '../helpers/wait';
 
 export class ChatScenario {
   readonly clients: SwitchboardClient[] = [];
@@ -55,7 +55,6 @@ export class ChatScenario {
   /** Wait until every member has every accepted message, then check order. */
   async verify(timeoutMs = 15_000): Promise<void> {
     await waitFor(
-      'every member to receive every accepted message',
       () => {
         for (const got of this.received.values()) {
           const have = new Set(got.map((m) => m.data as string));
@@ -64,6 +63,8 @@ export class ChatScenario {
         return true;
       },
       timeoutMs,
+      'every member to receive every accepted message',
+      25,
     ).catch((err: Error) => {
       const missing = [...this.received.values()].map((got) => {
         const have = new Set(got.map((m) => m.data as string));

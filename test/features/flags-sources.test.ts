@@ -10,10 +10,10 @@ import { test } from 'node:test';
 import { FlagStore, FlagsFileSource, startFlags, type FlagService } from '../../services/control';
 import { createLogger } from '../../services/telemetry';
 import { spawnCli, tempDir } from '../helpers/cli';
+import { hasRedisServer, RedisProcess } from '../helpers/redis';
 import { startServer, type TestServer } from '../helpers/server';
 import { waitFor } from '../helpers/wait';
 import { WireClient } from '../helpers/wire';
-import { hasRedisServer, startRedis } from './redis';
 
 function captureLog() {
   const lines: Record<string, unknown>[] = [];
@@ -131,7 +131,7 @@ test('shedding: a nonCritical flag is off while the monitor says overloaded and 
 });
 
 test('redis: `switchboard flags set` reaches two gateways within a second', { skip: !hasRedisServer() && 'redis-server is not installed' }, async (t) => {
-  const redis = await startRedis();
+  const redis = await RedisProcess.start();
   t.after(() => redis.stop());
   const gateways: { srv: TestServer; flags: FlagService; c: WireClient }[] = [];
   for (let i = 0; i < 2; i++) {

@@ -8,10 +8,11 @@ import * as grpc from '@grpc/grpc-js';
 import { startApiServer, switchboardService, type ApiServer } from '../../services/api';
 import { ALL_ERROR_CODES, ErrorInfo, GrpcStatus } from '../../services/protocol';
 import { spawnCli, type CliProcess } from '../helpers/cli';
+import { freePort } from '../helpers/net';
+import { hasRedisServer, RedisProcess } from '../helpers/redis';
 import { startServer } from '../helpers/server';
 import { waitFor } from '../helpers/wait';
 import { WireClient } from '../helpers/wire';
-import { freePort, hasRedisServer, startRedis } from './redis';
 import { silentLogger } from '../../services/telemetry';
 
 const KEY = 'test-api-key-0123456789';
@@ -151,7 +152,7 @@ test('a missing or wrong API key is UNAUTHENTICATED; without API_KEY every call 
 });
 
 test('cluster: Publish on one gateway reaches TCP clients on another', { skip: !hasRedisServer() && 'redis-server is not installed' }, async (t) => {
-  const redis = await startRedis();
+  const redis = await RedisProcess.start();
   t.after(() => redis.stop());
   const procs: CliProcess[] = [];
   t.after(async () => {

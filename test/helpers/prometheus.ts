@@ -12,10 +12,10 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { freePort } from './net';
+import { hasExited, ProcessGroup, stopChild } from './process';
 import { waitFor } from './wait';
 
 export interface ScrapeTarget {
@@ -52,12 +52,8 @@ export function requireTool(name: string): string {
 const JOB = 'switchboard';
 const LOG_LINES = 500;
 
-const running = new Set<ChildProcess>();
-const dirs = new Set<string>();
-process.once('exit', () => {
-  for (const p of running) p.kill('SIGKILL');
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-});
+/** Every Prometheus started here; what is left at exit is killed and its directory removed. */
+const group = new ProcessGroup();
 
 interface ApiAnswer {
   status: 'success' | 'error';
@@ -90,8 +86,7 @@ export class PrometheusProcess {
 
   static async start(opts: PrometheusOptions): Promise<PrometheusProcess> {
     const bin = requireTool('prometheus');
-    const dir = mkdtempSync(join(tmpdir(), 'switchboard-prometheus-'));
-    dirs.add(dir);
+    const dir = group.tempDir('switchboard-prometheus-');
     const p = new PrometheusProcess(opts.port ?? (await freePort()), dir, bin, opts);
     p.writeConfig();
     await p.launch();
@@ -127,20 +122,15 @@ export class PrometheusProcess {
   }
 
   private async launch(): Promise<void> {
-    const child = spawn(
-      this.bin,
-      [
-        `--config.file=${this.configFile}`,
-        `--storage.tsdb.path=${join(this.dir, 'data')}`,
-        `--web.listen-address=127.0.0.1:${this.port}`,
-        '--web.enable-lifecycle',
-        '--log.level=info',
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
+    const args = [
+      `--config.file=${this.configFile}`,
+      `--storage.tsdb.path=${join(this.dir, 'data')}`,
+      `--web.listen-address=127.0.0.1:${this.port}`,
+      '--web.enable-lifecycle',
+      '--log.level=info',
+    ];
+    const child = group.add(spawn(this.bin, args, { stdio: ['ignore', 'ignore', 'pipe'] }));
     this.child = child;
-    running.add(child);
-    child.once('exit', () => running.delete(child));
     let spawnError: Error | undefined;
     child.once('error', (err) => (spawnError = err));
     let rest = '';
@@ -153,7 +143,7 @@ export class PrometheusProcess {
     await waitFor(
       async () => {
         if (spawnError !== undefined) throw new Error(`prometheus could not run: ${spawnError.message}`);
-        if (child.exitCode !== null || child.signalCode !== null) {
+        if (hasExited(child)) {
           throw new Error(`prometheus exited (${child.signalCode ?? child.exitCode}):\n${this.logTail()}`);
         }
         try {
@@ -209,12 +199,7 @@ export class PrometheusProcess {
     const child = this.child;
     if (child === null) return;
     this.child = null;
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    const exited = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(timer);
+    await stopChild(child, 'SIGTERM', 5000);
   }
 
   /** Stop if running, then start again on the same port and data directory, and wait until ready. */

@@ -6,19 +6,11 @@
  * the test process exits is killed then.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { freePort } from './net';
+import { hasExited, ProcessGroup, stopChild } from './process';
 import { waitFor } from './wait';
 
-const running = new Set<ChildProcess>();
-const dirs = new Set<string>();
-
-process.once('exit', () => {
-  for (const p of running) p.kill('SIGKILL');
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-});
+const group = new ProcessGroup();
 
 /** Whether redis-server can be run (for `skip` conditions). */
 export function hasRedisServer(): boolean {
@@ -42,8 +34,7 @@ export class RedisProcess {
     private readonly extra: string[] = [],
   ) {
     if (port === 6379) throw new Error('RedisProcess: refusing port 6379 (a real Redis may be there); use a free port');
-    this.dir = mkdtempSync(join(tmpdir(), 'sb-redis-'));
-    dirs.add(this.dir);
+    this.dir = group.tempDir('sb-redis-');
   }
 
   /** Start a redis-server on a free port; `extraArgs` are appended to its command line. */
@@ -63,18 +54,15 @@ export class RedisProcess {
   /** Start (or start again, on the same port and directory) and wait until it answers. */
   async start(): Promise<this> {
     if (!hasRedisServer()) throw new Error('redis-server is not installed (apt-get install redis-server)');
-    const p = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--dir', this.dir, ...this.extra], {
-      stdio: 'ignore',
-    });
+    const args = ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--dir', this.dir, ...this.extra];
+    const p = group.add(spawn('redis-server', args, { stdio: 'ignore' }));
     this.proc = p;
-    running.add(p);
-    p.once('exit', () => running.delete(p));
     let spawnError: Error | undefined;
     p.once('error', (err) => (spawnError = err));
     await waitFor(
       () => {
         if (spawnError !== undefined) throw new Error(`redis-server could not run: ${spawnError.message}`);
-        if (p.exitCode !== null || p.signalCode !== null) throw new Error(`redis-server on port ${this.port} exited (${p.signalCode ?? p.exitCode})`);
+        if (hasExited(p)) throw new Error(`redis-server on port ${this.port} exited (${p.signalCode ?? p.exitCode})`);
         try {
           // Ours answering, not another server that already had the port.
           return Number(/^process_id:(\d+)/m.exec(redisCli(this.port, 'info', 'server'))?.[1]) === p.pid;
@@ -94,25 +82,11 @@ export class RedisProcess {
     const p = this.proc;
     if (p === null) return;
     this.proc = null;
-    if (p.exitCode !== null || p.signalCode !== null) return;
-    const gone = new Promise((r) => p.once('exit', r));
-    p.kill('SIGTERM');
-    await gone;
+    await stopChild(p, 'SIGTERM');
   }
 }
 
 /** Kill every redis-server still running (SIGKILL) and remove their directories. */
-export async function stopAllRedis(): Promise<void> {
-  await Promise.all(
-    [...running].map(
-      (p) =>
-        new Promise<void>((r) => {
-          if (p.exitCode !== null || p.signalCode !== null) return r();
-          p.once('exit', () => r());
-          p.kill('SIGKILL');
-        }),
-    ),
-  );
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  dirs.clear();
+export function stopAllRedis(): Promise<void> {
+  return group.stopAll();
 }

@@ -2,7 +2,8 @@
 // scales the broadcast tier on), its work counters and the default metrics; promtool accepts it.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import { freePort, RedisProcess, spawnRole, type RoleProcess } from '../cluster/harness';
+import { spawnRole, type RoleProcess } from '../cluster/harness';
+import { RedisProcess } from '../helpers/redis';
 import { waitFor } from '../helpers/wait';
 import { helloClient } from '../helpers/wire';
 import { httpGet, promtoolCheck, sampleValue } from './tools';
@@ -13,7 +14,7 @@ after(async () => {
 });
 
 test('broadcast /metrics passes promtool and counts routed entries', async () => {
-  const redis = await new RedisProcess(await freePort()).start();
+  const redis = await RedisProcess.start();
   stops.push(() => redis.stop());
   const env = { REDIS_URL: redis.url, STREAM_SHARDS: '2' };
   const broadcast: RoleProcess = await spawnRole('broadcast', env);

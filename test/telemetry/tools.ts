@@ -1,12 +1,14 @@
 /**
- * Helpers of the telemetry tests: HTTP probes of the admin port, a steady chat load, free ports,
- * and the external tools (promtool, prometheus) that must exist: a missing tool fails the test.
+ * Helpers of the telemetry tests: HTTP probes of the admin port, a steady chat load, and promtool
+ * (which must exist: a missing tool fails the test). Free ports, Redis and Prometheus come from
+ * test/helpers.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { requireTool } from '../helpers/prometheus';
 import { helloClient, type WireClient } from '../helpers/wire';
+
+export { requireTool };
 
 export interface HttpResult {
   status: number;
@@ -30,26 +32,6 @@ export function sampleValue(exposition: string, series: string): number | undefi
     if (line.startsWith(series + ' ')) return Number(line.slice(series.length + 1));
   }
   return undefined;
-}
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/** Path of a required binary; fails (never skips) when it is not installed. */
-export function requireTool(name: string): string {
-  for (const dir of (process.env.PATH ?? '').split(':').concat(['/usr/bin', '/usr/local/bin'])) {
-    const p = `${dir}/${name}`;
-    if (dir !== '' && existsSync(p)) return p;
-  }
-  assert.fail(`${name} is not installed (Debian package "prometheus"; .ci/run installs it)`);
 }
 
 /** Run `promtool check metrics` on an exposition; returns its combined output when it fails. */

@@ -7,8 +7,9 @@
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import { after, describe, test } from 'node:test';
-import { freePort, RedisProcess, spawnRole, type RoleProcess } from '../cluster/harness';
+import { spawnRole, type RoleProcess } from '../cluster/harness';
 import { spawnCli } from '../helpers/cli';
+import { RedisProcess } from '../helpers/redis';
 import { waitFor } from '../helpers/wait';
 import { helloClient } from '../helpers/wire';
 
@@ -120,7 +121,7 @@ const standalone: Topology = {
 const cluster: Topology = {
   name: 'cluster',
   async start(otelEnv) {
-    const redis = await new RedisProcess(await freePort()).start();
+    const redis = await RedisProcess.start();
     const env = { REDIS_URL: redis.url, STREAM_SHARDS: '2', ...otelEnv };
     const procs: RoleProcess[] = [];
     const stop = async () => {
