@@ -21,6 +21,8 @@ import {
   type CodecName,
   type FrameSink,
   type RequestId,
+  type RoomMessage,
+  type Welcome,
 } from '../protocol';
 
 export interface ServerAddress {
@@ -53,33 +55,8 @@ export interface ClientOptions {
   compressionThreshold?: number;
 }
 
-export interface RoomMessage {
-  type: 'message';
-  room: string;
-  from: string;
-  data: unknown;
-  seq: number;
-  ts: number;
-}
-
-export interface DirectMessage {
-  type: 'direct';
-  from: string;
-  data: unknown;
-  ts: number;
-}
-
-export interface Welcome {
-  type: 'welcome';
-  session: string;
-  user: string;
-  server: string;
-  protocol: number;
-  limits: Record<string, number>;
-  flags: Record<string, boolean>;
-  /** Codec the server compresses with (binary mode): 'none', 'lz4' or 'zstd'. */
-  codec?: 'none' | CodecName;
-}
+/** The server pushes the client hands out, as the protocol defines them. */
+export type { DirectMessage, RoomMessage, Welcome } from '../protocol';
 
 /** A request answered with `error`. */
 export class ClientError extends Error {

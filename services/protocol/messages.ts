@@ -5,6 +5,7 @@
  * these helpers so that a missing or wrong-typed field always becomes `bad_request` with a message
  * naming the field, never a TypeError.
  */
+import type { CodecName } from './compression';
 import { ErrorCode, SwitchboardError } from './errors';
 
 export const PROTOCOL_VERSION = 1;
@@ -27,6 +28,19 @@ export interface WelcomeLimits {
   idleTimeoutMs: number;
 }
 
+/** The answer to `hello`. */
+export interface Welcome {
+  type: 'welcome';
+  session: string;
+  user: string;
+  server: string;
+  protocol: number;
+  limits: WelcomeLimits;
+  flags: Record<string, boolean>;
+  /** Codec the server compresses with (binary mode): 'none', 'lz4' or 'zstd'. */
+  codec?: 'none' | CodecName;
+}
+
 /** A room message as pushed to members. */
 export interface RoomMessage {
   type: 'message';
@@ -34,6 +48,14 @@ export interface RoomMessage {
   from: string;
   data: unknown;
   seq: number;
+  ts: number;
+}
+
+/** A direct message as pushed to its recipient. */
+export interface DirectMessage {
+  type: 'direct';
+  from: string;
+  data: unknown;
   ts: number;
 }
 
