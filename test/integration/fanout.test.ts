@@ -3,7 +3,8 @@
 // policy), counted, and never slows the other members.
 import assert from 'node:assert/strict';
 import type { Server, Socket } from 'node:net';
-import { describe, test } from 'node:test';
+import { describe, test, type TestContext } from 'node:test';
+import type { Config } from '../../services/control';
 import { Outbound } from '../../services/protocol';
 import { startServer, type TestServer } from '../helpers/server';
 import { helloClient, type WireClient } from '../helpers/wire';
@@ -76,17 +77,25 @@ async function flood(srv: TestServer, sender: WireClient, fast: WireClient, unti
   return sent;
 }
 
+/**
+ * A gateway with a 64 KiB outbound bound (plus `overrides`) and three members of room "fire":
+ * `slow` has stopped reading, `fast` reads, `sender` floods. All closed when the test ends.
+ */
+async function slowConsumerRoom(t: TestContext, overrides: Partial<Config>) {
+  const srv = await startServer({ maxOutboundBytes: 64 * 1024, ...overrides });
+  t.after(() => srv.close());
+  const slow = await helloClient(srv.port, 'slow');
+  const fast = await helloClient(srv.port, 'fast');
+  const sender = await helloClient(srv.port, 'sender');
+  t.after(() => [slow, fast, sender].forEach((c) => c.destroy()));
+  for (const c of [slow, fast, sender]) await c.join('fire');
+  slow.socket.pause();
+  return { srv, slow, fast, sender, counters: srv.server.counters };
+}
+
 describe('slow consumers', () => {
   test('policy disconnect: slow_consumer, counted, disconnected; other members unaffected', async (t) => {
-    const srv = await startServer({ maxOutboundBytes: 64 * 1024 });
-    t.after(() => srv.close());
-    const slow = await helloClient(srv.port, 'slow');
-    const fast = await helloClient(srv.port, 'fast');
-    const sender = await helloClient(srv.port, 'sender');
-    t.after(() => [slow, fast, sender].forEach((c) => c.destroy()));
-    for (const c of [slow, fast, sender]) await c.join('fire');
-    slow.socket.pause();
-    const counters = srv.server.counters;
+    const { srv, slow, fast, sender, counters } = await slowConsumerRoom(t, {});
     const sent = await flood(srv, sender, fast, () => counters.dropped.slow_consumer > 0);
     assert.ok(counters.dropped.slow_consumer >= 1, `detected after ${sent} messages`);
     assert.ok(counters.errors.slow_consumer >= 1);
@@ -121,15 +130,7 @@ describe('slow consumers', () => {
   });
 
   test('policy drop: messages for the slow client are dropped and counted; it stays connected', async (t) => {
-    const srv = await startServer({ maxOutboundBytes: 64 * 1024, slowConsumerPolicy: 'drop' });
-    t.after(() => srv.close());
-    const slow = await helloClient(srv.port, 'slow');
-    const fast = await helloClient(srv.port, 'fast');
-    const sender = await helloClient(srv.port, 'sender');
-    t.after(() => [slow, fast, sender].forEach((c) => c.destroy()));
-    for (const c of [slow, fast, sender]) await c.join('fire');
-    slow.socket.pause();
-    const counters = srv.server.counters;
+    const { srv, slow, fast, sender, counters } = await slowConsumerRoom(t, { slowConsumerPolicy: 'drop' });
     const sent = await flood(srv, sender, fast, () => counters.dropped.slow_consumer > 5);
     assert.ok(counters.dropped.slow_consumer > 5);
     assert.equal(counters.errors.slow_consumer, 0, 'no error is sent under the drop policy');
