@@ -1,0 +1,174 @@
+// The operator against a real kube-apiserver (with kube-controller-manager, so owned objects are
+// garbage-collected), running as `switchboard operator` with a ServiceAccount token bound only to
+// k8s/rbac: applying a Switchboard creates its Deployments, Services and ConfigMap with the
+// right spec; deleting it removes them; an invalid one is rejected; a FeatureFlag is published to
+// the Switchboard's Redis and unpublished when deleted (issue #8, tests 1 and 5).
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { RedisProcess } from '../helpers/redis';
+import { waitFor } from '../helpers/wait';
+import { KubeApiError, namespaceFor, projectCrdsYaml, startControlPlane, type ControlPlane, type KubeObject } from '../k8s/harness';
+import { condition, featureFlag, getObject, operatorKubeconfig, OPERATOR_NS, OPERATOR_SA, startOperator, switchboard, type OperatorProcess } from './stack';
+
+let cp: ControlPlane;
+let op: OperatorProcess;
+let redis: RedisProcess;
+
+before(async () => {
+  cp = await startControlPlane({ controllerManager: true });
+  await cp.apply(projectCrdsYaml());
+  await cp.kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/switchboards.switchboard.dev', 'crd/featureflags.switchboard.dev']);
+  redis = await RedisProcess.start();
+  op = await startOperator(await operatorKubeconfig(cp));
+});
+after(async () => {
+  await op?.stop();
+  await redis?.stop();
+  await cp?.stop();
+});
+
+type Obj = KubeObject & { spec: any; status?: any }; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+test('a Switchboard gets its Deployments, Services and ConfigMap; deleting it removes them', async (t) => {
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  await cp.apply(switchboard('chat', {
+    redis: { url: redis.url },
+    gateway: { minReplicas: 2, maxReplicas: 6, service: { type: 'NodePort' }, resources: { requests: { cpu: '100m' } } },
+    broadcast: { minReplicas: 1, maxReplicas: 2, shards: 8 },
+    config: { LOG_LEVEL: 'debug', HISTORY_SIZE: '500' },
+    env: [{ name: 'AUTH_SECRET', valueFrom: { secretKeyRef: { name: 'chat-auth', key: 'secret' } } }],
+  }), { namespace: ns });
+
+  const base = `/apis/apps/v1/namespaces/${ns}/deployments`;
+  const gw = await waitFor(() => getObject<Obj>(cp, `${base}/chat-gateway`), 30_000, 'deployment chat-gateway', 100);
+  const bc = await waitFor(() => getObject<Obj>(cp, `${base}/chat-broadcast`), 30_000, 'deployment chat-broadcast', 100);
+  assert.equal(gw.spec.replicas, 2, 'gateway starts at minReplicas');
+  assert.equal(bc.spec.replicas, 1);
+  const owner = (gw.metadata.ownerReferences as Array<{ kind: string; name: string; controller: boolean }>)[0];
+  assert.deepEqual([owner.kind, owner.name, owner.controller], ['Switchboard', 'chat', true]);
+  const pod = gw.spec.template.spec;
+  const c = pod.containers[0];
+  assert.deepEqual(c.args, ['gateway']);
+  assert.equal(c.image, 'ghcr.io/switchboard-dev/switchboard:0.1.0');
+  assert.deepEqual(c.ports.map((p: { name: string; containerPort: number }) => `${p.name}:${p.containerPort}`), ['tcp:4000', 'grpc:4002', 'admin:4001']);
+  assert.equal(c.readinessProbe.httpGet.path, '/readyz');
+  assert.equal(c.livenessProbe.httpGet.path, '/healthz');
+  assert.equal(c.securityContext.readOnlyRootFilesystem, true);
+  assert.equal(c.securityContext.runAsNonRoot, true);
+  assert.deepEqual(c.securityContext.capabilities.drop, ['ALL']);
+  assert.equal(c.lifecycle.preStop.sleep.seconds, 5, 'gateway pods leave the endpoints before SIGTERM drains them');
+  assert.ok(pod.terminationGracePeriodSeconds >= 5 + 10, 'grace period covers preStop plus SHUTDOWN_DRAIN_MS');
+  assert.deepEqual(c.resources, { requests: { cpu: '100m' } });
+  assert.deepEqual(c.env.find((e: { name: string }) => e.name === 'AUTH_SECRET').valueFrom, { secretKeyRef: { name: 'chat-auth', key: 'secret' } });
+  assert.equal(c.env.find((e: { name: string }) => e.name === 'REDIS_URL').value, redis.url);
+  assert.deepEqual(bc.spec.template.spec.containers[0].args, ['broadcast']);
+  assert.equal(bc.spec.template.spec.containers[0].lifecycle, undefined);
+
+  const cm = await waitFor(() => getObject<Obj & { data: Record<string, string> }>(cp, `/api/v1/namespaces/${ns}/configmaps/chat-config`), 10_000, 'configmap', 100);
+  assert.equal(cm.data.LOG_LEVEL, 'debug');
+  assert.equal(cm.data.HISTORY_SIZE, '500');
+  assert.equal(cm.data.STREAM_SHARDS, '8', 'shards come from spec.broadcast.shards');
+  assert.equal(cm.data.TCP_HOST, '0.0.0.0');
+
+  const svc = await waitFor(() => getObject<Obj>(cp, `/api/v1/namespaces/${ns}/services/chat-gateway`), 10_000, 'gateway service', 100);
+  assert.equal(svc.spec.type, 'NodePort');
+  assert.deepEqual(svc.spec.ports.map((p: { name: string; port: number }) => `${p.name}:${p.port}`), ['tcp:4000', 'grpc:4002']);
+  assert.equal(svc.spec.selector['app.kubernetes.io/component'], 'gateway');
+  const metrics = await waitFor(() => getObject<Obj>(cp, `/api/v1/namespaces/${ns}/services/chat-metrics`), 10_000, 'metrics service', 100);
+  assert.deepEqual(metrics.spec.ports.map((p: { name: string; port: number }) => `${p.name}:${p.port}`), ['admin:4001']);
+
+  const sbPath = `/apis/switchboard.dev/v1alpha1/namespaces/${ns}/switchboards/chat`;
+  const sb = await waitFor(async () => {
+    const o = await getObject<Obj>(cp, sbPath);
+    return condition(o, 'MetricsUnavailable') ? o : undefined;
+  }, 20_000, 'status conditions', 100);
+  assert.equal(condition(sb, 'MetricsUnavailable')!.status, 'True');
+  assert.equal(condition(sb, 'MetricsUnavailable')!.reason, 'NoPrometheus');
+  assert.equal(condition(sb, 'Ready')!.status, 'False', 'no pod runs here (no kubelet), so not available');
+  assert.equal(condition(sb, 'Overloaded')!.status, 'False');
+  assert.deepEqual(sb.status.replicas, { gateway: 2, broadcast: 1 });
+
+  // Someone scales the Deployment by hand: the operator puts its own decision back.
+  await cp.client.request('PATCH', `${base}/chat-gateway`, { body: { spec: { replicas: 5 } }, contentType: 'application/merge-patch+json' });
+  await waitFor(async () => (await getObject<Obj>(cp, `${base}/chat-gateway`))?.spec.replicas === 2, 20_000, 'replicas restored to the operator\'s decision', 100);
+
+  await cp.client.request('DELETE', sbPath);
+  for (const p of [`${base}/chat-gateway`, `${base}/chat-broadcast`, `/api/v1/namespaces/${ns}/services/chat-gateway`, `/api/v1/namespaces/${ns}/configmaps/chat-config`]) {
+    await waitFor(async () => (await getObject(cp, p)) === undefined, 60_000, `${p} to be garbage-collected`, 200);
+  }
+});
+
+test('an invalid Switchboard is rejected by the schema before the operator sees it', async (t) => {
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  const bad = async (spec: Record<string, unknown>) => {
+    try {
+      await cp.apply(switchboard('bad', spec), { namespace: ns });
+    } catch (err) {
+      return err as KubeApiError;
+    }
+    assert.fail(`accepted: ${JSON.stringify(spec)}`);
+  };
+  assert.match((await bad({ redis: { url: redis.url }, gateway: { minReplicas: 5, maxReplicas: 2 } })).message, /minReplicas must be less than or equal/);
+  assert.match((await bad({ redis: {} })).message, /exactly one of redis.url and redis.secretRef/);
+  assert.match((await bad({ redis: { url: redis.url }, gateway: { service: { type: 'Ingress' } } })).message, /Unsupported value: "Ingress"/);
+  assert.match((await bad({ redis: { url: redis.url }, thresholds: { maxErrorRate: 2 } })).message, /maxErrorRate/);
+});
+
+test('a FeatureFlag is published to the Switchboard\'s Redis and removed when deleted', async (t) => {
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  await cp.apply([
+    switchboard('chat', { redis: { url: redis.url } }),
+    featureFlag('voice-beta', { flagName: 'voice_beta', enabled: true, rolloutPercent: 25, betaUsers: ['alice'], nonCritical: true }),
+  ], { namespace: ns });
+  const read = () => redis.cli('hget', 'sb:flags', 'voice_beta');
+  const published = await waitFor(() => read() || undefined, 20_000, 'the flag in sb:flags', 100);
+  assert.deepEqual(JSON.parse(published), { name: 'voice_beta', enabled: true, rolloutPercent: 25, betaUsers: ['alice'], nonCritical: true, description: '' });
+  const ffPath = `/apis/switchboard.dev/v1alpha1/namespaces/${ns}/featureflags/voice-beta`;
+  const ff = await waitFor(async () => {
+    const o = await getObject<Obj>(cp, ffPath);
+    return o?.status?.publishedTo?.length ? o : undefined;
+  }, 20_000, 'flag status', 100);
+  assert.deepEqual(ff.status, { observedGeneration: 1, effective: true, reason: 'Enabled', message: ff.status.message, publishedTo: ['chat'] });
+  assert.deepEqual(ff.metadata.finalizers, ['switchboard.dev/unpublish']);
+
+  await cp.client.request('PATCH', ffPath, { body: { spec: { enabled: false } }, contentType: 'application/merge-patch+json' });
+  await waitFor(() => JSON.parse(read()).enabled === false, 20_000, 'disabled in Redis', 100);
+
+  await cp.client.request('DELETE', ffPath);
+  await waitFor(() => read() === '', 20_000, 'the flag removed from sb:flags', 100);
+  await waitFor(async () => (await getObject(cp, ffPath)) === undefined, 20_000, 'the FeatureFlag gone after its finalizer', 100);
+});
+
+test('the operator\'s ServiceAccount is granted exactly what it uses', async () => {
+  // A kubeconfig holding only the token: kubectl would otherwise present the admin certificate.
+  const kubeconfig = await cp.writeKubeconfig('can-i', { token: await cp.mintServiceAccountToken(OPERATOR_NS, OPERATOR_SA) });
+  const can = async (...args: string[]) => {
+    try {
+      return (await cp.kubectl(['auth', 'can-i', ...args], kubeconfig)).stdout.trim();
+    } catch (err) {
+      // `can-i` exits 1 when the answer is no; its stdout says so.
+      const out = ((err as Error).cause as { stdout?: string } | undefined)?.stdout?.trim();
+      return out ?? String(err);
+    }
+  };
+  const allowed: string[][] = [
+    ['watch', 'switchboards.switchboard.dev', '-A'],
+    ['patch', 'featureflags.switchboard.dev', '-n', 'default'],
+    ['patch', 'switchboards.switchboard.dev', '--subresource=status', '-n', 'default'],
+    ['create', 'deployments.apps', '-n', 'default'],
+    ['patch', 'services', '-n', 'default'],
+    ['get', 'secrets', '-n', 'default'],
+    ['create', 'events', '-n', 'default'],
+    ['update', 'leases.coordination.k8s.io', '-n', OPERATOR_NS],
+  ];
+  const denied: string[][] = [
+    ['delete', 'deployments.apps', '-n', 'default'],
+    ['list', 'secrets', '-n', 'default'],
+    ['create', 'pods', '-n', 'default'],
+    ['patch', 'switchboards.switchboard.dev', '-n', 'default'],
+    ['update', 'leases.coordination.k8s.io', '-n', 'default'],
+    ['create', 'clusterroles.rbac.authorization.k8s.io'],
+  ];
+  for (const a of allowed) assert.equal(await can(...a), 'yes', `allowed: ${a.join(' ')}`);
+  for (const d of denied) assert.equal(await can(...d), 'no', `denied: ${d.join(' ')}`);
+});
