@@ -1,0 +1,199 @@
+// What chart.test.ts and manifests.test.ts share: rendering the Helm chart, reading the
+// operator's RBAC contract out of docs/operator.md, comparing RBAC rules as sets of
+// (apiGroup, resource, verb), and asking the API server what a ServiceAccount token may do.
+import assert from 'node:assert/strict';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { stringify } from 'yaml';
+import { parseYamlObjects, repoRoot, waitFor, type ControlPlane, type KubeClient, type KubeObject } from './harness';
+
+export const CHART_DIR = path.join(repoRoot(), 'charts', 'switchboard');
+
+export interface RenderOptions {
+  readonly release?: string;
+  readonly namespace: string;
+  /** Written to a values file and passed with -f. */
+  readonly values?: Record<string, unknown>;
+  /** Extra helm arguments, e.g. ['--set', 'a=b']. */
+  readonly args?: readonly string[];
+}
+
+let valuesDir: string | undefined;
+
+/** Writes values to a fresh file under the control plane's temp dir and returns its path. */
+export async function writeValues(cp: ControlPlane, values: Record<string, unknown>): Promise<string> {
+  valuesDir ??= await mkdtemp(path.join(cp.dir, 'values-'));
+  const file = path.join(valuesDir, `values-${Math.random().toString(36).slice(2)}.yaml`);
+  await writeFile(file, stringify(values));
+  return file;
+}
+
+/** `helm template` of the chart; returns the objects and the raw YAML. */
+export async function renderChart(cp: ControlPlane, opts: RenderOptions): Promise<{ objects: KubeObject[]; yaml: string }> {
+  const args = ['template', opts.release ?? 'sb', CHART_DIR, '--namespace', opts.namespace];
+  if (opts.values) args.push('--values', await writeValues(cp, opts.values));
+  args.push(...(opts.args ?? []));
+  const { stdout } = await cp.helm(args);
+  return { objects: parseYamlObjects(stdout), yaml: stdout };
+}
+
+/** The one object of that kind and name; fails the test when it is missing or repeated. */
+export function find<T extends KubeObject = KubeObject>(objects: readonly KubeObject[], kind: string, name: string): T {
+  const hits = objects.filter((o) => o.kind === kind && o.metadata.name === name);
+  assert.equal(hits.length, 1, `expected one ${kind}/${name} in [${objects.map((o) => `${o.kind}/${o.metadata.name}`).join(', ')}]`);
+  return hits[0] as T;
+}
+
+export function kinds(objects: readonly KubeObject[]): string[] {
+  return objects.map((o) => `${o.kind}/${o.metadata.name}`).sort();
+}
+
+export interface PolicyRule {
+  apiGroups: string[];
+  resources: string[];
+  verbs: string[];
+  resourceNames?: string[];
+}
+
+/** Rules as a sorted list of "apiGroup resource verb" (empty group shown as core). */
+export function flattenRules(rules: readonly PolicyRule[]): string[] {
+  const out = new Set<string>();
+  for (const r of rules) {
+    assert.equal(r.resourceNames, undefined, 'no rule names resources');
+    for (const g of r.apiGroups) for (const res of r.resources) for (const v of r.verbs) out.add(`${g || 'core'} ${res} ${v}`);
+  }
+  return [...out].sort();
+}
+
+export interface RbacContract {
+  /** The ClusterRole (or per-namespace Role) table. */
+  readonly operator: PolicyRule[];
+  /** The leader-election Role table. */
+  readonly leader: PolicyRule[];
+}
+
+/**
+ * The two RBAC tables of docs/operator.md ("RBAC"), parsed: rows of
+ * | `group` | `res`, `res` | verb, verb (comment) |.
+ */
+export function rbacContract(): RbacContract {
+  const doc = readFileSync(path.join(repoRoot(), 'docs', 'operator.md'), 'utf8');
+  const section = doc.split(/^## /m).find((s) => s.startsWith('RBAC'));
+  assert.ok(section, 'docs/operator.md has an RBAC section');
+  const tables: PolicyRule[][] = [];
+  let current: PolicyRule[] | undefined;
+  for (const line of section.split('\n')) {
+    if (!line.startsWith('|')) {
+      current = undefined;
+      continue;
+    }
+    const cells = line.split('|').slice(1, -1).map((c) => c.trim());
+    if (cells[0] === 'apiGroups' || /^-+$/.test(cells[0])) continue;
+    if (!current) tables.push((current = []));
+    const unquote = (s: string): string => s.replace(/`/g, '').replace(/^""$/, '');
+    current.push({
+      apiGroups: [unquote(cells[0])],
+      resources: cells[1].split(',').map((s) => unquote(s.trim())),
+      verbs: cells[2].replace(/\(.*\)/, '').split(',').map((s) => s.trim()).filter((s) => s !== ''),
+    });
+  }
+  assert.equal(tables.length, 2, 'docs/operator.md has two RBAC tables (operator, leader)');
+  return { operator: tables[0], leader: tables[1] };
+}
+
+const ALL_VERBS = ['get', 'list', 'watch', 'create', 'update', 'patch', 'delete', 'deletecollection'];
+
+interface Access {
+  readonly verb: string;
+  readonly group: string;
+  /** resource or resource/subresource */
+  readonly resource: string;
+  /** undefined: cluster-wide */
+  readonly namespace?: string;
+}
+
+function describe(a: Access): string {
+  return `${a.verb} ${a.group || 'core'}/${a.resource}${a.namespace ? ` in ${a.namespace}` : ' cluster-wide'}`;
+}
+
+/** SelfSubjectAccessReview as the client's identity. */
+export async function canI(client: KubeClient, a: Access): Promise<boolean> {
+  const [resource, subresource] = a.resource.split('/');
+  const review = await client.create<{ status: { allowed: boolean } }>(
+    '/apis/authorization.k8s.io/v1/selfsubjectaccessreviews',
+    {
+      apiVersion: 'authorization.k8s.io/v1',
+      kind: 'SelfSubjectAccessReview',
+      spec: { resourceAttributes: { verb: a.verb, group: a.group, resource, subresource, namespace: a.namespace } },
+    },
+  );
+  return review.status.allowed;
+}
+
+export interface PermissionCheck {
+  /** Namespaces the operator works in (a watched namespace, or any for a cluster-wide one). */
+  readonly workNamespaces: readonly string[];
+  /** Namespaces where it must have none of the operator table (watchNamespace mode). */
+  readonly foreignNamespaces: readonly string[];
+  /** The operator's own namespace (leader Lease). */
+  readonly ownNamespace: string;
+  /** True when the operator table is granted cluster-wide. */
+  readonly clusterWide: boolean;
+}
+
+/**
+ * Checks, as the token's identity, that every verb of docs/operator.md's tables is allowed where
+ * the operator needs it, and that every other verb on those resources, the same verbs elsewhere
+ * and a few powerful permissions are denied.
+ */
+export async function checkOperatorPermissions(client: KubeClient, check: PermissionCheck): Promise<void> {
+  const contract = rbacContract();
+  const expectAllowed: Access[] = [];
+  const expectDenied: Access[] = [];
+  const table = (rules: PolicyRule[], namespaces: readonly (string | undefined)[], allowed: boolean): void => {
+    for (const rule of rules) {
+      for (const group of rule.apiGroups) {
+        for (const resource of rule.resources) {
+          for (const verb of ALL_VERBS) {
+            for (const namespace of namespaces) {
+              const grant = allowed && rule.verbs.includes(verb);
+              (grant ? expectAllowed : expectDenied).push({ verb, group, resource, namespace });
+            }
+          }
+        }
+      }
+    }
+  };
+  table(contract.operator, check.workNamespaces, true);
+  table(contract.operator, check.foreignNamespaces, false);
+  table(contract.operator, [undefined], check.clusterWide);
+  table(contract.leader, [check.ownNamespace], true);
+  for (const ns of [...check.workNamespaces, ...check.foreignNamespaces].filter((n) => n !== check.ownNamespace)) {
+    table(contract.leader, [ns], false);
+  }
+  const anyNs = check.workNamespaces[0];
+  expectDenied.push(
+    { verb: 'get', group: '', resource: 'pods', namespace: anyNs },
+    { verb: 'create', group: '', resource: 'pods', namespace: anyNs },
+    { verb: 'create', group: '', resource: 'pods/exec', namespace: anyNs },
+    { verb: 'list', group: '', resource: 'nodes' },
+    { verb: 'list', group: '', resource: 'namespaces' },
+    { verb: 'create', group: 'rbac.authorization.k8s.io', resource: 'clusterroles' },
+    { verb: 'create', group: 'rbac.authorization.k8s.io', resource: 'rolebindings', namespace: anyNs },
+    { verb: 'escalate', group: 'rbac.authorization.k8s.io', resource: 'roles', namespace: anyNs },
+    { verb: 'bind', group: 'rbac.authorization.k8s.io', resource: 'clusterroles' },
+    { verb: 'impersonate', group: '', resource: 'serviceaccounts', namespace: anyNs },
+    { verb: 'create', group: '', resource: 'serviceaccounts/token', namespace: anyNs },
+    { verb: 'update', group: 'apiextensions.k8s.io', resource: 'customresourcedefinitions' },
+    { verb: 'create', group: 'autoscaling', resource: 'horizontalpodautoscalers', namespace: anyNs },
+  );
+
+  // RBAC reaches the authorizer through a watch-fed cache: wait for the first grant.
+  await waitFor(`the operator's RBAC to take effect (${describe(expectAllowed[0])})`, 15_000, () => canI(client, expectAllowed[0]));
+  const wrong: string[] = [];
+  for (const a of expectAllowed) if (!(await canI(client, a))) wrong.push(`denied: ${describe(a)}`);
+  for (const a of expectDenied) if (await canI(client, a)) wrong.push(`allowed: ${describe(a)}`);
+  assert.deepEqual(wrong, [], 'the operator ServiceAccount has exactly the permissions of docs/operator.md');
+  assert.ok(expectAllowed.length >= 20, `checked ${expectAllowed.length} grants`);
+}
