@@ -1,0 +1,183 @@
+// The operator's metrics loop end to end (issue #8, tests 2, 3 and 4): real gateway and
+// broadcast processes on a real Redis, loaded by the project's load generator, scraped by a real
+// Prometheus; the operator (a child process on the real API server, RBAC from k8s/rbac) reads
+// Prometheus and scales the gateway Deployment, sheds nonCritical flags on a threshold breach,
+// and keeps everything as it is while Prometheus is gone.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { GeneratorPool } from '../../load-tests/generator/pool';
+import { buildSpecs } from '../../load-tests/scenarios';
+import { helloClient } from '../helpers/wire';
+import { waitFor } from '../helpers/wait';
+import { namespaceFor, projectCrdsYaml, startControlPlane, type ControlPlane, type KubeObject } from '../k8s/harness';
+import { condition, DataPlane, featureFlag, getObject, operatorKubeconfig, startOperator, switchboard, type OperatorProcess } from './stack';
+
+let cp: ControlPlane;
+let op: OperatorProcess;
+const planes: DataPlane[] = [];
+
+before(async () => {
+  cp = await startControlPlane();
+  await cp.apply(projectCrdsYaml());
+  await cp.kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/switchboards.switchboard.dev', 'crd/featureflags.switchboard.dev']);
+  op = await startOperator(await operatorKubeconfig(cp));
+});
+after(async () => {
+  await op?.stop();
+  for (const p of planes) await p.stop();
+  await cp?.stop();
+});
+
+type Obj = KubeObject & { spec: any; status?: any }; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/** Chat load from the load generator: `clients` in rooms of `roomSize`, `rate` publishes/s. */
+async function load(port: number, rate: number, clients = 20, roomSize = 10): Promise<{ stop(): Promise<void> }> {
+  const pool = new GeneratorPool(1);
+  const specs = buildSpecs({ scenario: 'fanout', clients, roomSize, rate, warmupS: 0, measureS: 0, binary: true, padBytes: 16, sampleEvery: 8 }, [port]);
+  const setup = await pool.setup(specs, { host: '127.0.0.1', binary: true, sampleEvery: 8, padBytes: 16, concurrency: 16 });
+  assert.equal(setup.failed, 0, 'every load connection joined');
+  pool.start(rate);
+  return {
+    async stop() {
+      await pool.stop();
+      await pool.close();
+      await pool.exit();
+    },
+  };
+}
+
+const paths = (ns: string) => ({
+  sb: `/apis/switchboard.dev/v1alpha1/namespaces/${ns}/switchboards/chat`,
+  gateway: `/apis/apps/v1/namespaces/${ns}/deployments/chat-gateway`,
+  flag: (name: string) => `/apis/switchboard.dev/v1alpha1/namespaces/${ns}/featureflags/${name}`,
+});
+
+async function replicas(ns: string): Promise<number> {
+  return (await getObject<Obj>(cp, paths(ns).gateway))?.spec.replicas ?? -1;
+}
+
+async function eventsFor(ns: string): Promise<Array<{ reason: string; message: string }>> {
+  const res = await cp.client.request('GET', `/api/v1/namespaces/${ns}/events`);
+  return (res.body as { items: Array<{ reason: string; message: string }> }).items;
+}
+
+test('scale-up under load within bounds; scale-down only after the stabilization window', async (t) => {
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  const dp = await DataPlane.start(ns, 'chat');
+  planes.push(dp);
+  await cp.apply(switchboard('chat', {
+    redis: { url: dp.redis.url },
+    gateway: { minReplicas: 1, maxReplicas: 3 },
+    broadcast: { minReplicas: 1, maxReplicas: 1, shards: 4 },
+    prometheus: { url: dp.prometheus.url, interval: '1s', rateWindow: '4s' },
+    thresholds: { p99LatencyMs: 60_000 },
+    scaling: { targetMessagesPerPod: 500, targetConnectionsPerPod: 100_000, scaleUpStabilizationSeconds: 0, scaleDownStabilizationSeconds: 8, maxStep: 4 },
+  }), { namespace: ns });
+  const p = paths(ns);
+  await waitFor(async () => condition(await getObject<Obj>(cp, p.sb), 'MetricsUnavailable')?.status === 'False', 30_000, 'metrics available', 200);
+  assert.equal(await replicas(ns), 1, 'idle: minReplicas');
+
+  // 400 publishes/s into rooms of 10: ~4000 deliveries/s against a target of 500 per pod.
+  const traffic = await load(dp.gatewayPort, 400);
+  await waitFor(async () => (await replicas(ns)) === 3, 30_000, 'the gateway Deployment scaled to maxReplicas', 200);
+  const sb = await getObject<Obj>(cp, p.sb);
+  assert.deepEqual(sb!.status.desiredReplicas.gateway, 3, 'bounded by maxReplicas');
+  const up = (await eventsFor(ns)).find((e) => e.reason === 'ScaledUp');
+  assert.match(up?.message ?? '', /^gateway 1 -> 3: messagesPerPod [0-9.]+\/pod vs target 500/, 'a ScaledUp event saying why');
+
+  await traffic.stop();
+  const stoppedAt = Date.now();
+  await waitFor(async () => (await replicas(ns)) === 1, 60_000, 'scale-down after the window', 200);
+  const took = Date.now() - stoppedAt;
+  assert.ok(took >= 8000, `scaled down ${took} ms after the load stopped, inside the 8 s stabilization window`);
+  assert.ok((await eventsFor(ns)).some((e) => e.reason === 'ScaledDown'), 'a ScaledDown event');
+  const decisions = await op.metric('switchboard_operator_desired_replicas{namespace="' + ns + '",switchboard="chat",tier="gateway"}');
+  assert.equal(decisions, 1);
+});
+
+test('a breached p99 threshold sheds nonCritical flags on the running gateways, restored after recovery', async (t) => {
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  const dp = await DataPlane.start(ns, 'chat');
+  planes.push(dp);
+  await cp.apply([
+    switchboard('chat', {
+      redis: { url: dp.redis.url },
+      prometheus: { url: dp.prometheus.url, interval: '1s', rateWindow: '3s' },
+      // Any traffic at all breaches a 1 µs p99.
+      thresholds: { p99LatencyMs: 0.001, holdSeconds: 3 },
+      scaling: { targetMessagesPerPod: 1_000_000, targetConnectionsPerPod: 100_000 },
+    }),
+    featureFlag('history', { enabled: true, nonCritical: true, description: 'room history (a store read)' }),
+    featureFlag('direct', { enabled: true, nonCritical: false }),
+  ], { namespace: ns });
+  const p = paths(ns);
+  const client = await helloClient(dp.gatewayPort, 'watcher');
+  await client.join('quiet');
+  await waitFor(async () => (await getObject<Obj>(cp, p.flag('history')))?.status?.effective === true, 30_000, 'history published and effective', 200);
+  assert.equal((await client.request({ type: 'history', room: 'quiet', id: 1 })).type, 'history');
+
+  const traffic = await load(dp.gatewayPort, 200);
+  const shed = await waitFor(async () => {
+    const f = await getObject<Obj>(cp, p.flag('history'));
+    return f?.status?.reason === 'Overloaded' ? f : undefined;
+  }, 30_000, 'history shed', 200);
+  assert.equal(shed.status.effective, false);
+  const sb = await waitFor(async () => {
+    const o = await getObject<Obj>(cp, p.sb);
+    return condition(o, 'Overloaded')?.status === 'True' ? o : undefined;
+  }, 10_000, 'the Switchboard\'s Overloaded condition', 100);
+  assert.match(condition(sb, 'Overloaded')!.message, /p99 latency/);
+  assert.deepEqual(sb!.status.shedFlags, ['history']);
+  assert.equal((await getObject<Obj>(cp, p.flag('direct')))!.status.effective, true, 'a critical flag stays on');
+  // The running gateway sees it off: a client's gated request is refused.
+  await waitFor(async () => (await client.request({ type: 'history', room: 'quiet', id: 2 })).code === 'feature_disabled', 10_000, 'feature_disabled at the gateway', 100);
+
+  await traffic.stop();
+  const stoppedAt = Date.now();
+  await waitFor(async () => (await getObject<Obj>(cp, p.flag('history')))?.status?.effective === true, 30_000, 'history restored', 200);
+  assert.ok(Date.now() - stoppedAt >= 3000, 'restored only after the hold period');
+  await waitFor(async () => (await client.request({ type: 'history', room: 'quiet', id: 3 })).type === 'history', 10_000, 'history served again', 100);
+  await waitFor(async () => (await getObject<Obj>(cp, p.sb))?.status.shedFlags?.length === 0, 10_000, 'shedFlags empty in the Switchboard status', 100);
+  assert.ok((await eventsFor(ns)).some((e) => e.reason === 'ThresholdBreached'));
+  assert.ok((await eventsFor(ns)).some((e) => e.reason === 'Recovered'));
+  await client.end();
+});
+
+test('Prometheus stopped: no scaling, MetricsUnavailable, and back when it returns', async (t) => {
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  const dp = await DataPlane.start(ns, 'chat');
+  planes.push(dp);
+  await cp.apply(switchboard('chat', {
+    redis: { url: dp.redis.url },
+    gateway: { minReplicas: 1, maxReplicas: 5 },
+    prometheus: { url: dp.prometheus.url, interval: '1s', rateWindow: '4s' },
+    thresholds: { p99LatencyMs: 60_000 },
+    // No windows at all: with data, an idle cluster goes to minReplicas at once.
+    scaling: { targetMessagesPerPod: 500, scaleUpStabilizationSeconds: 0, scaleDownStabilizationSeconds: 0 },
+  }), { namespace: ns });
+  const p = paths(ns);
+  await waitFor(async () => condition(await getObject<Obj>(cp, p.sb), 'MetricsUnavailable')?.status === 'False', 30_000, 'metrics available', 200);
+
+  await dp.prometheus.stop();
+  await waitFor(async () => condition(await getObject<Obj>(cp, p.sb), 'MetricsUnavailable')?.status === 'True', 20_000, 'MetricsUnavailable', 200);
+  const c = condition(await getObject<Obj>(cp, p.sb), 'MetricsUnavailable')!;
+  assert.equal(c.reason, 'MetricsUnavailable');
+  assert.match(c.message, /unreachable/);
+  // Scale the Deployment's decision up by hand through the spec bounds: with Prometheus gone the
+  // operator must neither scale down (no data) nor anywhere else.
+  await cp.client.request('PATCH', p.sb, { body: { spec: { gateway: { minReplicas: 4, maxReplicas: 5 } } }, contentType: 'application/merge-patch+json' });
+  await waitFor(async () => (await replicas(ns)) === 4, 20_000, 'raised to the new minReplicas', 200);
+  await cp.client.request('PATCH', p.sb, { body: { spec: { gateway: { minReplicas: 1, maxReplicas: 5 } } }, contentType: 'application/merge-patch+json' });
+  const until = Date.now() + 4000;
+  while (Date.now() < until) {
+    assert.equal(await replicas(ns), 4, 'no scale-down on missing data');
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  assert.ok(Number(await op.metric(`switchboard_operator_metrics_query_errors_total{namespace="${ns}",switchboard="chat"}`)) > 0);
+
+  await dp.prometheus.restart();
+  await waitFor(async () => condition(await getObject<Obj>(cp, p.sb), 'MetricsUnavailable')?.status === 'False', 30_000, 'metrics back', 200);
+  await waitFor(async () => (await replicas(ns)) === 1, 30_000, 'idle again: back to minReplicas with data', 200);
+  assert.ok((await eventsFor(ns)).some((e) => e.reason === 'MetricsUnavailable'));
+  assert.ok((await eventsFor(ns)).some((e) => e.reason === 'MetricsAvailable'));
+});
