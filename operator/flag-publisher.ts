@@ -4,16 +4,15 @@
  * change within a second. One connection per Redis URL, reused across reconciles. A URL held in
  * a Secret is read when needed and never logged.
  */
-import type { Redis } from 'ioredis';
 import { deleteFlag, writeFlag } from '../services/control';
 import type { FeatureFlag as ServerFlag } from '../services/control';
-import { flagsRedis } from '../services/control/flags-redis';
+import { flagsRedis, type FlagsRedis } from '../services/control/flags-redis';
 import type { Logger } from '../services/telemetry/log';
 import type { Switchboard } from './api/types';
 import type { Kube } from './kube/client';
 
 export class FlagPublisher {
-  private readonly conns = new Map<string, Redis>();
+  private readonly conns = new Map<string, FlagsRedis>();
 
   constructor(
     private readonly kube: Kube,
@@ -33,11 +32,11 @@ export class FlagPublisher {
     this.conns.clear();
   }
 
-  private async redisFor(sb: Switchboard): Promise<Redis> {
+  private async redisFor(sb: Switchboard): Promise<FlagsRedis> {
     const url = await this.urlOf(sb);
     let c = this.conns.get(url);
     if (c === undefined) {
-      c = flagsRedis(url, 'switchboard-operator');
+      c = flagsRedis(url, 'switchboard-operator', sb.spec.config?.REDIS_CLUSTER === 'true');
       c.on('error', () => undefined); // failures surface on the commands; logged by the caller
       this.conns.set(url, c);
       this.log.info('redis connection for flags', { switchboard: `${sb.metadata.namespace}/${sb.metadata.name}` });

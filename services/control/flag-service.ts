@@ -36,7 +36,7 @@ export async function startFlags(target: FlagTarget, opts: FlagServiceOptions): 
   const store = new FlagStore();
   const log = opts.log.child({ component: 'flags' });
   const file = opts.config.flagsFile === '' ? null : new FlagsFileSource({ path: opts.config.flagsFile, store, log });
-  const redis = opts.redis ? new RedisFlagsSource({ url: opts.config.redisUrl, store, log, resyncMs: opts.resyncMs }) : null;
+  const redis = opts.redis ? new RedisFlagsSource({ url: opts.config.redisUrl, cluster: opts.config.redisCluster, store, log, resyncMs: opts.resyncMs }) : null;
   if (file !== null) await file.start();
   if (redis !== null) await redis.start();
   if (opts.monitor !== undefined) store.attachMonitor(opts.monitor);

@@ -4,10 +4,10 @@
  * rolled out), writes it with HSET and publishes on `sb:flags:changed`, so every gateway applies
  * it within a round trip.
  */
-import type { Redis } from 'ioredis';
+
 import { ConfigError, loadConfig } from './config';
 import { FlagError, parseFlag, type FeatureFlag } from './flags';
-import { deleteFlag, FLAGS_KEY, flagsRedis, readFlags, writeFlag } from './flags-redis';
+import { deleteFlag, FLAGS_KEY, flagsRedis, readFlags, writeFlag, type FlagsRedis } from './flags-redis';
 
 export const FLAGS_USAGE = `Usage: switchboard flags <command>
 
@@ -74,7 +74,7 @@ export function applyFlagOptions(base: FeatureFlag, args: readonly string[]): Fe
   return parseFlag(next, base.name);
 }
 
-async function run(redis: Redis, args: readonly string[], io: Io): Promise<number> {
+async function run(redis: FlagsRedis, args: readonly string[], io: Io): Promise<number> {
   const [cmd, name, ...rest] = args;
   switch (cmd) {
     case 'list': {
@@ -120,8 +120,9 @@ export async function flagsCommand(args: readonly string[], io: Io = { out: (l) 
     return args.length === 0 ? 2 : 0;
   }
   let url: string;
+  let cluster: boolean;
   try {
-    url = loadConfig().redisUrl;
+    ({ redisUrl: url, redisCluster: cluster } = loadConfig());
   } catch (err) {
     if (err instanceof ConfigError) {
       io.err(`switchboard: ${err.message}`);
@@ -129,7 +130,7 @@ export async function flagsCommand(args: readonly string[], io: Io = { out: (l) 
     }
     throw err;
   }
-  const redis = flagsRedis(url, 'switchboard-flags-cli');
+  const redis = flagsRedis(url, 'switchboard-flags-cli', cluster);
   redis.on('error', () => {});
   try {
     return await run(redis, args, io);

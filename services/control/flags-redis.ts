@@ -9,7 +9,7 @@
  * (changes published while it was away are not replayed) and every `resyncMs` as a backstop.
  * An entry that does not validate is logged and the last good version of that flag is kept.
  */
-import { Redis } from 'ioredis';
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../telemetry/log';
 import { parseFlag, type FeatureFlag, type FlagStore } from './flags';
 
@@ -17,18 +17,33 @@ export const FLAGS_KEY = 'sb:flags';
 export const FLAGS_CHANNEL = 'sb:flags:changed';
 export const REDIS_SOURCE = 'redis';
 
-/** A Redis connection for flags: fail fast while Redis is down, reconnect with capped backoff. */
-export function flagsRedis(url: string, name: string): Redis {
-  return new Redis(url, {
-    connectionName: name,
-    maxRetriesPerRequest: 1,
+/** A single Redis or a Redis Cluster (`sb:flags` is one key, so one slot either way). */
+export type FlagsRedis = Redis | Cluster;
+
+/**
+ * A Redis connection for flags: fail fast while Redis is down, reconnect with capped backoff.
+ * With `cluster`, `url` is a seed node of a Redis Cluster (REDIS_CLUSTER), and the hash is read
+ * from whichever node owns its slot; PUBLISH reaches subscribers on every node.
+ */
+export function flagsRedis(url: string, name: string, cluster = false): FlagsRedis {
+  const backoff = (times: number) => Math.min(50 * 2 ** Math.min(times, 6), 2000);
+  const opts: RedisOptions = { connectionName: name, maxRetriesPerRequest: 1, enableOfflineQueue: true, retryStrategy: backoff };
+  if (!cluster) return new Redis(url, opts);
+  const u = new URL(url);
+  return new Cluster([{ host: u.hostname, port: Number(u.port || 6379) }], {
+    redisOptions: {
+      ...opts,
+      username: u.username ? decodeURIComponent(u.username) : undefined,
+      password: u.password ? decodeURIComponent(u.password) : undefined,
+      tls: u.protocol === 'rediss:' ? {} : undefined,
+    },
     enableOfflineQueue: true,
-    retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), 2000),
+    clusterRetryStrategy: backoff,
   });
 }
 
 /** Read every flag in `sb:flags`; invalid entries are returned as errors, not thrown. */
-export async function readFlags(redis: Redis): Promise<{ flags: FeatureFlag[]; errors: { name: string; error: string }[] }> {
+export async function readFlags(redis: FlagsRedis): Promise<{ flags: FeatureFlag[]; errors: { name: string; error: string }[] }> {
   const raw = await redis.hgetall(FLAGS_KEY);
   const flags: FeatureFlag[] = [];
   const errors: { name: string; error: string }[] = [];
@@ -44,12 +59,12 @@ export async function readFlags(redis: Redis): Promise<{ flags: FeatureFlag[]; e
 }
 
 /** Write one flag and notify every gateway. */
-export async function writeFlag(redis: Redis, flag: FeatureFlag): Promise<void> {
+export async function writeFlag(redis: FlagsRedis, flag: FeatureFlag): Promise<void> {
   await redis.multi().hset(FLAGS_KEY, flag.name, JSON.stringify(flag)).publish(FLAGS_CHANNEL, flag.name).exec();
 }
 
 /** Remove a flag (it falls back to the default: on) and notify. Resolves whether it existed. */
-export async function deleteFlag(redis: Redis, name: string): Promise<boolean> {
+export async function deleteFlag(redis: FlagsRedis, name: string): Promise<boolean> {
   const res = await redis.multi().hdel(FLAGS_KEY, name).publish(FLAGS_CHANNEL, name).exec();
   return Number(res?.[0]?.[1] ?? 0) > 0;
 }
@@ -58,13 +73,15 @@ export interface RedisFlagsOptions {
   url: string;
   store: FlagStore;
   log: Logger;
+  /** `url` is a seed node of a Redis Cluster. @default false */
+  cluster?: boolean;
   /** Re-read the hash this often even without notifications. @default 30000 */
   resyncMs?: number;
 }
 
 export class RedisFlagsSource {
-  private readonly cmd: Redis;
-  private readonly sub: Redis;
+  private readonly cmd: FlagsRedis;
+  private readonly sub: FlagsRedis;
   private timer: NodeJS.Timeout | null = null;
   private current = new Map<string, FeatureFlag>();
   private loading: Promise<void> | null = null;
@@ -74,8 +91,8 @@ export class RedisFlagsSource {
   loads = 0;
 
   constructor(private readonly opts: RedisFlagsOptions) {
-    this.cmd = flagsRedis(opts.url, 'switchboard-flags');
-    this.sub = flagsRedis(opts.url, 'switchboard-flags-sub');
+    this.cmd = flagsRedis(opts.url, 'switchboard-flags', opts.cluster);
+    this.sub = flagsRedis(opts.url, 'switchboard-flags-sub', opts.cluster);
     this.cmd.on('error', () => {}); // state changes are logged by the reload that fails
     this.sub.on('error', () => {});
     this.sub.on('message', (channel: string) => {

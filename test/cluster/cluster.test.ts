@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { SwitchboardClient, ClientError } from '../../services/client';
+import { spawnCli } from '../helpers/cli';
 import { freePort } from '../helpers/net';
 import { RedisProcess, redisCli } from '../helpers/redis';
 import { waitFor } from '../helpers/wait';
@@ -128,7 +129,7 @@ describe('cluster mode', () => {
     await redis.stop();
   });
 
-  test('Redis Cluster with 3 masters: chat across two gateways', async () => {
+  test('Redis Cluster with 3 masters: chat and flags across two gateways', async () => {
     const ports = [await freePort(), await freePort(), await freePort()];
     const nodes = await Promise.all(
       ports.map((p) => new RedisProcess(p, ['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${p}.conf`, '--cluster-node-timeout', '2000']).start()),
@@ -144,6 +145,12 @@ describe('cluster mode', () => {
       throw new Error(`${err.message}\nbroadcast: ${bcs[0].logs.slice(-15).join('\n')}\ngateway: ${gws[0].logs.slice(-8).join('\n')}`);
     });
     assert.equal((await a.history('cluster-room')).length, 40);
+    // Flags live in Redis Cluster too: `switchboard flags set` reaches both gateways.
+    const set = spawnCli(['flags', 'set', 'history', '--enabled', 'false'], { REDIS_URL: `redis://127.0.0.1:${ports[0]}`, REDIS_CLUSTER: 'true' });
+    assert.equal((await set.exited).code, 0, set.stderr.join('\n'));
+    for (const c of [a, b]) {
+      await waitFor(async () => (await c.history('cluster-room').then(() => 'ok', (e: ClientError) => e.code)) === 'feature_disabled', 10_000, 'history disabled', 50);
+    }
     await s.close();
     for (const n of nodes) await n.stop();
   });
