@@ -30,6 +30,10 @@ export function loadKube(kubeconfigPath?: string): Kube {
   const config = new KubeConfig();
   if (kubeconfigPath) config.loadFromFile(kubeconfigPath);
   else config.loadFromDefault();
+  return kubeFrom(config);
+}
+
+export function kubeFrom(config: KubeConfig): Kube {
   return {
     config,
     core: config.makeApiClient(CoreV1Api),

@@ -4,7 +4,8 @@
  * Gone (history compacted) makes it list again (ListWatch does both). What ListWatch does not do
  * is come back after an error (ECONNRESET, API server restarting, 5xx): it reports the error and
  * stops. Here every error restarts it after a capped exponential backoff with jitter, so a flapping
- * API server is not flooded, and the backoff resets once a watch has delivered events again.
+ * API server is not flooded; the backoff resets only once a watch delivers events again (a list
+ * that succeeds followed by a watch that fails at once keeps backing off).
  */
 import { makeInformer, type Informer, type KubernetesObject, type ObjectCache } from '@kubernetes/client-node';
 import type { Logger } from '../../services/telemetry/log';
@@ -30,11 +31,17 @@ export class ResilientInformer<T extends KubernetesObject> {
   private restartTimer: NodeJS.Timeout | null = null;
   private stopped = false;
   private synced = false;
+  private listed = false;
   /** Restarts after errors (for tests and logs). */
   restarts = 0;
 
   constructor(private readonly opts: ResilientInformerOptions<T>) {
-    this.informer = makeInformer(opts.kube.config, opts.path, opts.list as never);
+    const list = async () => {
+      const res = await opts.list();
+      this.listed = true;
+      return res;
+    };
+    this.informer = makeInformer(opts.kube.config, opts.path, list as never);
     this.informer.on('add', (o) => this.event(o, 'add'));
     this.informer.on('update', (o) => this.event(o, 'update'));
     this.informer.on('delete', (o) => this.event(o, 'delete'));
@@ -59,10 +66,11 @@ export class ResilientInformer<T extends KubernetesObject> {
 
   async start(): Promise<void> {
     this.stopped = false;
+    const before = this.failures;
     try {
+      // ListWatch reports a failed list through its error callback and resolves anyway.
       await this.informer.start();
-      this.synced = true;
-      this.failures = 0;
+      if (this.failures === before && this.listed) this.synced = true;
     } catch (err) {
       this.failed(err);
     }
