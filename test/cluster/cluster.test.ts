@@ -92,6 +92,32 @@ describe('cluster mode', () => {
     await redis.stop();
   });
 
+  test('scale-down drain: SIGTERM of a gateway under load tells clients to reconnect elsewhere, nothing accepted is lost', async () => {
+    // What happens when the operator lowers the gateway replicas: the pod gets SIGTERM (after its
+    // preStop sleep) and drains through the shutdown path.
+    const redis = await RedisProcess.start();
+    const { gws } = await cluster(redis.url, 2, 1, { SHUTDOWN_DRAIN_MS: '3000' });
+    const s = new ChatScenario('drain-gw');
+    const movers = [];
+    for (let i = 0; i < 3; i++) movers.push(await s.addMember(`d${i}`, [addr(gws[0]), addr(gws[1])]));
+    const stayer = await s.addMember('stay', [addr(gws[1])]);
+    const told = Promise.all(movers.map((c) => new Promise((r) => c.once('reconnect', r))));
+    const load = Promise.all([...movers, stayer].map((c) => s.publish(c, 40, 5)));
+    await waitFor(() => s.accepted.size > 30, 10_000, 'some traffic', PROBE);
+    const exited = new Promise<number | null>((r) => gws[0].proc.once('exit', (code) => r(code)));
+    gws[0].proc.kill('SIGTERM');
+    const reasons = (await told) as Array<{ reason: string }>;
+    assert.ok(reasons.every((m) => m.reason === 'shutdown'), JSON.stringify(reasons));
+    assert.equal(await exited, 0, 'the draining gateway exits cleanly');
+    await load;
+    await s.verify(20_000);
+    // A send in flight when the socket closed is refused (the client knows it was not accepted);
+    // none is an internal error.
+    assert.ok(!s.errors.includes('internal'), `errors: ${s.errors.join(',')}`);
+    await s.close();
+    await redis.stop();
+  });
+
   test('redis restart mid-run: unavailable during the outage, not ready, then everything resumes', async () => {
     const redis = await RedisProcess.start();
     const { gws, bcs } = await cluster(redis.url, 2, 1);
