@@ -98,6 +98,18 @@ test('a Switchboard gets its Deployments, Services and ConfigMap; deleting it re
   }
 });
 
+test('the operator serves /healthz, /readyz and its own metrics', async () => {
+  const get = (path: string) => fetch(`http://127.0.0.1:${op.adminPort}${path}`);
+  assert.equal((await get('/healthz')).status, 200);
+  const ready = await get('/readyz');
+  assert.equal(ready.status, 200);
+  assert.deepEqual(await ready.json(), { ready: true, leader: true });
+  const text = await (await get('/metrics')).text();
+  for (const name of ['switchboard_operator_reconciles_total', 'switchboard_operator_is_leader', 'switchboard_operator_reconcile_duration_seconds_bucket', 'process_resident_memory_bytes']) {
+    assert.ok(text.includes(name), name);
+  }
+});
+
 test('an invalid Switchboard is rejected by the schema before the operator sees it', async (t) => {
   const ns = await cp.createNamespace(namespaceFor(t.name));
   const bad = async (spec: Record<string, unknown>) => {
