@@ -4,17 +4,15 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { RedisProcess } from '../helpers/redis';
 import { waitFor } from '../helpers/wait';
-import { namespaceFor, projectCrdsYaml, startControlPlane, type ControlPlane, type KubeObject } from '../k8s/harness';
-import { getObject, operatorKubeconfig, OPERATOR_NS, startOperator, switchboard, type OperatorProcess } from './stack';
+import { namespaceFor, type ControlPlane, type KubeObject } from '../k8s/harness';
+import { controlPlaneWithCrds, getObject, operatorKubeconfig, OPERATOR_NS, startOperator, switchboard, type OperatorProcess } from './stack';
 
 let cp: ControlPlane;
 let redis: RedisProcess;
 const ops: OperatorProcess[] = [];
 
 before(async () => {
-  cp = await startControlPlane();
-  await cp.apply(projectCrdsYaml());
-  await cp.kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/switchboards.switchboard.dev', 'crd/featureflags.switchboard.dev']);
+  cp = await controlPlaneWithCrds();
   redis = await RedisProcess.start();
 });
 after(async () => {

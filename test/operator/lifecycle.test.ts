@@ -7,17 +7,15 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { RedisProcess } from '../helpers/redis';
 import { waitFor } from '../helpers/wait';
-import { KubeApiError, namespaceFor, projectCrdsYaml, startControlPlane, type ControlPlane, type KubeObject } from '../k8s/harness';
-import { condition, featureFlag, getObject, operatorKubeconfig, OPERATOR_NS, OPERATOR_SA, startOperator, switchboard, type OperatorProcess } from './stack';
+import { KubeApiError, namespaceFor, type ControlPlane, type KubeObject } from '../k8s/harness';
+import { condition, controlPlaneWithCrds, featureFlag, getObject, operatorKubeconfig, OPERATOR_NS, OPERATOR_SA, startOperator, switchboard, type OperatorProcess } from './stack';
 
 let cp: ControlPlane;
 let op: OperatorProcess;
 let redis: RedisProcess;
 
 before(async () => {
-  cp = await startControlPlane({ controllerManager: true });
-  await cp.apply(projectCrdsYaml());
-  await cp.kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/switchboards.switchboard.dev', 'crd/featureflags.switchboard.dev']);
+  cp = await controlPlaneWithCrds(true);
   redis = await RedisProcess.start();
   op = await startOperator(await operatorKubeconfig(cp));
 });

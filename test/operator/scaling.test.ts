@@ -9,17 +9,15 @@ import { GeneratorPool } from '../../load-tests/generator/pool';
 import { buildSpecs } from '../../load-tests/scenarios';
 import { helloClient } from '../helpers/wire';
 import { waitFor } from '../helpers/wait';
-import { namespaceFor, projectCrdsYaml, startControlPlane, type ControlPlane, type KubeObject } from '../k8s/harness';
-import { condition, DataPlane, featureFlag, getObject, operatorKubeconfig, startOperator, switchboard, type OperatorProcess } from './stack';
+import { namespaceFor, type ControlPlane, type KubeObject } from '../k8s/harness';
+import { condition, controlPlaneWithCrds, DataPlane, featureFlag, getObject, operatorKubeconfig, startOperator, switchboard, type OperatorProcess } from './stack';
 
 let cp: ControlPlane;
 let op: OperatorProcess;
 const planes: DataPlane[] = [];
 
 before(async () => {
-  cp = await startControlPlane();
-  await cp.apply(projectCrdsYaml());
-  await cp.kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/switchboards.switchboard.dev', 'crd/featureflags.switchboard.dev']);
+  cp = await controlPlaneWithCrds();
   op = await startOperator(await operatorKubeconfig(cp));
 });
 after(async () => {

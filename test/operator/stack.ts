@@ -6,7 +6,7 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { repoRoot, type ControlPlane, type KubeObject } from '../k8s/harness';
+import { projectCrdsYaml, repoRoot, startControlPlane, type ControlPlane, type KubeObject } from '../k8s/harness';
 import { spawnCli, type CliProcess } from '../helpers/cli';
 import { freePort } from '../helpers/net';
 import { PrometheusProcess } from '../helpers/prometheus';
@@ -15,6 +15,14 @@ import { waitFor } from '../helpers/wait';
 
 export const OPERATOR_NS = 'switchboard-system';
 export const OPERATOR_SA = 'switchboard-operator';
+
+/** A control plane with the project's CRDs installed and Established. */
+export async function controlPlaneWithCrds(controllerManager = false): Promise<ControlPlane> {
+  const cp = await startControlPlane({ controllerManager });
+  await cp.apply(projectCrdsYaml());
+  await cp.kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/switchboards.switchboard.dev', 'crd/featureflags.switchboard.dev']);
+  return cp;
+}
 
 /** Apply k8s/rbac as it ships and return a kubeconfig holding the operator's SA token. */
 export async function operatorKubeconfig(cp: ControlPlane): Promise<string> {
