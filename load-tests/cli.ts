@@ -12,7 +12,7 @@ import { GeneratorPool } from './generator/pool';
 import { summarize } from './lib/histogram';
 import { addRatios, newResult, table, writeResult, type ResultFile, type Run } from './report';
 import { buildSpecs, fmt, runChurn, runIdle, runStep, stepLine, sweep, type IdleResult, type LoadParams, type LoadScenario, type StepResult, type SweepResult } from './scenarios';
-import { BENCH_ENV, clusterRolesAvailable, procUsage, startTarget, type Target, type TargetKind } from './targets';
+import { BENCH_ENV, clusterRolesAvailable, otlpSinkStats, procUsage, startTarget, type Target, type TargetKind } from './targets';
 
 const USAGE = `Usage: node dist/load-tests/cli.js <command> [options]
 
@@ -22,6 +22,8 @@ Commands:
   churn                         connect+hello+join+leave+close cycles at --rate per second
   cluster                       --scenario fanout|ingest|broadcast against redis + broadcast + N gateways
   soak                          fanout at --rate for --minutes, RSS sampled every 10 s
+  tracing                       fanout (or --scenario) with tracing off vs on at the default sampler,
+                                spans exported to an OTLP sink in this process; ratio = on / off
   suite                         the standard set (what load-tests/run.sh runs), one table
 
 Options (defaults in brackets):
@@ -282,6 +284,16 @@ async function main(): Promise<number> {
         const scen = str(o, 'scenario', 'fanout') as LoadScenario;
         const ks = typeof o.targets === 'string' ? kinds : (['cluster', 'switchboard'] as TargetKind[]);
         await loadCommand(res, pool, ks, loadParams(o, scen), o, `cluster-${scen}`);
+        break;
+      }
+      case 'tracing': {
+        // Issue 4: what OpenTelemetry costs at its default settings. Both servers run side by
+        // side, measured in turns; the traced one only has OTEL_EXPORTER_OTLP_ENDPOINT set.
+        const scen = str(o, 'scenario', 'fanout') as LoadScenario;
+        const ks = typeof o.targets === 'string' ? kinds : (['switchboard', 'switchboard-traced'] as TargetKind[]);
+        await loadCommand(res, pool, ks, loadParams(o, scen), o, `tracing-${scen}`);
+        const sink = otlpSinkStats();
+        res.notes.push(`OTLP sink: ${sink?.requests ?? 0} export requests, ${sink?.bytes ?? 0} bytes received from the traced server`);
         break;
       }
       case 'idle':

@@ -6,10 +6,16 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 
-export type TargetKind = 'switchboard' | 'baseline' | 'cluster';
+/**
+ * `switchboard-traced` is standalone Switchboard with OpenTelemetry tracing on at its default
+ * sampler (OTEL_EXPORTER_OTLP_ENDPOINT set, nothing else), exporting to an OTLP sink in the
+ * generator process; its runs are compared with plain `switchboard` runs (issue 4).
+ */
+export type TargetKind = 'switchboard' | 'baseline' | 'cluster' | 'switchboard-traced';
 
 const ROOT = join(__dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'services', 'cli.js');
@@ -141,6 +147,67 @@ export async function startBaseline(): Promise<Target> {
   return { kind: 'baseline', ports: [s.port], pids: [s.child.pid!], adminPorts: [], stop: () => stopChild(s.child) };
 }
 
+/** What the OTLP sink received: proof that the traced server really exported spans. */
+export interface OtlpSinkStats {
+  requests: number;
+  bytes: number;
+}
+
+/**
+ * An OTLP/HTTP receiver on 127.0.0.1 that accepts every export and discards it: answers 200 with
+ * an empty body (an empty ExportTraceServiceResponse in protobuf). It runs in the generator
+ * process, so its cost counts against the generator, not the server under test.
+ */
+export async function startOtlpSink(): Promise<{ url: string; stats: OtlpSinkStats; close(): Promise<void> }> {
+  const stats: OtlpSinkStats = { requests: 0, bytes: 0 };
+  const server: HttpServer = createHttpServer((req, res) => {
+    req.on('data', (c: Buffer) => (stats.bytes += c.length));
+    req.on('end', () => {
+      stats.requests++;
+      res.writeHead(200, { 'content-type': req.headers['content-type'] ?? 'application/x-protobuf', 'content-length': '0' });
+      res.end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen({ host: '127.0.0.1', port: 0 }, resolve));
+  const a = server.address();
+  const port = typeof a === 'object' && a !== null ? a.port : 0;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    stats,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+/** The sink shared by every traced target of this generator process (started on first use). */
+let sink: Awaited<ReturnType<typeof startOtlpSink>> | null = null;
+/** Stats of the last sink started, kept after it closed (read once the targets are stopped). */
+let lastSinkStats: OtlpSinkStats | null = null;
+
+export function otlpSinkStats(): OtlpSinkStats | null {
+  return lastSinkStats === null ? null : { ...lastSinkStats };
+}
+
+/** Standalone Switchboard with tracing on at the default sampler, exporting to the sink. */
+export async function startTracedSwitchboard(extraEnv: Record<string, string> = {}): Promise<Target> {
+  if (sink === null) {
+    sink = await startOtlpSink();
+    lastSinkStats = sink.stats;
+  }
+  const t = await startSwitchboard({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_SERVICE_NAME: 'switchboard-bench', ...extraEnv });
+  const s = sink;
+  return {
+    ...t,
+    kind: 'switchboard-traced',
+    stop: async () => {
+      await t.stop();
+      if (sink === s) {
+        sink = null;
+        await s.close();
+      }
+    },
+  };
+}
+
 /** Whether this build has the cluster roles (`switchboard gateway` and `broadcast`). */
 export function clusterRolesAvailable(): boolean {
   try {
@@ -182,7 +249,8 @@ export async function startCluster(gateways = 2, extraEnv: Record<string, string
   const children: ChildProcess[] = [redis.child];
   const env = { ...BENCH_ENV, REDIS_URL: `redis://127.0.0.1:${redis.port}`, SHUTDOWN_DRAIN_MS: '500', ...extraEnv };
   try {
-    const bc = spawn(process.execPath, [CLI, 'broadcast'], { env: { ...process.env, ...env, ADMIN_PORT: '0', TCP_PORT: '0' }, stdio: ['ignore', 'ignore', 'pipe'] });
+    const nodeArgs = (process.env.LOADTEST_SERVER_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const bc = spawn(process.execPath, [...nodeArgs, CLI, 'broadcast'], { env: { ...process.env, ...env, ADMIN_PORT: '0', TCP_PORT: '0' }, stdio: ['ignore', 'ignore', 'pipe'] });
     children.push(bc);
     // Only its errors are of interest on the generator's terminal.
     bc.stderr!.on('data', (c: Buffer) => {
@@ -213,6 +281,7 @@ export async function startCluster(gateways = 2, extraEnv: Record<string, string
 export function startTarget(kind: TargetKind, extraEnv: Record<string, string> = {}, gateways = 2): Promise<Target> {
   if (kind === 'baseline') return startBaseline();
   if (kind === 'cluster') return startCluster(gateways, extraEnv);
+  if (kind === 'switchboard-traced') return startTracedSwitchboard(extraEnv);
   return startSwitchboard(extraEnv);
 }
 
