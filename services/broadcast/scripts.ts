@@ -2,17 +2,19 @@
  * Lua run by the broadcast tier. Both keys of the script hash by the room ({room} tag), so it is
  * valid on Redis Cluster.
  *
- * APPLY assigns the next sequence number of a room and appends the encoded message to the room's
- * history atomically, unless this ingress entry was applied already (at-least-once redelivery
- * after a worker died between applying and acknowledging): entries of one room come from one
+ * APPLY assigns the next sequence numbers of one room and appends the encoded messages to the
+ * room's history atomically, for all the entries of that room in one ingress batch (one script
+ * call per room and batch, not per message: the per-call cost dominated Redis and the broadcast
+ * worker). An entry that was applied already (at-least-once redelivery after a worker died
+ * between applying and acknowledging) is recognised by its id: entries of one room come from one
  * ingress shard in id order, so "id <= last applied id" identifies a redelivery. A redelivered
  * entry gets its original seq and bytes back from history (so it can still be routed, and the
  * gateways drop it if they had it), or {0, false} when it is older than the kept history.
  *
  * KEYS[1] = sb:seq:{room} (hash: seq, last)   KEYS[2] = sb:hist:{room} (stream, ids <seq>-1)
- * ARGV[1] = ingress entry id   ARGV[2] = history max length
- * ARGV[3] = JSON up to the seq value   ARGV[4] = JSON after it
- * Returns {seq, json}.
+ * ARGV[1] = history max length, then per entry: ingress entry id, JSON up to the seq value,
+ * JSON after it.
+ * Returns {seq1, json1, seq2, json2, ...}, one pair per entry in argument order.
  */
 export const APPLY_LUA = `
 local function cmp(a, b)
@@ -24,23 +26,35 @@ local function cmp(a, b)
   if as == bs then return 0 end
   if as < bs then return -1 else return 1 end
 end
+local maxlen = tonumber(ARGV[1])
 local last = redis.call('HGET', KEYS[1], 'last')
-if last and cmp(ARGV[1], last) <= 0 then
-  local entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1000)
-  for _, e in ipairs(entries) do
-    local f = e[2]
-    if f[2] == ARGV[1] then return {tonumber(string.match(e[1], '^(%d+)')), f[4]} end
+local out = {}
+local hist = nil
+local newest = nil
+for i = 2, #ARGV, 3 do
+  local id = ARGV[i]
+  if last and cmp(id, last) <= 0 then
+    hist = hist or redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1000)
+    local seq, json = 0, false
+    for _, e in ipairs(hist) do
+      local f = e[2]
+      if f[2] == id then seq = tonumber(string.match(e[1], '^(%d+)')); json = f[4]; break end
+    end
+    out[#out + 1] = seq
+    out[#out + 1] = json
+  else
+    local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+    local json = ARGV[i + 1] .. seq .. ARGV[i + 2]
+    if maxlen > 0 then
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, seq .. '-1', 'i', id, 'm', json)
+    end
+    newest = id
+    out[#out + 1] = seq
+    out[#out + 1] = json
   end
-  return {0, false}
 end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'last', ARGV[1])
-local json = ARGV[3] .. seq .. ARGV[4]
-local maxlen = tonumber(ARGV[2])
-if maxlen > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, seq .. '-1', 'i', ARGV[1], 'm', json)
-end
-return {seq, json}
+if newest then redis.call('HSET', KEYS[1], 'last', newest) end
+return out
 `;
 
 /** Renew a lease only if we still hold it. KEYS[1] = lease, ARGV = owner, ttl ms. Returns 1 or 0. */

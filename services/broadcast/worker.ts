@@ -8,9 +8,12 @@
  * joins or leaves. A new owner first reclaims the entries its predecessor read but never
  * acknowledged (XAUTOCLAIM), so a worker killed mid-batch loses nothing.
  *
- * Per batch: routing sets for the batch's rooms, one APPLY script per entry (sequence number and
- * history), one XADD per (entry, gateway), then XACK and XTRIM of the processed prefix. Commands
- * of a batch are auto-pipelined, so a batch costs a few round trips, not a few per message.
+ * Per batch: routing sets for the batch's rooms, one APPLY script per room of the batch (sequence
+ * numbers and history of all its entries), one XADD per gateway carrying every message of the
+ * batch routed to it (egress entry kind `b`), then XACK and XTRIM of the processed prefix. Commands
+ * of a batch are auto-pipelined, so a batch costs a few round trips and a few commands per room
+ * and gateway, not a few per message: per-message commands were what saturated the worker and
+ * Redis (docs/performance.md, "Cluster").
  */
 import { Keys, GROUP } from '../bus/keys';
 import { createRedis, fieldsOf, isReady, type RedisClient, type StreamEntry } from '../bus/redis-conn';
@@ -41,7 +44,8 @@ export class BroadcastCounters {
 }
 
 type ApplyClient = RedisClient & {
-  sbApply(seqKey: string, histKey: string, id: string, maxlen: number, head: string, tail: string): Promise<[number, string | null]>;
+  /** Per entry of the room: id, JSON head, JSON tail; returns seq, json pairs (see APPLY_LUA). */
+  sbApply(seqKey: string, histKey: string, maxlen: number, ...idHeadTail: string[]): Promise<(number | string | null)[]>;
   sbRenew(lease: string, owner: string, ttl: number): Promise<number>;
   sbRelease(lease: string, owner: string): Promise<number>;
 };
@@ -51,6 +55,21 @@ function defineScripts(client: RedisClient): ApplyClient {
   client.defineCommand('sbRenew', { numberOfKeys: 1, lua: RENEW_LUA });
   client.defineCommand('sbRelease', { numberOfKeys: 1, lua: RELEASE_LUA });
   return client as ApplyClient;
+}
+
+/** One ingress entry of a batch, with what APPLY assigned it. */
+interface Parsed {
+  id: string;
+  f: Record<string, string>;
+  seq: number;
+  json: string | null;
+}
+
+/** The entries of one room in a batch, the APPLY arguments, and the room's routing set. */
+interface RoomBatch {
+  entries: Parsed[];
+  args: string[];
+  gws: Promise<string[]>;
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -232,41 +251,71 @@ export class BroadcastWorker {
     if (entries.length === 0) return;
     const { egressMaxLen, historySize } = this.opts;
     const cmd = this.cmd;
-    const routes = new Map<string, Promise<string[]>>();
-    const parsed = entries.map(([id, flat]) => ({ id, f: fieldsOf(flat) }));
-    for (const e of parsed) {
-      const room = e.f.r;
-      if (room !== undefined && !routes.has(room)) routes.set(room, cmd.smembers(Keys.room(room)));
+    // Group the batch by room, keeping batch order within a room (the stream's order).
+    const byRoom = new Map<string, RoomBatch>();
+    const parsed: Parsed[] = new Array(entries.length);
+    for (let i = 0; i < entries.length; i++) {
+      const [id, flat] = entries[i];
+      const f = fieldsOf(flat);
+      const e: Parsed = { id, f, seq: 0, json: null };
+      parsed[i] = e;
+      const room = f.r;
+      if (room === undefined || f.f === undefined || f.d === undefined) continue;
+      let rb = byRoom.get(room);
+      if (rb === undefined) {
+        rb = { entries: [], args: [], gws: cmd.smembers(Keys.room(room)) };
+        byRoom.set(room, rb);
+      }
+      rb.entries.push(e);
+      rb.args.push(id, `{"type":"message","room":${JSON.stringify(room)},"from":${JSON.stringify(f.f)},"data":${f.d},"seq":`, `,"ts":${Math.floor(Number(f.t))}}`);
     }
-    const applied = parsed.map((e) => {
-      const { r: room, f: from, d: data, t: ts } = e.f;
-      if (room === undefined || from === undefined || data === undefined) return Promise.resolve([0, null] as [number, string | null]);
-      const head = `{"type":"message","room":${JSON.stringify(room)},"from":${JSON.stringify(from)},"data":${data},"seq":`;
-      const tail = `,"ts":${Math.floor(Number(ts))}}`;
-      return cmd.sbApply(Keys.seq(room), Keys.history(room), e.id, historySize, head, tail);
-    });
-    const results = await Promise.all(applied);
-    const writes: Promise<unknown>[] = [];
+    const applied: Promise<void>[] = [];
+    for (const [room, rb] of byRoom) {
+      applied.push(
+        cmd.sbApply(Keys.seq(room), Keys.history(room), historySize, ...rb.args).then((res) => {
+          for (let j = 0; j < rb.entries.length; j++) {
+            rb.entries[j].seq = Number(res[2 * j]);
+            rb.entries[j].json = res[2 * j + 1] as string | null;
+          }
+        }),
+      );
+    }
+    await Promise.all(applied);
+    // One egress entry per gateway: k b, then per message room, id, ts, json, traceparent ('' if
+    // none), and a pad field when the count is odd.
+    const egress = new Map<string, (string | number)[]>();
     let spans: Span[] | null = null;
     for (let i = 0; i < parsed.length; i++) {
-      const [seq, json] = results[i];
       const e = parsed[i];
-      if (json === null || json === undefined || seq === 0) continue;
-      const gws = await routes.get(e.f.r)!;
+      if (e.json === null || e.json === undefined || e.seq === 0) continue;
+      const room = e.f.r;
+      const gws = await byRoom.get(room)!.gws;
       // A sampled message: the routing span continues the publisher's trace, and the gateways'
       // deliver spans continue from it.
       let trace = e.f.p;
       if (trace !== undefined && tracing.enabled) {
-        const span = startSpan('broadcast route', trace, SpanKind.CONSUMER, { 'messaging.destination.name': e.f.r, 'switchboard.gateways': gws.length });
+        const span = startSpan('broadcast route', trace, SpanKind.CONSUMER, { 'messaging.destination.name': room, 'switchboard.gateways': gws.length });
         (spans ??= []).push(span);
         trace = injectTraceparent(span) ?? trace;
       }
       for (const gw of gws) {
-        const args: (string | number)[] = [Keys.egress(gw), 'MAXLEN', '~', egressMaxLen, '*', 'k', 'r', 'r', e.f.r, 'i', e.id, 't', e.f.t, 'm', json];
-        if (trace !== undefined) args.push('p', trace);
-        writes.push(cmd.call('XADD', ...args));
+        let args = egress.get(gw);
+        if (args === undefined) {
+          args = [Keys.egress(gw), 'MAXLEN', '~', 0, '*', 'k', 'b'];
+          egress.set(gw, args);
+        }
+        args.push(room, e.id, e.f.t, e.json, trace ?? '');
       }
       this.counters.routed += gws.length;
+    }
+    const writes: Promise<unknown>[] = [];
+    for (const args of egress.values()) {
+      // EGRESS_MAXLEN counts messages: an entry of n messages keeps about EGRESS_MAXLEN / n entries.
+      const n = (args.length - 7) / 5;
+      args[3] = Math.max(100, Math.ceil(egressMaxLen / n));
+      // Stream fields come in pairs: an odd number of 5-field messages gets one empty pad field.
+      if (n % 2 === 1) args.push('');
+      writes.push(cmd.call('XADD', ...args));
     }
     await Promise.all(writes);
     if (spans !== null) for (const s of spans) s.end();

@@ -142,11 +142,25 @@ export class RedisBus implements Bus {
     }
   }
 
-  /** One egress entry: k=r (room message) or k=d (direct). Fields are positional, see broadcast. */
+  /**
+   * One egress entry: k=b (a batch of room messages, what the broadcast tier writes), k=r (one
+   * room message, the earlier layout) or k=d (direct). Fields are positional, see broadcast.
+   */
   private deliver(f: string[]): void {
-    // Layout written by the broadcast worker: k, <kind>, ...
     const kind = f[1];
-    if (kind === 'r') {
+    if (kind === 'b') {
+      // k b  then per message: <room> <mid> <ts> <json> <traceparent or ''>  [one '' pad]
+      const sink = this.sink!;
+      for (let i = 2; i + 4 < f.length; i += 5) {
+        const mid = f[i + 1];
+        if (this.recent.seen(mid)) {
+          this.duplicates++;
+          continue;
+        }
+        const tp = f[i + 4];
+        sink.deliverRoom(f[i], new Outbound(f[i + 3]), Number(f[i + 2]), mid, tp === '' ? undefined : tp);
+      }
+    } else if (kind === 'r') {
       // k r  r <room>  i <mid>  t <ts>  m <json>  [p <traceparent>]
       const mid = f[5];
       if (this.recent.seen(mid)) {
