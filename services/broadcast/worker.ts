@@ -57,6 +57,16 @@ function defineScripts(client: RedisClient): ApplyClient {
   return client as ApplyClient;
 }
 
+/**
+ * The message id gateways deduplicate on: the ingress entry id qualified by its shard's stream.
+ * Entry ids are only unique within one stream; every shard generates `<ms>-<n>` ids of its own,
+ * so a bare id made gateways drop a different shard's message of the same millisecond as a
+ * "duplicate" (lost deliveries that grew with the publish rate: 1% at 300/s, 30% at 4,000/s).
+ */
+function mid(ingressKey: string, id: string): string {
+  return `${ingressKey}/${id}`;
+}
+
 /** One ingress entry of a batch, with what APPLY assigned it. */
 interface Parsed {
   id: string;
@@ -304,7 +314,7 @@ export class BroadcastWorker {
           args = [Keys.egress(gw), 'MAXLEN', '~', 0, '*', 'k', 'b'];
           egress.set(gw, args);
         }
-        args.push(room, e.id, e.f.t, e.json, trace ?? '');
+        args.push(room, mid(key, e.id), e.f.t, e.json, trace ?? '');
       }
       this.counters.routed += gws.length;
     }
