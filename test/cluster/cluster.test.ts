@@ -11,6 +11,7 @@ import { freePort } from '../helpers/net';
 import { RedisProcess, redisCli } from '../helpers/redis';
 import { waitFor } from '../helpers/wait';
 import { httpGet, PROBE, spawnRole, stopAll, type RoleProcess } from './harness';
+import { shardOf } from '../../services/bus/keys';
 import { ChatScenario } from './scenario';
 
 const FAST = { HEARTBEAT_MS: '300', LEASE_MS: '1000', STREAM_SHARDS: '4', LOG_LEVEL: 'info' };
@@ -53,6 +54,36 @@ describe('cluster mode', () => {
     await s.close();
     for (const g of gws) await g.kill('SIGTERM');
     assert.equal(redis.cli('scard', 'sb:room:{lobby}'), '0', 'gateways leave routing on shutdown');
+    await redis.stop();
+  });
+
+  // Regression: gateways deduplicated on the bare ingress entry id, which is only unique within
+  // one shard's stream, so messages of different shards accepted in the same millisecond were
+  // dropped as duplicates.
+  test('messages of different shards accepted in the same millisecond are all delivered', async () => {
+    const redis = await RedisProcess.start();
+    const { gws } = await cluster(redis.url, 1, 1);
+    // One room per shard (FAST has 4 shards).
+    const rooms = new Map<number, string>();
+    for (let i = 0; rooms.size < 4; i++) {
+      const room = `same-ms-${i}`;
+      const shard = shardOf(room, 4);
+      if (!rooms.has(shard)) rooms.set(shard, room);
+    }
+    const scenarios = [...rooms.values()].map((room) => new ChatScenario(room));
+    const members: SwitchboardClient[][] = [];
+    for (const [i, s] of scenarios.entries()) {
+      const m: SwitchboardClient[] = [];
+      for (let j = 0; j < 4; j++) m.push(await s.addMember(`p${i}-${j}`, [addr(gws[0])]));
+      members.push(m);
+    }
+    // Sixteen publishers in four shards at once: same-millisecond ids in different streams.
+    await Promise.all(scenarios.map((s, i) => Promise.all(members[i].map((c) => s.publish(c, 50)))));
+    for (const s of scenarios) {
+      await s.verify();
+      assert.equal(s.errors.length, 0, `errors: ${s.errors.join(',')}`);
+    }
+    await Promise.all(scenarios.map((s) => s.close()));
     await redis.stop();
   });
 
