@@ -80,8 +80,10 @@ test('scale-up under load within bounds; scale-down only after the stabilization
   await waitFor(async () => (await replicas(ns)) === 3, 30_000, 'the gateway Deployment scaled to maxReplicas', 200);
   const sb = await getObject<Obj>(cp, p.sb);
   assert.deepEqual(sb!.status.desiredReplicas.gateway, 3, 'bounded by maxReplicas');
-  const up = (await eventsFor(ns)).find((e) => e.reason === 'ScaledUp');
-  assert.match(up?.message ?? '', /^gateway 1 -> 3: messagesPerPod [0-9.]+\/pod vs target 500/, 'a ScaledUp event saying why');
+  // One step or two (the first round may see the rate still ramping up), each saying why.
+  const ups = (await eventsFor(ns)).filter((e) => e.reason === 'ScaledUp');
+  assert.ok(ups.length >= 1, 'a ScaledUp event');
+  for (const e of ups) assert.match(e.message, /^gateway [12] -> [23]: messagesPerPod [0-9.]+\/pod vs target 500/);
 
   await traffic.stop();
   const stoppedAt = Date.now();
