@@ -21,6 +21,7 @@ before(async () => {
   op = await startOperator(await operatorKubeconfig(cp));
 });
 after(async () => {
+  for (const l of loads) await l.stop();
   await op?.stop();
   for (const p of planes) await p.stop();
   await cp?.stop();
@@ -35,14 +36,23 @@ async function load(port: number, rate: number, clients = 20, roomSize = 10): Pr
   const setup = await pool.setup(specs, { host: '127.0.0.1', binary: true, sampleEvery: 8, padBytes: 16, concurrency: 16 });
   assert.equal(setup.failed, 0, 'every load connection joined');
   pool.start(rate);
-  return {
-    async stop() {
-      await pool.stop();
-      await pool.close();
-      await pool.exit();
+  let stopped: Promise<void> | null = null;
+  const traffic = {
+    stop(): Promise<void> {
+      stopped ??= (async () => {
+        await pool.stop();
+        await pool.close();
+        await pool.exit();
+      })();
+      return stopped;
     },
   };
+  loads.push(traffic);
+  return traffic;
 }
+
+/** Every load started, so a failed test cannot leave generator threads keeping the process up. */
+const loads: Array<{ stop(): Promise<void> }> = [];
 
 const paths = (ns: string) => ({
   sb: `/apis/switchboard.dev/v1alpha1/namespaces/${ns}/switchboards/chat`,
