@@ -69,19 +69,30 @@ async function eventsFor(ns: string): Promise<Array<{ reason: string; message: s
   return (res.body as { items: Array<{ reason: string; message: string }> }).items;
 }
 
-test('scale-up under load within bounds; scale-down only after the stabilization window', async (t) => {
-  const ns = await cp.createNamespace(namespaceFor(t.name));
+/**
+ * A namespace named after the test, a data plane scraped as Switchboard `chat` of it, and that
+ * Switchboard (its Redis and Prometheus filled in; `spec` adds the rest) plus any other objects.
+ */
+async function stackFor(testName: string, spec: Record<string, unknown>, others: KubeObject[] = []) {
+  const ns = await cp.createNamespace(namespaceFor(testName));
   const dp = await DataPlane.start(ns, 'chat');
   planes.push(dp);
-  await cp.apply(switchboard('chat', {
-    redis: { url: dp.redis.url },
+  const { prometheus, ...rest } = spec as { prometheus?: Record<string, unknown> };
+  await cp.apply([
+    switchboard('chat', { redis: { url: dp.redis.url }, prometheus: { url: dp.prometheus.url, interval: '1s', ...prometheus }, ...rest }),
+    ...others,
+  ], { namespace: ns });
+  return { ns, dp, p: paths(ns) };
+}
+
+test('scale-up under load within bounds; scale-down only after the stabilization window', async (t) => {
+  const { ns, dp, p } = await stackFor(t.name, {
     gateway: { minReplicas: 1, maxReplicas: 3 },
     broadcast: { minReplicas: 1, maxReplicas: 1, shards: 4 },
-    prometheus: { url: dp.prometheus.url, interval: '1s', rateWindow: '4s' },
+    prometheus: { rateWindow: '4s' },
     thresholds: { p99LatencyMs: 60_000 },
     scaling: { targetMessagesPerPod: 500, targetConnectionsPerPod: 100_000, scaleUpStabilizationSeconds: 0, scaleDownStabilizationSeconds: 8, maxStep: 4 },
-  }), { namespace: ns });
-  const p = paths(ns);
+  });
   await waitFor(async () => condition(await getObject<Obj>(cp, p.sb), 'MetricsUnavailable')?.status === 'False', 30_000, 'metrics available', 200);
   assert.equal(await replicas(ns), 1, 'idle: minReplicas');
 
@@ -106,21 +117,15 @@ test('scale-up under load within bounds; scale-down only after the stabilization
 });
 
 test('a breached p99 threshold sheds nonCritical flags on the running gateways, restored after recovery', async (t) => {
-  const ns = await cp.createNamespace(namespaceFor(t.name));
-  const dp = await DataPlane.start(ns, 'chat');
-  planes.push(dp);
-  await cp.apply([
-    switchboard('chat', {
-      redis: { url: dp.redis.url },
-      prometheus: { url: dp.prometheus.url, interval: '1s', rateWindow: '3s' },
-      // Any traffic at all breaches a 1 µs p99.
-      thresholds: { p99LatencyMs: 0.001, holdSeconds: 3 },
-      scaling: { targetMessagesPerPod: 1_000_000, targetConnectionsPerPod: 100_000 },
-    }),
+  const { ns, dp, p } = await stackFor(t.name, {
+    prometheus: { rateWindow: '3s' },
+    // Any traffic at all breaches a 1 µs p99.
+    thresholds: { p99LatencyMs: 0.001, holdSeconds: 3 },
+    scaling: { targetMessagesPerPod: 1_000_000, targetConnectionsPerPod: 100_000 },
+  }, [
     featureFlag('history', { enabled: true, nonCritical: true, description: 'room history (a store read)' }),
     featureFlag('direct', { enabled: true, nonCritical: false }),
-  ], { namespace: ns });
-  const p = paths(ns);
+  ]);
   const client = await helloClient(dp.gatewayPort, 'watcher');
   await client.join('quiet');
   await waitFor(async () => (await getObject<Obj>(cp, p.flag('history')))?.status?.effective === true, 30_000, 'history published and effective', 200);
@@ -154,18 +159,13 @@ test('a breached p99 threshold sheds nonCritical flags on the running gateways, 
 });
 
 test('Prometheus stopped: no scaling, MetricsUnavailable, and back when it returns', async (t) => {
-  const ns = await cp.createNamespace(namespaceFor(t.name));
-  const dp = await DataPlane.start(ns, 'chat');
-  planes.push(dp);
-  await cp.apply(switchboard('chat', {
-    redis: { url: dp.redis.url },
+  const { ns, dp, p } = await stackFor(t.name, {
     gateway: { minReplicas: 1, maxReplicas: 5 },
-    prometheus: { url: dp.prometheus.url, interval: '1s', rateWindow: '4s' },
+    prometheus: { rateWindow: '4s' },
     thresholds: { p99LatencyMs: 60_000 },
     // No windows at all: with data, an idle cluster goes to minReplicas at once.
     scaling: { targetMessagesPerPod: 500, scaleUpStabilizationSeconds: 0, scaleDownStabilizationSeconds: 0 },
-  }), { namespace: ns });
-  const p = paths(ns);
+  });
   await waitFor(async () => condition(await getObject<Obj>(cp, p.sb), 'MetricsUnavailable')?.status === 'False', 30_000, 'metrics available', 200);
 
   await dp.prometheus.stop();
