@@ -27,6 +27,7 @@ interface RuntimeState {
   desired: Record<Tier, number>;
   history: Record<Tier, Recommendation[]>;
   lastScaleTime?: string;
+  lastDirection?: 'up' | 'down';
   overloaded: boolean;
   breaches: string[];
   lastBreachAt: number;
@@ -251,6 +252,7 @@ export class SwitchboardController {
       if (d.desired !== current) {
         state.desired[tier] = d.desired;
         state.lastScaleTime = new Date(now).toISOString();
+        state.lastDirection = d.desired > current ? 'up' : 'down';
         this.d.log.info('scaling', { switchboard: key, tier, from: current, to: d.desired, reason: d.reason });
         void this.d.events.record(sb, 'Normal', d.desired > current ? Reason.ScaledUp : Reason.ScaledDown, `${tier} ${current} -> ${d.desired}: ${d.reason}`);
       }
@@ -310,7 +312,7 @@ export class SwitchboardController {
     return [
       cond(ConditionType.Ready, ready, ready ? Reason.Available : Reason.Unavailable,
         `gateway ${available[0]}/${deps.gateway.spec?.replicas ?? 0} available, broadcast ${available[1]}/${deps.broadcast.spec?.replicas ?? 0} available`),
-      cond(ConditionType.Scaling, scaling, scaling ? (state.lastScaleTime ? Reason.ScaledUp : Reason.Reconciled) : Reason.Stable,
+      cond(ConditionType.Scaling, scaling, scaling ? (state.lastDirection === 'down' ? Reason.ScaledDown : state.lastDirection === 'up' ? Reason.ScaledUp : Reason.Reconciled) : Reason.Stable,
         `desired gateway ${state.desired.gateway}, broadcast ${state.desired.broadcast}`),
       cond(ConditionType.Overloaded, state.overloaded, state.overloaded ? Reason.ThresholdBreached : Reason.WithinThresholds,
         state.breaches.length > 0 ? state.breaches.join('; ') : state.overloaded ? `holding for ${sb.spec.thresholds.holdSeconds}s after the last breach` : 'all thresholds clear'),
