@@ -24,16 +24,22 @@ Commands:
   soak                          fanout at --rate for --minutes, RSS sampled every 10 s
   tracing                       fanout (or --scenario) with tracing off vs on at the default sampler,
                                 spans exported to an OTLP sink in this process; ratio = on / off
+  compression                   fanout (or --scenario) with deliveries uncompressed, lz4 and zstd,
+                                side by side (--pad 1024: bodies above the 512-byte threshold)
   suite                         the standard set (what load-tests/run.sh runs), one table
 
 Options (defaults in brackets):
-  --targets switchboard,baseline   servers to measure, interleaved [switchboard,baseline]
+  --targets switchboard,baseline   servers to measure, interleaved [switchboard,baseline]; also
+                                   cluster, switchboard-traced, switchboard-lz4, switchboard-zstd
   --clients N [500]  --room-size R [50]  --rate N publishes/s  --sweep
   --warmup S [1]  --duration S [4]  --workers N [2]  --mode binary|text [binary]
   --pad BYTES [32]  --sample-every N [8]  --gateways N [2]  --connections K [10000]
   --sweep-start N [2000]  --sweep-factor F [1.5]  --sweep-steps N [10]  --sweep-refine N [2]
   --no-confirm (do not rerun a failed sweep step before believing it)
-  --minutes M [10] (soak)  --out FILE [load-tests/results/<command>-<time>.json]`;
+  --minutes M [10] (soak)  --out FILE [load-tests/results/<command>-<time>.json]
+  --tick-ms N [1] (publish timer period: what each publisher owes is written every N ms)
+  --procs (generator workers as child processes, not threads: for more connections than one
+           process's descriptor limit, e.g. idle --targets cluster --gateways 3 --connections 30000)`;
 
 type Opts = Record<string, string | boolean>;
 
@@ -82,6 +88,7 @@ function stepRun(name: string, r: StepResult): Run {
       delivered_per_s: r.delivered_per_s,
       published_per_s: r.published_per_s,
       delivery_ratio: r.delivery_ratio,
+      wire_per_msg_bytes: r.wire_bytes_per_msg,
       p50_ms: r.latency_ms.p50,
       p90_ms: r.latency_ms.p90,
       p99_ms: r.latency_ms.p99,
@@ -123,7 +130,12 @@ function idleRun(r: IdleResult): Run {
   return {
     name: `idle-${r.connections}/${r.target}`,
     target: r.target,
-    metrics: { bytes_per_connection_bytes: r.bytes_per_connection, server_rss_mb: r.rss_after_mb, errors: r.connections_failed + Object.values(r.errors).reduce((a, b) => a + b, 0) },
+    metrics: {
+      bytes_per_connection_bytes: r.bytes_per_connection,
+      total_per_connection_bytes: r.total_bytes_per_connection,
+      server_rss_mb: r.rss_after_mb,
+      errors: r.connections_failed + (r.connections - r.connections_open) + Object.values(r.errors).reduce((a, b) => a + b, 0),
+    },
     detail: r,
   };
 }
@@ -169,7 +181,11 @@ async function idleCommand(res: ResultFile, pool: GeneratorPool, kinds: TargetKi
     // A fresh server per target: the figure is the growth from an empty process.
     await withTargets([kind], {}, num(o, 'gateways', 2), async ([t]) => {
       const r = await runIdle(pool, t, k, str(o, 'mode', 'binary') === 'binary');
-      log(`  ${t.kind.padEnd(11)} idle ${r.connections} connections (${r.connections_failed} failed): RSS ${r.rss_before_mb} -> ${r.rss_after_mb} MB, ${r.bytes_per_connection} bytes per connection`);
+      log(
+        `  ${t.kind.padEnd(11)} idle ${r.connections} connections (${r.connections_failed} failed, ${r.connections_open} open at the end) on ${r.server_processes} process(es): ` +
+          `RSS ${r.rss_before_mb} -> ${r.rss_after_mb} MB, ${r.bytes_per_connection} bytes per connection` +
+          (t.kind === 'cluster' ? ` (${r.total_bytes_per_connection} with Redis and the broadcast worker)` : ''),
+      );
       res.runs.push(idleRun(r));
     });
   }
@@ -267,7 +283,7 @@ async function main(): Promise<number> {
   }
   const kinds = str(o, 'targets', 'switchboard,baseline').split(',').filter(Boolean) as TargetKind[];
   const res = newResult(`node dist/load-tests/cli.js ${process.argv.slice(2).join(' ')}`, BENCH_ENV);
-  const pool = new GeneratorPool(num(o, 'workers', 2));
+  const pool = new GeneratorPool(num(o, 'workers', 2), o.procs === true, num(o, 'tick-ms', 1));
   const hardStop = setTimeout(() => {
     log('load test exceeded its time bound; aborting');
     process.exit(4);
@@ -294,6 +310,14 @@ async function main(): Promise<number> {
         await loadCommand(res, pool, ks, loadParams(o, scen), o, `tracing-${scen}`);
         const sink = otlpSinkStats();
         res.notes.push(`OTLP sink: ${sink?.requests ?? 0} export requests, ${sink?.bytes ?? 0} bytes received from the traced server`);
+        break;
+      }
+      case 'compression': {
+        // Compressed deliveries next to uncompressed ones: same server build, one server per
+        // codec, measured in turns. Bodies must exceed COMPRESSION_THRESHOLD (512) to compress.
+        const scen = str(o, 'scenario', 'fanout') as LoadScenario;
+        const ks = typeof o.targets === 'string' ? kinds : (['switchboard', 'switchboard-lz4', 'switchboard-zstd'] as TargetKind[]);
+        await loadCommand(res, pool, ks, loadParams({ pad: '1024', ...o }, scen), o, `compression-${scen}`);
         break;
       }
       case 'idle':

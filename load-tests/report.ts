@@ -3,8 +3,9 @@
  * `metrics` whose name says how to compare them (compare.ts): `*_per_s` is throughput (higher is
  * better), `*_ms` latency and `*_mb` / `*_bytes` memory (lower is better). Every Switchboard run
  * with a baseline run of the same name also gets `ratios` (Switchboard / baseline); a cluster run
- * gets ratios to the standalone Switchboard run of the same name, and so does a
- * `switchboard-traced` run (tracing on at the default sampler).
+ * gets ratios to the standalone Switchboard run of the same name, and so does every other
+ * `switchboard-*` variant (`-traced`: tracing on at the default sampler; `-lz4`, `-zstd`:
+ * compressed deliveries).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -44,7 +45,7 @@ export function addRatios(res: ResultFile): void {
     if (r.target === 'baseline') continue;
     // Cluster runs are compared with standalone Switchboard in the same run (issue 6's 0.25 rule),
     // traced runs with untraced Switchboard (issue 4: the cost of tracing).
-    const b = r.target === 'cluster' || r.target === 'switchboard-traced' ? standalone.get(r.name.split('/')[0]) : byScenario.get(r.name.split('/')[0]);
+    const b = r.target === 'cluster' || r.target.startsWith('switchboard-') ? standalone.get(r.name.split('/')[0]) : byScenario.get(r.name.split('/')[0]);
     if (b === undefined) continue;
     r.ratios = {};
     for (const [k, v] of Object.entries(r.metrics)) {

@@ -33,6 +33,10 @@ export interface StepResult {
   published_per_s: number;
   delivered_per_s: number;
   delivery_ratio: number;
+  /** Wire bytes received per delivered message (framing included; compressed when negotiated). */
+  wire_bytes_per_msg: number;
+  /** Compression the generator's connections negotiated. */
+  codec: string;
   latency_ms: LatencySummary;
   /** Non-message frames and transport errors, by code. */
   errors: Record<string, number>;
@@ -115,7 +119,7 @@ export function fmt(n: number): string {
 /** One measured step of fanout / ingest / broadcast against one target. */
 export async function runStep(pool: GeneratorPool, target: Target, p: LoadParams): Promise<StepResult> {
   const specs = buildSpecs(p, target.ports);
-  const setup = await pool.setup(specs, { host: '127.0.0.1', binary: p.binary, sampleEvery: p.sampleEvery, padBytes: p.padBytes, concurrency: 64 });
+  const setup = await pool.setup(specs, { host: '127.0.0.1', binary: p.binary, codec: target.codec, sampleEvery: p.sampleEvery, padBytes: p.padBytes, concurrency: 64 });
   const stopProgress = progressLine(pool, `${target.kind} ${p.scenario} @${fmt(p.rate)} pub/s`);
   pool.start(p.rate);
   await sleep(p.warmupS * 1000);
@@ -155,6 +159,8 @@ export async function runStep(pool: GeneratorPool, target: Target, p: LoadParams
     published_per_s: Math.round((s1.published - s0.published) / secs),
     delivered_per_s: Math.round((s1.delivered - s0.delivered) / secs),
     delivery_ratio: s2.expected === 0 ? 0 : Math.round((s2.delivered / s2.expected) * 1e6) / 1e6,
+    wire_bytes_per_msg: s1.delivered === s0.delivered ? 0 : Math.round(((s1.rxBytes - s0.rxBytes) / (s1.delivered - s0.delivered)) * 10) / 10,
+    codec: target.codec,
     latency_ms: lat,
     errors: sumErrors(s2),
     server_cpu_pct: Math.round(((u1.cpuS - u0.cpuS) / secs) * 1000) / 10,
@@ -277,29 +283,47 @@ export interface IdleResult {
   target: string;
   connections: number;
   connections_failed: number;
+  /** Connections still open when memory was read (all of them unless the server dropped some). */
+  connections_open: number;
+  /** Processes holding the connections (1 standalone, N gateways in a cluster). */
+  server_processes: number;
+  /** RSS of the connection-holding processes, summed. */
   rss_before_mb: number;
   rss_after_mb: number;
+  /** Their RSS growth per connection: the figure issue 6 bounds (< 6 KB). */
   bytes_per_connection: number;
+  /** Cluster only: growth of every process (Redis and the broadcast worker too) per connection. */
+  total_bytes_per_connection: number;
   errors: Record<string, number>;
 }
 
-/** K connections that say hello, join a room of 50 and then stay silent: memory per connection. */
+/**
+ * K connections that say hello, join a room of 50 and then stay silent: memory per connection.
+ * With several gateways (cluster target) they are dealt round-robin over them, so K may exceed
+ * one process's descriptor limit; the generator then needs process workers (`--procs`).
+ */
 export async function runIdle(pool: GeneratorPool, target: Target, k: number, binary: boolean): Promise<IdleResult> {
   await sleep(1000);
-  const before = procUsage(target.pids).rssBytes;
+  const before = procUsage(target.connPids).rssBytes;
+  const beforeAll = procUsage(target.pids).rssBytes;
   const specs = buildSpecs({ scenario: 'fanout', clients: k, roomSize: 50, rate: 0, warmupS: 0, measureS: 0, binary, padBytes: 0, sampleEvery: 1 }, target.ports);
   const setup = await pool.setup(specs, { host: '127.0.0.1', binary, sampleEvery: 8, padBytes: 0, concurrency: 50 });
   await sleep(3000); // let the server's allocations settle (GC, socket buffers)
-  const after = procUsage(target.pids).rssBytes;
+  const after = procUsage(target.connPids).rssBytes;
+  const afterAll = procUsage(target.pids).rssBytes;
   const t = await pool.snap(false, false);
   await pool.close();
+  const per = (d: number) => (setup.ok === 0 ? 0 : Math.round(d / setup.ok));
   return {
     target: target.kind,
     connections: setup.ok,
     connections_failed: setup.failed,
+    connections_open: t.open,
+    server_processes: target.connPids.length,
     rss_before_mb: Math.round((before / 1048576) * 10) / 10,
     rss_after_mb: Math.round((after / 1048576) * 10) / 10,
-    bytes_per_connection: setup.ok === 0 ? 0 : Math.round((after - before) / setup.ok),
+    bytes_per_connection: per(after - before),
+    total_bytes_per_connection: per(afterAll - beforeAll),
     errors: sumErrors(t),
   };
 }

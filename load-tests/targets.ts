@@ -9,13 +9,14 @@ import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
+import type { LoadCodec } from './generator/messages';
 
 /**
  * `switchboard-traced` is standalone Switchboard with OpenTelemetry tracing on at its default
  * sampler (OTEL_EXPORTER_OTLP_ENDPOINT set, nothing else), exporting to an OTLP sink in the
  * generator process; its runs are compared with plain `switchboard` runs (issue 4).
  */
-export type TargetKind = 'switchboard' | 'baseline' | 'cluster' | 'switchboard-traced';
+export type TargetKind = 'switchboard' | 'baseline' | 'cluster' | 'switchboard-traced' | 'switchboard-lz4' | 'switchboard-zstd';
 
 const ROOT = join(__dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'services', 'cli.js');
@@ -67,6 +68,13 @@ export interface Target {
   pids: number[];
   /** Admin ports for /stats (Switchboard only). */
   adminPorts: number[];
+  /** Processes that hold the client connections (the gateways in a cluster), for memory per connection. */
+  connPids: number[];
+  /**
+   * Compression the generator's connections ask for in hello: `switchboard-lz4` and
+   * `switchboard-zstd` are standalone Switchboard measured with compressed deliveries.
+   */
+  codec: LoadCodec;
   stop(): Promise<void>;
 }
 
@@ -139,12 +147,12 @@ function stopChild(child: ChildProcess): Promise<void> {
 
 export async function startSwitchboard(extraEnv: Record<string, string> = {}): Promise<Target> {
   const s = await spawnListening([CLI, 'standalone'], { ...BENCH_ENV, TCP_PORT: '0', ADMIN_PORT: '0', SHUTDOWN_DRAIN_MS: '500', ...extraEnv }, 'switchboard');
-  return { kind: 'switchboard', ports: [s.port], pids: [s.child.pid!], adminPorts: s.adminPort === null ? [] : [s.adminPort], stop: () => stopChild(s.child) };
+  return { kind: 'switchboard', ports: [s.port], pids: [s.child.pid!], connPids: [s.child.pid!], codec: 'none', adminPorts: s.adminPort === null ? [] : [s.adminPort], stop: () => stopChild(s.child) };
 }
 
 export async function startBaseline(): Promise<Target> {
   const s = await spawnListening([BASELINE], { TCP_PORT: '0' }, 'baseline');
-  return { kind: 'baseline', ports: [s.port], pids: [s.child.pid!], adminPorts: [], stop: () => stopChild(s.child) };
+  return { kind: 'baseline', ports: [s.port], pids: [s.child.pid!], connPids: [s.child.pid!], codec: 'none', adminPorts: [], stop: () => stopChild(s.child) };
 }
 
 /** What the OTLP sink received: proof that the traced server really exported spans. */
@@ -266,6 +274,8 @@ export async function startCluster(gateways = 2, extraEnv: Record<string, string
       kind: 'cluster',
       ports: gws.map((g) => g.port),
       pids: children.map((c) => c.pid!),
+      connPids: gws.map((g) => g.child.pid!),
+      codec: 'none',
       adminPorts: gws.flatMap((g) => (g.adminPort === null ? [] : [g.adminPort])),
       stop: async () => {
         await Promise.all(children.slice(1).map(stopChild));
@@ -282,6 +292,11 @@ export function startTarget(kind: TargetKind, extraEnv: Record<string, string> =
   if (kind === 'baseline') return startBaseline();
   if (kind === 'cluster') return startCluster(gateways, extraEnv);
   if (kind === 'switchboard-traced') return startTracedSwitchboard(extraEnv);
+  if (kind === 'switchboard-lz4' || kind === 'switchboard-zstd') {
+    const codec = kind === 'switchboard-lz4' ? 'lz4' : 'zstd';
+    return startSwitchboard(extraEnv).then((t) => ({ ...t, kind, codec }));
+  }
+  if (kind !== 'switchboard') throw new Error(`unknown target "${kind}"`);
   return startSwitchboard(extraEnv);
 }
 

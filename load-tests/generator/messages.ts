@@ -1,4 +1,7 @@
-/** Messages between the generator's main thread and its workers. */
+/** Messages between the generator's main thread and its workers (threads or child processes). */
+
+/** Compression the generator's connections ask for in hello (binary mode only). */
+export type LoadCodec = 'none' | 'lz4' | 'zstd';
 
 export interface ConnSpec {
   user: string;
@@ -16,6 +19,8 @@ export interface WorkerSnap {
   /** Deliveries owed for what was published: sum of the room sizes. */
   expected: number;
   delivered: number;
+  /** Bytes received on the connections (after the join), for compression figures. */
+  rxBytes: number;
   /** Non-message frames by error code or type. */
   others: Record<string, number>;
   /** Transport and setup errors by code. */
@@ -25,8 +30,8 @@ export interface WorkerSnap {
 }
 
 export type ToWorker =
-  | { cmd: 'setup'; host: string; conns: ConnSpec[]; binary: boolean; sampleEvery: number; padBytes: number; concurrency: number }
-  | { cmd: 'start'; rate: number }
+  | { cmd: 'setup'; host: string; conns: ConnSpec[]; binary: boolean; codec: LoadCodec; sampleEvery: number; padBytes: number; concurrency: number }
+  | { cmd: 'start'; rate: number; tickMs: number }
   | { cmd: 'stop' }
   | { cmd: 'snap'; resetHist: boolean; withHist: boolean }
   | { cmd: 'close' }

@@ -1,16 +1,71 @@
 /**
- * The generator's main-thread side: spawns the worker threads, deals the connections out to them,
- * drives the phases of a run and adds up their reports (counts, errors, HDR histograms).
+ * The generator's main-thread side: spawns the workers, deals the connections out to them, drives
+ * the phases of a run and adds up their reports (counts, errors, HDR histograms).
+ *
+ * Workers are threads by default. With `processes` they are child processes running the same
+ * worker.js over IPC: a process may hold at most `ulimit -n` descriptors (20,000 here), so idle
+ * runs of more connections than that spread them over several generator processes.
  */
+import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { decodeHistogram, newHistogram, type Histogram } from '../lib/histogram';
-import type { ConnSpec, ToMain, ToWorker, WorkerSnap } from './messages';
+import type { ConnSpec, LoadCodec, ToMain, ToWorker, WorkerSnap } from './messages';
+
+/** A worker as the pool sees it, thread or process. */
+interface WorkerHandle {
+  post(msg: ToWorker): void;
+  /** Ask it to exit; resolves when it has (forcibly after 2 s). */
+  exit(): Promise<void>;
+}
+
+const WORKER_JS = join(__dirname, 'worker.js');
+
+function fail(i: number, err: unknown): never {
+  process.stderr.write(`generator worker ${i} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(3);
+}
+
+function threadWorker(i: number, onMessage: (m: ToMain) => void): WorkerHandle {
+  const w = new Worker(WORKER_JS, { workerData: { id: i } });
+  w.on('message', onMessage);
+  w.on('error', (err) => fail(i, err));
+  return {
+    post: (msg) => w.postMessage(msg),
+    exit: () =>
+      new Promise<void>((resolve) => {
+        w.once('exit', () => resolve());
+        w.postMessage({ cmd: 'exit' } satisfies ToWorker);
+        setTimeout(() => void w.terminate(), 2000).unref();
+      }),
+  };
+}
+
+function processWorker(i: number, onMessage: (m: ToMain) => void): WorkerHandle {
+  const c: ChildProcess = fork(WORKER_JS, [], { env: { ...process.env, LOADGEN_WORKER_ID: String(i) }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  let exited = false;
+  c.on('message', (m) => onMessage(m as ToMain));
+  c.on('exit', (code, signal) => {
+    exited = true;
+    if (code !== 0 && signal === null) fail(i, new Error(`worker process exited with code ${code}`));
+  });
+  return {
+    post: (msg) => void c.send(msg),
+    exit: () =>
+      new Promise<void>((resolve) => {
+        if (exited) return resolve();
+        c.once('exit', () => resolve());
+        c.send({ cmd: 'exit' } satisfies ToWorker);
+        setTimeout(() => c.kill('SIGKILL'), 2000).unref();
+      }),
+  };
+}
 
 export interface Totals {
   published: number;
   expected: number;
   delivered: number;
+  rxBytes: number;
   others: Record<string, number>;
   errors: Record<string, number>;
   open: number;
@@ -20,6 +75,8 @@ export interface Totals {
 export interface SetupOptions {
   host: string;
   binary: boolean;
+  /** Compression asked for in hello (binary mode); 'none' by default. */
+  codec?: LoadCodec;
   sampleEvery: number;
   padBytes: number;
   /** Connection attempts in flight per worker. */
@@ -27,21 +84,26 @@ export interface SetupOptions {
 }
 
 export class GeneratorPool {
-  private readonly workers: Worker[] = [];
+  private readonly workers: WorkerHandle[] = [];
   private readonly waiting = new Map<string, { left: Set<number>; replies: ToMain[]; resolve: (r: ToMain[]) => void }>();
   private publisherShare: number[] = [];
   /** Latest progress of each worker (published, delivered, errors). */
   readonly progress: { published: number; delivered: number; errors: number }[] = [];
 
-  constructor(readonly size: number) {
+  /**
+   * @param size workers
+   * @param processes run the workers as child processes instead of threads
+   * @param tickMs publish timer period of the workers (ms): every tick each worker writes what it
+   *   owes, so a longer tick means larger synchronized bursts
+   */
+  constructor(
+    readonly size: number,
+    readonly processes = false,
+    readonly tickMs = 1,
+  ) {
+    const onMessage = (m: ToMain) => this.onMessage(m);
     for (let i = 0; i < size; i++) {
-      const w = new Worker(join(__dirname, 'worker.js'), { workerData: { id: i } });
-      w.on('message', (m: ToMain) => this.onMessage(m));
-      w.on('error', (err) => {
-        process.stderr.write(`generator worker ${i} failed: ${err.stack ?? String(err)}\n`);
-        process.exit(3);
-      });
-      this.workers.push(w);
+      this.workers.push(processes ? processWorker(i, onMessage) : threadWorker(i, onMessage));
       this.progress.push({ published: 0, delivered: 0, errors: 0 });
     }
   }
@@ -64,7 +126,7 @@ export class GeneratorPool {
   private ask(ev: ToMain['ev'], msgFor: (i: number) => ToWorker): Promise<ToMain[]> {
     return new Promise((resolve) => {
       this.waiting.set(ev, { left: new Set(this.workers.map((_, i) => i)), replies: [], resolve });
-      this.workers.forEach((w, i) => w.postMessage(msgFor(i)));
+      this.workers.forEach((w, i) => w.post(msgFor(i)));
     });
   }
 
@@ -74,7 +136,7 @@ export class GeneratorPool {
     specs.forEach((s, i) => parts[i % parts.length].push(s));
     const pubs = specs.filter((s) => s.publish).length;
     this.publisherShare = parts.map((p) => (pubs === 0 ? 0 : p.filter((s) => s.publish).length / pubs));
-    const replies = await this.ask('ready', (i) => ({ cmd: 'setup', host: o.host, conns: parts[i], binary: o.binary, sampleEvery: o.sampleEvery, padBytes: o.padBytes, concurrency: o.concurrency }));
+    const replies = await this.ask('ready', (i) => ({ cmd: 'setup', host: o.host, conns: parts[i], binary: o.binary, codec: o.codec ?? 'none', sampleEvery: o.sampleEvery, padBytes: o.padBytes, concurrency: o.concurrency }));
     let ok = 0;
     let failed = 0;
     for (const r of replies) if (r.ev === 'ready') {
@@ -86,7 +148,7 @@ export class GeneratorPool {
 
   /** Publish `rate` messages per second in total, shared by the workers in proportion to their publishers. */
   start(rate: number): void {
-    this.workers.forEach((w, i) => w.postMessage({ cmd: 'start', rate: rate * this.publisherShare[i] } satisfies ToWorker));
+    this.workers.forEach((w, i) => w.post({ cmd: 'start', rate: rate * this.publisherShare[i], tickMs: this.tickMs }));
   }
 
   async stop(): Promise<void> {
@@ -95,13 +157,14 @@ export class GeneratorPool {
 
   async snap(resetHist: boolean, withHist: boolean): Promise<Totals> {
     const replies = await this.ask('snap', () => ({ cmd: 'snap', resetHist, withHist }));
-    const t: Totals = { published: 0, expected: 0, delivered: 0, others: {}, errors: {}, open: 0, hist: withHist ? newHistogram() : null };
+    const t: Totals = { published: 0, expected: 0, delivered: 0, rxBytes: 0, others: {}, errors: {}, open: 0, hist: withHist ? newHistogram() : null };
     for (const r of replies) {
       if (r.ev !== 'snap') continue;
       const s: WorkerSnap = r.snap;
       t.published += s.published;
       t.expected += s.expected;
       t.delivered += s.delivered;
+      t.rxBytes += s.rxBytes;
       t.open += s.open;
       for (const [k, v] of Object.entries(s.others)) t.others[k] = (t.others[k] ?? 0) + v;
       for (const [k, v] of Object.entries(s.errors)) t.errors[k] = (t.errors[k] ?? 0) + v;
@@ -133,15 +196,6 @@ export class GeneratorPool {
   }
 
   async exit(): Promise<void> {
-    await Promise.all(
-      this.workers.map(
-        (w) =>
-          new Promise<void>((resolve) => {
-            w.once('exit', () => resolve());
-            w.postMessage({ cmd: 'exit' } satisfies ToWorker);
-            setTimeout(() => void w.terminate(), 2000).unref();
-          }),
-      ),
-    );
+    await Promise.all(this.workers.map((w) => w.exit()));
   }
 }

@@ -16,10 +16,27 @@ import { nowUs } from '../lib/clock';
 import { FrameCounter } from '../lib/counter';
 import { encodeHistogram, newHistogram } from '../lib/histogram';
 import { PublishTemplate } from '../lib/payload';
-import type { ConnSpec, ToMain, ToWorker, WorkerSnap } from './messages';
+import type { ConnSpec, LoadCodec, ToMain, ToWorker, WorkerSnap } from './messages';
 
-const port = parentPort!;
-const id = (workerData as { id: number }).id;
+/**
+ * The link to the main thread: a worker thread's parentPort, or the IPC channel when this file
+ * runs as a child process (`--procs`): one process has at most `ulimit -n` descriptors, so more
+ * connections than that need more generator processes.
+ */
+interface Link {
+  postMessage(msg: ToMain): void;
+  on(ev: 'message', f: (m: ToWorker) => void): void;
+  close(): void;
+}
+
+const port: Link =
+  parentPort ??
+  ({
+    postMessage: (msg: ToMain) => process.send!(msg),
+    on: (_ev: 'message', f: (m: ToWorker) => void) => void process.on('message', f),
+    close: () => process.disconnect(),
+  } satisfies Link);
+const id = parentPort !== null ? (workerData as { id: number }).id : Number(process.env.LOADGEN_WORKER_ID ?? 0);
 const hist = newHistogram();
 const errors = new Map<string, number>();
 
@@ -44,6 +61,7 @@ class Conn implements FrameSink {
   constructor(
     readonly spec: ConnSpec,
     readonly binary: boolean,
+    readonly codec: LoadCodec,
     sampleEvery: number,
     padBytes: number,
   ) {
@@ -59,7 +77,7 @@ class Conn implements FrameSink {
       this.socket = s;
       s.on('connect', () => {
         const enc = this.binary ? encodeBinaryFrame : encodeTextFrame;
-        const hello = enc(JSON.stringify({ type: 'hello', id: 1, user: this.spec.user }));
+        const hello = enc(JSON.stringify(this.codec === 'none' ? { type: 'hello', id: 1, user: this.spec.user } : { type: 'hello', id: 1, user: this.spec.user, codecs: [this.codec] }));
         const join = enc(JSON.stringify({ type: 'join_room', id: 2, room: this.spec.room }));
         s.write(this.binary ? Buffer.concat([BINARY_PREAMBLE, hello, join]) : Buffer.concat([hello, join]));
       });
@@ -87,9 +105,9 @@ class Conn implements FrameSink {
   }
 
   onFrame(body: Buffer): void {
-    let msg: { type: string; code?: string };
+    let msg: { type: string; code?: string; codec?: string };
     try {
-      msg = JSON.parse(body.toString('utf8')) as { type: string; code?: string };
+      msg = JSON.parse(body.toString('utf8')) as { type: string; code?: string; codec?: string };
     } catch {
       this.settle('bad_json_from_server');
       this.socket?.destroy();
@@ -97,6 +115,12 @@ class Conn implements FrameSink {
     }
     if (msg.type === 'error') {
       this.settle(msg.code ?? 'error');
+      this.socket?.destroy();
+      return;
+    }
+    if (msg.type === 'welcome' && this.codec !== 'none' && msg.codec !== this.codec) {
+      // A compression run whose connections were not compressed would measure the wrong thing.
+      this.settle(`codec_refused:${msg.codec ?? 'none'}`);
       this.socket?.destroy();
       return;
     }
@@ -132,10 +156,11 @@ let startedAt = 0;
 let sent = 0;
 let cursor = 0;
 let timer: NodeJS.Timeout | null = null;
-const TICK_MS = 5;
+/** Publish timer period (ms); set per run by `start` (--tick-ms). */
+let tickMs = 1;
 
 function publishTick(): void {
-  timer = setTimeout(publishTick, TICK_MS);
+  timer = setTimeout(publishTick, tickMs);
   const now = nowUs();
   let owed = Math.floor((rate * (now - startedAt)) / 1e6) - sent;
   if (owed <= 0 || publishers.length === 0) return;
@@ -166,12 +191,13 @@ function publishTick(): void {
   }
 }
 
-function startPublishing(r: number): void {
+function startPublishing(r: number, tick: number): void {
   stopPublishing();
   rate = r;
+  tickMs = tick;
   startedAt = nowUs();
   sent = 0;
-  if (r > 0) timer = setTimeout(publishTick, TICK_MS);
+  if (r > 0) timer = setTimeout(publishTick, tickMs);
 }
 
 function stopPublishing(): void {
@@ -181,8 +207,8 @@ function stopPublishing(): void {
 
 // ---- setup and reports -------------------------------------------------------------------------
 
-async function setup(specs: ConnSpec[], binary: boolean, sampleEvery: number, padBytes: number, concurrency: number): Promise<void> {
-  conns = specs.map((s) => new Conn(s, binary, sampleEvery, padBytes));
+async function setup(specs: ConnSpec[], binary: boolean, codec: LoadCodec, sampleEvery: number, padBytes: number, concurrency: number): Promise<void> {
+  conns = specs.map((s) => new Conn(s, binary, codec, sampleEvery, padBytes));
   publishers = conns.filter((c) => c.spec.publish);
   let next = 0;
   let ok = 0;
@@ -205,15 +231,18 @@ async function setup(specs: ConnSpec[], binary: boolean, sampleEvery: number, pa
 
 function snap(resetHist: boolean, withHist: boolean): WorkerSnap {
   let delivered = 0;
+  let rxBytes = 0;
   const others: Record<string, number> = {};
   for (const c of conns) {
     delivered += c.counter.messages;
+    rxBytes += c.counter.bytes;
     for (const [k, v] of c.counter.others) others[k] = (others[k] ?? 0) + v;
   }
   const s: WorkerSnap = {
     published,
     expected,
     delivered,
+    rxBytes,
     others,
     errors: Object.fromEntries(errors),
     hist: withHist ? encodeHistogram(hist) : undefined,
@@ -312,10 +341,10 @@ port.on('message', (m: ToWorker) => {
   switch (m.cmd) {
     case 'setup':
       host = m.host;
-      void setup(m.conns, m.binary, m.sampleEvery, m.padBytes, m.concurrency);
+      void setup(m.conns, m.binary, m.codec, m.sampleEvery, m.padBytes, m.concurrency);
       return;
     case 'start':
-      startPublishing(m.rate);
+      startPublishing(m.rate, m.tickMs);
       return;
     case 'stop':
       stopPublishing();

@@ -9,7 +9,14 @@
  * digits in place. The receive time is read once per chunk, so a batch of frames costs one clock
  * read. Frames that are not room messages (errors, reconnect pushes) are rare and are decoded to
  * find their error code.
+ *
+ * Compressed binary frames (codec bits in the flags byte) are counted as messages without being
+ * looked at, except the sampled ones, which are decompressed with the project's codec code and
+ * searched like plain ones: one decompression in `sampleEvery` frames. zstd decompresses on
+ * libuv's thread pool, so its sample is recorded when that finishes, against the receive time of
+ * its chunk (the generator's own decompression time is not the server's latency).
  */
+import { decompressBody, type Codec } from '../../services/protocol';
 import { nowUs } from './clock';
 
 /** Marker in front of the send timestamp inside the payload: `"sbt":"<15 digits>"`. */
@@ -32,6 +39,8 @@ export interface LatencySink {
 export class FrameCounter {
   /** Room message frames counted. */
   messages = 0;
+  /** Bytes pushed (wire bytes, compressed or not). */
+  bytes = 0;
   /** Other frames (errors, pushes, replies) counted by code or type. */
   readonly others = new Map<string, number>();
   /** Time of the last push, for the samples of the chunk; overridable for tests. */
@@ -46,6 +55,7 @@ export class FrameCounter {
   private readonly header = Buffer.alloc(5);
   private bodyLeft = 0;
   private compressed = false;
+  private compressedCodec = 0 as Codec;
 
   constructor(
     private readonly binary: boolean,
@@ -56,6 +66,7 @@ export class FrameCounter {
   }
 
   push(buf: Buffer): void {
+    this.bytes += buf.length;
     if (this.binary) this.pushBinary(buf);
     else this.pushText(buf);
   }
@@ -101,6 +112,8 @@ export class FrameCounter {
     const len = buf.length;
     let pos = 0;
     let now = -1;
+    // Where the body of the current frame starts in buf; -1 when it started in an earlier chunk.
+    let bodyStart = -1;
     while (pos < len) {
       if (this.bodyLeft === 0) {
         let size: number;
@@ -121,9 +134,11 @@ export class FrameCounter {
           continue;
         }
         this.bodyLeft = size;
+        bodyStart = pos;
         this.posInFrame = 0;
         this.classified = false;
-        this.compressed = (flags & 0x03) !== 0;
+        this.compressedCodec = (flags & 0x03) as Codec;
+        this.compressed = this.compressedCodec !== 0;
         if (this.compressed) {
           // A compressed body cannot be classified without decompressing it; count it as a message.
           this.classified = true;
@@ -147,9 +162,12 @@ export class FrameCounter {
       this.bodyLeft = 0;
       if (this.classified && this.isMessage) {
         this.messages++;
-        if (!this.compressed && --this.untilSample <= 0 && this.latency !== null) {
+        if (--this.untilSample <= 0 && this.latency !== null) {
           if (now === -1) now = this.clock();
-          if (this.sample(buf, pos, end, now)) this.untilSample = this.sampleEvery;
+          // A compressed body split over chunks is skipped; the next frame is sampled instead.
+          if (this.compressed) {
+            if (bodyStart !== -1 && this.sampleCompressed(buf, bodyStart, end, now)) this.untilSample = this.sampleEvery;
+          } else if (this.sample(buf, pos, end, now)) this.untilSample = this.sampleEvery;
         }
       } else {
         this.other(this.posInFrame === 0 ? buf : null, pos, end);
@@ -172,6 +190,26 @@ export class FrameCounter {
     }
     this.latency!.recordValue(now > v ? now - v : 0);
     return true;
+  }
+
+  /** Decompress the body [start, end) and sample its timestamp; false when it cannot be read. */
+  private sampleCompressed(buf: Buffer, start: number, end: number, now: number): boolean {
+    const codec = this.compressedCodec;
+    let out: Buffer | Promise<Buffer>;
+    try {
+      out = decompressBody(codec, buf.subarray(start, end), 1 << 24);
+    } catch {
+      this.count('undecodable_compressed_frame');
+      return true;
+    }
+    if (out instanceof Promise) {
+      out.then(
+        (b) => this.sample(b, 0, b.length, now),
+        () => this.count('undecodable_compressed_frame'),
+      );
+      return true;
+    }
+    return this.sample(out, 0, out.length, now);
   }
 
   /** A frame that is not a room message; buf is null when its start was in an earlier chunk. */

@@ -14,7 +14,7 @@ export class PublishTemplate {
   readonly tsAt: number;
 
   constructor(room: string, padBytes: number, binary: boolean) {
-    const pad = 'x'.repeat(Math.max(0, padBytes));
+    const pad = chatText(Math.max(0, padBytes));
     const json = `{"type":"send_chat","room":${JSON.stringify(room)},"data":{"sbt":"${'0'.repeat(TS_DIGITS)}","p":"${pad}"}}`;
     this.frame = binary ? encodeBinaryFrame(json) : encodeTextFrame(json);
     this.tsAt = this.frame.indexOf(TS_MARKER) + TS_MARKER.length;
@@ -40,4 +40,20 @@ export function writeDigits(buf: Buffer, off: number, v: number): void {
     buf[off + i] = 0x30 + (x % 10);
     x = Math.floor(x / 10);
   }
+}
+
+const WORDS = 'the a we it is ok so then lobby game match ready team push left right wait go now later nice gg map round start join voice mute'.split(' ');
+
+/**
+ * `n` characters of chat-like text (words from a small vocabulary, picked by a fixed LCG), so
+ * that compression figures are about text that compresses like chat does, not like 'xxxx...'.
+ */
+export function chatText(n: number): string {
+  let out = '';
+  let x = 12345;
+  while (out.length < n) {
+    x = (x * 1103515245 + 12345) & 0x7fffffff;
+    out += WORDS[x % WORDS.length] + ' ';
+  }
+  return out.slice(0, n);
 }
