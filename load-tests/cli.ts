@@ -12,7 +12,8 @@ import { GeneratorPool } from './generator/pool';
 import { summarize } from './lib/histogram';
 import { addRatios, newResult, table, writeResult, type ResultFile, type Run } from './report';
 import { buildSpecs, fmt, runChurn, runIdle, runStep, stepLine, sweep, type IdleResult, type LoadParams, type LoadScenario, type StepResult, type SweepResult } from './scenarios';
-import { BENCH_ENV, clusterRolesAvailable, otlpSinkStats, procUsage, startTarget, type Target, type TargetKind } from './targets';
+import { execFileSync } from 'node:child_process';
+import { BENCH_ENV, clusterRolesAvailable, otlpSinkStats, pinServers, procUsage, startTarget, type Target, type TargetKind } from './targets';
 
 const USAGE = `Usage: node dist/load-tests/cli.js <command> [options]
 
@@ -284,6 +285,14 @@ async function main(): Promise<number> {
   const kinds = str(o, 'targets', 'switchboard,baseline').split(',').filter(Boolean) as TargetKind[];
   const res = newResult(`node dist/load-tests/cli.js ${process.argv.slice(2).join(' ')}`, BENCH_ENV);
   const pool = new GeneratorPool(num(o, 'workers', 2), o.procs === true, num(o, 'tick-ms', 1));
+  if (typeof o.pin === 'string') {
+    // --pin SERVER_CPUS:GENERATOR_CPUS, e.g. 0:1 - servers and generator on separate cores, so the
+    // generator's threads never preempt the server (they still share the machine's memory bus).
+    const [srv, gen] = o.pin.split(':');
+    pinServers(srv);
+    execFileSync('taskset', ['-a', '-p', '-c', gen, String(process.pid)], { stdio: 'ignore' });
+    res.notes.push(`pinned: servers on CPUs ${srv}, generator on CPUs ${gen}`);
+  }
   const hardStop = setTimeout(() => {
     log('load test exceeded its time bound; aborting');
     process.exit(4);

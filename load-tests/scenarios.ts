@@ -42,6 +42,14 @@ export interface StepResult {
   errors: Record<string, number>;
   server_cpu_pct: number;
   server_rss_mb: number;
+  /**
+   * Write system calls per second of the processes holding the client connections (Redis
+   * commands too in a cluster), and messages delivered per such call: how much each socket write
+   * batches. On loopback a write(2) includes the kernel's work for the receiving side too, so at
+   * a given rate this number decides most of the server's CPU (docs/performance.md).
+   */
+  server_writes_per_s: number;
+  delivered_per_write: number;
   generator_cpu_pct: number;
   connections_ok: number;
   connections_failed: number;
@@ -125,6 +133,7 @@ export async function runStep(pool: GeneratorPool, target: Target, p: LoadParams
   await sleep(p.warmupS * 1000);
   const s0 = await pool.snap(true, false);
   const u0 = procUsage(target.pids);
+  const w0 = procUsage(target.connPids).syscw;
   const c0 = process.cpuUsage();
   const t0 = process.hrtime.bigint();
   let rssMax = u0.rssBytes;
@@ -133,6 +142,7 @@ export async function runStep(pool: GeneratorPool, target: Target, p: LoadParams
   const s1 = await pool.snap(false, true);
   const t1 = process.hrtime.bigint();
   const u1 = procUsage(target.pids);
+  const w1 = procUsage(target.connPids).syscw;
   const c1 = process.cpuUsage(c0);
   clearInterval(rssTimer);
   await pool.stop();
@@ -165,6 +175,8 @@ export async function runStep(pool: GeneratorPool, target: Target, p: LoadParams
     errors: sumErrors(s2),
     server_cpu_pct: Math.round(((u1.cpuS - u0.cpuS) / secs) * 1000) / 10,
     server_rss_mb: Math.round((Math.max(rssMax, u1.rssBytes) / 1048576) * 10) / 10,
+    server_writes_per_s: Math.round((w1 - w0) / secs),
+    delivered_per_write: w1 === w0 ? 0 : Math.round(((s1.delivered - s0.delivered) / (w1 - w0)) * 100) / 100,
     generator_cpu_pct: Math.round(((c1.user + c1.system) / 1e6 / secs) * 1000) / 10,
     connections_ok: setup.ok,
     connections_failed: setup.failed,
@@ -273,7 +285,7 @@ export function stepLine(r: StepResult): string {
   return (
     `  ${r.target.padEnd(11)} ${r.scenario} target ${fmt(r.target_publish_per_s)} pub/s -> ${fmt(r.published_per_s)} pub/s, ` +
     `${fmt(r.delivered_per_s)} deliv/s, ratio ${r.delivery_ratio}, p50 ${r.latency_ms.p50} p99 ${r.latency_ms.p99} max ${r.latency_ms.max} ms, ` +
-    `server ${r.server_cpu_pct}% cpu ${r.server_rss_mb} MB, gen ${r.generator_cpu_pct}% ${r.pass ? 'PASS' : 'FAIL (' + r.fail_reason + ')'}${e ? ' [' + e + ']' : ''}`
+    `server ${r.server_cpu_pct}% cpu ${r.server_rss_mb} MB ${fmt(r.server_writes_per_s)} writes/s (${r.delivered_per_write}/write), gen ${r.generator_cpu_pct}% ${r.pass ? 'PASS' : 'FAIL (' + r.fail_reason + ')'}${e ? ' [' + e + ']' : ''}`
   );
 }
 

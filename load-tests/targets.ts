@@ -5,7 +5,7 @@
  * target, so RSS and CPU cover the whole server side (Redis included in cluster mode).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { openSync, readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
@@ -41,11 +41,16 @@ export interface ProcUsage {
   cpuS: number;
   /** Resident set size in bytes, summed. */
   rssBytes: number;
+  /** read(2)- and write(2)-family system calls since start (/proc/<pid>/io syscr, syscw), summed. */
+  syscr: number;
+  syscw: number;
 }
 
 export function procUsage(pids: readonly number[]): ProcUsage {
   let cpuS = 0;
   let rssBytes = 0;
+  let syscr = 0;
+  let syscw = 0;
   for (const pid of pids) {
     try {
       const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
@@ -53,11 +58,14 @@ export function procUsage(pids: readonly number[]): ProcUsage {
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       cpuS += (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime, stime (fields 14, 15)
       rssBytes += Number(f[21]) * PAGE; // rss (field 24)
+      const io = readFileSync(`/proc/${pid}/io`, 'latin1');
+      syscr += Number(/syscr: (\d+)/.exec(io)?.[1] ?? 0);
+      syscw += Number(/syscw: (\d+)/.exec(io)?.[1] ?? 0);
     } catch {
       // process gone
     }
   }
-  return { cpuS, rssBytes };
+  return { cpuS, rssBytes, syscr, syscw };
 }
 
 export interface Target {
@@ -90,6 +98,26 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * The command line of a server process: node, or `taskset -c <cpus> node` when the servers are
+ * pinned (`--pin`, see cli.ts), so that they and the generator do not preempt each other.
+ */
+let serverCpus: string | null = null;
+
+export function pinServers(cpus: string | null): void {
+  serverCpus = cpus;
+}
+
+function serverCommand(nodeArgv: string[]): [string, string[]] {
+  return serverCpus === null ? [process.execPath, nodeArgv] : ['taskset', ['-c', serverCpus, process.execPath, ...nodeArgv]];
+}
+
+/** Server stdout: discarded, or appended to LOADTEST_SERVER_STDOUT (e.g. for `--trace-gc` output). */
+function serverStdout(): 'ignore' | number {
+  const f = process.env.LOADTEST_SERVER_STDOUT;
+  return f === undefined || f === '' ? 'ignore' : openSync(f, 'a');
+}
+
 interface Spawned {
   child: ChildProcess;
   port: number;
@@ -100,7 +128,8 @@ interface Spawned {
 function spawnListening(args: string[], env: Record<string, string>, name: string, timeoutMs = 20_000): Promise<Spawned> {
   return new Promise((resolve, reject) => {
     const nodeArgs = (process.env.LOADTEST_SERVER_NODE_ARGS ?? '').split(' ').filter(Boolean);
-    const child = spawn(process.execPath, [...nodeArgs, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    const [cmd, argv] = serverCommand([...nodeArgs, ...args]);
+    const child = spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['ignore', serverStdout(), 'pipe'] });
     let buf = '';
     let done = false;
     const timer = setTimeout(() => finish(new Error(`${name}: no "listening" line within ${timeoutMs} ms`)), timeoutMs);
@@ -258,7 +287,8 @@ export async function startCluster(gateways = 2, extraEnv: Record<string, string
   const env = { ...BENCH_ENV, REDIS_URL: `redis://127.0.0.1:${redis.port}`, SHUTDOWN_DRAIN_MS: '500', ...extraEnv };
   try {
     const nodeArgs = (process.env.LOADTEST_SERVER_NODE_ARGS ?? '').split(' ').filter(Boolean);
-    const bc = spawn(process.execPath, [...nodeArgs, CLI, 'broadcast'], { env: { ...process.env, ...env, ADMIN_PORT: '0', TCP_PORT: '0' }, stdio: ['ignore', 'ignore', 'pipe'] });
+    const [bcCmd, bcArgv] = serverCommand([...nodeArgs, CLI, 'broadcast']);
+    const bc = spawn(bcCmd, bcArgv, { env: { ...process.env, ...env, ADMIN_PORT: '0', TCP_PORT: '0' }, stdio: ['ignore', 'ignore', 'pipe'] });
     children.push(bc);
     // Only its errors are of interest on the generator's terminal.
     bc.stderr!.on('data', (c: Buffer) => {
