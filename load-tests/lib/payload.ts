@@ -52,8 +52,8 @@ export function chatText(n: number): string {
   let out = '';
   let x = 12345;
   while (out.length < n) {
-    x = (x * 1103515245 + 12345) & 0x7fffffff;
-    out += WORDS[x % WORDS.length] + ' ';
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    out += WORDS[(x >>> 16) % WORDS.length] + ' ';
   }
   return out.slice(0, n);
 }

@@ -4,8 +4,9 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { FrameCounter } from '../../load-tests/lib/counter';
-import { PublishTemplate, writeDigits } from '../../load-tests/lib/payload';
-import { encodeBinaryFrame, encodeTextFrame, roomMessageJson } from '../../services/protocol';
+import { chatText, PublishTemplate, writeDigits } from '../../load-tests/lib/payload';
+import { Codec, encodeBinaryFrame, encodeFrameMaybeCompressed, encodeTextFrame, roomMessageJson } from '../../services/protocol';
+import { waitFor } from '../helpers/wait';
 
 function message(ts: number, seq: number): string {
   const data = Buffer.alloc(15);
@@ -82,3 +83,58 @@ for (const binary of [false, true]) {
     });
   });
 }
+
+describe('FrameCounter (compressed binary frames)', () => {
+  // A message above the 512-byte threshold, padded with chat-like text so that it compresses.
+  function bigMessage(ts: number, seq: number): Buffer {
+    const data = Buffer.alloc(15);
+    writeDigits(data, 0, ts);
+    return Buffer.from(roomMessageJson('room-1', 'ada', `{"sbt":"${data.toString('latin1')}","p":${JSON.stringify(chatText(2000))}}`, seq, 1));
+  }
+
+  async function compressedStream(codec: Codec, n: number): Promise<Buffer> {
+    const frames: Buffer[] = [];
+    for (let i = 0; i < n; i++) frames.push(await encodeFrameMaybeCompressed(codec, bigMessage(1_000_000 + i, i + 1), 512));
+    for (const f of frames) assert.equal(f[4] & 0x03, codec, 'the test frames really are compressed');
+    return Buffer.concat(frames);
+  }
+
+  for (const [name, codec] of [['lz4', Codec.Lz4], ['zstd', Codec.Zstd]] as const) {
+    test(`${name}: counts every frame and samples latency from the decompressed body`, async () => {
+      const samples: number[] = [];
+      const c = new FrameCounter(true, { recordValue: (v) => samples.push(v) }, 2);
+      c.clock = () => 2_000_000;
+      const whole = await compressedStream(codec, 10);
+      c.push(whole);
+      assert.equal(c.messages, 10);
+      assert.equal(c.bytes, whole.length);
+      // zstd decompresses on the thread pool: its samples arrive after push returns.
+      await waitFor(() => samples.length === 5, 2000, 'samples of compressed frames');
+      assert.deepEqual(
+        samples.sort((a, b) => b - a),
+        [0, 2, 4, 6, 8].map((i) => 1_000_000 - i),
+      );
+    });
+  }
+
+  test('a compressed frame split over chunks is counted, and the next whole one is sampled instead', async () => {
+    const whole = await compressedStream(Codec.Lz4, 3);
+    const first = whole.readUInt32BE(0) + 5;
+    const samples: number[] = [];
+    const c = new FrameCounter(true, { recordValue: (v) => samples.push(v) }, 1);
+    c.clock = () => 2_000_000;
+    c.push(whole.subarray(0, first + 15));
+    c.push(whole.subarray(first + 15));
+    assert.equal(c.messages, 3);
+    // Frame 0 was whole (sampled), frame 1's body was split (skipped), so frame 2 was sampled.
+    assert.deepEqual(samples, [1_000_000, 1_000_000 - 2]);
+  });
+});
+
+test('chatText: deterministic chat-like padding of the asked length', () => {
+  const a = chatText(1024);
+  assert.equal(a.length, 1024);
+  assert.equal(a, chatText(1024));
+  assert.match(a, /^([a-z]+ )+[a-z]* ?$/);
+  assert.ok(new Set(a.split(' ')).size > 10, 'more than a repeated character');
+});
