@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { FrameCounter } from '../../load-tests/lib/counter';
+import { COMPRESSED_SAMPLE_FACTOR, FrameCounter } from '../../load-tests/lib/counter';
 import { chatText, PublishTemplate, writeDigits } from '../../load-tests/lib/payload';
 import { Codec, encodeBinaryFrame, encodeFrameMaybeCompressed, encodeTextFrame, roomMessageJson } from '../../services/protocol';
 import { waitFor } from '../helpers/wait';
@@ -102,32 +102,33 @@ describe('FrameCounter (compressed binary frames)', () => {
   for (const [name, codec] of [['lz4', Codec.Lz4], ['zstd', Codec.Zstd]] as const) {
     test(`${name}: counts every frame and samples latency from the decompressed body`, async () => {
       const samples: number[] = [];
+      // One sample in 2 x COMPRESSED_SAMPLE_FACTOR compressed frames, the first one included.
+      const every = 2 * COMPRESSED_SAMPLE_FACTOR;
       const c = new FrameCounter(true, { recordValue: (v) => samples.push(v) }, 2);
       c.clock = () => 2_000_000;
-      const whole = await compressedStream(codec, 10);
+      const whole = await compressedStream(codec, 2 * every + 1);
       c.push(whole);
-      assert.equal(c.messages, 10);
+      assert.equal(c.messages, 2 * every + 1);
       assert.equal(c.bytes, whole.length);
       // zstd decompresses on the thread pool: its samples arrive after push returns.
-      await waitFor(() => samples.length === 5, 2000, 'samples of compressed frames');
+      await waitFor(() => samples.length === 3, 2000, 'samples of compressed frames');
       assert.deepEqual(
         samples.sort((a, b) => b - a),
-        [0, 2, 4, 6, 8].map((i) => 1_000_000 - i),
+        [0, every, 2 * every].map((i) => 1_000_000 - i),
       );
     });
   }
 
   test('a compressed frame split over chunks is counted, and the next whole one is sampled instead', async () => {
     const whole = await compressedStream(Codec.Lz4, 3);
-    const first = whole.readUInt32BE(0) + 5;
     const samples: number[] = [];
     const c = new FrameCounter(true, { recordValue: (v) => samples.push(v) }, 1);
     c.clock = () => 2_000_000;
-    c.push(whole.subarray(0, first + 15));
-    c.push(whole.subarray(first + 15));
+    c.push(whole.subarray(0, 20));
+    c.push(whole.subarray(20));
     assert.equal(c.messages, 3);
-    // Frame 0 was whole (sampled), frame 1's body was split (skipped), so frame 2 was sampled.
-    assert.deepEqual(samples, [1_000_000, 1_000_000 - 2]);
+    // Frame 0's body was split (skipped), so frame 1 was sampled, and frame 2 not (sample factor).
+    assert.deepEqual(samples, [1_000_000 - 1]);
   });
 });
 
