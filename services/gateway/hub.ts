@@ -4,7 +4,7 @@
  *
  * A room message arrives encoded once (an Outbound); the hub queues the same bytes on every
  * member. Connections that got something are put on a dirty list, and one setImmediate per
- * event-loop turn writes each dirty socket once (Buffer.concat of its queue, one write call),
+ * event-loop turn writes each dirty socket once (its queued frames corked into one writev),
  * which is what makes fan-out cheap: the cost is per socket per turn, not per message.
  */
 import type { Bus, MaybePromise } from '../bus';

@@ -51,9 +51,14 @@ describe('fan-out', () => {
     await rx.join('burst');
     await tx.join('burst');
     const rxSocket = (await waitFor(() => sockets.find((s) => s.remotePort === rx.socket.localPort), 2000, 'server socket'))!;
+    // Count what the socket hands to the kernel: one _write (write(2)) or _writev (writev(2))
+    // call each, whatever number of frames a corked writev carries.
     let writes = 0;
-    const write = rxSocket.write.bind(rxSocket) as (...a: unknown[]) => boolean;
-    rxSocket.write = ((...a: unknown[]) => (writes++, write(...a))) as typeof rxSocket.write;
+    const raw = rxSocket as unknown as Record<'_write' | '_writev', (...a: unknown[]) => unknown>;
+    for (const m of ['_write', '_writev'] as const) {
+      const orig = raw[m].bind(rxSocket);
+      raw[m] = (...a: unknown[]) => (writes++, orig(...a));
+    }
     const N = 100;
     tx.writeRaw(Array.from({ length: N }, (_, i) => JSON.stringify({ type: 'send_chat', room: 'burst', data: i }) + '\n').join(''));
     await waitFor(() => rx.all.filter((m) => m.type === 'message').length === N, 3000, 'all messages');
