@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
- * `node dist/load-tests/plot.js RESULT.json [OUT.svg]`: a latency-vs-throughput chart (delivered
- * msg/s against p50 and p99 end-to-end latency, log scale) from the sweep steps of a result file,
+ * `node dist/load-tests/plot.js RESULT.json [MORE.json ...] [OUT.svg]`: a latency-vs-throughput chart
+ * (delivered msg/s against p50 and p99 end-to-end latency, log scale) from the sweep steps of result files,
  * one line per target and percentile. Plain SVG, no dependencies.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -61,12 +61,16 @@ function esc(s: string): string {
 }
 
 if (require.main === module) {
-  const [inp, outp] = process.argv.slice(2);
-  if (inp === undefined) {
-    process.stderr.write('usage: node dist/load-tests/plot.js RESULT.json [OUT.svg]\n');
+  // RESULT.json [RESULT2.json ...] [OUT.svg]: the runs of several result files in one chart
+  // (e.g. a fan-out sweep and a cluster sweep).
+  const args = process.argv.slice(2);
+  const outp = args.length > 1 && args[args.length - 1].endsWith('.svg') ? args.pop()! : 'docs/latency-vs-throughput.svg';
+  if (args.length === 0) {
+    process.stderr.write('usage: node dist/load-tests/plot.js RESULT.json [RESULT2.json ...] [OUT.svg]\n');
     process.exit(2);
   }
-  const res = JSON.parse(readFileSync(inp, 'utf8')) as ResultFile;
+  const files = args.map((f) => JSON.parse(readFileSync(f, 'utf8')) as ResultFile);
+  const res: ResultFile = { ...files[0], runs: files.flatMap((f) => f.runs) };
   const svg = plot(res, `End-to-end latency vs delivered throughput (${res.date.slice(0, 10)}, ${String(res.machine.cpus)} cores)`);
-  writeFileSync(outp ?? 'docs/latency-vs-throughput.svg', svg);
+  writeFileSync(outp, svg);
 }
