@@ -39,6 +39,7 @@ Options (defaults in brackets):
   --no-confirm (do not rerun a failed sweep step before believing it)
   --minutes M [10] (soak)  --out FILE [load-tests/results/<command>-<time>.json]
   --tick-ms N [1] (publish timer period: what each publisher owes is written every N ms)
+  --pin SERVER_CPUS:GENERATOR_CPUS (e.g. 0:1: servers and generator on separate cores, taskset)
   --procs (generator workers as child processes, not threads: for more connections than one
            process's descriptor limit, e.g. idle --targets cluster --gateways 3 --connections 30000)`;
 
@@ -262,6 +263,8 @@ async function suite(res: ResultFile, pool: GeneratorPool, o: Opts): Promise<voi
   await loadCommand(res, pool, both, loadParams({ ...o, rate: String(num(o, 'broadcast-rate', 1000)) }, 'broadcast'), { ...o, sweep: false }, 'broadcast');
   log('== ingest (500 clients, rooms of 2)');
   await loadCommand(res, pool, both, loadParams({ ...o, rate: String(num(o, 'ingest-rate', 20000)) }, 'ingest'), { ...o, sweep: false }, 'ingest');
+  log('== compression (fan-out, 1 kB messages, 2,000 publishes/s): uncompressed vs lz4 vs zstd');
+  await loadCommand(res, pool, ['switchboard', 'switchboard-lz4', 'switchboard-zstd'], loadParams({ pad: '1024', ...o, rate: String(num(o, 'compression-rate', 2000)) }, 'fanout'), { ...o, sweep: false }, 'compression-fanout');
   // Churn runs before idle: 10,000 just-closed idle sockets would leave the port range crowded.
   log('== churn (2,500 cycles/s target for 10 s)');
   await churnCommand(res, pool, both, { ...o, rate: String(num(o, 'churn-rate', 2500)) });

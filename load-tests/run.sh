@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The standard load-test set (the origin's test_runner.sh): builds, then runs the fan-out sweep,
-# broadcast, ingest, idle memory, churn and (when the cluster roles exist) the cluster sweep, each
-# against Switchboard and the baseline server in the same run, and prints one table.
+# broadcast, ingest, compression on/off, idle memory, churn and (when the cluster roles exist) the
+# cluster sweep, each against Switchboard and the baseline server (compression: uncompressed
+# Switchboard) in the same run, and prints one table.
 #
 #   load-tests/run.sh [extra options for `cli.js suite`]    e.g. --workers 2 --mode text
 #
