@@ -82,6 +82,16 @@ function loadParams(o: Opts, scenario: LoadScenario): LoadParams {
   };
 }
 
+/**
+ * Compressed deliveries next to uncompressed ones: the same server build, one server per codec,
+ * measured in turns; 1 kB of padding so that bodies exceed COMPRESSION_THRESHOLD (512 bytes).
+ */
+const COMPRESSION_TARGETS: TargetKind[] = ['switchboard', 'switchboard-lz4', 'switchboard-zstd'];
+
+function compressionParams(o: Opts, scenario: LoadScenario): LoadParams {
+  return loadParams({ pad: '1024', ...o }, scenario);
+}
+
 function stepRun(name: string, r: StepResult): Run {
   return {
     name: `${name}/${r.target}`,
@@ -264,7 +274,7 @@ async function suite(res: ResultFile, pool: GeneratorPool, o: Opts): Promise<voi
   log('== ingest (500 clients, rooms of 2)');
   await loadCommand(res, pool, both, loadParams({ ...o, rate: String(num(o, 'ingest-rate', 20000)) }, 'ingest'), { ...o, sweep: false }, 'ingest');
   log('== compression (fan-out, 1 kB messages, 2,000 publishes/s): uncompressed vs lz4 vs zstd');
-  await loadCommand(res, pool, ['switchboard', 'switchboard-lz4', 'switchboard-zstd'], loadParams({ pad: '1024', ...o, rate: String(num(o, 'compression-rate', 2000)) }, 'fanout'), { ...o, sweep: false }, 'compression-fanout');
+  await loadCommand(res, pool, COMPRESSION_TARGETS, compressionParams({ ...o, rate: String(num(o, 'compression-rate', 2000)) }, 'fanout'), { ...o, sweep: false }, 'compression-fanout');
   // Churn runs before idle: 10,000 just-closed idle sockets would leave the port range crowded.
   log('== churn (2,500 cycles/s target for 10 s)');
   await churnCommand(res, pool, both, { ...o, rate: String(num(o, 'churn-rate', 2500)) });
@@ -325,11 +335,9 @@ async function main(): Promise<number> {
         break;
       }
       case 'compression': {
-        // Compressed deliveries next to uncompressed ones: same server build, one server per
-        // codec, measured in turns. Bodies must exceed COMPRESSION_THRESHOLD (512) to compress.
         const scen = str(o, 'scenario', 'fanout') as LoadScenario;
-        const ks = typeof o.targets === 'string' ? kinds : (['switchboard', 'switchboard-lz4', 'switchboard-zstd'] as TargetKind[]);
-        await loadCommand(res, pool, ks, loadParams({ pad: '1024', ...o }, scen), o, `compression-${scen}`);
+        const ks = typeof o.targets === 'string' ? kinds : COMPRESSION_TARGETS;
+        await loadCommand(res, pool, ks, compressionParams(o, scen), o, `compression-${scen}`);
         break;
       }
       case 'idle':

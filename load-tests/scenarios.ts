@@ -4,7 +4,7 @@
  * window only; the delivery ratio over the whole step after the drain.
  */
 import { cpus } from 'node:os';
-import type { ConnSpec } from './generator/messages';
+import type { ConnSpec, LoadCodec } from './generator/messages';
 import type { GeneratorPool, Totals } from './generator/pool';
 import { summarize, type LatencySummary } from './lib/histogram';
 import { procUsage, type Target } from './targets';
@@ -36,7 +36,7 @@ export interface StepResult {
   /** Wire bytes received per delivered message (framing included; compressed when negotiated). */
   wire_bytes_per_msg: number;
   /** Compression the generator's connections negotiated. */
-  codec: string;
+  codec: LoadCodec;
   latency_ms: LatencySummary;
   /** Non-message frames and transport errors, by code. */
   errors: Record<string, number>;

@@ -77,7 +77,8 @@ class Conn implements FrameSink {
       this.socket = s;
       s.on('connect', () => {
         const enc = this.binary ? encodeBinaryFrame : encodeTextFrame;
-        const hello = enc(JSON.stringify(this.codec === 'none' ? { type: 'hello', id: 1, user: this.spec.user } : { type: 'hello', id: 1, user: this.spec.user, codecs: [this.codec] }));
+        const codecs = this.codec === 'none' ? {} : { codecs: [this.codec] };
+        const hello = enc(JSON.stringify({ type: 'hello', id: 1, user: this.spec.user, ...codecs }));
         const join = enc(JSON.stringify({ type: 'join_room', id: 2, room: this.spec.room }));
         s.write(this.binary ? Buffer.concat([BINARY_PREAMBLE, hello, join]) : Buffer.concat([hello, join]));
       });

@@ -14,9 +14,9 @@
  * looked at, except the sampled ones, which are decompressed with the project's codec code and
  * searched like plain ones: one decompression in `sampleEvery x COMPRESSED_SAMPLE_FACTOR` frames
  * (decompressing one zstd frame in eight made the generator, not the server, the limit at 300k
- * deliveries/s: 109% CPU). zstd decompresses on
- * libuv's thread pool, so its sample is recorded when that finishes, against the receive time of
- * its chunk (the generator's own decompression time is not the server's latency).
+ * deliveries/s: 109% CPU). zstd decompresses on libuv's thread pool, so its sample is recorded
+ * when that finishes, against the receive time of its chunk (the generator's own decompression
+ * time is not the server's latency).
  */
 import { decompressBody, type Codec } from '../../services/protocol';
 import { nowUs } from './clock';
@@ -59,8 +59,8 @@ export class FrameCounter {
   private headerHave = 0;
   private readonly header = Buffer.alloc(5);
   private bodyLeft = 0;
-  private compressed = false;
-  private compressedCodec = 0 as Codec;
+  /** Codec of the frame in progress (0: not compressed). */
+  private codec = 0 as Codec;
 
   constructor(
     private readonly binary: boolean,
@@ -142,9 +142,8 @@ export class FrameCounter {
         bodyStart = pos;
         this.posInFrame = 0;
         this.classified = false;
-        this.compressedCodec = (flags & 0x03) as Codec;
-        this.compressed = this.compressedCodec !== 0;
-        if (this.compressed) {
+        this.codec = (flags & 0x03) as Codec;
+        if (this.codec !== 0) {
           // A compressed body cannot be classified without decompressing it; count it as a message.
           this.classified = true;
           this.isMessage = true;
@@ -170,7 +169,7 @@ export class FrameCounter {
         if (--this.untilSample <= 0 && this.latency !== null) {
           if (now === -1) now = this.clock();
           // A compressed body split over chunks is skipped; the next frame is sampled instead.
-          if (this.compressed) {
+          if (this.codec !== 0) {
             if (bodyStart !== -1 && this.sampleCompressed(buf, bodyStart, end, now)) this.untilSample = this.sampleEvery * COMPRESSED_SAMPLE_FACTOR;
           } else if (this.sample(buf, pos, end, now)) this.untilSample = this.sampleEvery;
         }
@@ -199,10 +198,9 @@ export class FrameCounter {
 
   /** Decompress the body [start, end) and sample its timestamp; false when it cannot be read. */
   private sampleCompressed(buf: Buffer, start: number, end: number, now: number): boolean {
-    const codec = this.compressedCodec;
     let out: Buffer | Promise<Buffer>;
     try {
-      out = decompressBody(codec, buf.subarray(start, end), 1 << 24);
+      out = decompressBody(this.codec, buf.subarray(start, end), 1 << 24);
     } catch {
       this.count('undecodable_compressed_frame');
       return true;
