@@ -5,7 +5,7 @@
  * target, so RSS and CPU cover the whole server side (Redis included in cluster mode).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { openSync, readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
@@ -129,7 +129,9 @@ function spawnListening(args: string[], env: Record<string, string>, name: strin
   return new Promise((resolve, reject) => {
     const nodeArgs = (process.env.LOADTEST_SERVER_NODE_ARGS ?? '').split(' ').filter(Boolean);
     const [cmd, argv] = serverCommand([...nodeArgs, ...args]);
-    const child = spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['ignore', serverStdout(), 'pipe'] });
+    const out = serverStdout();
+    const child = spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['ignore', out, 'pipe'] });
+    if (typeof out === 'number') closeSync(out); // the child has its own copy
     let buf = '';
     let done = false;
     const timer = setTimeout(() => finish(new Error(`${name}: no "listening" line within ${timeoutMs} ms`)), timeoutMs);

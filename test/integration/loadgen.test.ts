@@ -2,10 +2,26 @@
 // idle runs past one process's descriptor limit use) and compressed deliveries, whose latency is
 // sampled from the decompressed frames and whose wire bytes shrink.
 import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { GeneratorPool } from '../../load-tests/generator/pool';
 import { runIdle, runStep, type LoadParams } from '../../load-tests/scenarios';
 import { startTarget, type Target } from '../../load-tests/targets';
+
+/** Child processes of this test process running the generator's worker.js. */
+function workerProcesses(): number {
+  let n = 0;
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === process.pid && readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes('generator/worker.js')) n++;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return n;
+}
 
 const params: LoadParams = {
   scenario: 'fanout',
@@ -43,6 +59,7 @@ describe('load generator', () => {
   });
 
   test('process workers: a fan-out step delivers everything and samples latency', async () => {
+    assert.equal(workerProcesses(), 2, 'the two workers are child processes, not threads');
     const r = await runStep(pool, await switchboard(), params);
     assert.equal(r.connections_ok, 20);
     assert.equal(r.delivery_ratio, 1, JSON.stringify(r));
