@@ -463,7 +463,7 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
   private helloFailed(err: unknown): never {
     this.helloPending = false;
     const undo = this.host.services.hub.removeUser(this);
-    if (undo instanceof Promise) undo.catch(() => {});
+    if (undo instanceof Promise) undo.catch(ignoreRollbackFailure);
     this.user = '';
     this.sessionId = '';
     this.codec = Codec.None;
@@ -507,7 +507,11 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
     if (joined instanceof Promise) {
       return joined.catch((err: unknown) => {
         rooms.delete(room);
-        void this.host.services.hub.leave(room, this);
+        // The rollback needs the same dependency that just failed: its own failure is expected
+        // and must not escape as an unhandled rejection (that took whole gateways down). The
+        // gateway re-registers what it holds once Redis is back, so nothing stale remains.
+        const undo = this.host.services.hub.leave(room, this);
+        if (undo instanceof Promise) undo.catch(ignoreRollbackFailure);
         throw new SwitchboardError(ErrorCode.Unavailable, 'could not join the room', { cause: err });
       });
     }
@@ -697,6 +701,8 @@ function onSocketError(this: ConnSocket): void {
 function onSocketClose(this: ConnSocket): void {
   this[CONN]?.onClosed();
 }
+
+function ignoreRollbackFailure(): void {}
 
 function destroySocket(socket: Socket): void {
   socket.destroy();
