@@ -26,8 +26,8 @@ export function createClusterGateway(config: Config, log: Logger): GatewayServer
     gatewayId: id,
     shards: config.streamShards,
     ingressMaxLen: config.ingressMaxLen,
-    historySize: config.historySize,
     heartbeatMs: config.heartbeatMs,
+    timeoutMs: config.redisTimeoutMs,
     log,
   });
   return new GatewayServer({ config: { ...config, serverId: id }, bus, plugins: builtinPlugins(), log, role: 'gateway' });

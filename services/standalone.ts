@@ -11,7 +11,7 @@ import type { Logger } from './telemetry';
 export function createStandalone(config: Config, log: Logger): GatewayServer {
   return new GatewayServer({
     config,
-    bus: new MemoryBus({ historySize: config.historySize }),
+    bus: new MemoryBus({ historySize: config.historySize, historyRoomBytes: config.historyRoomBytes, historyTotalBytes: config.historyTotalBytes }),
     plugins: builtinPlugins(),
     log,
     role: 'standalone',

@@ -94,7 +94,7 @@ class Peer implements FrameSink {
       case 'send_chat': {
         const set = rooms.get(String(m.room));
         if (set === undefined) return;
-        const msg = new Outbound(roomMessageJson(String(m.room), this.user, JSON.stringify(m.data), ++this.seqs, Date.now()));
+        const msg = new Outbound(roomMessageJson(String(m.room), this.user, JSON.stringify(m.data), ++this.seqs, 'baseline', Date.now()));
         for (const p of set) p.write(msg);
         return;
       }

@@ -11,9 +11,13 @@
  * entry gets its original seq and bytes back from history (so it can still be routed, and the
  * gateways drop it if they had it), or {0, false} when it is older than the kept history.
  *
- * KEYS[1] = sb:seq:{room} (hash: seq, last)   KEYS[2] = sb:hist:{room} (stream, ids <seq>-1)
- * ARGV[1] = history max length, then per entry: ingress entry id, JSON up to the seq value,
- * JSON after it.
+ * The room's epoch is created here (from ARGV[2]) if the room has none: after Redis lost its data,
+ * the sequence restarts at 1 in a new epoch, and every message says which.
+ *
+ * KEYS[1] = sb:seq:{room} (hash: seq, epoch, last)   KEYS[2] = sb:hist:{room} (stream, ids <seq>-1)
+ * ARGV[1] = history max length, ARGV[2] = epoch to use if the room has none, ARGV[3] = the JSON
+ * between seq and epoch; then per entry: ingress entry id, JSON up to the seq value, JSON after
+ * the epoch (the template is services/protocol/outbound.ts's, in pieces).
  * Returns {seq1, json1, seq2, json2, ...}, one pair per entry in argument order.
  */
 export const APPLY_LUA = `
@@ -27,11 +31,18 @@ local function cmp(a, b)
   if as < bs then return -1 else return 1 end
 end
 local maxlen = tonumber(ARGV[1])
-local last = redis.call('HGET', KEYS[1], 'last')
+local state = redis.call('HMGET', KEYS[1], 'last', 'epoch')
+local last = state[1]
+local epoch = state[2]
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local mid = ARGV[3] .. epoch
 local out = {}
 local hist = nil
 local newest = nil
-for i = 2, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   local id = ARGV[i]
   if last and cmp(id, last) <= 0 then
     hist = hist or redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1000)
@@ -44,7 +55,7 @@ for i = 2, #ARGV, 3 do
     out[#out + 1] = json
   else
     local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-    local json = ARGV[i + 1] .. seq .. ARGV[i + 2]
+    local json = ARGV[i + 1] .. seq .. mid .. ARGV[i + 2]
     if maxlen > 0 then
       redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, seq .. '-1', 'i', id, 'm', json)
     end
@@ -55,6 +66,19 @@ for i = 2, #ARGV, 3 do
 end
 if newest then redis.call('HSET', KEYS[1], 'last', newest) end
 return out
+`;
+
+/**
+ * A broadcast worker's heartbeat: record it with Redis' clock (workers' clocks may disagree, so
+ * none of them decides who is alive), drop workers silent for a lease period, and return the live
+ * ones. KEYS[1] = sb:workers, ARGV[1] = worker id, ARGV[2] = lease ms.
+ */
+export const HEARTBEAT_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+return redis.call('ZRANGE', KEYS[1], 0, -1)
 `;
 
 /** Renew a lease only if we still hold it. KEYS[1] = lease, ARGV = owner, ttl ms. Returns 1 or 0. */

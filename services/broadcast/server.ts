@@ -31,6 +31,7 @@ export class BroadcastServer {
       batch: config.broadcastBatch,
       egressMaxLen: config.egressMaxLen,
       historySize: config.historySize,
+      timeoutMs: config.redisTimeoutMs,
       log,
     });
   }
@@ -42,6 +43,7 @@ export class BroadcastServer {
       worker: this.worker.opts.workerId,
       ready: this.worker.ready,
       shards: this.worker.ownedShards,
+      live_workers: this.worker.live.length,
       entries_total: c.entries,
       routed_total: c.routed,
       reclaimed_total: c.reclaimed,
@@ -69,7 +71,7 @@ export class BroadcastServer {
     if (this.config.adminPort < 0) return null;
     const handler = createHttpHandler({
       stats: () => this.stats(),
-      readiness: () => ({ ready: this.worker.ready, reasons: this.worker.ready ? [] : ['redis not connected'] }),
+      readiness: () => ({ ready: this.worker.ready, reasons: this.worker.ready ? [] : ['redis not connected or not answering'] }),
       metrics: () => (this.metricsHandler ? this.metricsHandler() : Promise.reject(new Error('metrics are not enabled'))),
     });
     const admin = createServer((req, res) => {

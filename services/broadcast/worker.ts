@@ -2,11 +2,17 @@
  * The broadcast tier: consumes the ingress shards through the `broadcast` consumer group and
  * routes each room message to the egress stream of every gateway with members in the room.
  *
- * Ownership: one worker owns a shard at a time (lease `sb:lease:{N}` with expiry), which keeps
- * each room's messages in order. Live workers announce themselves in `sb:workers`; each takes the
- * shards `s % live === its index` and releases the others, so shards rebalance when a worker
- * joins or leaves. A new owner first reclaims the entries its predecessor read but never
- * acknowledged (XAUTOCLAIM), so a worker killed mid-batch loses nothing.
+ * Ownership (docs/cluster.md, "Shard ownership"): one worker owns a shard at a time (lease
+ * `sb:lease:{N}` with expiry), which keeps each room's messages in order. Live workers heartbeat
+ * into `sb:workers` on Redis' clock; every worker sorts the live ids the same way and shard s
+ * belongs to the worker at index s mod n, so all workers compute the same assignment whatever
+ * their heartbeat timing (ordering by heartbeat time made every worker find itself last and
+ * claim the same shards, leaving the others without an owner). A handover is stop, release,
+ * reclaim: the old owner finishes its batch and releases the lease; the new owner takes it and
+ * first reclaims the entries its predecessor read but never acknowledged (XAUTOCLAIM), so a
+ * worker killed mid-batch loses nothing. An owner processes a batch only while its lease is
+ * surely still its own (renewed less than 80% of a lease ago), so a worker cut off from Redis
+ * stops before another one can take over.
  *
  * Per batch: routing sets for the batch's rooms, one APPLY script per room of the batch (sequence
  * numbers and history of all its entries), one XADD per gateway carrying every message of the
@@ -20,7 +26,10 @@ import { createRedis, fieldsOf, isReady, type RedisClient, type StreamEntry } fr
 import { removeGateway } from '../bus/redis';
 import type { Logger } from '../telemetry/log';
 import { injectTraceparent, SpanKind, startSpan, tracing, type Span } from '../telemetry/tracing';
-import { APPLY_LUA, RELEASE_LUA, RENEW_LUA } from './scripts';
+import { newEpoch } from '../bus/epoch';
+import { RedisHealth } from '../bus/redis-conn';
+import { ROOM_MESSAGE_EPOCH, roomMessageEnd, roomMessageHead } from '../protocol';
+import { APPLY_LUA, HEARTBEAT_LUA, RELEASE_LUA, RENEW_LUA } from './scripts';
 
 export interface BroadcastOptions {
   url: string;
@@ -31,6 +40,8 @@ export interface BroadcastOptions {
   batch: number;
   egressMaxLen: number;
   historySize: number;
+  /** Reply bound of every command (REDIS_TIMEOUT_MS). @default 2000 */
+  timeoutMs?: number;
   log: Logger;
 }
 
@@ -44,14 +55,16 @@ export class BroadcastCounters {
 }
 
 type ApplyClient = RedisClient & {
-  /** Per entry of the room: id, JSON head, JSON tail; returns seq, json pairs (see APPLY_LUA). */
-  sbApply(seqKey: string, histKey: string, maxlen: number, ...idHeadTail: string[]): Promise<(number | string | null)[]>;
+  /** See APPLY_LUA: maxlen, epoch, the JSON before the epoch, then id, head, end per entry. */
+  sbApply(seqKey: string, histKey: string, maxlen: number, epoch: string, epochJson: string, ...idHeadEnd: string[]): Promise<(number | string | null)[]>;
+  sbHeartbeat(workers: string, id: string, leaseMs: number): Promise<string[]>;
   sbRenew(lease: string, owner: string, ttl: number): Promise<number>;
   sbRelease(lease: string, owner: string): Promise<number>;
 };
 
 function defineScripts(client: RedisClient): ApplyClient {
   client.defineCommand('sbApply', { numberOfKeys: 2, lua: APPLY_LUA });
+  client.defineCommand('sbHeartbeat', { numberOfKeys: 1, lua: HEARTBEAT_LUA });
   client.defineCommand('sbRenew', { numberOfKeys: 1, lua: RENEW_LUA });
   client.defineCommand('sbRelease', { numberOfKeys: 1, lua: RELEASE_LUA });
   return client as ApplyClient;
@@ -91,6 +104,8 @@ class ShardLoop {
   private readonly key: string;
   readonly done: Promise<void>;
   private needReclaim = true;
+  /** Until when (local clock) the lease is surely ours: set on acquire and on every renewal. */
+  validUntil = 0;
 
   constructor(
     readonly shard: number,
@@ -111,7 +126,10 @@ class ShardLoop {
   private async run(): Promise<void> {
     const { workerId, batch } = this.worker.opts;
     while (this.running) {
-      if (!isReady(this.reader) || !isReady(this.worker.cmd)) {
+      if (!isReady(this.reader) || !isReady(this.worker.cmd) || Date.now() >= this.validUntil) {
+        // Not surely the owner any more: what we read stays pending, for us after a renewal or
+        // for the next owner, who reclaims it before reading anything new.
+        if (Date.now() >= this.validUntil) this.needReclaim = true;
         await sleep(50);
         continue;
       }
@@ -126,6 +144,10 @@ class ShardLoop {
           | [string, StreamEntry[]][]
           | null;
         if (res === null || !this.running) continue;
+        if (Date.now() >= this.validUntil) {
+          this.needReclaim = true;
+          continue;
+        }
         await this.worker.process(this.key, res[0][1]);
       } catch (err) {
         if (!this.running) break;
@@ -169,12 +191,18 @@ export class BroadcastWorker {
   private ticking = false;
   private stopped = false;
 
+  private readonly health: RedisHealth;
+  /** The live workers in the order every worker agrees on, as of the last heartbeat. */
+  live: string[] = [];
+
   constructor(readonly opts: BroadcastOptions) {
-    this.cmd = defineScripts(createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-bc-${opts.workerId}`, log: opts.log }));
+    const timeout = opts.timeoutMs ?? 2000;
+    this.cmd = defineScripts(createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-bc-${opts.workerId}`, log: opts.log, commandTimeoutMs: timeout }));
+    this.health = new RedisHealth(this.cmd, timeout);
   }
 
   get ready(): boolean {
-    return !this.stopped && isReady(this.cmd);
+    return !this.stopped && this.health.healthy;
   }
 
   get ownedShards(): number[] {
@@ -184,6 +212,7 @@ export class BroadcastWorker {
   start(): void {
     this.timer = setInterval(() => void this.tick(), Math.max(50, Math.floor(this.opts.leaseMs / 3)));
     this.timer.unref();
+    this.health.start();
     void this.tick();
   }
 
@@ -191,6 +220,7 @@ export class BroadcastWorker {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer !== null) clearInterval(this.timer);
+    this.health.stop();
     await Promise.all([...this.loops.values()].map((l) => l.stop()));
     if (isReady(this.cmd)) {
       try {
@@ -212,28 +242,34 @@ export class BroadcastWorker {
     this.ticking = true;
     const { workerId, leaseMs, shards } = this.opts;
     try {
-      const now = Date.now();
-      await this.cmd.zadd(Keys.workers, now, workerId);
-      await this.cmd.zremrangebyscore(Keys.workers, '-inf', now - leaseMs);
-      const live = await this.cmd.zrange(Keys.workers, "0", "-1");
-      const index = Math.max(0, live.indexOf(workerId));
+      // Plain code-unit order: the same on every worker, unlike localeCompare.
+      const live = (await this.cmd.sbHeartbeat(Keys.workers, workerId, leaseMs)).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+      this.live = live;
+      const index = live.indexOf(workerId);
+      // Release first, then acquire: a shard moving between two workers is free as early as possible.
       for (let s = 0; s < shards; s++) {
-        const mine = s % live.length === index;
         const loop = this.loops.get(s);
-        if (loop !== undefined) {
-          const renewed = await this.cmd.sbRenew(Keys.lease(s), workerId, leaseMs);
-          if (renewed !== 1 || !mine) {
-            this.loops.delete(s);
-            await loop.stop();
-            if (renewed === 1) await this.cmd.sbRelease(Keys.lease(s), workerId);
-            this.opts.log.info(renewed === 1 ? 'released shard' : 'lost shard lease', { shard: s });
-          }
-        } else if (mine) {
-          const got = await this.cmd.set(Keys.lease(s), workerId, 'PX', leaseMs, 'NX');
-          if (got === 'OK') {
-            this.loops.set(s, new ShardLoop(s, this));
-            this.opts.log.info('acquired shard', { shard: s });
-          }
+        if (loop === undefined || this.stopped) continue;
+        const sent = Date.now();
+        const renewed = await this.cmd.sbRenew(Keys.lease(s), workerId, leaseMs);
+        if (renewed === 1 && assigned(s, live, index)) {
+          loop.validUntil = sent + Math.floor(leaseMs * 0.8);
+          continue;
+        }
+        this.loops.delete(s);
+        await loop.stop();
+        if (renewed === 1) await this.cmd.sbRelease(Keys.lease(s), workerId);
+        this.opts.log.info(renewed === 1 ? 'released shard' : 'lost shard lease', { shard: s, live: live.length });
+      }
+      for (let s = 0; s < shards; s++) {
+        if (this.loops.has(s) || this.stopped || !assigned(s, live, index)) continue;
+        const sent = Date.now();
+        const got = await this.cmd.set(Keys.lease(s), workerId, 'PX', leaseMs, 'NX');
+        if (got === 'OK') {
+          const loop = new ShardLoop(s, this);
+          loop.validUntil = sent + Math.floor(leaseMs * 0.8);
+          this.loops.set(s, loop);
+          this.opts.log.info('acquired shard', { shard: s, live: live.length });
         }
       }
       if (this.loops.has(0)) await this.janitor();
@@ -273,16 +309,21 @@ export class BroadcastWorker {
       if (room === undefined || f.f === undefined || f.d === undefined) continue;
       let rb = byRoom.get(room);
       if (rb === undefined) {
-        rb = { entries: [], args: [], gws: cmd.smembers(Keys.room(room)) };
+        const gws = cmd.smembers(Keys.room(room));
+        // Awaited later, room by room; if the batch fails first, its rejection is handled here.
+        gws.catch(noop);
+        rb = { entries: [], args: [], gws };
         byRoom.set(room, rb);
       }
       rb.entries.push(e);
-      rb.args.push(id, `{"type":"message","room":${JSON.stringify(room)},"from":${JSON.stringify(f.f)},"data":${f.d},"seq":`, `,"ts":${Math.floor(Number(f.t))}}`);
+      rb.args.push(id, roomMessageHead(room, f.f, f.d), roomMessageEnd(Number(f.t)));
     }
     const applied: Promise<void>[] = [];
+    // Used only by rooms that have no epoch yet (new, or Redis lost them).
+    const epoch = newEpoch();
     for (const [room, rb] of byRoom) {
       applied.push(
-        cmd.sbApply(Keys.seq(room), Keys.history(room), historySize, ...rb.args).then((res) => {
+        cmd.sbApply(Keys.seq(room), Keys.history(room), historySize, epoch, ROOM_MESSAGE_EPOCH, ...rb.args).then((res) => {
           for (let j = 0; j < rb.entries.length; j++) {
             rb.entries[j].seq = Number(res[2 * j]);
             rb.entries[j].json = res[2 * j + 1] as string | null;
@@ -345,3 +386,10 @@ export class BroadcastWorker {
     return total;
   }
 }
+
+/** Whether shard s belongs to the worker at `index` of the sorted live workers. */
+export function assigned(s: number, live: readonly string[], index: number): boolean {
+  return index >= 0 && live.length > 0 && s % live.length === index;
+}
+
+function noop(): void {}

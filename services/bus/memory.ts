@@ -1,53 +1,108 @@
 /**
  * The embedded bus: one process, no Redis. Assigns per-room sequence numbers in accept order,
- * keeps a bounded history ring per room and delivers synchronously to the local gateway, so a
- * message is fanned out in the same event-loop turn it was accepted in.
+ * keeps a bounded history per room and delivers synchronously to the local gateway, so a message
+ * is fanned out in the same event-loop turn it was accepted in.
+ *
+ * History is the one thing a client can make this process hold after it has gone, so it has a
+ * budget in messages per room, bytes per room and bytes in total (docs/operations.md, "Limits and
+ * abuse"). Over the total, the history of the rooms idle longest goes first, then the oldest
+ * messages of the room being written: a flood pays with its own history, not other rooms'.
  */
 import { Outbound, roomMessageJson } from '../protocol';
 import { injectTraceparent, SpanKind, startSpan, tracing } from '../telemetry/tracing';
-import type { Bus, BusSink, PublishRequest, PublishResult } from './types';
+import { newEpoch } from './epoch';
+import type { Bus, BusSink, HistoryPage, HistoryQuery, PublishRequest, PublishResult, RoomPosition } from './types';
 
-/** Fixed-capacity ring of the most recent messages of one room. */
-class HistoryRing {
-  private readonly items: (Outbound | undefined)[];
-  private readonly seqs: Float64Array;
-  private next = 0;
-  private size = 0;
-  constructor(private readonly capacity: number) {
-    this.items = new Array(capacity);
-    this.seqs = new Float64Array(capacity);
+/**
+ * What one kept message costs the process, estimated: its JSON string plus the text and binary
+ * frames it may have been encoded to, and the ring slot.
+ */
+function costOf(msg: Outbound): number {
+  return 3 * msg.json.length + 64;
+}
+
+/** The kept messages of one room, oldest first, bounded by count and bytes. */
+class RoomHistory {
+  private readonly items: Outbound[] = [];
+  private readonly seqs: number[] = [];
+  private head = 0;
+  bytes = 0;
+
+  get size(): number {
+    return this.items.length - this.head;
   }
+
+  get oldestSeq(): number {
+    return this.size === 0 ? 0 : this.seqs[this.head];
+  }
+
   push(seq: number, msg: Outbound): void {
-    if (this.capacity === 0) return;
-    this.items[this.next] = msg;
-    this.seqs[this.next] = seq;
-    this.next = (this.next + 1) % this.capacity;
-    if (this.size < this.capacity) this.size++;
+    this.items.push(msg);
+    this.seqs.push(seq);
+    this.bytes += costOf(msg);
   }
-  /** Messages with seq > since, at most `limit` (the newest ones), oldest first. */
-  since(since: number, limit: number): Outbound[] {
-    const out: Outbound[] = [];
-    const start = (this.next - this.size + this.capacity) % Math.max(this.capacity, 1);
-    for (let i = 0; i < this.size; i++) {
-      const at = (start + i) % this.capacity;
-      if (this.seqs[at] > since) out.push(this.items[at]!);
+
+  /** Drop the oldest message; returns the bytes freed. */
+  shift(): number {
+    const freed = costOf(this.items[this.head]);
+    (this.items as (Outbound | undefined)[])[this.head] = undefined;
+    this.head++;
+    this.bytes -= freed;
+    // Compact once the dead prefix is as large as the live part: amortised O(1) per message.
+    if (this.head >= 64 && this.head * 2 >= this.items.length) {
+      this.items.splice(0, this.head);
+      this.seqs.splice(0, this.head);
+      this.head = 0;
     }
-    return out.length > limit ? out.slice(out.length - limit) : out;
+    return freed;
+  }
+
+  /** Index of the first kept message with seq > since. */
+  private after(since: number): number {
+    let lo = this.head;
+    let hi = this.items.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.seqs[mid] <= since) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /** Up to `limit` messages after `since` (oldest first), or the newest `limit` without it. */
+  page(since: number | undefined, limit: number): { messages: Outbound[]; more: boolean } {
+    const end = this.items.length;
+    const from = since === undefined ? Math.max(this.head, end - limit) : this.after(since);
+    const to = Math.min(end, from + limit);
+    return { messages: this.items.slice(from, to), more: to < end };
   }
 }
 
 interface RoomState {
   seq: number;
-  history: HistoryRing | null;
-  /** user -> number of gateways (always 1 here) with a connection of the user in the room */
+  epoch: string;
+  history: RoomHistory | null;
+  /** users with a connection in the room */
   members: Set<string>;
 }
 
 export interface MemoryBusOptions {
   /** Messages kept per room. @default 100 */
   historySize?: number;
+  /** Estimated bytes of history kept per room. @default 4194304 (4 MiB) */
+  historyRoomBytes?: number;
+  /** Estimated bytes of history kept over all rooms. @default 67108864 (64 MiB) */
+  historyTotalBytes?: number;
   /** Rooms with no members whose history is kept; the least recently left are forgotten. @default 10000 */
   maxIdleRooms?: number;
+}
+
+/** History accounting, for /stats and metrics. */
+export interface HistoryUsage {
+  bytes: number;
+  rooms: number;
+  /** Messages dropped from history because a byte budget was reached. */
+  evicted: number;
 }
 
 export class MemoryBus implements Bus {
@@ -59,11 +114,16 @@ export class MemoryBus implements Bus {
   /** Rooms without members, in the order they became empty (a Set keeps insertion order). */
   private readonly idle = new Set<string>();
   private readonly historySize: number;
+  private readonly roomBytes: number;
+  private readonly totalBytes: number;
   private readonly maxIdleRooms: number;
   private mids = 0;
+  readonly usage: HistoryUsage = { bytes: 0, rooms: 0, evicted: 0 };
 
   constructor(opts: MemoryBusOptions = {}) {
     this.historySize = opts.historySize ?? 100;
+    this.roomBytes = opts.historyRoomBytes ?? 4 * 1024 * 1024;
+    this.totalBytes = opts.historyTotalBytes ?? 64 * 1024 * 1024;
     this.maxIdleRooms = opts.maxIdleRooms ?? 10_000;
   }
 
@@ -79,17 +139,32 @@ export class MemoryBus implements Bus {
   private room(name: string): RoomState {
     let r = this.rooms.get(name);
     if (r === undefined) {
-      r = { seq: 0, history: null, members: new Set() };
+      r = { seq: 0, epoch: newEpoch(), history: null, members: new Set() };
       this.rooms.set(name, r);
     }
     return r;
   }
 
+  private forget(name: string): void {
+    const r = this.rooms.get(name);
+    if (r === undefined) return;
+    this.dropHistory(r);
+    this.rooms.delete(name);
+    this.idle.delete(name);
+  }
+
+  private dropHistory(r: RoomState): void {
+    if (r.history === null) return;
+    this.usage.bytes -= r.history.bytes;
+    this.usage.rooms--;
+    r.history = null;
+  }
+
   publish(req: PublishRequest): PublishResult {
     const r = this.room(req.room);
     const seq = ++r.seq;
-    const msg = new Outbound(roomMessageJson(req.room, req.from, req.dataJson, seq, req.ts));
-    if (this.historySize > 0) (r.history ??= new HistoryRing(this.historySize)).push(seq, msg);
+    const msg = new Outbound(roomMessageJson(req.room, req.from, req.dataJson, seq, r.epoch, req.ts));
+    if (this.historySize > 0) this.keep(r, seq, msg);
     if (r.members.size === 0 && seq === 1) this.markIdle(req.room);
     if (req.trace !== undefined && tracing.enabled) {
       // The embedded stand-in for the broadcast tier's routing step, so traces look the same.
@@ -100,6 +175,36 @@ export class MemoryBus implements Bus {
       this.sink!.deliverRoom(req.room, msg, req.ts, String(++this.mids));
     }
     return { seq };
+  }
+
+  /** Append to the room's history within its count and byte budgets, then the total budget. */
+  private keep(r: RoomState, seq: number, msg: Outbound): void {
+    let h = r.history;
+    if (h === null) {
+      h = r.history = new RoomHistory();
+      this.usage.rooms++;
+    }
+    const before = h.bytes;
+    h.push(seq, msg);
+    while (h.size > this.historySize || (h.bytes > this.roomBytes && h.size > 0)) {
+      h.shift();
+      if (h.size >= this.historySize) continue;
+      this.usage.evicted++;
+    }
+    this.usage.bytes += h.bytes - before;
+    if (this.usage.bytes <= this.totalBytes) return;
+    // Over the total: idle rooms' history first (longest idle first), then this room's oldest.
+    for (const idleName of this.idle) {
+      if (this.usage.bytes <= this.totalBytes) return;
+      const ir = this.rooms.get(idleName);
+      if (ir === undefined || ir === r || ir.history === null) continue;
+      this.usage.evicted += ir.history.size;
+      this.dropHistory(ir);
+    }
+    while (this.usage.bytes > this.totalBytes && h.size > 0) {
+      this.usage.bytes -= h.shift();
+      this.usage.evicted++;
+    }
   }
 
   join(room: string, user: string): void {
@@ -115,7 +220,7 @@ export class MemoryBus implements Bus {
     // Forget rooms nobody is in and nothing was said in, and bound the empty rooms whose history
     // is kept for late readers, so random room names cannot pile up.
     if (r.seq === 0) {
-      this.rooms.delete(room);
+      this.forget(room);
       return;
     }
     this.markIdle(room);
@@ -124,11 +229,7 @@ export class MemoryBus implements Bus {
   private markIdle(room: string): void {
     this.idle.delete(room);
     this.idle.add(room);
-    if (this.idle.size > this.maxIdleRooms) {
-      const oldest = this.idle.values().next().value as string;
-      this.idle.delete(oldest);
-      this.rooms.delete(oldest);
-    }
+    if (this.idle.size > this.maxIdleRooms) this.forget(this.idle.values().next().value as string);
   }
 
   userOnline(user: string): void {
@@ -149,13 +250,26 @@ export class MemoryBus implements Bus {
     return r === undefined ? [] : [...r.members];
   }
 
-  history(room: string, since: number | undefined, limit: number): Outbound[] {
+  history(room: string, q: HistoryQuery): HistoryPage {
     const r = this.rooms.get(room);
-    if (r === undefined || r.history === null) return [];
-    return r.history.since(since ?? 0, limit);
+    if (r === undefined) {
+      // Nothing kept: a room never used, or forgotten. A client that knew an epoch lost it.
+      return { seq: 0, epoch: '', messages: [], more: false, recovered: q.epoch === undefined && (q.since ?? 0) === 0 };
+    }
+    const sameEpoch = q.epoch === undefined || q.epoch === r.epoch;
+    const since = sameEpoch ? q.since : 0;
+    const h = r.history;
+    const { messages, more } = h === null ? { messages: [], more: false } : h.page(since, q.limit);
+    // Recovered when nothing after `since` was trimmed: the oldest kept message follows it
+    // directly, or nothing was said since.
+    const oldest = h === null || h.size === 0 ? r.seq + 1 : h.oldestSeq;
+    const recovered = sameEpoch && (since === undefined || oldest <= since + 1);
+    return { seq: r.seq, epoch: r.epoch, messages, more, recovered };
   }
 
-  lastSeq(room: string): number {
-    return this.rooms.get(room)?.seq ?? 0;
+  position(room: string): RoomPosition {
+    // Joining creates the room, so its epoch exists from the first join on.
+    const r = this.room(room);
+    return { seq: r.seq, epoch: r.epoch };
   }
 }

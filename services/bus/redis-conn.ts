@@ -21,6 +21,13 @@ export interface RedisConnOptions {
   log: Logger;
   /** Blocking readers must not auto-pipeline (a blocked command would hold up the batch). */
   autoPipelining?: boolean;
+  /**
+   * A command without a reply within this time fails (a stalled Redis must turn into
+   * `unavailable` within a bound, not a request hanging for as long as the stall). Blocking
+   * readers leave it unset: their reads are allowed to wait, and nobody waits on them.
+   * @default 0 (no timeout)
+   */
+  commandTimeoutMs?: number;
 }
 
 function backoff(times: number): number {
@@ -42,6 +49,9 @@ export function createRedis(opts: RedisConnOptions): RedisClient {
     retryStrategy: backoff,
     enableAutoPipelining: opts.autoPipelining ?? true,
     lazyConnect: false,
+    commandTimeout: opts.commandTimeoutMs !== undefined && opts.commandTimeoutMs > 0 ? opts.commandTimeoutMs : undefined,
+    // A peer that vanished without a FIN (a node gone, a partition) is noticed by TCP keepalive.
+    keepAlive: 10_000,
   };
   let client: RedisClient;
   if (opts.cluster) {
@@ -120,6 +130,55 @@ function watchCluster(client: Cluster, opts: RedisConnOptions): void {
 
 export function isReady(client: RedisClient): boolean {
   return client.status === 'ready';
+}
+
+/**
+ * Whether Redis answers, not just whether the socket is up: a SIGSTOPped or overloaded Redis
+ * keeps its connections open while answering nothing. Pings every third of the bound; healthy
+ * while the last ping was answered within the bound and no ping has been outstanding longer.
+ * Readiness uses this, so a pod stops getting traffic while its Redis cannot serve it.
+ */
+export class RedisHealth {
+  private timer: NodeJS.Timeout | null = null;
+  private outstandingSince = 0;
+  private lastOk = 0;
+
+  constructor(
+    private readonly client: RedisClient,
+    private readonly boundMs: number,
+  ) {}
+
+  start(): void {
+    this.timer = setInterval(() => this.probe(), Math.max(50, Math.floor(this.boundMs / 3)));
+    this.timer.unref();
+    this.probe();
+  }
+
+  stop(): void {
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  get healthy(): boolean {
+    if (!isReady(this.client)) return false;
+    const now = Date.now();
+    if (this.outstandingSince !== 0 && now - this.outstandingSince > this.boundMs) return false;
+    return now - this.lastOk <= this.boundMs + Math.max(50, Math.floor(this.boundMs / 3));
+  }
+
+  private probe(): void {
+    if (this.outstandingSince !== 0 || !isReady(this.client)) return;
+    this.outstandingSince = Date.now();
+    this.client.ping().then(
+      () => {
+        this.lastOk = Date.now();
+        this.outstandingSince = 0;
+      },
+      () => {
+        this.outstandingSince = 0;
+      },
+    );
+  }
 }
 
 /** Stream entry fields ([k1, v1, k2, v2, ...]) as a lookup. */

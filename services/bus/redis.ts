@@ -8,13 +8,19 @@
  *   its own sets so that a janitor can remove it when the gateway dies.
  * - egress: a dedicated connection reads `sb:out:{gw}` with XREAD BLOCK and hands entries to the
  *   hub; message ids already seen are dropped (at-least-once upstream).
- * - heartbeat: `sb:gw:{gw}` with a TTL, refreshed at a third of it.
+ * - heartbeat: `sb:gw:{gw}` with a TTL, refreshed at a third of it. The heartbeat also notices
+ *   when this gateway's registration vanished (Redis restarted empty, or the janitor took a
+ *   stalled gateway for dead): the previous value is gone, and the gateway re-registers every room,
+ *   presence entry and user it holds, as a Centrifugo node resubscribes its channels.
+ * - every command has a reply bound (REDIS_TIMEOUT_MS): a stalled Redis turns into `unavailable`
+ *   within it, and readiness follows a ping prober, not just the socket state.
  */
 import { ErrorCode, Outbound, SwitchboardError } from '../protocol';
+import { newEpoch } from './epoch';
 import type { Logger } from '../telemetry/log';
 import { Keys, shardOf } from './keys';
-import { createRedis, isReady, type RedisClient, type StreamEntry } from './redis-conn';
-import type { Bus, BusSink, PublishRequest, PublishResult } from './types';
+import { createRedis, isReady, RedisHealth, type RedisClient, type StreamEntry } from './redis-conn';
+import type { Bus, BusSink, HistoryPage, HistoryQuery, PublishRequest, PublishResult, RoomPosition } from './types';
 
 export interface RedisBusOptions {
   url: string;
@@ -23,8 +29,9 @@ export interface RedisBusOptions {
   shards: number;
   /** Approximate cap of each ingress stream (safety bound; the broadcast tier trims what it processed). */
   ingressMaxLen: number;
-  historySize: number;
   heartbeatMs: number;
+  /** Reply bound of every command (REDIS_TIMEOUT_MS). @default 2000 */
+  timeoutMs?: number;
   log: Logger;
 }
 
@@ -60,17 +67,27 @@ export class RedisBus implements Bus {
   private readerDone: Promise<void> = Promise.resolve();
   private readonly recent = new RecentIds(50_000);
   private readonly gw: string;
+  private readonly health: RedisHealth;
+  private resyncing: Promise<void> | null = null;
   /** Duplicates dropped (at-least-once redelivery). */
   duplicates = 0;
+  /** Times this gateway found its registration gone and registered everything again. */
+  resyncs = 0;
 
   constructor(private readonly opts: RedisBusOptions) {
     this.gw = opts.gatewayId;
-    this.cmd = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}`, log: opts.log });
+    const timeout = opts.timeoutMs ?? 2000;
+    this.cmd = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}`, log: opts.log, commandTimeoutMs: timeout });
     this.reader = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}-egress`, log: opts.log, autoPipelining: false });
+    this.health = new RedisHealth(this.cmd, timeout);
+    // After every reconnect, beat at once: if Redis lost our registration, it comes back now.
+    this.cmd.on('ready', () => {
+      if (this.running) void this.beat();
+    });
   }
 
   get ready(): boolean {
-    return this.running && isReady(this.cmd) && isReady(this.reader);
+    return this.running && this.health.healthy && isReady(this.reader);
   }
 
   get client(): RedisClient {
@@ -82,14 +99,16 @@ export class RedisBus implements Bus {
     this.running = true;
     this.heartbeat = setInterval(() => void this.beat(), Math.max(100, Math.floor(this.opts.heartbeatMs / 3)));
     this.heartbeat.unref();
+    this.health.start();
     if (isReady(this.cmd)) await this.beat();
-    else this.cmd.once('ready', () => void this.beat());
     this.readerDone = this.readEgress();
   }
 
   async stop(): Promise<void> {
     this.running = false;
     if (this.heartbeat !== null) clearInterval(this.heartbeat);
+    this.health.stop();
+    await this.resyncing;
     // Unblock the reader and leave routing cleanly so no one routes to a gateway that is gone.
     this.reader.disconnect();
     await this.readerDone;
@@ -102,16 +121,73 @@ export class RedisBus implements Bus {
   }
 
   private async beat(): Promise<void> {
-    if (!isReady(this.cmd)) return;
+    if (!isReady(this.cmd) || !this.running) return;
     const ttl = this.opts.heartbeatMs * 3;
+    let previous: unknown;
     try {
-      await Promise.all([
-        this.cmd.set(Keys.gateway(this.gw), JSON.stringify({ id: this.gw, at: Date.now() }), 'PX', ttl),
+      [previous] = await Promise.all([
+        this.cmd.call('SET', Keys.gateway(this.gw), JSON.stringify({ id: this.gw, at: Date.now() }), 'PX', ttl, 'GET'),
         this.cmd.sadd(Keys.gateways, this.gw),
       ]);
     } catch {
-      // Redis down: readiness says so; the next beat retries.
+      // Redis down or stalled: readiness says so; the next beat retries.
+      return;
     }
+    // No previous heartbeat: Redis lost its data, or our registration was removed as dead. Either
+    // way the routing of every room we hold is gone, and messages to them would reach no one.
+    if (previous === null && this.running) await this.resync();
+  }
+
+  /** Register again every room, presence entry and user the hub holds; at most one at a time. */
+  private resync(): Promise<void> {
+    if (this.resyncing !== null) return this.resyncing;
+    this.resyncing = this.resyncUnguarded()
+      .catch((err: unknown) => {
+        // Half done is still better than nothing; the next beat finds no heartbeat and retries.
+        this.opts.log.warn('re-registration failed; retrying with the next heartbeat', { err: (err as Error).message });
+        return this.cmd.del(Keys.gateway(this.gw)).then(noop, noop);
+      })
+      .finally(() => (this.resyncing = null));
+    return this.resyncing;
+  }
+
+  private async resyncUnguarded(): Promise<void> {
+    const sink = this.sink;
+    if (sink === null) return;
+    const { rooms, users } = sink.registrations();
+    const ops: Promise<unknown>[] = [];
+    let nRooms = 0;
+    for (const [room, members] of rooms) {
+      nRooms++;
+      ops.push(this.cmd.sadd(Keys.room(room), this.gw), this.cmd.sadd(Keys.gatewayRooms(this.gw), room));
+      for (const user of members) ops.push(this.cmd.hset(Keys.presence(room), `${this.gw}|${user}`, '1'));
+    }
+    let nUsers = 0;
+    for (const user of users) {
+      nUsers++;
+      ops.push(this.cmd.sadd(Keys.user(user), this.gw), this.cmd.sadd(Keys.gatewayUsers(this.gw), user));
+    }
+    await Promise.all(ops);
+    // Joins and leaves went on meanwhile: drop what the hub no longer holds (a leave that ran
+    // before our re-add, or a registration left over from before the outage).
+    const now = sink.registrations();
+    const held = new Map<string, ReadonlySet<string>>();
+    for (const [room, members] of now.rooms) held.set(room, new Set(members));
+    const heldUsers = new Set(now.users);
+    const [regRooms, regUsers] = await Promise.all([this.cmd.smembers(Keys.gatewayRooms(this.gw)), this.cmd.smembers(Keys.gatewayUsers(this.gw))]);
+    const stale: Promise<unknown>[] = [];
+    for (const room of regRooms) {
+      if (!held.has(room)) stale.push(this.cmd.srem(Keys.room(room), this.gw), this.cmd.srem(Keys.gatewayRooms(this.gw), room), removePresenceOf(this.cmd, room, this.gw));
+    }
+    for (const [room, members] of rooms) {
+      const h = held.get(room);
+      if (h === undefined) continue;
+      for (const user of members) if (!h.has(user)) stale.push(this.cmd.hdel(Keys.presence(room), `${this.gw}|${user}`));
+    }
+    for (const user of regUsers) if (!heldUsers.has(user)) stale.push(this.cmd.srem(Keys.user(user), this.gw), this.cmd.srem(Keys.gatewayUsers(this.gw), user));
+    await Promise.all(stale);
+    this.resyncs++;
+    this.opts.log.warn('registration was gone from Redis: registered every room and user again', { rooms: nRooms, users: nUsers });
   }
 
   /** Remove everything this gateway registered (graceful shutdown). */
@@ -261,29 +337,56 @@ export class RedisBus implements Bus {
     return [...users];
   }
 
-  history(room: string, since: number | undefined, limit: number): Promise<Outbound[]> {
-    return this.historyUnguarded(room, since, limit).catch(unavailable);
+  history(room: string, q: HistoryQuery): Promise<HistoryPage> {
+    return this.historyUnguarded(room, q).catch(unavailable);
   }
 
-  private async historyUnguarded(room: string, since: number | undefined, limit: number): Promise<Outbound[]> {
-    if (limit <= 0) return [];
-    const start = since === undefined ? '-' : `${since + 1}-0`;
-    const entries = (await this.cmd.call('XREVRANGE', Keys.history(room), '+', start, 'COUNT', limit)) as StreamEntry[];
-    const out: Outbound[] = [];
-    for (let i = entries.length - 1; i >= 0; i--) {
-      const f = entries[i][1];
-      const m = f.indexOf('m');
-      if (m >= 0 && m % 2 === 0) out.push(new Outbound(f[m + 1]));
+  private async historyUnguarded(room: string, q: HistoryQuery): Promise<HistoryPage> {
+    const [[seqText, epochText], entries] = await Promise.all([this.cmd.hmget(Keys.seq(room), 'seq', 'epoch'), this.readHistory(room, q.since, q.limit)]);
+    const seq = Number(seqText ?? 0);
+    const epoch = epochText ?? '';
+    if (q.epoch !== undefined && q.epoch !== epoch) {
+      // Another epoch: the client's seq means nothing here. Start it at the current one's oldest.
+      const fresh = await this.readHistory(room, 0, q.limit);
+      return { seq, epoch, recovered: false, ...fresh };
     }
-    return out;
+    const oldest = entries.first ?? seq + 1;
+    return { seq, epoch, recovered: q.since === undefined || oldest <= q.since + 1, messages: entries.messages, more: entries.more };
   }
 
-  lastSeq(room: string): Promise<number> {
-    return this.lastSeqUnguarded(room).catch(unavailable);
+  /** History entries (ids `<seq>-1`): after `since` oldest first, or the newest `limit`. */
+  private async readHistory(room: string, since: number | undefined, limit: number): Promise<{ messages: Outbound[]; more: boolean; first: number | undefined }> {
+    if (limit <= 0) return { messages: [], more: false, first: undefined };
+    const key = Keys.history(room);
+    let entries: StreamEntry[];
+    let more = false;
+    if (since === undefined) {
+      entries = ((await this.cmd.call('XREVRANGE', key, '+', '-', 'COUNT', limit)) as StreamEntry[]).reverse();
+    } else {
+      entries = (await this.cmd.call('XRANGE', key, `${since + 1}-0`, '+', 'COUNT', limit + 1)) as StreamEntry[];
+      if (entries.length > limit) {
+        more = true;
+        entries.length = limit;
+      }
+    }
+    const messages: Outbound[] = [];
+    for (const [, f] of entries) {
+      const m = f.indexOf('m');
+      if (m >= 0 && m % 2 === 0) messages.push(new Outbound(f[m + 1]));
+    }
+    const first = entries.length > 0 ? Number(entries[0][0].slice(0, entries[0][0].indexOf('-'))) : undefined;
+    return { messages, more, first };
   }
 
-  private async lastSeqUnguarded(room: string): Promise<number> {
-    return Number((await this.cmd.hget(Keys.seq(room), 'seq')) ?? 0);
+  position(room: string): Promise<RoomPosition> {
+    return this.positionUnguarded(room).catch(unavailable);
+  }
+
+  private async positionUnguarded(room: string): Promise<RoomPosition> {
+    const key = Keys.seq(room);
+    // The room's epoch is created by whoever needs it first: this join or the broadcast tier.
+    const [, [seq, epoch]] = await Promise.all([this.cmd.hsetnx(key, 'epoch', newEpoch()), this.cmd.hmget(key, 'seq', 'epoch')]);
+    return { seq: Number(seq ?? 0), epoch: epoch ?? '' };
   }
 }
 
@@ -319,3 +422,5 @@ async function removePresenceOf(redis: RedisClient, room: string, gw: string): P
     if (names.length > 0) await redis.hdel(key, ...names);
   } while (cursor !== '0');
 }
+
+function noop(): void {}

@@ -21,6 +21,11 @@ export interface BusSink {
   deliverRoom(room: string, msg: Outbound, ts: number, mid: string, trace?: string): void;
   /** Deliver a direct push to every local connection of `user`; returns how many got it. */
   deliverUser(user: string, msg: Outbound): number;
+  /**
+   * What this gateway holds, for a bus that must register it again (Redis lost it): every room
+   * with the users in it here, and every user with a connection here.
+   */
+  registrations(): { rooms: Iterable<readonly [string, Iterable<string>]>; users: Iterable<string> };
 }
 
 export interface PublishRequest {
@@ -37,6 +42,39 @@ export interface PublishRequest {
 export interface PublishResult {
   /** Sequence number within the room, when the bus assigns it synchronously. */
   seq?: number;
+}
+
+/**
+ * Where a room's stream stands. `seq` counts the room's messages within one `epoch`; the epoch is
+ * a random id chosen whenever the room's sequence (re)starts at 0: a room forgotten and recreated,
+ * a standalone restart, Redis losing its data. A client that saw another epoch knows its `seq`
+ * means nothing here any more and its missed messages cannot be recovered.
+ */
+export interface RoomPosition {
+  seq: number;
+  epoch: string;
+}
+
+/** One page of a room's history: a contiguous run of messages, oldest first. */
+export interface HistoryPage extends RoomPosition {
+  messages: Outbound[];
+  /**
+   * False when the messages after the requested position cannot all be returned: the client's
+   * epoch is not the room's (the page then starts at the current epoch's oldest kept message), or
+   * messages after `since` were already trimmed. True when nothing after `since` is missing.
+   */
+  recovered: boolean;
+  /** More messages follow this page: ask again with `since` = the last seq returned. */
+  more: boolean;
+}
+
+export interface HistoryQuery {
+  /** Messages after this seq (forward paging); absent: the newest `limit` messages. */
+  since?: number;
+  /** The epoch the client's `since` belongs to; absent: the current one is assumed. */
+  epoch?: string;
+  /** At most this many messages. */
+  limit: number;
 }
 
 export interface Bus {
@@ -61,8 +99,8 @@ export interface Bus {
   direct(to: string, msg: Outbound): MaybePromise<boolean>;
   /** Users with a connection in the room, across gateways. */
   presence(room: string): MaybePromise<string[]>;
-  /** The last messages of a room (encoded pushes, oldest first), after `since` when given. */
-  history(room: string, since: number | undefined, limit: number): MaybePromise<Outbound[]>;
-  /** Last sequence number assigned in the room (0 when none). */
-  lastSeq(room: string): MaybePromise<number>;
+  /** A page of the room's history (encoded pushes, oldest first), see HistoryQuery. */
+  history(room: string, query: HistoryQuery): MaybePromise<HistoryPage>;
+  /** The room's last assigned seq (0 when none) and its epoch, created if the room has none yet. */
+  position(room: string): MaybePromise<RoomPosition>;
 }

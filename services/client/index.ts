@@ -83,12 +83,23 @@ type Json = Record<string, unknown>;
  * 'reconnect' (the server's reconnect push), 'connected', 'disconnected', 'recovered'
  * ({room, count}).
  */
+/** The reply to `history`. */
+export interface HistoryReply {
+  room: string;
+  epoch: string;
+  seq: number;
+  recovered: boolean;
+  more: boolean;
+  messages: RoomMessage[];
+}
+
 export class SwitchboardClient extends EventEmitter implements FrameSink {
   private socket: Socket | null = null;
   private parser: TextParser | BinaryParser | null = null;
   private nextId = 1;
   private readonly pending = new Map<RequestId, Pending>();
-  private readonly joined = new Map<string, number>(); // room -> last seq seen
+  /** room -> where this client stands in it: the last seq seen and its epoch */
+  private readonly joined = new Map<string, { seq: number; epoch: string }>();
   /** Rooms being recovered after a reconnect -> live messages held until history is merged. */
   private readonly recovering = new Map<string, RoomMessage[]>();
   private serverIndex = 0;
@@ -133,8 +144,8 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
     return this.welcome !== null && this.socket !== null;
   }
 
-  /** Rooms this client is in, with the last sequence number seen in each. */
-  get rooms(): ReadonlyMap<string, number> {
+  /** Rooms this client is in, with the last sequence number seen in each and its epoch. */
+  get rooms(): ReadonlyMap<string, { readonly seq: number; readonly epoch: string }> {
     return this.joined;
   }
 
@@ -186,38 +197,52 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
     });
   }
 
-  /** After a reconnect: join the rooms again and fetch what was missed since the last seq. */
+  /**
+   * After a reconnect: join the rooms again and fetch what was missed since the last seq, page by
+   * page. When the room's epoch changed (the server lost the room's state), what was missed is
+   * gone: the client says so with an `epoch_changed` event and starts over in the new epoch.
+   */
   private async rejoin(): Promise<void> {
     if (this.connects <= 1 || this.joined.size === 0) return;
-    for (const [room, seen] of this.joined) {
+    for (const [room, pos] of this.joined) {
       // Live messages of the room that arrive before the history reply are held and merged, or
       // the first of them would mark everything missed before it as already seen.
       const live: RoomMessage[] = [];
       this.recovering.set(room, live);
       try {
-        const j = await this.request({ type: 'join_room', room });
-        let since = seen;
-        if (typeof j.seq === 'number' && j.seq < seen) {
-          // The room's sequence went backwards: the server lost its state (a restarted
-          // standalone server). What it has now is all new to us.
-          since = 0;
-          this.joined.set(room, 0);
-        }
-        const h = (await this.request({ type: 'history', room, since })) as { messages: RoomMessage[] };
-        const all = h.messages.concat(live).sort((a, b) => a.seq - b.seq);
+        await this.request({ type: 'join_room', room });
         let count = 0;
-        for (const m of all) {
-          if (m.seq > (this.joined.get(room) ?? 0)) {
-            this.joined.set(room, m.seq);
-            count++;
-            this.emit('message', m);
-          }
+        let recovered = true;
+        for (let page = 0; page < 1000; page++) {
+          const h = (await this.request({ type: 'history', room, since: pos.seq, epoch: pos.epoch })) as unknown as HistoryReply;
+          if (h.epoch !== undefined && h.epoch !== pos.epoch) this.epochChanged(room, pos, h.epoch);
+          recovered &&= h.recovered !== false;
+          for (const m of h.messages) count += this.accept(pos, m) ? 1 : 0;
+          if (h.more !== true || h.messages.length === 0) break;
         }
-        this.emit('recovered', { room, count });
+        for (const m of live.sort((a, b) => a.seq - b.seq)) count += this.accept(pos, m) ? 1 : 0;
+        this.emit('recovered', { room, count, recovered });
       } finally {
         this.recovering.delete(room);
       }
     }
+  }
+
+  /** Emit a room message unless already seen; follows an epoch change. */
+  private accept(pos: { seq: number; epoch: string }, m: RoomMessage): boolean {
+    if (m.epoch !== undefined && m.epoch !== pos.epoch) this.epochChanged(m.room, pos, m.epoch);
+    if (m.seq <= pos.seq) return false; // already seen (recovered through history)
+    pos.seq = m.seq;
+    this.emit('message', m);
+    return true;
+  }
+
+  private epochChanged(room: string, pos: { seq: number; epoch: string }, epoch: string): void {
+    const previous = pos.epoch;
+    pos.epoch = epoch;
+    pos.seq = 0;
+    // An empty epoch is a room this client never saw a position of: nothing to lose.
+    if (previous !== '') this.emit('epoch_changed', { room, previous, epoch });
   }
 
   private onClose(socket: Socket): void {
@@ -311,12 +336,9 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
         held.push(m);
         return;
       }
-      const last = this.joined.get(m.room);
-      if (last !== undefined) {
-        if (m.seq <= last) return; // already seen (recovered through history)
-        this.joined.set(m.room, m.seq);
-      }
-      this.emit('message', m);
+      const pos = this.joined.get(m.room);
+      if (pos !== undefined) this.accept(pos, m);
+      else this.emit('message', m);
       return;
     }
     const id = msg.id as RequestId | undefined;
@@ -396,8 +418,8 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
 
   async join(room: string): Promise<void> {
     const r = await this.request({ type: 'join_room', room });
-    // Start from the room's current sequence, so a later recovery does not replay older history.
-    if (!this.joined.has(room)) this.joined.set(room, typeof r.seq === 'number' ? r.seq : 0);
+    // Start from the room's current position, so a later recovery does not replay older history.
+    if (!this.joined.has(room)) this.joined.set(room, { seq: typeof r.seq === 'number' ? r.seq : 0, epoch: typeof r.epoch === 'string' ? r.epoch : '' });
   }
 
   async leave(room: string): Promise<void> {
@@ -420,10 +442,16 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
   }
 
   async history(room: string, since?: number, limit?: number): Promise<RoomMessage[]> {
+    return (await this.historyPage(room, { since, limit })).messages;
+  }
+
+  /** One page of history with its position and flags (see docs/protocol.md, `history`). */
+  async historyPage(room: string, q: { since?: number; epoch?: string; limit?: number } = {}): Promise<HistoryReply> {
     const msg: Json = { type: 'history', room };
-    if (since !== undefined) msg.since = since;
-    if (limit !== undefined) msg.limit = limit;
-    return (await this.request(msg)).messages as RoomMessage[];
+    if (q.since !== undefined) msg.since = q.since;
+    if (q.epoch !== undefined) msg.epoch = q.epoch;
+    if (q.limit !== undefined) msg.limit = q.limit;
+    return (await this.request(msg)) as unknown as HistoryReply;
   }
 
   /** Close for good (no reconnect). Resolves when the socket is closed. */

@@ -41,9 +41,14 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'ADMIN_PORT', kind: 'port', default: '4001', doc: 'Admin HTTP port for /metrics, /stats, /healthz, /readyz. 0 picks a free port; -1 disables it.' },
   { key: 'SERVER_ID', kind: 'string', default: '', doc: 'Unique id of this process (gateway id in cluster mode); empty means hostname-pid-random.' },
   { key: 'AUTH_SECRET', kind: 'string', default: '', doc: 'HS256 secret for hello tokens (JWT, `sub` = user id). Empty: development mode, `user` taken as is.', secret: true },
+  { key: 'AUTH_REQUIRE_EXP', kind: 'bool', default: 'false', doc: 'Refuse tokens without `exp`. Either way a session ends with `token_expired` at its token\'s `exp` unless refreshed (`refresh`).' },
   { key: 'MAX_FRAME_BYTES', kind: 'int', default: '1048576', min: 64, doc: 'Largest frame (text line or binary body) a client may send.' },
   { key: 'MAX_ROOMS_PER_CONNECTION', kind: 'int', default: '100', min: 1, doc: 'Rooms one connection may be in at once.' },
-  { key: 'MAX_CONNECTIONS', kind: 'int', default: '0', min: 0, doc: 'Connections this process accepts at once; 0 means no limit but the file-descriptor limit.' },
+  { key: 'MAX_CONNECTIONS', kind: 'int', default: '0', min: 0, doc: 'Connections this process holds at once, client and HTTP on both ports; 0 derives it from the file-descriptor limit (RLIMIT_NOFILE: 90% of it, less 32).' },
+  { key: 'MAX_ROOMS_TOTAL', kind: 'int', default: '100000', min: 1, doc: 'Rooms with members this process holds in total; joining one more is `too_many_rooms`.' },
+  { key: 'FRAME_TIMEOUT_MS', kind: 'int', default: '10000', min: 100, doc: 'A frame must be complete within this time of its first byte, else `frame_timeout` and close. Partial frames do not reset the idle timer.' },
+  { key: 'PARTIAL_FRAMES_BUDGET_BYTES', kind: 'int', default: '67108864', min: 0, doc: 'Bytes of incomplete frames held for all connections together; past it, connections growing a partial frame stop being read until it frees. 0: no budget.' },
+  { key: 'MAX_JSON_DEPTH', kind: 'int', default: '64', min: 1, doc: 'Deepest nesting of objects and arrays a message may have; deeper is `bad_request`.' },
   { key: 'IDLE_TIMEOUT_MS', kind: 'int', default: '60000', min: 100, doc: 'A connection that sends no frame for this long is closed (reason idle_timeout).' },
   { key: 'HELLO_TIMEOUT_MS', kind: 'int', default: '10000', min: 100, doc: 'A connection must send hello within this time.' },
   { key: 'RATE_LIMIT_PER_SEC', kind: 'int', default: '2000', min: 1, doc: 'Sustained messages per second one connection may send (token bucket).' },
@@ -51,6 +56,12 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'MAX_OUTBOUND_BYTES', kind: 'int', default: '4194304', min: 1024, doc: 'Bytes queued for one connection (ours plus the socket buffer) before it is a slow consumer.' },
   { key: 'SLOW_CONSUMER_POLICY', kind: 'enum', default: 'disconnect', values: ['disconnect', 'drop'], doc: 'disconnect: send slow_consumer and close; drop: drop messages for that client and count them.' },
   { key: 'HISTORY_SIZE', kind: 'int', default: '100', min: 0, doc: 'Messages kept per room for `history` and recovery after reconnect.' },
+  { key: 'HISTORY_ROOM_BYTES', kind: 'int', default: '4194304', min: 0, doc: 'Standalone: estimated bytes of history kept per room (oldest messages go first).' },
+  { key: 'HISTORY_TOTAL_BYTES', kind: 'int', default: '67108864', min: 0, doc: 'Standalone: estimated bytes of history kept over all rooms; over it the longest idle rooms lose their history first.' },
+  { key: 'HTTP_HEADERS_TIMEOUT_MS', kind: 'int', default: '5000', min: 100, doc: 'HTTP (client and admin port): time from connecting to the end of the request headers; then 408 and close.' },
+  { key: 'HTTP_REQUEST_TIMEOUT_MS', kind: 'int', default: '10000', min: 100, doc: 'HTTP: time to receive a whole request; then 408 and close.' },
+  { key: 'HTTP_KEEPALIVE_TIMEOUT_MS', kind: 'int', default: '5000', min: 100, doc: 'HTTP: an idle keep-alive connection is closed after this long.' },
+  { key: 'METRICS_ON_CLIENT_PORT', kind: 'bool', default: 'false', doc: 'Also serve /metrics on the client port (it is always on the admin port); /stats, /healthz and /readyz are served on both.' },
   { key: 'SHUTDOWN_DRAIN_MS', kind: 'int', default: '10000', min: 0, doc: 'On SIGTERM, how long to wait for clients to drain and leave before exiting.' },
   { key: 'COMPRESSION_THRESHOLD', kind: 'int', default: '512', min: 0, doc: 'Binary-mode frames with a body above this many bytes are compressed (negotiated codec) when that makes them smaller.' },
   { key: 'COMPRESSION_CODECS', kind: 'string', default: 'lz4,zstd', doc: 'Codecs the server offers in hello, most preferred first (lz4, zstd); empty disables compression.' },
@@ -64,6 +75,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'REDIS_CLUSTER', kind: 'bool', default: 'false', doc: 'Treat REDIS_URL as a seed node of a Redis Cluster (keys are hash-tagged for it).' },
   { key: 'STREAM_SHARDS', kind: 'int', default: '8', min: 1, doc: 'Ingress stream shards (sb:in:{N}); the same on every gateway. The unit of broadcast ownership and per-room order.' },
   { key: 'BROADCAST_BATCH', kind: 'int', default: '512', min: 1, doc: 'Ingress entries a broadcast worker reads and routes per batch.' },
+  { key: 'REDIS_TIMEOUT_MS', kind: 'int', default: '2000', min: 100, doc: 'A Redis command that has no reply within this time fails: the client gets `unavailable`, and /readyz turns 503 while Redis stays stalled.' },
   { key: 'LEASE_MS', kind: 'int', default: '5000', min: 100, doc: 'Shard lease of a broadcast worker; a dead worker\'s shards move after this long.' },
   { key: 'HEARTBEAT_MS', kind: 'int', default: '2000', min: 100, doc: 'Gateway heartbeat period; a gateway silent for 3 periods is removed from routing.' },
   { key: 'INGRESS_MAXLEN', kind: 'int', default: '1000000', min: 1000, doc: 'Safety cap per ingress stream; the broadcast tier trims what it processed.' },
@@ -73,8 +85,9 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'OVERLOAD_EVENT_LOOP_LAG_MS', kind: 'int', default: '100', min: 0, doc: 'Overload when p99 event-loop delay over one interval exceeds this (ms); 0 disables.' },
   { key: 'OVERLOAD_MEMORY_PERCENT', kind: 'int', default: '85', min: 0, doc: 'Overload when RSS exceeds this percentage of the container memory limit (of RAM without one); 0 disables.' },
   { key: 'OVERLOAD_MEMORY_MB', kind: 'int', default: '0', min: 0, doc: 'Absolute RSS threshold in MiB; when set it replaces OVERLOAD_MEMORY_PERCENT. The origin used 15 MB.' },
+  { key: 'OVERLOAD_HEAP_PERCENT', kind: 'int', default: '85', min: 0, doc: 'Overload when the V8 heap in use exceeds this percentage of its limit (heap_size_limit, --max-old-space-size); 0 disables.' },
   { key: 'OVERLOAD_MAX_MSG_PER_SEC', kind: 'int', default: '0', min: 0, doc: 'Overload when this process receives more messages per second than this (its capacity); 0 disables.' },
-  { key: 'OVERLOAD_ERROR_RATE_PERCENT', kind: 'int', default: '1', min: 0, doc: 'Overload when server-side errors (internal, unavailable, slow_consumer) exceed this percentage of messages; 0 disables.' },
+  { key: 'OVERLOAD_ERROR_RATE_PERCENT', kind: 'int', default: '1', min: 0, doc: 'Overload when server-side errors (internal, unavailable; each connection counted once per interval) exceed this percentage of messages; 0 disables.' },
   { key: 'OVERLOAD_INTERVAL_MS', kind: 'int', default: '1000', min: 50, doc: 'Performance monitor sampling interval.' },
   { key: 'OVERLOAD_ENTER_SAMPLES', kind: 'int', default: '3', min: 1, doc: 'Consecutive intervals with a breach before the process is overloaded.' },
   { key: 'OVERLOAD_EXIT_SAMPLES', kind: 'int', default: '5', min: 1, doc: 'Consecutive clear intervals before it recovers.' },
@@ -90,9 +103,14 @@ export interface Config {
   /** @default 4001 (-1 disables) */ adminPort: number;
   /** @default `${hostname}-${pid}-${random}` */ serverId: string;
   /** @default '' (development mode) */ authSecret: string;
+  /** @default false */ authRequireExp: boolean;
   /** @default 1048576 */ maxFrameBytes: number;
   /** @default 100 */ maxRoomsPerConnection: number;
-  /** @default 0 (unlimited) */ maxConnections: number;
+  /** @default 0 (derived from the file-descriptor limit) */ maxConnections: number;
+  /** @default 100000 */ maxRoomsTotal: number;
+  /** @default 10000 */ frameTimeoutMs: number;
+  /** @default 67108864 (0: no budget) */ partialFramesBudgetBytes: number;
+  /** @default 64 */ maxJsonDepth: number;
   /** @default 60000 */ idleTimeoutMs: number;
   /** @default 10000 */ helloTimeoutMs: number;
   /** @default 2000 */ rateLimitPerSec: number;
@@ -100,6 +118,12 @@ export interface Config {
   /** @default 4194304 */ maxOutboundBytes: number;
   /** @default 'disconnect' */ slowConsumerPolicy: 'disconnect' | 'drop';
   /** @default 100 */ historySize: number;
+  /** @default 4194304 */ historyRoomBytes: number;
+  /** @default 67108864 */ historyTotalBytes: number;
+  /** @default 5000 */ httpHeadersTimeoutMs: number;
+  /** @default 10000 */ httpRequestTimeoutMs: number;
+  /** @default 5000 */ httpKeepAliveTimeoutMs: number;
+  /** @default false */ metricsOnClientPort: boolean;
   /** @default 10000 */ shutdownDrainMs: number;
   /** @default 512 */ compressionThreshold: number;
   /** @default ['lz4', 'zstd'] ([] disables compression) */ compressionCodecs: ('lz4' | 'zstd')[];
@@ -111,6 +135,7 @@ export interface Config {
   /** @default false */ redisCluster: boolean;
   /** @default 8 */ streamShards: number;
   /** @default 512 */ broadcastBatch: number;
+  /** @default 2000 */ redisTimeoutMs: number;
   /** @default 5000 */ leaseMs: number;
   /** @default 2000 */ heartbeatMs: number;
   /** @default 1000000 */ ingressMaxLen: number;
@@ -120,6 +145,7 @@ export interface Config {
   /** @default 100 (0 disables) */ overloadEventLoopLagMs: number;
   /** @default 85 (percent of the memory limit; 0 disables) */ overloadMemoryPercent: number;
   /** @default 0 (use overloadMemoryPercent) */ overloadMemoryMb: number;
+  /** @default 85 (percent of the V8 heap limit; 0 disables) */ overloadHeapPercent: number;
   /** @default 0 (off) */ overloadMaxMsgPerSec: number;
   /** @default 1 (0 disables) */ overloadErrorRatePercent: number;
   /** @default 1000 */ overloadIntervalMs: number;
@@ -237,9 +263,14 @@ export function loadConfig(opts: LoadOptions = {}): Config {
     adminPort: num('ADMIN_PORT'),
     serverId: str('SERVER_ID'),
     authSecret: str('AUTH_SECRET'),
+    authRequireExp: v.get('AUTH_REQUIRE_EXP') as boolean,
     maxFrameBytes: num('MAX_FRAME_BYTES'),
     maxRoomsPerConnection: num('MAX_ROOMS_PER_CONNECTION'),
     maxConnections: num('MAX_CONNECTIONS'),
+    maxRoomsTotal: num('MAX_ROOMS_TOTAL'),
+    frameTimeoutMs: num('FRAME_TIMEOUT_MS'),
+    partialFramesBudgetBytes: num('PARTIAL_FRAMES_BUDGET_BYTES'),
+    maxJsonDepth: num('MAX_JSON_DEPTH'),
     idleTimeoutMs: num('IDLE_TIMEOUT_MS'),
     helloTimeoutMs: num('HELLO_TIMEOUT_MS'),
     rateLimitPerSec: num('RATE_LIMIT_PER_SEC'),
@@ -247,6 +278,12 @@ export function loadConfig(opts: LoadOptions = {}): Config {
     maxOutboundBytes: num('MAX_OUTBOUND_BYTES'),
     slowConsumerPolicy: str('SLOW_CONSUMER_POLICY') as Config['slowConsumerPolicy'],
     historySize: num('HISTORY_SIZE'),
+    historyRoomBytes: num('HISTORY_ROOM_BYTES'),
+    historyTotalBytes: num('HISTORY_TOTAL_BYTES'),
+    httpHeadersTimeoutMs: num('HTTP_HEADERS_TIMEOUT_MS'),
+    httpRequestTimeoutMs: num('HTTP_REQUEST_TIMEOUT_MS'),
+    httpKeepAliveTimeoutMs: num('HTTP_KEEPALIVE_TIMEOUT_MS'),
+    metricsOnClientPort: v.get('METRICS_ON_CLIENT_PORT') as boolean,
     shutdownDrainMs: num('SHUTDOWN_DRAIN_MS'),
     compressionThreshold: num('COMPRESSION_THRESHOLD'),
     compressionCodecs: parseCodecList(str('COMPRESSION_CODECS')),
@@ -258,6 +295,7 @@ export function loadConfig(opts: LoadOptions = {}): Config {
     redisCluster: v.get('REDIS_CLUSTER') as boolean,
     streamShards: num('STREAM_SHARDS'),
     broadcastBatch: num('BROADCAST_BATCH'),
+    redisTimeoutMs: num('REDIS_TIMEOUT_MS'),
     leaseMs: num('LEASE_MS'),
     heartbeatMs: num('HEARTBEAT_MS'),
     ingressMaxLen: num('INGRESS_MAXLEN'),
@@ -267,6 +305,7 @@ export function loadConfig(opts: LoadOptions = {}): Config {
     overloadEventLoopLagMs: num('OVERLOAD_EVENT_LOOP_LAG_MS'),
     overloadMemoryPercent: num('OVERLOAD_MEMORY_PERCENT'),
     overloadMemoryMb: num('OVERLOAD_MEMORY_MB'),
+    overloadHeapPercent: num('OVERLOAD_HEAP_PERCENT'),
     overloadMaxMsgPerSec: num('OVERLOAD_MAX_MSG_PER_SEC'),
     overloadErrorRatePercent: num('OVERLOAD_ERROR_RATE_PERCENT'),
     overloadIntervalMs: num('OVERLOAD_INTERVAL_MS'),

@@ -101,6 +101,10 @@ export class Hub {
     return this.bus.userOffline(member.user);
   }
 
+  registrations(): { rooms: Iterable<readonly [string, Iterable<string>]>; users: Iterable<string> } {
+    return { rooms: roomUsers(this.rooms), users: this.users.keys() };
+  }
+
   connectionsOf(user: string): ReadonlySet<HubMember> | undefined {
     return this.users.get(user);
   }
@@ -165,6 +169,10 @@ export class Hub {
 }
 
 function noop(): void {}
+
+function* roomUsers(rooms: Map<string, LocalRoom>): Iterable<readonly [string, Iterable<string>]> {
+  for (const [room, r] of rooms) yield [room, r.users.keys()] as const;
+}
 
 function flushHub(hub: Hub): void {
   hub.flushNow();

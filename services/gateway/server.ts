@@ -71,7 +71,7 @@ export class GatewayServer implements ConnectionHost {
 
   constructor(opts: GatewayOptions) {
     const config = opts.config;
-    const bus = opts.bus ?? new MemoryBus({ historySize: config.historySize });
+    const bus = opts.bus ?? new MemoryBus({ historySize: config.historySize, historyRoomBytes: config.historyRoomBytes, historyTotalBytes: config.historyTotalBytes });
     const serverId = config.serverId || defaultServerId();
     const log = (opts.log ?? silentLogger).child({ server: serverId });
     this.role = opts.role ?? 'standalone';

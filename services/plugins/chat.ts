@@ -4,12 +4,13 @@
  * in embedded and cluster mode.
  */
 import type { MessageProcessor, PluginContext, ProcessResult } from '../gateway/plugins';
-import type { MaybePromise, PublishRequest } from '../bus';
+import type { HistoryPage, MaybePromise, PublishRequest } from '../bus';
 import {
   dataField,
   ErrorCode,
   nameField,
   optionalCountField,
+  optionalStringField,
   Outbound,
   SwitchboardError,
   type InboundMessage,
@@ -26,11 +27,28 @@ function memberRoom(msg: InboundMessage, ctx: PluginContext): string {
   return room;
 }
 
-function historyReply(id: RequestId | undefined, room: string, messages: readonly Outbound[]): Outbound {
+/**
+ * The history reply: at most `budget` bytes of messages, so that one reply never exceeds a
+ * connection's outbound bound by itself (a reader that reads normally must not be cut off as a
+ * slow consumer by asking for history). A page cut short says `more`, and the client asks again
+ * from the last seq it got. At least one message is sent, so paging always progresses.
+ */
+function historyReply(id: RequestId | undefined, room: string, page: HistoryPage, budget: number): Outbound {
   const head = id === undefined ? '{"type":"history"' : `{"type":"history","id":${JSON.stringify(id)}`;
+  const { messages } = page;
   let body = '';
-  for (let i = 0; i < messages.length; i++) body += (i === 0 ? '' : ',') + messages[i].json;
-  return new Outbound(`${head},"room":${JSON.stringify(room)},"messages":[${body}]}`);
+  let bytes = 0;
+  let n = 0;
+  for (; n < messages.length; n++) {
+    const json = messages[n].json;
+    bytes += Buffer.byteLength(json) + 1;
+    if (n > 0 && bytes > budget) break;
+    body += (n === 0 ? '' : ',') + json;
+  }
+  const more = page.more || n < messages.length;
+  return new Outbound(
+    `${head},"room":${JSON.stringify(room)},"epoch":"${page.epoch}","seq":${page.seq},"recovered":${page.recovered},"more":${more},"messages":[${body}]}`,
+  );
 }
 
 function then<T>(v: MaybePromise<T>, f: (v: T) => ProcessResult): MaybePromise<ProcessResult> {
@@ -57,10 +75,10 @@ export const chatPlugin: MessageProcessor = {
         const room = nameField(msg, 'room');
         const joined = ctx.joinRoom(room);
         if (msg.id === undefined) return joined;
-        // The reply carries the room's last sequence number: where a (re)joining client stands,
-        // and how it notices a room whose sequence went backwards after a server restart.
-        const lastSeq = () => then(ctx.services.bus.lastSeq(room), (seq) => ({ seq }));
-        return joined instanceof Promise ? joined.then(lastSeq) : lastSeq();
+        // The reply carries the room's position: where a (re)joining client stands, and, through
+        // the epoch, whether the seq it knew still means anything here.
+        const position = () => then(ctx.services.bus.position(room), (p) => ({ seq: p.seq, epoch: p.epoch }));
+        return joined instanceof Promise ? joined.then(position) : position();
       }
       case 'leave_room':
         return ctx.leaveRoom(memberRoom(msg, ctx));
@@ -71,9 +89,11 @@ export const chatPlugin: MessageProcessor = {
       case 'history': {
         const room = memberRoom(msg, ctx);
         const since = optionalCountField(msg, 'since');
-        const max = ctx.services.config.historySize;
-        const limit = Math.min(optionalCountField(msg, 'limit') ?? max, max);
-        return then(ctx.services.bus.history(room, since, limit), (messages) => historyReply(msg.id, room, messages));
+        const epoch = optionalStringField(msg, 'epoch');
+        const { historySize, maxOutboundBytes } = ctx.services.config;
+        const limit = Math.min(optionalCountField(msg, 'limit') ?? historySize, historySize);
+        const budget = Math.max(1, Math.floor(maxOutboundBytes / 2));
+        return then(ctx.services.bus.history(room, { since, epoch, limit }), (page) => historyReply(msg.id, room, page, budget));
       }
       default:
         throw new SwitchboardError(ErrorCode.UnknownType, `chat cannot handle "${msg.type}"`);

@@ -48,6 +48,8 @@ export interface RoomMessage {
   from: string;
   data: unknown;
   seq: number;
+  /** The room's epoch: seqs compare only within one epoch (see docs/protocol.md). */
+  epoch: string;
   ts: number;
 }
 
@@ -130,4 +132,63 @@ export function optionalStringArrayField(msg: InboundMessage, field: string): st
     throw new SwitchboardError(ErrorCode.BadRequest, `field "${field}" must be an array of strings`);
   }
   return v as string[];
+}
+
+const OPEN_BRACE = 0x7b;
+const OPEN_BRACKET = 0x5b;
+const CLOSE_BRACE = 0x7d;
+const CLOSE_BRACKET = 0x5d;
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+
+/** JSON nesting allowed by default (MAX_JSON_DEPTH): objects and arrays inside each other. */
+export const DEFAULT_MAX_JSON_DEPTH = 64;
+
+/**
+ * Whether the JSON text in `buf` nests objects and arrays deeper than `max` (the top level is
+ * depth 1). Checked before JSON.parse: V8 parses any depth, but everything recursive after it
+ * (JSON.stringify of `data`, a plugin walking the value) throws RangeError on deep input, which
+ * would be an `internal` error caused by a client.
+ *
+ * Linear and cheap for ordinary frames: the openers are counted with the native indexOf first,
+ * and only a frame with more than `max` of them is scanned byte by byte (strings skipped).
+ * Invalid JSON may give either answer; JSON.parse rejects it afterwards.
+ */
+export function jsonDepthExceeds(buf: Buffer, max: number): boolean {
+  if (max <= 0) return false;
+  if (!moreOpenersThan(buf, max)) return false;
+  let depth = 0;
+  let inString = false;
+  const len = buf.length;
+  for (let i = 0; i < len; i++) {
+    const b = buf[i];
+    if (inString) {
+      if (b === BACKSLASH) i++;
+      else if (b === QUOTE) inString = false;
+      continue;
+    }
+    if (b === QUOTE) inString = true;
+    else if (b === OPEN_BRACE || b === OPEN_BRACKET) {
+      if (++depth > max) return true;
+    } else if (b === CLOSE_BRACE || b === CLOSE_BRACKET) depth--;
+  }
+  return false;
+}
+
+/** The same check for JSON text held in a string (the gRPC API's `data`). */
+export function jsonTextDepthExceeds(text: string, max: number): boolean {
+  if (max <= 0) return false;
+  let openers = 0;
+  for (let i = text.indexOf('{'); i !== -1 && openers <= max; i = text.indexOf('{', i + 1)) openers++;
+  for (let i = text.indexOf('['); i !== -1 && openers <= max; i = text.indexOf('[', i + 1)) openers++;
+  if (openers <= max) return false;
+  return jsonDepthExceeds(Buffer.from(text, 'utf8'), max);
+}
+
+/** Whether `buf` holds more than `max` bytes `{` and `[` in total (native scans, early exit). */
+function moreOpenersThan(buf: Buffer, max: number): boolean {
+  let n = 0;
+  for (let i = buf.indexOf(OPEN_BRACE); i !== -1; i = buf.indexOf(OPEN_BRACE, i + 1)) if (++n > max) return true;
+  for (let i = buf.indexOf(OPEN_BRACKET); i !== -1; i = buf.indexOf(OPEN_BRACKET, i + 1)) if (++n > max) return true;
+  return false;
 }

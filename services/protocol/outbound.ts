@@ -42,8 +42,23 @@ export class Outbound {
  * JSON of a room message push, built by concatenation so the payload (already JSON) is not
  * re-serialised and no intermediate object is allocated.
  */
-export function roomMessageJson(room: string, from: string, dataJson: string, seq: number, ts: number): string {
-  return `{"type":"message","room":${JSON.stringify(room)},"from":${JSON.stringify(from)},"data":${dataJson},"seq":${seq},"ts":${Math.floor(ts)}}`;
+export function roomMessageJson(room: string, from: string, dataJson: string, seq: number, epoch: string, ts: number): string {
+  return `${roomMessageHead(room, from, dataJson)}${seq}${ROOM_MESSAGE_EPOCH}${epoch}${roomMessageEnd(ts)}`;
+}
+
+/**
+ * The room message template in pieces, for the broadcast tier, which learns the seq and the epoch
+ * only inside Redis: the message is head + seq + ROOM_MESSAGE_EPOCH + epoch + end. Epochs are hex,
+ * so nothing there needs escaping, and the template stays defined here only.
+ */
+export function roomMessageHead(room: string, from: string, dataJson: string): string {
+  return `{"type":"message","room":${JSON.stringify(room)},"from":${JSON.stringify(from)},"data":${dataJson},"seq":`;
+}
+
+export const ROOM_MESSAGE_EPOCH = ',"epoch":"';
+
+export function roomMessageEnd(ts: number): string {
+  return `","ts":${Math.floor(ts)}}`;
 }
 
 export function directMessageJson(from: string, dataJson: string, ts: number): string {

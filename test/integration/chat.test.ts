@@ -28,7 +28,7 @@ describe('chat', () => {
     assert.deepEqual(ok, { type: 'ok', id: ok.id, seq: 1 });
     for (const x of [a, b, c]) {
       const m = await x.nextOfType('message');
-      assert.deepEqual(Object.keys(m), ['type', 'room', 'from', 'data', 'seq', 'ts']);
+      assert.deepEqual(Object.keys(m), ['type', 'room', 'from', 'data', 'seq', 'epoch', 'ts']);
       assert.equal(m.room, 'general');
       assert.equal(m.from, 'ann');
       assert.deepEqual(m.data, { text: 'hi', n: 1 });

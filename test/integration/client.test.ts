@@ -72,7 +72,7 @@ describe('SwitchboardClient', () => {
     c.on('recovered', (r: { room: string; count: number }) => recovered.push(r));
     srv = await startServer({ tcpPort: port }, { bus });
     await waitFor(() => recovered.length === 1, 5000, 'the client to reconnect and recover');
-    assert.deepEqual(recovered, [{ room: 'r', count: 3 }]);
+    assert.deepEqual(recovered, [{ room: 'r', count: 3, recovered: true }]);
     assert.deepEqual(got.map((m) => m.data), [1, 2, 3, 4, 5, 6]);
     assert.equal(c.connects, 2);
     // The rejoin is real: live messages arrive again.
@@ -99,12 +99,12 @@ describe('SwitchboardClient', () => {
     // client live, ahead of the history reply.
     const history = bus.history.bind(bus);
     let raced = false;
-    bus.history = (room, since, limit) => {
+    bus.history = (room, q) => {
       if (!raced) {
         raced = true;
         bus.publish({ room, from: 'other', dataJson: '5', ts: Date.now() });
       }
-      return history(room, since, limit);
+      return history(room, q);
     };
     srv = await startServer({ tcpPort: port }, { bus });
     await waitFor(() => got.length >= 5, 5000, 'five messages');

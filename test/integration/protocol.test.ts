@@ -53,7 +53,8 @@ describe('text mode', () => {
     const c = await helloClient(srv.port, 'grace');
     t.after(() => c.destroy());
     const ok = await c.request({ type: 'join_room', room: 'r', id: 42 });
-    assert.deepEqual(ok, { type: 'ok', id: 42, seq: 0 }, 'join_room answers with the last seq of the room');
+    assert.match(String(ok.epoch), /^[0-9a-f]{12}$/, 'join_room answers with the room\'s epoch');
+    assert.deepEqual(ok, { type: 'ok', id: 42, seq: 0, epoch: ok.epoch }, 'join_room answers with the last seq of the room');
     const err = await c.request({ type: 'leave_room', room: 'nope', id: 'x-1' });
     assert.equal(err.type, 'error');
     assert.equal(err.id, 'x-1');

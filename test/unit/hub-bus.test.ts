@@ -29,7 +29,10 @@ class FakeMember implements HubMember {
 const sinkOf = (hub: Hub): BusSink => ({
   deliverRoom: (room, msg, ts) => void hub.deliverRoom(room, msg, ts),
   deliverUser: (user, msg) => hub.deliverUser(user, msg),
+  registrations: () => hub.registrations(),
 });
+
+const NO_SINK: BusSink = { deliverRoom: () => {}, deliverUser: () => 0, registrations: () => ({ rooms: [], users: [] }) };
 
 describe('Hub', () => {
   test('one Outbound object reaches every member, and each member is flushed once per turn', async () => {
@@ -75,33 +78,89 @@ describe('Hub', () => {
 });
 
 describe('MemoryBus', () => {
-  test('sequence numbers in accept order; history is a bounded ring with since and limit', async () => {
+  const seqOf = (o: Outbound) => (JSON.parse(o.json) as { seq: number }).seq;
+
+  test('sequence numbers in accept order; history is a bounded ring paged forward from since', async () => {
     const bus = new MemoryBus({ historySize: 5 });
-    await bus.start({ deliverRoom: () => {}, deliverUser: () => 0 });
+    await bus.start(NO_SINK);
     const seqs = [];
     for (let i = 1; i <= 8; i++) seqs.push(bus.publish({ room: 'r', from: 'u', dataJson: String(i), ts: 1 }).seq);
     assert.deepEqual(seqs, [1, 2, 3, 4, 5, 6, 7, 8]);
-    const seqOf = (o: Outbound) => (JSON.parse(o.json) as { seq: number }).seq;
-    assert.deepEqual(bus.history('r', undefined, 100).map(seqOf), [4, 5, 6, 7, 8], 'only the last 5 are kept');
-    assert.deepEqual(bus.history('r', 6, 100).map(seqOf), [7, 8]);
-    assert.deepEqual(bus.history('r', 0, 2).map(seqOf), [7, 8], 'limit keeps the newest');
-    assert.deepEqual(bus.history('other', 0, 10), []);
-    assert.equal(bus.lastSeq('r'), 8);
-    const first = JSON.parse(bus.history('r', 7, 1)[0].json) as Record<string, unknown>;
-    assert.deepEqual(Object.keys(first), ['type', 'room', 'from', 'data', 'seq', 'ts']);
+    assert.deepEqual(bus.history('r', { limit: 100 }).messages.map(seqOf), [4, 5, 6, 7, 8], 'only the last 5 are kept');
+    assert.deepEqual(bus.history('r', { limit: 2 }).messages.map(seqOf), [7, 8], 'without since, the newest');
+    const after6 = bus.history('r', { since: 6, limit: 100 });
+    assert.deepEqual(after6.messages.map(seqOf), [7, 8]);
+    assert.equal(after6.recovered, true);
+    assert.equal(after6.more, false);
+    const page = bus.history('r', { since: 3, limit: 2 });
+    assert.deepEqual(page.messages.map(seqOf), [4, 5], 'since pages forward, oldest first');
+    assert.equal(page.more, true, 'more follows the page');
+    assert.equal(page.recovered, true);
+    assert.equal(bus.history('r', { since: 0, limit: 100 }).recovered, false, 'seqs 1-3 were trimmed: not recovered');
+    assert.deepEqual(bus.history('other', { since: 0, limit: 10 }).messages, []);
+    const pos = bus.position('r');
+    assert.equal(pos.seq, 8);
+    assert.match(pos.epoch, /^[0-9a-f]{12}$/);
+    const first = JSON.parse(bus.history('r', { since: 7, limit: 1 }).messages[0].json) as Record<string, unknown>;
+    assert.deepEqual(Object.keys(first), ['type', 'room', 'from', 'data', 'seq', 'epoch', 'ts']);
     assert.equal(first.data, 8);
+    assert.equal(first.epoch, pos.epoch);
+  });
+
+  test('a room forgotten and used again starts a new epoch; history in the old one is not recovered', async () => {
+    const bus = new MemoryBus({ maxIdleRooms: 1 });
+    await bus.start(NO_SINK);
+    bus.join('r', 'u');
+    const before = bus.position('r');
+    bus.publish({ room: 'r', from: 'u', dataJson: '1', ts: 1 });
+    bus.leave('r', 'u');
+    bus.join('s', 'u');
+    bus.publish({ room: 's', from: 'u', dataJson: '1', ts: 1 });
+    bus.leave('s', 'u'); // r is forgotten: only one idle room is kept
+    bus.join('r', 'u');
+    const after = bus.position('r');
+    assert.equal(after.seq, 0);
+    assert.notEqual(after.epoch, before.epoch);
+    bus.publish({ room: 'r', from: 'u', dataJson: '2', ts: 1 });
+    const h = bus.history('r', { since: 1, epoch: before.epoch, limit: 10 });
+    assert.equal(h.recovered, false);
+    assert.equal(h.epoch, after.epoch);
+    assert.deepEqual(h.messages.map(seqOf), [1], 'the page starts at the new epoch\'s beginning');
+  });
+
+  test('history bytes are bounded per room and in total; idle rooms lose theirs first', async () => {
+    const big = JSON.stringify('x'.repeat(10_000)); // about 30 kB per kept message, estimated
+    const bus = new MemoryBus({ historySize: 1000, historyRoomBytes: 100_000, historyTotalBytes: 200_000 });
+    await bus.start(NO_SINK);
+    bus.join('idle', 'u');
+    for (let i = 0; i < 3; i++) bus.publish({ room: 'idle', from: 'u', dataJson: big, ts: 1 });
+    bus.leave('idle', 'u');
+    assert.equal(bus.history('idle', { limit: 1000 }).messages.length, 3);
+    bus.join('busy', 'u');
+    for (let i = 0; i < 50; i++) bus.publish({ room: 'busy', from: 'u', dataJson: big, ts: 1 });
+    const kept = bus.history('busy', { limit: 1000 }).messages.length;
+    assert.ok(kept >= 1 && kept <= 3, `per-room budget keeps ${kept} of 50`);
+    assert.ok(bus.usage.bytes <= 200_000, `total ${bus.usage.bytes} within budget`);
+    for (let i = 0; i < 3; i++) {
+      bus.join(`r${i}`, 'u');
+      for (let j = 0; j < 3; j++) bus.publish({ room: `r${i}`, from: 'u', dataJson: big, ts: 1 });
+    }
+    assert.ok(bus.usage.bytes <= 200_000, `total ${bus.usage.bytes} within budget`);
+    assert.equal(bus.history('idle', { limit: 1000 }).messages.length, 0, 'the idle room went first');
+    assert.ok(bus.usage.evicted > 0);
   });
 
   test('history size 0 keeps nothing', async () => {
     const bus = new MemoryBus({ historySize: 0 });
-    await bus.start({ deliverRoom: () => {}, deliverUser: () => 0 });
+    await bus.start(NO_SINK);
     bus.publish({ room: 'r', from: 'u', dataJson: '1', ts: 1 });
-    assert.deepEqual(bus.history('r', undefined, 10), []);
+    assert.deepEqual(bus.history('r', { limit: 10 }).messages, []);
+    assert.equal(bus.history('r', { since: 0, limit: 10 }).recovered, false);
   });
 
   test('empty rooms are forgotten: never-used ones at once, used ones beyond maxIdleRooms', async () => {
     const bus = new MemoryBus({ maxIdleRooms: 3 });
-    await bus.start({ deliverRoom: () => {}, deliverUser: () => 0 });
+    await bus.start(NO_SINK);
     for (let i = 0; i < 10; i++) {
       bus.join(`quiet-${i}`, 'u');
       bus.leave(`quiet-${i}`, 'u');
@@ -111,8 +170,8 @@ describe('MemoryBus', () => {
       bus.publish({ room: `busy-${i}`, from: 'u', dataJson: '1', ts: 1 });
       bus.leave(`busy-${i}`, 'u');
     }
-    const kept = [...Array(10).keys()].filter((i) => bus.lastSeq(`busy-${i}`) > 0);
+    const kept = [...Array(10).keys()].filter((i) => bus.history(`busy-${i}`, { limit: 10 }).seq > 0);
     assert.deepEqual(kept, [7, 8, 9], 'the three most recently idle rooms keep their history');
-    assert.equal(bus.lastSeq('quiet-0'), 0);
+    assert.equal(bus.history('quiet-0', { limit: 10 }).epoch, '', 'never-used rooms are not kept');
   });
 });

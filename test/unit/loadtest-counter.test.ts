@@ -11,7 +11,7 @@ import { waitFor } from '../helpers/wait';
 function message(ts: number, seq: number): string {
   const data = Buffer.alloc(15);
   writeDigits(data, 0, ts);
-  return roomMessageJson('room-1', 'ada', `{"sbt":"${data.toString('latin1')}","p":"xxxx"}`, seq, 1);
+  return roomMessageJson('room-1', 'ada', `{"sbt":"${data.toString('latin1')}","p":"xxxx"}`, seq, '0a1b2c3d4e5f', 1);
 }
 
 function stream(binary: boolean, n: number, extra: string[] = []): Buffer {
@@ -89,7 +89,7 @@ describe('FrameCounter (compressed binary frames)', () => {
   function bigMessage(ts: number, seq: number): Buffer {
     const data = Buffer.alloc(15);
     writeDigits(data, 0, ts);
-    return Buffer.from(roomMessageJson('room-1', 'ada', `{"sbt":"${data.toString('latin1')}","p":${JSON.stringify(chatText(2000))}}`, seq, 1));
+    return Buffer.from(roomMessageJson('room-1', 'ada', `{"sbt":"${data.toString('latin1')}","p":${JSON.stringify(chatText(2000))}}`, seq, '0a1b2c3d4e5f', 1));
   }
 
   async function compressedStream(codec: Codec, n: number): Promise<Buffer> {
