@@ -27,7 +27,8 @@ export interface RoleProcess {
 export async function spawnRole(role: 'gateway' | 'broadcast' | 'standalone', env: Record<string, string>): Promise<RoleProcess> {
   const port = role === 'broadcast' ? 0 : await freePort();
   const adminPort = await freePort();
-  const proc = spawn(process.execPath, [CLI_PATH, role], {
+  // Strict: an unhandled rejection anywhere in a role is a crash, and so a test failure.
+  const proc = spawn(process.execPath, ['--unhandled-rejections=strict', CLI_PATH, role], {
     env: { ...process.env, LOG_LEVEL: 'info', TCP_HOST: '127.0.0.1', TCP_PORT: String(port), ADMIN_PORT: String(adminPort), API_PORT: '-1', ...env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });

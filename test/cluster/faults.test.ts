@@ -1,0 +1,240 @@
+/**
+ * The cluster as it is operated, one regression per failure found from outside (issue: "the
+ * cluster as it is operated"): several broadcast workers, many rooms over every shard, a Redis
+ * that restarts empty, goes away during a join, or stalls. Every role runs as a real child
+ * process with --unhandled-rejections=strict, so a crash of any kind fails the test.
+ */
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import { Keys, shardOf } from '../../services/bus/keys';
+import { hasExited } from '../helpers/process';
+import { RedisProcess } from '../helpers/redis';
+import { waitFor } from '../helpers/wait';
+import { helloClient, type Json, type WireClient } from '../helpers/wire';
+import { httpGet, PROBE, spawnRole, stopAll, type RoleProcess } from './harness';
+
+const SHARDS = 8;
+const LEASE_MS = 1000;
+const FAST = { HEARTBEAT_MS: '300', LEASE_MS: String(LEASE_MS), STREAM_SHARDS: String(SHARDS), REDIS_TIMEOUT_MS: '1000', LOG_LEVEL: 'info' };
+
+after(stopAll);
+
+/** At least `n` room names that together cover every shard. */
+function roomsOverAllShards(n: number, prefix: string): string[] {
+  const rooms: string[] = [];
+  const covered = new Set<number>();
+  for (let i = 0; rooms.length < n || covered.size < SHARDS; i++) {
+    const room = `${prefix}-${i}`;
+    rooms.push(room);
+    covered.add(shardOf(room, SHARDS));
+  }
+  return rooms;
+}
+
+async function stats(p: RoleProcess): Promise<Json> {
+  return JSON.parse((await httpGet(p.adminPort, '/stats')).body) as Json;
+}
+
+async function ready(p: RoleProcess): Promise<boolean> {
+  return (await httpGet(p.adminPort, '/readyz')).status === 200;
+}
+
+/** Every shard has exactly one owner: the workers' own view and the leases agree. */
+async function ownership(redis: RedisProcess, workers: RoleProcess[]): Promise<string | null> {
+  const owned = new Map<number, number>();
+  for (const w of workers) for (const s of (await stats(w)).shards as number[]) owned.set(s, (owned.get(s) ?? 0) + 1);
+  for (let s = 0; s < SHARDS; s++) {
+    if (owned.get(s) !== 1) return `shard ${s} has ${owned.get(s) ?? 0} owners`;
+    if (redis.cli('get', Keys.lease(s)) === '') return `shard ${s} has no lease`;
+  }
+  return null;
+}
+
+async function cluster(redis: RedisProcess, gateways: number, workers: number) {
+  const env = { REDIS_URL: redis.url, ...FAST };
+  const gws: RoleProcess[] = [];
+  const bcs: RoleProcess[] = [];
+  for (let i = 0; i < gateways; i++) gws.push(await spawnRole('gateway', env));
+  for (let i = 0; i < workers; i++) bcs.push(await spawnRole('broadcast', env));
+  for (const p of [...gws, ...bcs]) await waitFor(() => ready(p), 15_000, 'ready', PROBE);
+  return { gws, bcs, env };
+}
+
+/** One member on each gateway in every room; returns them. */
+async function members(gws: RoleProcess[], rooms: string[], tag: string): Promise<WireClient[]> {
+  const out: WireClient[] = [];
+  for (let i = 0; i < gws.length; i++) {
+    const c = await helloClient(gws[i].port, `${tag}-${i}`);
+    for (const room of rooms) await c.join(room);
+    out.push(c);
+  }
+  return out;
+}
+
+/** Publish one message per room from `from`, and check every member got each one. */
+async function roundTrip(from: WireClient, all: WireClient[], rooms: string[], label: string): Promise<Json[]> {
+  for (const room of rooms) {
+    const r = await from.request({ type: 'send_chat', room, data: { label, room } }, 5000);
+    assert.equal(r.type, 'ok', `${label}: ${room}: ${JSON.stringify(r)}`);
+  }
+  const got: Json[] = [];
+  for (const c of all) {
+    for (const room of rooms) {
+      got.push(await c.next((m) => m.type === 'message' && m.room === room && (m.data as Json).label === label, 10_000, `${label} in ${room}`));
+    }
+  }
+  return got;
+}
+
+function alive(...ps: RoleProcess[]): void {
+  for (const p of ps) assert.ok(!hasExited(p.proc), `a process exited (${p.proc.exitCode ?? p.proc.signalCode}):\n${p.logs.slice(-15).join('\n')}`);
+}
+
+describe('cluster under faults', () => {
+  // Regression: each worker ordered the live set by heartbeat time, found itself last and
+  // claimed the same residue class: with two workers, shards 0, 2, 4 and 6 had no owner and
+  // their rooms' messages were acknowledged and delivered to nobody.
+  for (const n of [1, 2, 3, 4]) {
+    test(`${n} broadcast worker(s): every shard has exactly one owner and all 64 rooms deliver`, async () => {
+      const redis = await RedisProcess.start();
+      const { gws, bcs } = await cluster(redis, 2, n);
+      // Converges within a few lease periods of the last worker starting.
+      await waitFor(async () => (await ownership(redis, bcs)) === null, 4 * LEASE_MS + 2000, 'one owner per shard', PROBE).catch(async (err: Error) => {
+        throw new Error(`${err.message}: ${await ownership(redis, bcs)}`);
+      });
+      const rooms = roomsOverAllShards(64, `own${n}`);
+      const cs = await members(gws, rooms, `own${n}`);
+      const got = await roundTrip(cs[0], cs, rooms, 'all-rooms');
+      assert.equal(got.length, 2 * rooms.length);
+      assert.equal(await ownership(redis, bcs), null, 'still one owner per shard');
+      alive(...gws, ...bcs);
+      for (const c of cs) c.destroy();
+      for (const p of [...bcs, ...gws]) await p.kill('SIGTERM');
+      await redis.stop();
+    });
+  }
+
+  test('scaling the broadcast tier 1 -> 3 -> 1 and kill -9 of a worker under load lose nothing acknowledged', async () => {
+    const redis = await RedisProcess.start();
+    const { gws, bcs, env } = await cluster(redis, 2, 1);
+    const rooms = roomsOverAllShards(16, 'scale');
+    const cs = await members(gws, rooms, 'scale');
+    const acked: { room: string; n: number }[] = [];
+    let running = true;
+    let n = 0;
+    const load = (async () => {
+      while (running) {
+        const room = rooms[n % rooms.length];
+        const r = await cs[n % 2].request({ type: 'send_chat', room, data: { n } }, 5000);
+        if (r.type === 'ok') acked.push({ room, n });
+        n++;
+      }
+    })();
+    const waitOwned = (ws: RoleProcess[]) => waitFor(async () => (await ownership(redis, ws)) === null, 4 * LEASE_MS + 2000, 'one owner per shard', PROBE);
+    bcs.push(await spawnRole('broadcast', env), await spawnRole('broadcast', env));
+    await waitOwned(bcs);
+    await bcs[0].kill('SIGKILL');
+    await waitOwned(bcs.slice(1));
+    await bcs[1].kill('SIGTERM');
+    await waitOwned(bcs.slice(2));
+    running = false;
+    await load;
+    assert.ok(acked.length > 50, `load ran (${acked.length} acked)`);
+    for (const c of cs) {
+      for (const { room, n: k } of acked) {
+        await c.next((m) => m.type === 'message' && m.room === room && (m.data as Json).n === k, 10_000, `message ${k} in ${room}`);
+      }
+    }
+    alive(...gws, bcs[2]);
+    for (const c of cs) c.destroy();
+    for (const p of [bcs[2], ...gws]) await p.kill('SIGTERM');
+    await redis.stop();
+  });
+
+  // Regression: after Redis came back empty, gateways never registered their rooms and users
+  // again: messages acknowledged with ok reached no one while every /readyz said 200, and the
+  // room sequence restarted from 0 with nothing telling clients.
+  test('redis restarted empty: gateways re-register on their own, delivery resumes, the epoch changes', async () => {
+    const redis = await RedisProcess.start();
+    const { gws, bcs } = await cluster(redis, 2, 2);
+    const rooms = roomsOverAllShards(16, 'empty');
+    const cs = await members(gws, rooms, 'empty');
+    const before = await roundTrip(cs[0], cs, rooms, 'before');
+    const oldEpoch = new Map(before.map((m) => [m.room as string, m.epoch as string]));
+    assert.ok([...oldEpoch.values()].every((e) => /^[0-9a-f]{12}$/.test(e)), 'messages carry the epoch');
+    await redis.stop();
+    const empty = await new RedisProcess(redis.port, ['--appendonly', 'no']).start();
+    assert.equal(empty.cli('dbsize'), '0');
+    for (const p of [...gws, ...bcs]) await waitFor(() => ready(p), 15_000, 'ready again', PROBE);
+    // Nobody joins again: the gateways must restore routing themselves.
+    await waitFor(() => rooms.every((room) => empty.cli('scard', Keys.room(room)) === '2'), 10_000, 'both gateways routed again in every room', PROBE);
+    const afterMsgs = await roundTrip(cs[1], cs, rooms, 'after');
+    for (const m of afterMsgs) assert.notEqual(m.epoch, oldEpoch.get(m.room as string), `a new epoch in ${String(m.room)}`);
+    const room = rooms[0];
+    const h = await cs[0].request({ type: 'history', room, since: before[0].seq, epoch: oldEpoch.get(room) });
+    assert.equal(h.recovered, false, 'history in the old epoch is not recovered');
+    assert.equal(h.epoch, afterMsgs.find((m) => m.room === room)!.epoch);
+    alive(...gws, ...bcs);
+    for (const c of cs) c.destroy();
+    for (const p of [...bcs, ...gws]) await p.kill('SIGTERM');
+    await empty.stop();
+  });
+
+  // Regression: the rollback of a join that failed because Redis was down rejected with no
+  // handler, and the gateway died with every client on it.
+  test('join_room while redis is down: unavailable, and the gateway keeps serving', async () => {
+    const redis = await RedisProcess.start();
+    const { gws } = await cluster(redis, 1, 1);
+    const witness = await helloClient(gws[0].port, 'witness');
+    const c = await helloClient(gws[0].port, 'joiner');
+    await redis.stop();
+    for (let i = 0; i < 5; i++) {
+      const r = await c.request({ type: 'join_room', room: `down-${i}` }, 5000);
+      assert.equal(r.code, 'unavailable', JSON.stringify(r));
+    }
+    assert.equal((await witness.request({ type: 'ping' })).type, 'pong', 'the gateway still serves');
+    await redis.start();
+    await waitFor(() => ready(gws[0]), 15_000, 'ready again', PROBE);
+    const ok = await waitFor(async () => {
+      const r = await c.request({ type: 'join_room', room: 'down-0' }, 5000);
+      return r.type === 'ok' ? r : null;
+    }, 10_000, 'join to work again', { intervalMs: 100 });
+    assert.equal(ok.type, 'ok');
+    alive(...gws);
+    witness.destroy();
+    c.destroy();
+    await gws[0].kill('SIGTERM');
+    await redis.stop();
+  });
+
+  // Regression: with Redis SIGSTOPped, acks hung for the whole stall and /readyz stayed 200.
+  test('redis stalled: requests get unavailable within the bound, readiness turns false, then true after', async () => {
+    const redis = await RedisProcess.start();
+    const { gws, bcs } = await cluster(redis, 1, 1);
+    const c = await helloClient(gws[0].port, 'stall');
+    await c.join('stall-room');
+    const pid = redis.proc!.pid!;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const t0 = Date.now();
+      const r = await c.request({ type: 'send_chat', room: 'stall-room', data: 1 }, 10_000);
+      const took = Date.now() - t0;
+      assert.equal(r.code, 'unavailable', JSON.stringify(r));
+      assert.ok(took < 1000 + 1500, `answered in ${took} ms (bound 1000 ms)`);
+      for (const p of [...gws, ...bcs]) await waitFor(async () => !(await ready(p)), 5000, 'not ready while stalled', PROBE);
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    for (const p of [...gws, ...bcs]) await waitFor(() => ready(p), 10_000, 'ready after the stall', PROBE);
+    const ok = await waitFor(async () => {
+      const r = await c.request({ type: 'send_chat', room: 'stall-room', data: 2 }, 5000);
+      return r.type === 'ok' ? r : null;
+    }, 10_000, 'sending to work again', { intervalMs: 100 });
+    assert.equal(ok.type, 'ok');
+    await c.next((m) => m.type === 'message' && m.data === 2, 10_000, 'delivery after the stall');
+    alive(...gws, ...bcs);
+    c.destroy();
+    for (const p of [...bcs, ...gws]) await p.kill('SIGTERM');
+    await redis.stop();
+  });
+});
