@@ -31,7 +31,7 @@ Commands:
 
 Options (defaults in brackets):
   --targets switchboard,baseline   servers to measure, interleaved [switchboard,baseline]; also
-                                   cluster, switchboard-traced, switchboard-lz4, switchboard-zstd
+                                   cluster, cluster-2bc (2 broadcast workers), switchboard-traced, switchboard-lz4, switchboard-zstd
   --clients N [500]  --room-size R [50]  --rate N publishes/s  --sweep
   --warmup S [1]  --duration S [4]  --workers N [2]  --mode binary|text [binary]
   --pad BYTES [32]  --sample-every N [8]  --gateways N [2]  --connections K [10000]
@@ -196,7 +196,7 @@ async function idleCommand(res: ResultFile, pool: GeneratorPool, kinds: TargetKi
       log(
         `  ${t.kind.padEnd(11)} idle ${r.connections} connections (${r.connections_failed} failed, ${r.connections_open} open at the end) on ${r.server_processes} process(es): ` +
           `RSS ${r.rss_before_mb} -> ${r.rss_after_mb} MB, ${r.bytes_per_connection} bytes per connection` +
-          (t.kind === 'cluster' ? ` (${r.total_bytes_per_connection} with Redis and the broadcast worker)` : ''),
+          (t.kind.startsWith('cluster') ? ` (${r.total_bytes_per_connection} with Redis and the broadcast workers)` : ''),
       );
       res.runs.push(idleRun(r));
     });
@@ -281,8 +281,8 @@ async function suite(res: ResultFile, pool: GeneratorPool, o: Opts): Promise<voi
   log('== idle (10,000 connections per server process)');
   await idleCommand(res, pool, both, o);
   if (clusterRolesAvailable()) {
-    log('== cluster fanout sweep (redis + broadcast + 2 gateways) vs standalone, interleaved');
-    await loadCommand(res, pool, ['cluster', 'switchboard'], loadParams(o, 'fanout'), { ...o, sweep: true }, 'cluster-fanout');
+    log('== cluster fanout sweep (redis + 1 or 2 broadcast workers + 2 gateways) vs standalone, interleaved');
+    await loadCommand(res, pool, ['cluster', 'cluster-2bc', 'switchboard'], loadParams(o, 'fanout'), { ...o, sweep: true }, 'cluster-fanout');
   } else {
     res.notes.push('cluster: skipped, this build has no `switchboard gateway` / `broadcast` roles');
     log('== cluster: skipped (no gateway/broadcast roles in this build)');
@@ -320,7 +320,8 @@ async function main(): Promise<number> {
         break;
       case 'cluster': {
         const scen = str(o, 'scenario', 'fanout') as LoadScenario;
-        const ks = typeof o.targets === 'string' ? kinds : (['cluster', 'switchboard'] as TargetKind[]);
+        // One and two broadcast workers side by side with standalone, in the same run.
+        const ks = typeof o.targets === 'string' ? kinds : (['cluster', 'cluster-2bc', 'switchboard'] as TargetKind[]);
         await loadCommand(res, pool, ks, loadParams(o, scen), o, `cluster-${scen}`);
         break;
       }

@@ -45,7 +45,7 @@ export function addRatios(res: ResultFile): void {
     if (r.target === 'baseline') continue;
     // Cluster runs are compared with standalone Switchboard in the same run (issue 6's 0.25 rule),
     // traced runs with untraced Switchboard (issue 4: the cost of tracing).
-    const b = r.target === 'cluster' || r.target.startsWith('switchboard-') ? standalone.get(r.name.split('/')[0]) : byScenario.get(r.name.split('/')[0]);
+    const b = r.target.startsWith('cluster') || r.target.startsWith('switchboard-') ? standalone.get(r.name.split('/')[0]) : byScenario.get(r.name.split('/')[0]);
     if (b === undefined) continue;
     r.ratios = {};
     for (const [k, v] of Object.entries(r.metrics)) {

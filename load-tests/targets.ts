@@ -16,7 +16,7 @@ import type { LoadCodec } from './generator/messages';
  * sampler (OTEL_EXPORTER_OTLP_ENDPOINT set, nothing else), exporting to an OTLP sink in the
  * generator process; its runs are compared with plain `switchboard` runs (issue 4).
  */
-export type TargetKind = 'switchboard' | 'baseline' | 'cluster' | 'switchboard-traced' | 'switchboard-lz4' | 'switchboard-zstd';
+export type TargetKind = 'switchboard' | 'baseline' | 'cluster' | 'cluster-2bc' | 'switchboard-traced' | 'switchboard-lz4' | 'switchboard-zstd';
 
 const ROOT = join(__dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'services', 'cli.js');
@@ -154,6 +154,7 @@ function spawnListening(args: string[], env: Record<string, string>, name: strin
         try {
           const rec = JSON.parse(line) as { msg?: string; port?: number; adminPort?: number | null; level?: string };
           if (rec.msg === 'listening' && typeof rec.port === 'number') finish(null, { child, port: rec.port, adminPort: rec.adminPort ?? null });
+          else if (rec.msg === 'broadcast listening') finish(null, { child, port: 0, adminPort: rec.adminPort ?? null });
           else if (rec.level === 'error') process.stderr.write(`[${name}] ${line}\n`);
         } catch {
           process.stderr.write(`[${name}] ${line}\n`);
@@ -281,21 +282,35 @@ async function startRedis(): Promise<{ child: ChildProcess; port: number }> {
   }
 }
 
-/** redis-server + one broadcast worker + `gateways` gateways, all on 127.0.0.1. */
-export async function startCluster(gateways = 2, extraEnv: Record<string, string> = {}): Promise<Target> {
+/**
+ * Wait until the broadcast workers own every ingress shard exactly once (several workers share
+ * the shards out over a few lease periods after they start): a sweep must not measure a handover.
+ */
+async function waitForShardOwners(adminPorts: number[], shards: number, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const owned: number[] = [];
+    for (const p of adminPorts) owned.push(...(((await fetchStats(p))?.shards as number[] | undefined) ?? []));
+    if (owned.length === shards && new Set(owned).size === shards) return;
+    if (Date.now() > deadline) throw new Error(`broadcast workers own shards [${owned.sort().join(',')}] of ${shards} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** redis-server + `broadcasts` broadcast workers + `gateways` gateways, all on 127.0.0.1. */
+export async function startCluster(gateways = 2, extraEnv: Record<string, string> = {}, broadcasts = 1, kind: TargetKind = 'cluster'): Promise<Target> {
   if (!clusterRolesAvailable()) throw new Error('this build has no cluster roles (switchboard gateway / broadcast): see load-tests/README.md');
   const redis = await startRedis();
   const children: ChildProcess[] = [redis.child];
   const env = { ...BENCH_ENV, REDIS_URL: `redis://127.0.0.1:${redis.port}`, SHUTDOWN_DRAIN_MS: '500', ...extraEnv };
   try {
-    const nodeArgs = (process.env.LOADTEST_SERVER_NODE_ARGS ?? '').split(' ').filter(Boolean);
-    const [bcCmd, bcArgv] = serverCommand([...nodeArgs, CLI, 'broadcast']);
-    const bc = spawn(bcCmd, bcArgv, { env: { ...process.env, ...env, ADMIN_PORT: '0', TCP_PORT: '0' }, stdio: ['ignore', 'ignore', 'pipe'] });
-    children.push(bc);
-    // Only its errors are of interest on the generator's terminal.
-    bc.stderr!.on('data', (c: Buffer) => {
-      for (const line of c.toString('utf8').split('\n')) if (line.includes('"level":"error"')) process.stderr.write(`[broadcast] ${line}\n`);
-    });
+    const bcAdmin: number[] = [];
+    for (let i = 0; i < broadcasts; i++) {
+      const b = await spawnListening([CLI, 'broadcast'], { ...env, ADMIN_PORT: '0', TCP_PORT: '0', SERVER_ID: `bench-bc-${i + 1}` }, `broadcast-${i + 1}`);
+      children.push(b.child);
+      if (b.adminPort !== null) bcAdmin.push(b.adminPort);
+    }
+    await waitForShardOwners(bcAdmin, Number((env as Record<string, string>).STREAM_SHARDS ?? 8));
     const gws: Spawned[] = [];
     for (let i = 0; i < gateways; i++) {
       const g = await spawnListening([CLI, 'gateway'], { ...env, TCP_PORT: '0', ADMIN_PORT: '0', SERVER_ID: `bench-gw-${i + 1}` }, `gateway-${i + 1}`);
@@ -303,7 +318,7 @@ export async function startCluster(gateways = 2, extraEnv: Record<string, string
       children.push(g.child);
     }
     return {
-      kind: 'cluster',
+      kind,
       ports: gws.map((g) => g.port),
       pids: children.map((c) => c.pid!),
       connPids: gws.map((g) => g.child.pid!),
@@ -323,6 +338,7 @@ export async function startCluster(gateways = 2, extraEnv: Record<string, string
 export function startTarget(kind: TargetKind, extraEnv: Record<string, string> = {}, gateways = 2): Promise<Target> {
   if (kind === 'baseline') return startBaseline();
   if (kind === 'cluster') return startCluster(gateways, extraEnv);
+  if (kind === 'cluster-2bc') return startCluster(gateways, extraEnv, 2, kind);
   if (kind === 'switchboard-traced') return startTracedSwitchboard(extraEnv);
   if (kind === 'switchboard-lz4' || kind === 'switchboard-zstd') {
     const codec = kind === 'switchboard-lz4' ? 'lz4' : 'zstd';
