@@ -10,10 +10,14 @@ import type { Tools } from './tools';
 
 const run = promisify(execFile);
 
-/** The Service IP range of the local control plane. */
-export const SERVICE_CIDR = '10.0.0.0/24';
+/**
+ * The Service IP range of the local control plane: part of 198.18.0.0/15, the benchmarking range
+ * (RFC 2544), which no real host uses, so a ClusterIP can never be mistaken for a machine
+ * elsewhere. Pods of the test node (node.ts) get addresses from 198.18.0.0/16.
+ */
+export const SERVICE_CIDR = '198.19.0.0/16';
 /** The "kubernetes" Service's IP (the first of SERVICE_CIDR), which the serving certificate covers. */
-export const KUBERNETES_SERVICE_IP = '10.0.0.1';
+export const KUBERNETES_SERVICE_IP = '198.19.0.1';
 
 /** Starts etcd on free loopback ports, waits until it is healthy, returns its client URL. */
 export async function startEtcd(tools: Tools, dir: string, processes: ManagedProcess[], timeoutMs: number): Promise<string> {
@@ -56,6 +60,13 @@ export interface ApiserverOptions {
   readonly pki: Pki;
   readonly serving: CertFiles;
   readonly extraArgs: readonly string[];
+  /**
+   * With a node: the node's address, which pods reach the API server at. The apiserver then
+   * listens on every address (clients on the host keep using 127.0.0.1), advertises this one as
+   * the "kubernetes" Service's endpoint, authorizes kubelets with the Node authorizer and
+   * NodeRestriction, and reaches kubelets with this client certificate.
+   */
+  readonly node?: { readonly address: string; readonly kubeletClient: CertFiles };
 }
 
 /** Starts kube-apiserver on 127.0.0.1 with client-certificate authentication, RBAC and ServiceAccount tokens. */
@@ -66,16 +77,26 @@ export function startApiserver(tools: Tools, dir: string, processes: ManagedProc
     logPath: path.join(dir, 'kube-apiserver.log'),
     args: [
       `--etcd-servers=${o.etcdUrl}`,
-      '--bind-address=127.0.0.1',
-      '--advertise-address=127.0.0.1',
-      // The "kubernetes" Service's endpoints would point at a loopback address, which the
-      // endpoint reconciler refuses; nothing in the tests runs in a pod that would use them.
-      '--endpoint-reconciler-type=none',
+      ...(o.node ? [
+        '--bind-address=0.0.0.0',
+        `--advertise-address=${o.node.address}`,
+        '--authorization-mode=Node,RBAC',
+        '--enable-admission-plugins=NodeRestriction',
+        `--kubelet-client-certificate=${o.node.kubeletClient.certPath}`,
+        `--kubelet-client-key=${o.node.kubeletClient.keyPath}`,
+        '--kubelet-preferred-address-types=InternalIP',
+      ] : [
+        '--bind-address=127.0.0.1',
+        '--advertise-address=127.0.0.1',
+        // The "kubernetes" Service's endpoints would point at a loopback address, which the
+        // endpoint reconciler refuses; nothing in the tests runs in a pod that would use them.
+        '--endpoint-reconciler-type=none',
+        '--authorization-mode=RBAC',
+      ]),
       `--secure-port=${o.port}`,
       `--tls-cert-file=${o.serving.certPath}`,
       `--tls-private-key-file=${o.serving.keyPath}`,
       `--client-ca-file=${o.pki.ca.certPath}`,
-      '--authorization-mode=RBAC',
       '--service-account-issuer=https://kubernetes.default.svc.cluster.local',
       `--service-account-key-file=${o.pki.serviceAccountPublicKeyPath}`,
       `--service-account-signing-key-file=${o.pki.serviceAccountKeyPath}`,
@@ -92,7 +113,7 @@ export function startApiserver(tools: Tools, dir: string, processes: ManagedProc
  * client certificate in kubeconfigPath) with service-account credentials, so each controller
  * acts as its own ServiceAccount, bound by RBAC's bootstrap policy.
  */
-export function startControllerManager(tools: Tools, dir: string, processes: ManagedProcess[], pki: Pki, kubeconfigPath: string): void {
+export function startControllerManager(tools: Tools, dir: string, processes: ManagedProcess[], pki: Pki, kubeconfigPath: string, withNodes = false): void {
   processes.push(ManagedProcess.start({
     name: 'kube-controller-manager',
     command: tools.paths['kube-controller-manager'],
@@ -108,8 +129,15 @@ export function startControllerManager(tools: Tools, dir: string, processes: Man
       `--cluster-signing-cert-file=${pki.ca.certPath}`,
       `--cluster-signing-key-file=${pki.ca.keyPath}`,
       `--service-cluster-ip-range=${SERVICE_CIDR}`,
-      // Nothing here runs nodes: leave out the controllers that manage them.
-      '--controllers=*,-node-ipam-controller,-node-lifecycle-controller,-persistentvolume-attach-detach-controller',
+      ...(withNodes ? [
+        // A node (node.ts): the node-lifecycle controller takes the node's not-ready taint off
+        // once the kubelet reports Ready (and marks it NotReady when the kubelet stops). Pod
+        // CIDRs come from the CNI configuration, not from node IPAM.
+        '--controllers=*,-node-ipam-controller,-persistentvolume-attach-detach-controller',
+      ] : [
+        // Nothing here runs nodes: leave out the controllers that manage them.
+        '--controllers=*,-node-ipam-controller,-node-lifecycle-controller,-persistentvolume-attach-detach-controller',
+      ]),
     ],
   }));
 }

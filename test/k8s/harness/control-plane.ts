@@ -32,6 +32,13 @@ export interface ControlPlaneOptions {
   readonly startTimeoutMs?: number;
   /** Keep the temp dir (logs, certificates, kubeconfig) after stop(). @default SWITCHBOARD_K8S_KEEP=1 */
   readonly keepDir?: boolean;
+  /**
+   * Prepare for a node (test/k8s/harness/node.ts) at this address: the apiserver listens on all
+   * addresses and advertises this one (pods reach it through the "kubernetes" Service), the Node
+   * authorizer and NodeRestriction are on, and the controller-manager (implied) runs the
+   * node-lifecycle controller. Not for an external cluster.
+   */
+  readonly nodeAddress?: string;
 }
 
 export interface ExecResult {
@@ -89,12 +96,18 @@ export class ControlPlane {
     const timeoutMs = options.startTimeoutMs ?? 120_000;
     try {
       const pki = await Pki.create(dir);
-      const serving = await pki.serving('apiserver', [KUBERNETES_SERVICE_IP]);
+      const nodeAddress = options.nodeAddress;
+      const serving = await pki.serving('apiserver', [KUBERNETES_SERVICE_IP, ...(nodeAddress ? [nodeAddress] : [])]);
       const admin = await pki.client('admin', ADMIN);
+      // How the apiserver reaches kubelets (logs, exec, port-forward), as kubeadm's
+      // apiserver-kubelet-client: authorized by the kubelet's webhook against RBAC.
+      const node = nodeAddress
+        ? { address: nodeAddress, kubeletClient: await pki.client('apiserver-kubelet-client', { user: 'kube-apiserver-kubelet-client', groups: ['system:masters'] }) }
+        : undefined;
       const etcdUrl = await startEtcd(tools, dir, processes, timeoutMs);
       const [apiPort] = await freePorts(1);
       const server = `https://127.0.0.1:${apiPort}`;
-      startApiserver(tools, dir, processes, { etcdUrl, port: apiPort, pki, serving, extraArgs: options.apiserverArgs ?? [] });
+      startApiserver(tools, dir, processes, { etcdUrl, port: apiPort, pki, serving, extraArgs: options.apiserverArgs ?? [], node });
       const client = new KubeClient(server, pki.ca.certPem, { certPem: admin.certPem, keyPem: admin.keyPem });
       await waitReady(processes, 'kube-apiserver /readyz', timeoutMs, async () => {
         const res = await client.request('GET', '/readyz');
@@ -106,7 +119,7 @@ export class ControlPlane {
       const adminCredentials = { certPem: admin.certPem, keyPem: admin.keyPem };
       const cp = new ControlPlane(tools, dir, server, pki.ca.certPem, adminCredentials, kubeconfigPath, client,
         { pki, processes, keepDir });
-      if (options.controllerManager) await cp.startControllerManager(timeoutMs);
+      if (options.controllerManager || nodeAddress) await cp.startControllerManager(timeoutMs, nodeAddress !== undefined);
       return cp;
     } catch (err) {
       await Promise.all(processes.map((p) => p.stop()));
@@ -220,6 +233,11 @@ export class ControlPlane {
     return this.local?.processes.find((p) => p.options.name === component)?.logTail(lines) ?? `(no ${component} log)`;
   }
 
+  /** Stops one local component (e.g. 'kube-controller-manager') ahead of stop(); no-op if absent. */
+  async stopComponent(component: string): Promise<void> {
+    await this.local?.processes.find((p) => p.options.name === component)?.stop();
+  }
+
   /**
    * Stops every process and removes the temp dir; on an external cluster, deletes the
    * namespaces createNamespace made instead. Safe to call twice.
@@ -246,12 +264,23 @@ export class ControlPlane {
     }
   }
 
-  private async startControllerManager(timeoutMs: number): Promise<void> {
+  /** The cluster CA certificate's file (local control plane only). */
+  get caPath(): string {
+    if (!this.local) throw new Error('caPath: an external cluster\'s CA file is not known');
+    return this.local.pki.ca.certPath;
+  }
+
+  /** The API server's port. */
+  get port(): number {
+    return Number(new URL(this.server).port);
+  }
+
+  private async startControllerManager(timeoutMs: number, withNodes: boolean): Promise<void> {
     if (!this.local) return;
     const { pki, processes } = this.local;
     const cert = await pki.client('kube-controller-manager', { user: 'system:kube-controller-manager' });
     const config = await this.writeKubeconfig('kube-controller-manager', { certPem: cert.certPem, keyPem: cert.keyPem });
-    startControllerManager(this.tools, this.dir, processes, pki, config);
+    startControllerManager(this.tools, this.dir, processes, pki, config, withNodes);
     // The serviceaccount controller gives every namespace a "default" ServiceAccount: once the
     // one in "default" exists, the controllers are running.
     await waitReady(processes, 'kube-controller-manager (default ServiceAccount)', timeoutMs, async () => {
