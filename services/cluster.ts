@@ -26,6 +26,7 @@ export function createClusterGateway(config: Config, log: Logger): GatewayServer
     gatewayId: id,
     shards: config.streamShards,
     ingressMaxLen: config.ingressMaxLen,
+    egressMaxLen: config.egressMaxLen,
     heartbeatMs: config.heartbeatMs,
     timeoutMs: config.redisTimeoutMs,
     log,

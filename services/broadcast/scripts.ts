@@ -1,98 +1,23 @@
 /**
- * Lua run by the broadcast tier. Both keys of the script hash by the room ({room} tag), so it is
- * valid on Redis Cluster.
- *
- * APPLY assigns the next sequence numbers of one room and appends the encoded messages to the
- * room's history atomically, for all the entries of that room in one ingress batch (one script
- * call per room and batch, not per message: the per-call cost dominated Redis and the broadcast
- * worker). An entry that was applied already (at-least-once redelivery after a worker died
- * between applying and acknowledging) is recognised by its id: entries of one room come from one
- * ingress shard in id order, so "id <= last applied id" identifies a redelivery. A redelivered
- * entry gets its original seq and bytes back from history (so it can still be routed, and the
- * gateways drop it if they had it), or {0, false} when it is older than the kept history.
- *
- * The room's epoch is created here (from ARGV[2]) if the room has none: after Redis lost its data,
- * the sequence restarts at 1 in a new epoch, and every message says which.
- *
- * KEYS[1] = sb:seq:{room} (hash: seq, epoch, last)   KEYS[2] = sb:hist:{room} (stream, ids <seq>-1)
- * ARGV[1] = history max length, ARGV[2] = epoch to use if the room has none, ARGV[3] = the JSON
- * between seq and epoch; then per entry: ingress entry id, JSON up to the seq value, JSON after
- * the epoch (the template is services/protocol/outbound.ts's, in pieces).
- * Returns {seq1, json1, seq2, json2, ...}, one pair per entry in argument order.
+ * The Lua scripts of the broadcast tier, kept as real `.lua` files in services/broadcast/lua/
+ * (each documents its keys and arguments) and read once at start-up. The image build copies
+ * them next to the compiled JavaScript; in a source checkout they are read from services/.
  */
-export const APPLY_LUA = `
-local function cmp(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  am = tonumber(am); bm = tonumber(bm)
-  if am ~= bm then if am < bm then return -1 else return 1 end end
-  as = tonumber(as); bs = tonumber(bs)
-  if as == bs then return 0 end
-  if as < bs then return -1 else return 1 end
-end
-local maxlen = tonumber(ARGV[1])
-local state = redis.call('HMGET', KEYS[1], 'last', 'epoch')
-local last = state[1]
-local epoch = state[2]
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
-end
-local mid = ARGV[3] .. epoch
-local out = {}
-local hist = nil
-local newest = nil
-for i = 4, #ARGV, 3 do
-  local id = ARGV[i]
-  if last and cmp(id, last) <= 0 then
-    hist = hist or redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1000)
-    local seq, json = 0, false
-    for _, e in ipairs(hist) do
-      local f = e[2]
-      if f[2] == id then seq = tonumber(string.match(e[1], '^(%d+)')); json = f[4]; break end
-    end
-    out[#out + 1] = seq
-    out[#out + 1] = json
-  else
-    local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-    local json = ARGV[i + 1] .. seq .. mid .. ARGV[i + 2]
-    if maxlen > 0 then
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, seq .. '-1', 'i', id, 'm', json)
-    end
-    newest = id
-    out[#out + 1] = seq
-    out[#out + 1] = json
-  end
-end
-if newest then redis.call('HSET', KEYS[1], 'last', newest) end
-return out
-`;
+import { existsSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 
-/**
- * A broadcast worker's heartbeat: record it with Redis' clock (workers' clocks may disagree, so
- * none of them decides who is alive), drop workers silent for a lease period, and return the live
- * ones. KEYS[1] = sb:workers, ARGV[1] = worker id, ARGV[2] = lease ms.
- */
-export const HEARTBEAT_LUA = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-return redis.call('ZRANGE', KEYS[1], 0, -1)
-`;
+function lua(name: string): string {
+  const candidates = [join(__dirname, 'lua', name), resolve(__dirname, '../../../services/broadcast/lua', name)];
+  const found = candidates.find((p) => existsSync(p));
+  if (found === undefined) throw new Error(`${name} not found (looked in ${candidates.join(', ')})`);
+  return readFileSync(found, 'utf8');
+}
 
-/** Renew a lease only if we still hold it. KEYS[1] = lease, ARGV = owner, ttl ms. Returns 1 or 0. */
-export const RENEW_LUA = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-`;
-
-/** Release a lease only if we hold it. KEYS[1] = lease, ARGV[1] = owner. */
-export const RELEASE_LUA = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-`;
+/** Assign a room's next seqs and append to its history, for one room's entries of a batch. */
+export const APPLY_LUA = lua('apply.lua');
+/** A worker's heartbeat on Redis' clock; returns the live workers. */
+export const HEARTBEAT_LUA = lua('heartbeat.lua');
+/** Renew a lease only if we still hold it. */
+export const RENEW_LUA = lua('renew.lua');
+/** Release a lease only if we hold it. */
+export const RELEASE_LUA = lua('release.lua');

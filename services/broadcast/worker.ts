@@ -22,8 +22,9 @@
  * Redis (docs/performance.md, "Cluster").
  */
 import { Keys, GROUP } from '../bus/keys';
-import { createRedis, fieldsOf, isReady, type RedisClient, type StreamEntry } from '../bus/redis-conn';
-import { removeGateway } from '../bus/redis';
+import { createRedis, isReady, type RedisClient, type StreamEntry } from '../bus/redis-conn';
+import { EgressBatch, messageId, parseIngress, type IngressMessage } from '../bus/wire';
+import { aliveGateways, removeGateway } from '../bus/redis';
 import type { Logger } from '../telemetry/log';
 import { injectTraceparent, SpanKind, startSpan, tracing, type Span } from '../telemetry/tracing';
 import { newEpoch } from '../bus/epoch';
@@ -70,20 +71,10 @@ function defineScripts(client: RedisClient): ApplyClient {
   return client as ApplyClient;
 }
 
-/**
- * The message id gateways deduplicate on: the ingress entry id qualified by its shard's stream.
- * Entry ids are only unique within one stream; every shard generates `<ms>-<n>` ids of its own,
- * so a bare id made gateways drop a different shard's message of the same millisecond as a
- * "duplicate" (lost deliveries that grew with the publish rate: 1% at 300/s, 30% at 4,000/s).
- */
-function mid(ingressKey: string, id: string): string {
-  return `${ingressKey}/${id}`;
-}
-
 /** One ingress entry of a batch, with what APPLY assigned it. */
 interface Parsed {
   id: string;
-  f: Record<string, string>;
+  m: IngressMessage | null;
   seq: number;
   json: string | null;
 }
@@ -283,12 +274,11 @@ export class BroadcastWorker {
   /** Remove gateways whose heartbeat expired from routing, presence and the user map. */
   private async janitor(): Promise<void> {
     const gws = await this.cmd.smembers(Keys.gateways);
-    const alive = await Promise.all(gws.map((g) => this.cmd.exists(Keys.gateway(g))));
-    for (let i = 0; i < gws.length; i++) {
-      if (alive[i] === 0) {
-        await removeGateway(this.cmd, gws[i]);
-        this.opts.log.info('removed dead gateway', { gateway: gws[i] });
-      }
+    const alive = new Set(await aliveGateways(this.cmd, gws));
+    for (const gw of gws) {
+      if (alive.has(gw)) continue;
+      await removeGateway(this.cmd, gw);
+      this.opts.log.info('removed dead gateway', { gateway: gw });
     }
   }
 
@@ -302,11 +292,11 @@ export class BroadcastWorker {
     const parsed: Parsed[] = new Array(entries.length);
     for (let i = 0; i < entries.length; i++) {
       const [id, flat] = entries[i];
-      const f = fieldsOf(flat);
-      const e: Parsed = { id, f, seq: 0, json: null };
+      const m = parseIngress(flat);
+      const e: Parsed = { id, m, seq: 0, json: null };
       parsed[i] = e;
-      const room = f.r;
-      if (room === undefined || f.f === undefined || f.d === undefined) continue;
+      if (m === null) continue;
+      const room = m.room;
       let rb = byRoom.get(room);
       if (rb === undefined) {
         const gws = cmd.smembers(Keys.room(room));
@@ -316,7 +306,7 @@ export class BroadcastWorker {
         byRoom.set(room, rb);
       }
       rb.entries.push(e);
-      rb.args.push(id, roomMessageHead(room, f.f, f.d), roomMessageEnd(Number(f.t)));
+      rb.args.push(id, roomMessageHead(room, m.from, m.dataJson), roomMessageEnd(m.ts));
     }
     const applied: Promise<void>[] = [];
     // Used only by rooms that have no epoch yet (new, or Redis lost them).
@@ -332,42 +322,35 @@ export class BroadcastWorker {
       );
     }
     await Promise.all(applied);
-    // One egress entry per gateway: k b, then per message room, id, ts, json, traceparent ('' if
-    // none), and a pad field when the count is odd.
-    const egress = new Map<string, (string | number)[]>();
+    // One egress entry per gateway with every message of the batch routed to it (wire.ts).
+    const egress = new Map<string, EgressBatch>();
     let spans: Span[] | null = null;
     for (let i = 0; i < parsed.length; i++) {
       const e = parsed[i];
-      if (e.json === null || e.json === undefined || e.seq === 0) continue;
-      const room = e.f.r;
+      if (e.m === null || e.json === null || e.json === undefined || e.seq === 0) continue;
+      const room = e.m.room;
       const gws = await byRoom.get(room)!.gws;
       // A sampled message: the routing span continues the publisher's trace, and the gateways'
       // deliver spans continue from it.
-      let trace = e.f.p;
+      let trace = e.m.trace;
       if (trace !== undefined && tracing.enabled) {
         const span = startSpan('broadcast route', trace, SpanKind.CONSUMER, { 'messaging.destination.name': room, 'switchboard.gateways': gws.length });
         (spans ??= []).push(span);
         trace = injectTraceparent(span) ?? trace;
       }
+      const mid = messageId(key, e.id);
       for (const gw of gws) {
-        let args = egress.get(gw);
-        if (args === undefined) {
-          args = [Keys.egress(gw), 'MAXLEN', '~', 0, '*', 'k', 'b'];
-          egress.set(gw, args);
+        let batch = egress.get(gw);
+        if (batch === undefined) {
+          batch = new EgressBatch(Keys.egress(gw));
+          egress.set(gw, batch);
         }
-        args.push(room, mid(key, e.id), e.f.t, e.json, trace ?? '');
+        batch.add(room, mid, e.m.ts, e.json, trace);
       }
       this.counters.routed += gws.length;
     }
     const writes: Promise<unknown>[] = [];
-    for (const args of egress.values()) {
-      // EGRESS_MAXLEN counts messages: an entry of n messages keeps about EGRESS_MAXLEN / n entries.
-      const n = (args.length - 7) / 5;
-      args[3] = Math.max(100, Math.ceil(egressMaxLen / n));
-      // Stream fields come in pairs: an odd number of 5-field messages gets one empty pad field.
-      if (n % 2 === 1) args.push('');
-      writes.push(cmd.call('XADD', ...args));
-    }
+    for (const batch of egress.values()) writes.push(cmd.call('XADD', ...batch.finish(egressMaxLen)));
     await Promise.all(writes);
     if (spans !== null) for (const s of spans) s.end();
     await cmd.call('XACK', key, GROUP, ...parsed.map((e) => e.id));

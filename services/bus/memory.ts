@@ -117,7 +117,6 @@ export class MemoryBus implements Bus {
   private readonly roomBytes: number;
   private readonly totalBytes: number;
   private readonly maxIdleRooms: number;
-  private mids = 0;
   readonly usage: HistoryUsage = { bytes: 0, rooms: 0, evicted: 0 };
 
   constructor(opts: MemoryBusOptions = {}) {
@@ -169,10 +168,10 @@ export class MemoryBus implements Bus {
     if (req.trace !== undefined && tracing.enabled) {
       // The embedded stand-in for the broadcast tier's routing step, so traces look the same.
       const route = startSpan('broadcast route', req.trace, SpanKind.CONSUMER, { 'messaging.destination.name': req.room });
-      this.sink!.deliverRoom(req.room, msg, req.ts, String(++this.mids), injectTraceparent(route));
+      this.sink!.deliverRoom(req.room, msg, req.ts, injectTraceparent(route));
       route.end();
     } else {
-      this.sink!.deliverRoom(req.room, msg, req.ts, String(++this.mids));
+      this.sink!.deliverRoom(req.room, msg, req.ts);
     }
     return { seq };
   }

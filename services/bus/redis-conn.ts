@@ -181,11 +181,4 @@ export class RedisHealth {
   }
 }
 
-/** Stream entry fields ([k1, v1, k2, v2, ...]) as a lookup. */
-export function fieldsOf(flat: string[]): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (let i = 0; i + 1 < flat.length; i += 2) out[flat[i]] = flat[i + 1];
-  return out;
-}
-
 export type StreamEntry = [id: string, fields: string[]];

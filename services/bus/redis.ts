@@ -20,6 +20,7 @@ import { newEpoch } from './epoch';
 import type { Logger } from '../telemetry/log';
 import { Keys, shardOf } from './keys';
 import { createRedis, isReady, RedisHealth, type RedisClient, type StreamEntry } from './redis-conn';
+import { directEntry, ingressFields, readEgress, type EgressHandler } from './wire';
 import type { Bus, BusSink, HistoryPage, HistoryQuery, PublishRequest, PublishResult, RoomPosition } from './types';
 
 export interface RedisBusOptions {
@@ -29,6 +30,8 @@ export interface RedisBusOptions {
   shards: number;
   /** Approximate cap of each ingress stream (safety bound; the broadcast tier trims what it processed). */
   ingressMaxLen: number;
+  /** Messages kept per egress stream (direct messages use it too). @default 100000 */
+  egressMaxLen?: number;
   heartbeatMs: number;
   /** Reply bound of every command (REDIS_TIMEOUT_MS). @default 2000 */
   timeoutMs?: number;
@@ -218,43 +221,27 @@ export class RedisBus implements Bus {
     }
   }
 
-  /**
-   * One egress entry: k=b (a batch of room messages, what the broadcast tier writes), k=r (one
-   * room message, the earlier layout) or k=d (direct). Fields are positional, see broadcast.
-   */
+  /** Egress entries go through the wire module; messages already seen are dropped. */
   private deliver(f: string[]): void {
-    const kind = f[1];
-    if (kind === 'b') {
-      // k b  then per message: <room> <mid> <ts> <json> <traceparent or ''>  [one '' pad]
-      const sink = this.sink!;
-      for (let i = 2; i + 4 < f.length; i += 5) {
-        const mid = f[i + 1];
-        if (this.recent.seen(mid)) {
-          this.duplicates++;
-          continue;
-        }
-        const tp = f[i + 4];
-        sink.deliverRoom(f[i], new Outbound(f[i + 3]), Number(f[i + 2]), mid, tp === '' ? undefined : tp);
-      }
-    } else if (kind === 'r') {
-      // k r  r <room>  i <mid>  t <ts>  m <json>  [p <traceparent>]
-      const mid = f[5];
+    readEgress(f, this.egress);
+  }
+
+  /** What this gateway does with each message of an egress entry (one object, no per-entry closures). */
+  private readonly egress: EgressHandler = {
+    room: (room, msg, ts, mid, trace) => {
       if (this.recent.seen(mid)) {
         this.duplicates++;
         return;
       }
-      this.sink!.deliverRoom(f[3], new Outbound(f[9]), Number(f[7]), mid, f[10] === 'p' ? f[11] : undefined);
-    } else if (kind === 'd') {
-      // k d  u <user>  m <json>
-      this.sink!.deliverUser(f[3], new Outbound(f[5]));
-    }
-  }
+      this.sink!.deliverRoom(room, msg, ts, trace);
+    },
+    direct: (user, msg) => void this.sink!.deliverUser(user, msg),
+  };
 
   publish(req: PublishRequest): Promise<PublishResult> {
     const shard = shardOf(req.room, this.opts.shards);
-    const args: (string | number)[] = [Keys.ingress(shard), 'MAXLEN', '~', this.opts.ingressMaxLen, '*', 'r', req.room, 'f', req.from, 'd', req.dataJson, 't', req.ts];
-    if (req.trace !== undefined) args.push('p', req.trace);
-    return (this.cmd.call('XADD', ...args) as Promise<string>).then(() => ({}), unavailable);
+    const key = Keys.ingress(shard);
+    return (this.cmd.call('XADD', key, 'MAXLEN', '~', this.opts.ingressMaxLen, '*', ...ingressFields(req)) as Promise<string>).then(() => ({}), unavailable);
   }
 
   join(room: string, user: string): Promise<void> {
@@ -307,12 +294,9 @@ export class RedisBus implements Bus {
   }
 
   private async directUnguarded(to: string, msg: Outbound): Promise<boolean> {
-    const gws = await this.cmd.smembers(Keys.user(to));
-    if (gws.length === 0) return false;
-    const alive = await Promise.all(gws.map((g) => (g === this.gw ? 1 : this.cmd.exists(Keys.gateway(g)))));
-    const targets = gws.filter((_, i) => alive[i] === 1);
+    const targets = await aliveGateways(this.cmd, await this.cmd.smembers(Keys.user(to)), this.gw);
     if (targets.length === 0) return false;
-    await Promise.all(targets.map((g) => this.cmd.call('XADD', Keys.egress(g), 'MAXLEN', '~', 10000, '*', 'k', 'd', 'u', to, 'm', msg.json)));
+    await Promise.all(targets.map((g) => this.cmd.call('XADD', ...directEntry(Keys.egress(g), this.opts.egressMaxLen ?? 100_000, to, msg.json))));
     return true;
   }
 
@@ -328,12 +312,8 @@ export class RedisBus implements Bus {
       const gw = f.slice(0, bar);
       (byGw.get(gw) ?? byGw.set(gw, []).get(gw)!).push(f.slice(bar + 1));
     }
-    const gws = [...byGw.keys()];
-    const alive = await Promise.all(gws.map((g) => (g === this.gw ? 1 : this.cmd.exists(Keys.gateway(g)))));
     const users = new Set<string>();
-    gws.forEach((g, i) => {
-      if (alive[i] === 1) for (const u of byGw.get(g)!) users.add(u);
-    });
+    for (const g of await aliveGateways(this.cmd, [...byGw.keys()], this.gw)) for (const u of byGw.get(g)!) users.add(u);
     return [...users];
   }
 
@@ -388,6 +368,16 @@ export class RedisBus implements Bus {
     const [, [seq, epoch]] = await Promise.all([this.cmd.hsetnx(key, 'epoch', newEpoch()), this.cmd.hmget(key, 'seq', 'epoch')]);
     return { seq: Number(seq ?? 0), epoch: epoch ?? '' };
   }
+}
+
+/**
+ * The gateways of `gws` whose heartbeat has not expired (`self` is alive by definition). Routing
+ * sets may name a gateway that died since; this is the one place that filters them.
+ */
+export async function aliveGateways(redis: RedisClient, gws: readonly string[], self?: string): Promise<string[]> {
+  if (gws.length === 0) return [];
+  const alive = await Promise.all(gws.map((g) => (g === self ? 1 : redis.exists(Keys.gateway(g)))));
+  return gws.filter((_, i) => alive[i] === 1);
 }
 
 /**

@@ -14,11 +14,11 @@ export type MaybePromise<T> = T | Promise<T>;
 export interface BusSink {
   /**
    * Fan a room message out to local members. `msg` is the encoded `message` push (encode once);
-   * `ts` is when the origin gateway accepted it (for delivery latency); `mid` identifies the
-   * message for duplicate suppression; `trace` is the traceparent of the routing span when the
-   * message is sampled for tracing (the gateway's `gateway deliver` span continues from it).
+   * `ts` is when the origin gateway accepted it (for delivery latency); `trace` is the
+   * traceparent of the routing span when the message is sampled for tracing (the gateway's
+   * `gateway deliver` span continues from it). The bus has dropped duplicates already.
    */
-  deliverRoom(room: string, msg: Outbound, ts: number, mid: string, trace?: string): void;
+  deliverRoom(room: string, msg: Outbound, ts: number, trace?: string): void;
   /** Deliver a direct push to every local connection of `user`; returns how many got it. */
   deliverUser(user: string, msg: Outbound): number;
   /**

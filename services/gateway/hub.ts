@@ -110,7 +110,7 @@ export class Hub {
   }
 
   /** Fan a message out to the local members of a room: same bytes for everyone. */
-  deliverRoom(room: string, msg: Outbound, ts: number, _mid?: string, trace?: string): number {
+  deliverRoom(room: string, msg: Outbound, ts: number, trace?: string): number {
     const r = this.rooms.get(room);
     if (r === undefined) return 0;
     let n = 0;
