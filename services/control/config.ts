@@ -330,3 +330,16 @@ export function redactedConfig(cfg: Config): Record<string, unknown> {
     redisUrl: cfg.redisUrl.replace(/\/\/([^@/]*)@/, '//<redacted>@'),
   };
 }
+
+/** One row of a settings table like SETTINGS (the operator declares its own table of these). */
+export type SettingDefinition = Setting;
+
+/**
+ * Load another process's settings table (the operator's) by the same rules as SETTINGS: `.env`
+ * and the environment merged the same way, the same kinds (so booleans parse alike), the same
+ * ConfigError on the first invalid value. Values by key.
+ */
+export function loadSettingsTable(table: readonly SettingDefinition[], opts: LoadOptions = {}): Map<string, string | number | boolean> {
+  const raw = rawSettings(opts);
+  return new Map(table.map((s) => [s.key, parseValue(s, raw.get(s.key) ?? s.default)]));
+}
