@@ -69,11 +69,15 @@ describe('chaos checker', () => {
     ev.push({ t: 40, e: 'sent', room: 'r', member: 'a', key: 'a:3' }, { t: 45, e: 'noreply', room: 'r', member: 'a', key: 'a:3', why: 'disconnected' });
     recv(ev, 12, 'a', 'a:1', 1);
     recv(ev, 50, 'b', 'a:3', 2); // accepted after all: fine
+    recv(ev, 51, 'b', 'a:2', 3); // "unavailable", yet accepted: allowed, but counted
+    recv(ev, 51, 'a', 'a:2', 3);
     const s = check(ev, P);
     assert.equal(s.ok, true, formatSummary(s));
     assert.deepEqual(s.nacked, { unavailable: 1 });
     assert.equal(s.noReply, 1);
-    assert.equal(s.deliveredUnacked, 1);
+    assert.equal(s.deliveredUnacked, 2);
+    assert.deepEqual(s.deliveredUnackedBy, { noreply: 1, unavailable: 1 });
+    assert.deepEqual(s.deliveredUnackedAfter, { none: 2 });
   });
 
   it('excuses messages acknowledged before Redis lost its data when the member was told the epoch changed', () => {

@@ -61,8 +61,15 @@ export interface Summary {
   epochChangesSeen: number;
   trimmedSeen: number;
   seqRegressionsSeen: number;
-  /** Delivered messages whose send got an error or no reply (accepted after all: allowed). */
+  /**
+   * Messages (unique, not per member) whose send got an error reply or no reply but that were
+   * delivered anyway: accepted after all. Allowed, but an error code here (`unavailable` says
+   * "not accepted; retry") means a client that retries creates a duplicate. By outcome (`noreply`
+   * or the error code) and by the last fault before the send.
+   */
   deliveredUnacked: number;
+  deliveredUnackedBy: Record<string, number>;
+  deliveredUnackedAfter: Record<string, number>;
   foreignMessages: number;
   longestStallMs: number;
   stallViolations: number;
@@ -105,6 +112,8 @@ interface Indexed {
   sent: Map<string, EventOf<'sent'>>;
   acks: EventOf<'ack'>[];
   ackedKeys: Set<string>;
+  /** key -> error code, or 'noreply'. */
+  failedSends: Map<string, string>;
   /** room -> member -> first join time. */
   members: Map<string, Map<string, number>>;
   /** (room, member) -> recv events in order. */
@@ -122,6 +131,7 @@ function index(events: readonly ChaosEvent[]): Indexed {
     sent: new Map(),
     acks: [],
     ackedKeys: new Set(),
+    failedSends: new Map(),
     members: new Map(),
     recvs: new Map(),
     epochTold: new Map(),
@@ -144,6 +154,12 @@ function index(events: readonly ChaosEvent[]): Indexed {
       case 'ack':
         ix.acks.push(ev);
         ix.ackedKeys.add(ev.key);
+        break;
+      case 'nack':
+        ix.failedSends.set(ev.key, ev.code);
+        break;
+      case 'noreply':
+        ix.failedSends.set(ev.key, 'noreply');
         break;
       case 'joined': {
         let m = ix.members.get(ev.room);
@@ -201,8 +217,18 @@ function expectedMembers(ix: Indexed, ack: EventOf<'ack'>): string[] {
   return out;
 }
 
+function lastFaultBefore(ix: Indexed, t: number): EventOf<'fault'> | undefined {
+  let last: EventOf<'fault'> | undefined;
+  for (const f of ix.faults) {
+    if (f.t > t) break;
+    last = f;
+  }
+  return last;
+}
+
 function applyAll(ix: Indexed, s: Summary, violate: (v: Violation) => void): Applied {
   const firstApply = new Map<string, Map<string, number>>();
+  const unackedSeen = new Set<string>();
   for (const [k, list] of ix.recvs) {
     const [room, member] = k.split(sep);
     const seen = new Map<string, string>(); // epoch|seq -> key
@@ -233,7 +259,15 @@ function applyAll(ix: Indexed, s: Summary, violate: (v: Violation) => void): App
       applied.set(ev.key, ev.t);
       if (ev.via === 'live') s.delivered++;
       else s.recovered++;
-      if (sent !== undefined && !ix.ackedKeys.has(ev.key)) s.deliveredUnacked++;
+      if (sent !== undefined && !ix.ackedKeys.has(ev.key) && !unackedSeen.has(ev.key)) {
+        unackedSeen.add(ev.key);
+        s.deliveredUnacked++;
+        const outcome = ix.failedSends.get(ev.key) ?? 'pending';
+        s.deliveredUnackedBy[outcome] = (s.deliveredUnackedBy[outcome] ?? 0) + 1;
+        const f = lastFaultBefore(ix, sent.t);
+        const fk = f === undefined ? 'none' : f.kind;
+        s.deliveredUnackedAfter[fk] = (s.deliveredUnackedAfter[fk] ?? 0) + 1;
+      }
       const last = lastByEpoch.get(ev.epoch);
       if (last !== undefined && ev.seq <= last) {
         s.reordered++;
@@ -285,6 +319,8 @@ export function check(events: readonly ChaosEvent[], params: CheckParams): Summa
     trimmedSeen: 0,
     seqRegressionsSeen: 0,
     deliveredUnacked: 0,
+    deliveredUnackedBy: {},
+    deliveredUnackedAfter: {},
     foreignMessages: 0,
     longestStallMs: 0,
     stallViolations: 0,
@@ -398,11 +434,7 @@ export function check(events: readonly ChaosEvent[], params: CheckParams): Summa
   all.sort((a, b) => a.t - b.t);
   const rel = (t: number) => `+${((t - ix.start) / 1000).toFixed(1)}s`;
   const withFault = (v: Violation): Violation => {
-    let last: EventOf<'fault'> | undefined;
-    for (const f of ix.faults) {
-      if (f.t > v.t) break;
-      last = f;
-    }
+    const last = lastFaultBefore(ix, v.t);
     return { ...v, lastFault: last === undefined ? 'none' : `${last.kind} (${last.detail}) at ${rel(last.t)}` };
   };
   s.examples = all.slice(0, maxExamples).map(withFault);
@@ -420,7 +452,8 @@ export function formatSummary(s: Summary, extra: Record<string, unknown> = {}): 
       .map(([k, v]) => `${k}=${String(v)}`)
       .join(' ')}`,
     `  sent ${s.sent}  acked ${s.acked}  nacked ${JSON.stringify(s.nacked)}  noReply ${s.noReply}`,
-    `  delivered ${s.delivered}  recovered ${s.recovered}  lost ${s.lost}  lostToEpochChange ${s.lostToEpochChange}  deliveredUnacked ${s.deliveredUnacked}`,
+    `  delivered ${s.delivered}  recovered ${s.recovered}  lost ${s.lost}  lostToEpochChange ${s.lostToEpochChange}`,
+    `  deliveredUnacked ${s.deliveredUnacked} ${JSON.stringify(s.deliveredUnackedBy)} after ${JSON.stringify(s.deliveredUnackedAfter)}`,
     `  duplicates ${s.duplicates} (before dedupe ${s.duplicatesBeforeDedupe})  reordered ${s.reordered}  seqConflicts ${s.seqConflicts}  foreign ${s.foreignMessages}`,
     `  epochChanges ${s.epochChangesSeen} (unexplained ${s.unexplainedEpochChanges})  trimmed ${s.trimmedSeen}  seqRegressions ${s.seqRegressionsSeen}  reconnects ${s.reconnects}`,
     `  longestStallMs ${s.longestStallMs} (violations ${s.stallViolations})  longestMemberLagMs ${s.longestMemberLagMs}`,

@@ -179,7 +179,15 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         const cur = fleet.liveWorkers().length;
         fault(step.kind, `${cur} -> ${o.workersMax} for ${step.holdMs} ms -> ${o.workersMin}`);
         await Promise.all(Array.from({ length: Math.max(0, o.workersMax - cur) }, () => fleet.startWorker()));
-        await sleep(step.holdMs);
+        // Half the time one of the scaled-up workers is killed mid-way: a handover among several.
+        if (targetRng.next() < 0.5 && fleet.liveWorkers().length > 1) {
+          await sleep(Math.floor(step.holdMs / 2));
+          const ws = fleet.liveWorkers();
+          const w = targetRng.pick(ws);
+          fault('worker_kill9', `${w.name} SIGKILL (of ${ws.length}) while scaled up, not replaced`);
+          await w.stop('SIGKILL');
+          await sleep(step.holdMs - Math.floor(step.holdMs / 2));
+        } else await sleep(step.holdMs);
         const extra = targetRng.shuffle(fleet.liveWorkers()).slice(0, Math.max(0, fleet.liveWorkers().length - o.workersMin));
         await Promise.all(extra.map((w) => w.stop('SIGTERM')));
         break;
