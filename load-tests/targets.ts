@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { connect, createServer } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { LoadCodec } from './generator/messages';
 
 /**
@@ -83,6 +83,9 @@ export interface Target {
    * `switchboard-zstd` are standalone Switchboard measured with compressed deliveries.
    */
   codec: LoadCodec;
+  /** Cluster targets: the Redis port and each process by role, for per-hop measurements. */
+  redisPort?: number;
+  processes?: { role: string; pid: number }[];
   stop(): Promise<void>;
 }
 
@@ -248,14 +251,21 @@ export async function startTracedSwitchboard(extraEnv: Record<string, string> = 
   };
 }
 
-/** Whether this build has the cluster roles (`switchboard gateway` and `broadcast`). */
+/**
+ * Whether this build has the cluster roles (`switchboard gateway` and `broadcast`): the roles'
+ * table (services/roles/ from the fourth session on, the CLI itself before) names both. Older
+ * builds are still measured, for before/after comparisons.
+ */
 export function clusterRolesAvailable(): boolean {
-  try {
-    const src = readFileSync(CLI, 'utf8');
-    return /\bgateway\s*:/.test(src) && /\bbroadcast\s*:/.test(src);
-  } catch {
-    return false;
+  for (const file of [join(dirname(CLI), 'roles', 'index.js'), CLI]) {
+    try {
+      const src = readFileSync(file, 'utf8');
+      if (/\bgateway\b/.test(src) && /\bbroadcast\b/.test(src) && /roles/.test(src)) return true;
+    } catch {
+      // not in this build
+    }
   }
+  return false;
 }
 
 async function startRedis(): Promise<{ child: ChildProcess; port: number }> {
@@ -319,6 +329,8 @@ export async function startCluster(gateways = 2, extraEnv: Record<string, string
     }
     return {
       kind,
+      redisPort: redis.port,
+      processes: children.map((c, i) => ({ role: i === 0 ? 'redis' : i <= broadcasts ? `broadcast-${i}` : `gateway-${i - broadcasts}`, pid: c.pid! })),
       ports: gws.map((g) => g.port),
       pids: children.map((c) => c.pid!),
       connPids: gws.map((g) => g.child.pid!),
