@@ -60,15 +60,60 @@ export interface FrameParser {
   push(chunk: Buffer): void;
   /** Bytes held while waiting for the rest of a frame. */
   readonly bufferedBytes: number;
+  /** Frames completed so far (a frame completed during a push means the pending one is new). */
+  readonly framesCompleted: number;
+}
+
+/**
+ * The bytes of one incomplete frame, in one growing buffer. Appending is amortised linear (the
+ * capacity doubles, up to `limit`), so a frame that arrives a byte at a time costs O(n) copies in
+ * total, not O(n^2) as concatenating on every chunk would; and a frame is held as one buffer
+ * (at most twice its size), not as one small Buffer object per TCP segment.
+ */
+class Accumulator {
+  private buf: Buffer;
+  length = 0;
+  constructor(
+    first: Buffer,
+    private readonly limit: number,
+    sizeHint = 0,
+  ) {
+    const want = Math.max(first.length, sizeHint > 0 ? Math.min(sizeHint, 4096) : 0, 256);
+    this.buf = Buffer.allocUnsafe(Math.min(Math.max(want, first.length), Math.max(limit, first.length)));
+    first.copy(this.buf, 0);
+    this.length = first.length;
+  }
+
+  append(chunk: Buffer, start = 0, end = chunk.length): void {
+    const n = end - start;
+    if (n <= 0) return;
+    const need = this.length + n;
+    if (need > this.buf.length) {
+      const grown = Buffer.allocUnsafe(Math.max(need, Math.min(this.buf.length * 2, Math.max(this.limit, need))));
+      this.buf.copy(grown, 0, 0, this.length);
+      this.buf = grown;
+    }
+    chunk.copy(this.buf, this.length, start, end);
+    this.length = need;
+  }
+
+  /** A view of the bytes held (valid until the next append). */
+  view(): Buffer {
+    return this.buf.subarray(0, this.length);
+  }
 }
 
 /**
  * Newline-delimited JSON. A line longer than maxFrame is fatal (too_large): without its end we
  * cannot find the next message boundary cheaply and a well-behaved client never sends one.
+ *
+ * Linear in the bytes received however they are split: each byte is searched for a newline once
+ * (only the new chunk is searched) and copied at most once into the pending line (amortised).
  */
 export class TextParser implements FrameParser {
-  private pending: Buffer | null = null;
+  private pending: Accumulator | null = null;
   private stopped = false;
+  private completed = 0;
   constructor(
     private readonly sink: FrameSink,
     private readonly maxFrame: number,
@@ -78,35 +123,42 @@ export class TextParser implements FrameParser {
     return this.pending === null ? 0 : this.pending.length;
   }
 
+  get framesCompleted(): number {
+    return this.completed;
+  }
+
   push(chunk: Buffer): void {
     if (this.stopped) return;
-    let data = chunk;
     let start = 0;
-    if (this.pending !== null) {
+    const pending = this.pending;
+    if (pending !== null) {
       const nl = chunk.indexOf(LF);
       if (nl === -1) {
-        if (this.pending.length + chunk.length > this.maxFrame) return this.fail();
-        this.pending = Buffer.concat([this.pending, chunk]);
+        // The line may end with the CR of a CRLF: count it, it is stripped when the LF arrives.
+        if (pending.length + chunk.length > this.maxFrame + 1) return this.fail();
+        pending.append(chunk);
         return;
       }
-      const line = Buffer.concat([this.pending, chunk.subarray(0, nl)]);
+      if (pending.length + nl > this.maxFrame + 1) return this.fail();
+      pending.append(chunk, 0, nl);
       this.pending = null;
-      if (line.length > this.maxFrame) return this.fail();
+      const line = pending.view();
+      if (lineLength(line, 0, line.length) > this.maxFrame) return this.fail();
       this.emitLine(line, 0, line.length);
       if (this.stopped) return;
       start = nl + 1;
-      data = chunk;
     }
+    const data = chunk;
     const len = data.length;
     while (start < len) {
       const nl = data.indexOf(LF, start);
       if (nl === -1) {
-        if (len - start > this.maxFrame) return this.fail();
+        if (len - start > this.maxFrame + 1) return this.fail();
         // Copy: keeping a view would pin the whole chunk while a slow client dribbles bytes.
-        this.pending = Buffer.from(data.subarray(start));
+        this.pending = new Accumulator(data.subarray(start), this.maxFrame + 1);
         return;
       }
-      if (nl - start > this.maxFrame) return this.fail();
+      if (lineLength(data, start, nl) > this.maxFrame) return this.fail();
       this.emitLine(data, start, nl);
       if (this.stopped) return;
       start = nl + 1;
@@ -120,6 +172,7 @@ export class TextParser implements FrameParser {
   }
 
   private emitLine(buf: Buffer, start: number, end: number): void {
+    this.completed++;
     if (end > start && buf[end - 1] === CR) end--;
     if (end === start) return; // blank line: keep-alive from nc users, ignored
     this.sink.onFrame(buf.subarray(start, end), 0);
@@ -131,77 +184,107 @@ export class TextParser implements FrameParser {
   }
 }
 
+/** Length of a line without its trailing CR. */
+function lineLength(buf: Buffer, start: number, end: number): number {
+  return end > start && buf[end - 1] === CR ? end - start - 1 : end - start;
+}
+
 /**
  * `u32 length | u8 flags | body`. The declared length is checked against maxFrame as soon as the
  * header is complete, so a client announcing 4 GiB and sending 10 bytes costs nothing.
+ *
+ * Frames inside one chunk are handed out as views without copying; a frame split across chunks
+ * is gathered into one growing buffer (amortised linear, see Accumulator), never as a list of
+ * the chunks (a body dribbled a byte at a time would be a million Buffer objects).
  */
 export class BinaryParser implements FrameParser {
-  private chunks: Buffer[] = [];
-  private buffered = 0;
+  /** The incomplete header or body; null when nothing is held. */
+  private pending: Accumulator | null = null;
   private need = -1; // body length of the frame in progress, -1 while reading a header
   private flags = 0;
   private stopped = false;
+  private completed = 0;
   constructor(
     private readonly sink: FrameSink,
     private readonly maxFrame: number,
   ) {}
 
   get bufferedBytes(): number {
-    return this.buffered;
+    return this.pending === null ? 0 : this.pending.length;
+  }
+
+  get framesCompleted(): number {
+    return this.completed;
   }
 
   stop(): void {
     this.stopped = true;
-    this.chunks = [];
-    this.buffered = 0;
+    this.pending = null;
   }
 
   push(chunk: Buffer): void {
     if (this.stopped) return;
-    // Fast path: nothing buffered and no body pending (a chunk may end right after a header),
-    // walk the chunk in place.
-    if (this.buffered === 0 && this.need === -1) {
-      let off = 0;
-      const len = chunk.length;
-      while (len - off >= BINARY_HEADER_BYTES) {
-        const size = chunk.readUInt32BE(off);
-        const flags = chunk[off + 4];
-        if (!this.checkHeader(size, flags)) return;
-        if (len - off - BINARY_HEADER_BYTES < size) break;
-        const bodyStart = off + BINARY_HEADER_BYTES;
-        this.sink.onFrame(chunk.subarray(bodyStart, bodyStart + size), flags);
-        if (this.stopped) return;
-        off = bodyStart + size;
-      }
-      if (off < len) this.append(off === 0 ? chunk : chunk.subarray(off));
-      this.drain();
-      return;
-    }
-    this.append(chunk);
-    this.drain();
-  }
-
-  private append(chunk: Buffer): void {
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
-  }
-
-  private drain(): void {
-    while (!this.stopped) {
+    let off = 0;
+    const len = chunk.length;
+    const pending = this.pending;
+    if (pending !== null) {
       if (this.need === -1) {
-        if (this.buffered < BINARY_HEADER_BYTES) return;
-        const header = this.take(BINARY_HEADER_BYTES);
+        // Complete the header first (at most 4 more bytes).
+        const take = Math.min(BINARY_HEADER_BYTES - pending.length, len);
+        pending.append(chunk, 0, take);
+        off = take;
+        if (pending.length < BINARY_HEADER_BYTES) return;
+        const header = pending.view();
         const size = header.readUInt32BE(0);
         const flags = header[4];
         if (!this.checkHeader(size, flags)) return;
+        this.pending = null;
+        if (len - off >= size) {
+          this.emit(chunk.subarray(off, off + size), flags);
+          if (this.stopped) return;
+          off += size;
+        } else {
+          this.need = size;
+          this.flags = flags;
+          this.pending = new Accumulator(chunk.subarray(off), size, size);
+          return;
+        }
+      } else {
+        const want = this.need - pending.length;
+        if (len < want) {
+          pending.append(chunk);
+          return;
+        }
+        pending.append(chunk, 0, want);
+        off = want;
+        this.pending = null;
+        this.need = -1;
+        this.emit(pending.view(), this.flags);
+        if (this.stopped) return;
+      }
+    }
+    // Nothing held: walk the rest of the chunk in place.
+    while (len - off >= BINARY_HEADER_BYTES) {
+      const size = chunk.readUInt32BE(off);
+      const flags = chunk[off + 4];
+      if (!this.checkHeader(size, flags)) return;
+      const bodyStart = off + BINARY_HEADER_BYTES;
+      if (len - bodyStart < size) {
         this.need = size;
         this.flags = flags;
+        this.pending = new Accumulator(chunk.subarray(bodyStart), size, size);
+        return;
       }
-      if (this.buffered < this.need) return;
-      const body = this.take(this.need);
-      this.need = -1;
-      this.sink.onFrame(body, this.flags);
+      this.emit(chunk.subarray(bodyStart, bodyStart + size), flags);
+      if (this.stopped) return;
+      off = bodyStart + size;
     }
+    if (off < len) this.pending = new Accumulator(chunk.subarray(off), BINARY_HEADER_BYTES);
+  }
+
+  private emit(body: Buffer, flags: number): void {
+    this.completed++;
+    this.sink.onFrame(body, flags);
   }
 
   private checkHeader(size: number, flags: number): boolean {
@@ -216,36 +299,6 @@ export class BinaryParser implements FrameParser {
       return false;
     }
     return true;
-  }
-
-  /** Remove n bytes from the front of the buffered chunks; copies only when a frame spans chunks. */
-  private take(n: number): Buffer {
-    this.buffered -= n;
-    const first = this.chunks[0];
-    if (first.length === n) {
-      this.chunks.shift();
-      return first;
-    }
-    if (first.length > n) {
-      this.chunks[0] = first.subarray(n);
-      return first.subarray(0, n);
-    }
-    const out = Buffer.allocUnsafe(n);
-    let off = 0;
-    while (off < n) {
-      const c = this.chunks[0];
-      const want = n - off;
-      if (c.length <= want) {
-        c.copy(out, off);
-        off += c.length;
-        this.chunks.shift();
-      } else {
-        c.copy(out, off, 0, want);
-        this.chunks[0] = c.subarray(want);
-        off += want;
-      }
-    }
-    return out;
   }
 }
 
