@@ -12,11 +12,13 @@ export const ErrorCode = {
   BadRequest: 'bad_request',
   UnknownType: 'unknown_type',
   TooLarge: 'too_large',
+  FrameTimeout: 'frame_timeout',
   RateLimited: 'rate_limited',
   NotInRoom: 'not_in_room',
   TooManyRooms: 'too_many_rooms',
   UserOffline: 'user_offline',
   Unauthorized: 'unauthorized',
+  TokenExpired: 'token_expired',
   FeatureDisabled: 'feature_disabled',
   Overloaded: 'overloaded',
   SlowConsumer: 'slow_consumer',
@@ -45,24 +47,32 @@ export interface ErrorInfo {
   /** The gRPC status the server API answers with for the same failure. */
   readonly grpc: GrpcStatus;
   readonly description: string;
+  /**
+   * A failure of the server or its dependencies, not of the client's input or behaviour: only
+   * these count toward the error-rate overload threshold, so that no client can push a process
+   * into overload by sending bad frames or by not reading.
+   */
+  readonly serverSide: boolean;
 }
 
 export const ErrorInfo: { readonly [C in ErrorCode]: ErrorInfo } = {
-  bad_frame: { closes: true, grpc: GrpcStatus.INVALID_ARGUMENT, description: 'The byte stream is not a valid frame (unknown preamble, reserved flag bits, corrupt compressed body); the connection is closed.' },
-  bad_json: { closes: false, grpc: GrpcStatus.INVALID_ARGUMENT, description: 'A frame is not valid JSON. The frame is dropped; the connection stays open.' },
-  bad_request: { closes: false, grpc: GrpcStatus.INVALID_ARGUMENT, description: 'The message is not a JSON object, or a field is missing, of the wrong type or out of range.' },
-  unknown_type: { closes: false, grpc: GrpcStatus.UNIMPLEMENTED, description: 'No core handler or plugin handles this message type.' },
-  too_large: { closes: true, grpc: GrpcStatus.RESOURCE_EXHAUSTED, description: 'A frame (or a declared frame length) exceeds the maximum frame size; the connection is closed.' },
-  rate_limited: { closes: false, grpc: GrpcStatus.RESOURCE_EXHAUSTED, description: 'The per-connection message rate limit was exceeded; the message was not processed.' },
-  not_in_room: { closes: false, grpc: GrpcStatus.FAILED_PRECONDITION, description: 'The request names a room this connection has not joined.' },
-  too_many_rooms: { closes: false, grpc: GrpcStatus.RESOURCE_EXHAUSTED, description: 'Joining would exceed the per-connection room limit.' },
-  user_offline: { closes: false, grpc: GrpcStatus.NOT_FOUND, description: 'A direct message names a user with no live connection.' },
-  unauthorized: { closes: true, grpc: GrpcStatus.UNAUTHENTICATED, description: 'Authentication failed (bad, expired or missing token), or a request came before hello; the connection is closed.' },
-  feature_disabled: { closes: false, grpc: GrpcStatus.FAILED_PRECONDITION, description: 'The feature flag gating this request is off for this user.' },
-  overloaded: { closes: false, grpc: GrpcStatus.UNAVAILABLE, description: 'The server is overloaded and refuses new work; retry later or elsewhere.' },
-  slow_consumer: { closes: true, grpc: GrpcStatus.RESOURCE_EXHAUSTED, description: 'The client does not read fast enough and its outbound buffer is full; it is disconnected.' },
-  unavailable: { closes: false, grpc: GrpcStatus.UNAVAILABLE, description: 'A dependency (such as Redis) is unreachable; the request was not accepted. Retry.' },
-  internal: { closes: false, grpc: GrpcStatus.INTERNAL, description: 'An unexpected server error; the request may not have been processed.' },
+  bad_frame: { closes: true, grpc: GrpcStatus.INVALID_ARGUMENT, description: 'The byte stream is not a valid frame (unknown preamble, reserved flag bits, corrupt compressed body); the connection is closed.', serverSide: false },
+  bad_json: { closes: false, grpc: GrpcStatus.INVALID_ARGUMENT, description: 'A frame is not valid JSON. The frame is dropped; the connection stays open.', serverSide: false },
+  bad_request: { closes: false, grpc: GrpcStatus.INVALID_ARGUMENT, description: 'The message is not a JSON object, or a field is missing, of the wrong type or out of range.', serverSide: false },
+  unknown_type: { closes: false, grpc: GrpcStatus.UNIMPLEMENTED, description: 'No core handler or plugin handles this message type.', serverSide: false },
+  frame_timeout: { closes: true, grpc: GrpcStatus.RESOURCE_EXHAUSTED, description: 'A frame was not completed within the frame timeout (a partial frame sent too slowly); the connection is closed.', serverSide: false },
+  too_large: { closes: true, grpc: GrpcStatus.RESOURCE_EXHAUSTED, description: 'A frame (or a declared frame length) exceeds the maximum frame size; the connection is closed.', serverSide: false },
+  rate_limited: { closes: false, grpc: GrpcStatus.RESOURCE_EXHAUSTED, description: 'The per-connection message rate limit was exceeded; the message was not processed.', serverSide: false },
+  not_in_room: { closes: false, grpc: GrpcStatus.FAILED_PRECONDITION, description: 'The request names a room this connection has not joined.', serverSide: false },
+  too_many_rooms: { closes: false, grpc: GrpcStatus.RESOURCE_EXHAUSTED, description: 'Joining would exceed the per-connection room limit (MAX_ROOMS_PER_CONNECTION) or the rooms this server holds in total (MAX_ROOMS_TOTAL).', serverSide: false },
+  user_offline: { closes: false, grpc: GrpcStatus.NOT_FOUND, description: 'A direct message names a user with no live connection.', serverSide: false },
+  unauthorized: { closes: true, grpc: GrpcStatus.UNAUTHENTICATED, description: 'Authentication failed (bad, expired or missing token), or a request came before hello; the connection is closed.', serverSide: false },
+  token_expired: { closes: true, grpc: GrpcStatus.UNAUTHENTICATED, description: 'The session token expired and was not refreshed in time; the connection is closed.', serverSide: false },
+  feature_disabled: { closes: false, grpc: GrpcStatus.FAILED_PRECONDITION, description: 'The feature flag gating this request is off for this user.', serverSide: false },
+  overloaded: { closes: false, grpc: GrpcStatus.UNAVAILABLE, description: 'The server is overloaded and refuses new work; retry later or elsewhere.', serverSide: false },
+  slow_consumer: { closes: true, grpc: GrpcStatus.RESOURCE_EXHAUSTED, description: 'The client does not read fast enough and its outbound buffer is full; it is disconnected.', serverSide: false },
+  unavailable: { closes: false, grpc: GrpcStatus.UNAVAILABLE, description: 'A dependency (such as Redis) is unreachable; the request was not accepted. Retry.', serverSide: true },
+  internal: { closes: false, grpc: GrpcStatus.INTERNAL, description: 'An unexpected server error; the request may not have been processed.', serverSide: true },
 };
 
 export const ALL_ERROR_CODES: readonly ErrorCode[] = Object.values(ErrorCode);

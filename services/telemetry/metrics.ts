@@ -13,8 +13,9 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram as PromHistogram, Registry } from 'prom-client';
 import { ALL_ERROR_CODES } from '../protocol';
-import { DropReason, type Counters } from './counters';
+import { DropReason, Limit, RejectReason, type Counters } from './counters';
 import type { Histogram } from './histogram';
+import { heapUsage } from './monitor';
 
 export const METRIC_PREFIX = 'switchboard_';
 
@@ -29,6 +30,10 @@ export interface MetricsSource {
   streamPending(): number;
   /** Effective global state of each feature flag (flags module). @default none */
   features?(): Iterable<readonly [string, boolean]>;
+  /** The effective MAX_CONNECTIONS (derived from the descriptor limit when the setting is 0); 0: none. */
+  connectionsMax?(): number;
+  /** Rooms with local members (MAX_ROOMS_TOTAL). */
+  rooms?(): number;
 }
 
 export interface MetricsOptions {
@@ -155,6 +160,20 @@ export class GatewayMetrics {
     // Expose the zero series from the first scrape, so rate() works before the first error.
     for (const code of ALL_ERROR_CODES) errors.labels(code).inc(0);
     for (const reason of Object.values(DropReason)) dropped.labels(reason).inc(0);
+
+    // The budgets of "Limits and abuse" (docs/operations.md): one series per setting, from the start.
+    const limits: Counter<'limit'> = new Counter({ name: `${p}limit_exceeded_total`, help: 'Times a client ran into a budget, by the setting that sets it.', labelNames: ['limit'], registers: [reg], collect: () => syncAll(limitFeeds) });
+    const limitFeeds: CounterFeed[] = Object.values(Limit).map((l) => new CounterFeed(limits.labels(l), () => c.limitHits[l]));
+    for (const l of Object.values(Limit)) limits.labels(l).inc(0);
+    const rejected: Counter<'reason'> = new Counter({ name: `${p}connections_rejected_total`, help: 'Connections closed as soon as they were accepted (or that could not be accepted), by reason.', labelNames: ['reason'], registers: [reg], collect: () => syncAll(rejectFeeds) });
+    const rejectFeeds: CounterFeed[] = Object.values(RejectReason).map((r) => new CounterFeed(rejected.labels(r), () => c.rejected[r]));
+    for (const r of Object.values(RejectReason)) rejected.labels(r).inc(0);
+    new Gauge({ name: `${p}connections_max`, help: 'Connections this process accepts at once (MAX_CONNECTIONS, or derived from the descriptor limit); 0 means no limit.', registers: [reg], collect() { this.set(source.connectionsMax?.() ?? 0); } });
+    new Gauge({ name: `${p}http_connections`, help: 'Open HTTP connections (client port and admin port); they count against MAX_CONNECTIONS.', registers: [reg], collect() { this.set(c.httpConnections); } });
+    new Gauge({ name: `${p}partial_frame_bytes`, help: 'Bytes of incomplete frames held for all connections (PARTIAL_FRAMES_BUDGET_BYTES).', registers: [reg], collect() { this.set(c.partialFrameBytes); } });
+    new Gauge({ name: `${p}rooms`, help: 'Rooms with members on this process (MAX_ROOMS_TOTAL).', registers: [reg], collect() { this.set(source.rooms?.() ?? 0); } });
+    new Gauge({ name: `${p}heap_used_bytes`, help: 'V8 heap in use (the overload monitor compares it with the heap limit).', registers: [reg], collect() { this.set(heapUsage().used); } });
+    new Gauge({ name: `${p}heap_limit_bytes`, help: 'V8 heap limit (heap_size_limit, set by --max-old-space-size).', registers: [reg], collect() { this.set(heapUsage().limit); } });
 
     this.counter(`${p}bytes_received_total`, 'Bytes read from client sockets.', () => c.bytesReceived);
     this.counter(`${p}bytes_sent_total`, 'Bytes written to client sockets.', () => c.bytesSent);

@@ -12,12 +12,16 @@
  *
  * Event-loop delay is measured with a timer chain (drift of a short timeout) rather than
  * perf_hooks.monitorEventLoopDelay, which misses long blocks on some sandboxed kernels.
+ *
+ * Nothing here may throw from a timer: RSS is read from /proc (an open(2)), which fails with
+ * EMFILE when the process is out of descriptors, exactly when it is under a connection flood.
+ * Every such read goes through a guard that keeps the last good value (safeRssBytes).
  */
 import { EventEmitter } from 'node:events';
 import { totalmem } from 'node:os';
+import { getHeapStatistics } from 'node:v8';
 import type { Counters } from './counters';
 import { Histogram } from './histogram';
-import { ErrorCode } from '../protocol';
 
 /** Thresholds; 0 disables a check. Defaults are in services/control/config.ts (SETTINGS). */
 export interface OverloadThresholds {
@@ -27,9 +31,14 @@ export interface OverloadThresholds {
   eventLoopLagMs: number;
   /** Resident set size, bytes. @default 85% of the container memory limit (or of RAM) */
   memoryBytes: number;
+  /** V8 heap in use, percent of its limit (heap_size_limit). @default 85; 0 disables */
+  heapPercent?: number;
   /** Messages received per second above which this process is over capacity. @default 0 (off) */
   maxMsgPerSec: number;
-  /** Server-side errors (internal, unavailable, slow_consumer) per message received, percent. @default 1 */
+  /**
+   * Server-side errors (ErrorInfo[code].serverSide: internal, unavailable) per message received,
+   * percent, each connection counted at most once per interval. @default 1
+   */
   errorRatePercent: number;
 }
 
@@ -51,6 +60,9 @@ export interface MonitorSample {
   /** NaN when nothing was delivered in the interval. */
   p99LatencyMs: number;
   rssBytes: number;
+  /** V8 heap in use (used_heap_size) and its limit (heap_size_limit). */
+  heapUsedBytes: number;
+  heapLimitBytes: number;
   msgPerSec: number;
   /** Percent; NaN when too few messages were received in the interval to tell. */
   errorRatePercent: number;
@@ -68,12 +80,38 @@ export interface PerformanceMonitorEvents {
   sample: [MonitorSample];
 }
 
-/** Server-side failures; client mistakes (bad_json, not_in_room...) do not make a process overloaded. */
-const SERVER_ERRORS: readonly ErrorCode[] = [ErrorCode.Internal, ErrorCode.Unavailable, ErrorCode.SlowConsumer];
 /** An error rate computed from fewer messages than this is noise. */
 const MIN_MESSAGES_FOR_ERROR_RATE = 100;
 /** Period of the event-loop probe timer. */
 const PROBE_MS = 20;
+
+let lastRss = 0;
+let rssReadFailures = 0;
+
+/**
+ * process.memoryUsage.rss() that never throws: it opens /proc/self/stat, which fails with EMFILE
+ * when descriptors run out (a connection flood) and used to crash the process from the monitor's
+ * timer. On failure the last good value is returned (0 before the first).
+ */
+export function safeRssBytes(): number {
+  try {
+    lastRss = process.memoryUsage.rss();
+  } catch {
+    rssReadFailures++;
+  }
+  return lastRss;
+}
+
+/** RSS reads that failed since start (EMFILE and the like). */
+export function rssReadFailureCount(): number {
+  return rssReadFailures;
+}
+
+/** V8 heap in use and its limit; getHeapStatistics reads no file and cannot fail for lack of descriptors. */
+export function heapUsage(): { used: number; limit: number } {
+  const h = getHeapStatistics();
+  return { used: h.used_heap_size, limit: h.heap_size_limit };
+}
 
 /** Memory this process may use: the cgroup (container) limit when there is one, else the RAM. */
 export function memoryLimitBytes(): number {
@@ -102,6 +140,9 @@ export class PerformanceMonitor extends EventEmitter<PerformanceMonitorEvents> {
   private prevReceived = 0;
   private prevErrors = 0;
   private readonly prevLatency: Float64Array;
+  /** Samples that threw (see onInterval); the last error, for diagnosis. */
+  sampleFailures = 0;
+  lastSampleError: unknown = undefined;
 
   constructor(
     private readonly counters: Counters,
@@ -129,7 +170,7 @@ export class PerformanceMonitor extends EventEmitter<PerformanceMonitorEvents> {
     if (this.timer !== null) return;
     this.resetBaseline();
     this.armProbe();
-    this.timer = setInterval(() => this.sample(), this.options.intervalMs);
+    this.timer = setInterval(onInterval, this.options.intervalMs, this);
     this.timer.unref();
   }
 
@@ -156,7 +197,7 @@ export class PerformanceMonitor extends EventEmitter<PerformanceMonitorEvents> {
     const c = this.counters;
     this.prevAt = performance.now();
     this.prevReceived = c.receivedTotal;
-    this.prevErrors = serverErrors(c);
+    this.prevErrors = c.serverErrorsForOverload;
     this.prevLatency.set(c.deliveryLatency.counts);
     this.lagSamples.length = 0;
   }
@@ -167,7 +208,7 @@ export class PerformanceMonitor extends EventEmitter<PerformanceMonitorEvents> {
     const now = performance.now();
     const dt = Math.max(1, now - this.prevAt) / 1000;
     const received = c.receivedTotal - this.prevReceived;
-    const errors = serverErrors(c) - this.prevErrors;
+    const errors = c.serverErrorsForOverload - this.prevErrors;
     const window = new Histogram(c.deliveryLatency.bounds);
     const cur = c.deliveryLatency.counts;
     for (let i = 0; i < cur.length; i++) {
@@ -175,15 +216,20 @@ export class PerformanceMonitor extends EventEmitter<PerformanceMonitorEvents> {
       window.count += window.counts[i];
     }
     const lag = this.lagSamples.sort((a, b) => a - b);
+    const heap = heapUsage();
     const s: MonitorSample = {
       at: Date.now(),
       eventLoopLagMs: lag.length === 0 ? 0 : lag[Math.min(lag.length - 1, Math.floor(lag.length * 0.99))],
       p99LatencyMs: window.quantile(0.99) * 1000,
-      rssBytes: process.memoryUsage.rss(),
+      rssBytes: safeRssBytes(),
+      heapUsedBytes: heap.used,
+      heapLimitBytes: heap.limit,
       msgPerSec: received / dt,
       errorRatePercent: received < MIN_MESSAGES_FOR_ERROR_RATE ? NaN : (errors / received) * 100,
     };
     this.resetBaseline();
+    // A new interval: every connection may again count once toward the server error rate.
+    c.epoch++;
     this.last = s;
     this.evaluate(s);
     this.emit('sample', s);
@@ -196,6 +242,7 @@ export class PerformanceMonitor extends EventEmitter<PerformanceMonitorEvents> {
       ['p99_latency', s.p99LatencyMs, o.p99LatencyMs, 'ms'],
       ['event_loop_lag', s.eventLoopLagMs, o.eventLoopLagMs, 'ms'],
       ['memory', s.rssBytes / 1048576, o.memoryBytes / 1048576, 'MiB'],
+      ['heap', s.heapLimitBytes > 0 ? (s.heapUsedBytes / s.heapLimitBytes) * 100 : 0, o.heapPercent ?? 0, '%'],
       ['throughput', s.msgPerSec, o.maxMsgPerSec, 'msg/s'],
       ['error_rate', s.errorRatePercent, o.errorRatePercent, '%'],
     ];
@@ -238,14 +285,19 @@ export class PerformanceMonitor extends EventEmitter<PerformanceMonitorEvents> {
   }
 }
 
-function onProbe(m: PerformanceMonitor): void {
-  m.probeFired();
+function onInterval(m: PerformanceMonitor): void {
+  // A timer must never throw: an exception here (a failed read, a throwing subscriber) would
+  // end the process. The next interval tries again.
+  try {
+    m.sample();
+  } catch (err) {
+    m.sampleFailures++;
+    m.lastSampleError = err;
+  }
 }
 
-function serverErrors(c: Counters): number {
-  let n = 0;
-  for (const code of SERVER_ERRORS) n += c.errors[code];
-  return n;
+function onProbe(m: PerformanceMonitor): void {
+  m.probeFired();
 }
 
 function round(v: number): number {
