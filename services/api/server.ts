@@ -12,6 +12,11 @@
  * Without a configured key the API refuses every call, so an API port exposed by mistake cannot be
  * used. Failures are SwitchboardErrors mapped through ErrorInfo[code].grpc, with the protocol code
  * in the `switchboard-error-code` trailer.
+ *
+ * Bounded like client input: a request message is at most MAX_FRAME_BYTES (grpc-js refuses a
+ * larger one with RESOURCE_EXHAUSTED before it reaches a handler), `data` nests at most
+ * MAX_JSON_DEPTH levels (INVALID_ARGUMENT), and neither a listener error nor a failing stats read
+ * on a timer can throw.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -26,6 +31,7 @@ import {
   ErrorCode,
   ErrorInfo,
   isSwitchboardError,
+  jsonTextDepthExceeds,
   MAX_NAME_LENGTH,
   Outbound,
   SwitchboardError,
@@ -79,8 +85,9 @@ function name(value: string, field: string): string {
 }
 
 /** Payloads are JSON text; re-serialised so a line-delimited client never sees a raw newline. */
-function jsonData(value: string): string {
+function jsonData(value: string, maxDepth: number): string {
   if (value === '') throw new SwitchboardError(ErrorCode.BadRequest, 'field "data" is required (JSON text)');
+  if (jsonTextDepthExceeds(value, maxDepth)) throw new SwitchboardError(ErrorCode.BadRequest, `field "data" nests objects and arrays deeper than ${maxDepth} levels`);
   try {
     return JSON.stringify(JSON.parse(value));
   } catch {
@@ -108,12 +115,16 @@ export interface ApiServerOptions {
 }
 
 export class ApiServer {
-  readonly grpc = new grpc.Server();
+  readonly grpc: grpc.Server;
   private readonly keyDigest: Buffer | null;
   private readonly watchers = new Set<NodeJS.Timeout>();
   port = -1;
 
   constructor(private readonly opts: ApiServerOptions) {
+    this.grpc = new grpc.Server({
+      // A request (Publish data and the rest) is bounded like a client frame.
+      'grpc.max_receive_message_length': opts.config.maxFrameBytes,
+    });
     this.keyDigest = opts.config.apiKey === '' ? null : digest(opts.config.apiKey);
     const service = switchboardService().service;
     this.grpc.addService(service, {
@@ -134,9 +145,24 @@ export class ApiServer {
       this.grpc.bindAsync(`${host}:${apiPort}`, grpc.ServerCredentials.createInsecure(), (err, port) => {
         if (err !== null) return rej(err);
         this.port = port;
+        this.guardListeners();
         res(port);
       });
     });
+  }
+
+  /**
+   * grpc-js removes its own 'error' listener from its HTTP/2 servers once they listen, so an
+   * accept(2) failure (EMFILE when descriptors run out) would be an unhandled 'error' event and
+   * end the process. Handle it: libuv has already dropped that connection.
+   */
+  private guardListeners(): void {
+    const servers = (this.grpc as unknown as { http2Servers?: Map<import('node:events').EventEmitter, unknown> }).http2Servers;
+    if (!(servers instanceof Map)) return;
+    for (const server of servers.keys()) {
+      if (server.listenerCount('error') > 0) continue;
+      server.on('error', (err: NodeJS.ErrnoException) => this.opts.log.warn('api listener error', { code: err.code, err: err.message }));
+    }
   }
 
   /** Stop accepting calls, end watch streams, and wait for calls in flight (bounded). */
@@ -190,7 +216,7 @@ export class ApiServer {
   private async publish(req: PublishRequest, caller: string): Promise<{ seq: number }> {
     const room = name(req.room, 'room');
     const from = req.from === '' ? `api:${caller}` : name(req.from, 'from');
-    const dataJson = jsonData(req.data);
+    const dataJson = jsonData(req.data, this.opts.config.maxJsonDepth);
     const bus = this.opts.gateway.services.bus;
     let r;
     try {
@@ -205,7 +231,7 @@ export class ApiServer {
   private async sendDirect(req: SendDirectRequest, caller: string): Promise<object> {
     const to = name(req.user, 'user');
     const from = req.from === '' ? `api:${caller}` : name(req.from, 'from');
-    const out = new Outbound(directMessageJson(from, jsonData(req.data), Date.now()));
+    const out = new Outbound(directMessageJson(from, jsonData(req.data, this.opts.config.maxJsonDepth), Date.now()));
     let ok: boolean;
     try {
       ok = await this.opts.gateway.services.bus.direct(to, out);
@@ -265,8 +291,16 @@ export class ApiServer {
       return;
     }
     const every = Math.max(100, call.request.interval_ms || 1000);
-    call.write(this.stats());
-    const timer = setInterval(() => call.write(this.stats()), every);
+    // On a timer: a failure to build the stats must not throw (skip that tick instead).
+    const tick = () => {
+      try {
+        call.write(this.stats());
+      } catch (err) {
+        this.opts.log.warn('api: stats not available', { err: err instanceof Error ? err.message : String(err) });
+      }
+    };
+    tick();
+    const timer = setInterval(tick, every);
     this.watchers.add(timer);
     const done = () => {
       clearInterval(timer);

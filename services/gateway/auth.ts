@@ -2,12 +2,17 @@
  * HS256 JWT verification for `hello` tokens, with node:crypto only.
  *
  * Accepts exactly alg HS256 (no "none", no algorithm confusion), compares signatures in constant
- * time, checks `exp` and `nbf` with a small clock skew, and requires `sub` (the user id).
+ * time and in canonical form (the decoded bytes, and only the one base64url spelling of them: a
+ * signature with altered padding bits or other non-canonical text is refused, so a token has one
+ * accepted form), checks `exp` and `nbf` with a small clock skew, optionally requires `exp`, and
+ * requires `sub` (the user id).
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { ErrorCode, SwitchboardError } from '../protocol';
 
 const CLOCK_SKEW_S = 30;
+/** HMAC-SHA256 output: 32 bytes, 43 characters of unpadded base64url. */
+const SIGNATURE_BYTES = 32;
 
 function b64urlDecode(part: string): Buffer {
   if (!/^[A-Za-z0-9_-]*$/.test(part)) throw new Error('not base64url');
@@ -20,6 +25,11 @@ function parseJsonPart(part: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
+export interface VerifyOptions {
+  /** Refuse tokens without `exp` (AUTH_REQUIRE_EXP). @default false */
+  requireExp?: boolean;
+}
+
 export interface VerifiedToken {
   sub: string;
   exp?: number;
@@ -27,7 +37,7 @@ export interface VerifiedToken {
 }
 
 /** Verify a token; throws SwitchboardError(unauthorized) with a reason that never echoes the token. */
-export function verifyHs256(token: string, secret: string, nowMs = Date.now()): VerifiedToken {
+export function verifyHs256(token: string, secret: string, nowMs = Date.now(), opts: VerifyOptions = {}): VerifiedToken {
   const fail = (why: string, cause?: unknown): never => {
     throw new SwitchboardError(ErrorCode.Unauthorized, `invalid token: ${why}`, { cause });
   };
@@ -49,9 +59,13 @@ export function verifyHs256(token: string, secret: string, nowMs = Date.now()): 
   } catch (err) {
     return fail('malformed', err);
   }
+  // Canonical form: exactly 32 bytes, and the text is the one encoding of them (Buffer.from
+  // ignores the unused low bits of the last character, so several spellings decode alike).
+  if (sig.length !== SIGNATURE_BYTES || sig.toString('base64url') !== parts[2]) fail('bad signature');
   const expected = createHmac('sha256', secret).update(`${parts[0]}.${parts[1]}`).digest();
-  if (sig.length !== expected.length || !timingSafeEqual(sig, expected)) fail('bad signature');
+  if (!timingSafeEqual(sig, expected)) fail('bad signature');
   const now = nowMs / 1000;
+  if (payload.exp === undefined && opts.requireExp === true) fail('exp is required');
   if (payload.exp !== undefined && (typeof payload.exp !== 'number' || payload.exp + CLOCK_SKEW_S < now)) fail('expired');
   if (payload.nbf !== undefined && (typeof payload.nbf !== 'number' || payload.nbf - CLOCK_SKEW_S > now)) fail('not yet valid');
   if (typeof payload.sub !== 'string' || payload.sub.length === 0 || payload.sub.length > 128) fail('missing sub');

@@ -5,6 +5,13 @@
  * Hot-path rules: socket listeners are shared functions (no closures per connection), frames are
  * parsed once, replies and pushes are queued as already encoded bytes, and the queue is bounded
  * (ours plus the socket's own buffer); past the bound the client is a slow consumer.
+ *
+ * Hostile clients (docs/operations.md, "Limits and abuse"): only complete frames count as
+ * activity; an incomplete frame is bounded in bytes (MAX_FRAME_BYTES, and all of them together
+ * by PARTIAL_FRAMES_BUDGET_BYTES) and in time (FRAME_TIMEOUT_MS, enforced by the server's sweep);
+ * every frame, a rejected one included, takes a token from the rate limiter, and past the limit
+ * only requests with an id get a reply; nesting is bounded (MAX_JSON_DEPTH) so that no input
+ * reaches `internal`; a session ends at its token's `exp` unless the client sends `refresh`.
  */
 import type { Socket } from 'node:net';
 import type { MaybePromise } from '../bus';
@@ -23,6 +30,7 @@ import {
   ErrorCode,
   ErrorInfo,
   isSwitchboardError,
+  jsonDepthExceeds,
   Mode,
   nameField,
   negotiateCodec,
@@ -40,7 +48,7 @@ import {
   type RequestId,
   type WelcomeLimits,
 } from '../protocol';
-import { DropReason } from '../telemetry/counters';
+import { DropReason, Limit } from '../telemetry/counters';
 import { verifyHs256 } from './auth';
 import type { HubMember } from './hub';
 import type { GatewayServices, MessageProcessor, PluginContext, PluginRegistry, ProcessResult } from './plugins';
@@ -59,6 +67,14 @@ export interface ConnectionHost {
   flagsFor(user: string): Record<string, boolean>;
   /** Whether a new session may start (false while overloaded past the margin). @default always */
   admitSession?(): boolean;
+  /**
+   * The connection grew its partial frame while all partial frames together are over
+   * PARTIAL_FRAMES_BUDGET_BYTES: it has paused its socket; resume it (partialBudgetResume) once
+   * the budget frees. @default never called without a budget
+   */
+  waitForPartialBudget?(conn: Connection): void;
+  /** Partial-frame bytes were released (a frame completed, or a connection let go of one). */
+  partialBudgetFreed?(): void;
   closed(conn: Connection): void;
 }
 
@@ -101,7 +117,7 @@ function errorFrame(id: RequestId | undefined, code: ErrorCode, message: string)
 }
 
 function disconnectReasonOf(code: ErrorCode): DisconnectReason {
-  if (code === ErrorCode.Unauthorized) return DisconnectReason.Unauthorized;
+  if (code === ErrorCode.Unauthorized || code === ErrorCode.TokenExpired) return DisconnectReason.Unauthorized;
   if (code === ErrorCode.SlowConsumer) return DisconnectReason.SlowConsumer;
   return DisconnectReason.ProtocolError;
 }
@@ -123,9 +139,23 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
   user = '';
   sessionId = '';
   mode: Mode = Mode.Unknown;
-  /** Last time the client sent anything (ms, coarse). */
+  /** Last time the client completed a frame (ms, coarse): partial frames are not activity. */
   lastSeen: number;
   readonly openedAt: number;
+  /** When the chunk being handled arrived (ms); the time of the frames it completes. */
+  private chunkAt: number;
+  /** Bytes of the incomplete frame held by the parser, as last added to counters.partialFrameBytes. */
+  private partialBytes = 0;
+  /** When the incomplete frame held now began (ms); 0 when none (FRAME_TIMEOUT_MS). */
+  partialSince = 0;
+  /** Paused because all partial frames together are over PARTIAL_FRAMES_BUDGET_BYTES. */
+  private pausedForBudget = false;
+  /** When the session's token expires (ms since the epoch); 0 without exp or without a token. */
+  tokenExpiresAt = 0;
+  /** Monitor interval in which this connection last counted a server-side error (Counters.countError). */
+  errorEpoch = 0;
+  /** A `rate_limited` error without id was sent since the bucket last had a token. */
+  private rateNoticeSent = false;
   private state: State = State.Open;
   private parser: TextParser | BinaryParser | null = null;
   private sniffed: Buffer | null = null;
@@ -154,6 +184,7 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
   ) {
     this.lastSeen = now;
     this.openedAt = now;
+    this.chunkAt = now;
     this.tokens = host.services.config.rateLimitBurst;
     this.refilledAt = now;
     (socket as ConnSocket)[CONN] = this;
@@ -185,12 +216,72 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
 
   onData(chunk: Buffer): void {
     this.host.services.counters.bytesReceived += chunk.length;
-    this.lastSeen = Date.now();
-    if (this.parser !== null) {
-      this.parser.push(chunk);
+    this.chunkAt = Date.now();
+    const parser = this.parser;
+    if (parser !== null) {
+      const done = parser.framesCompleted;
+      parser.push(chunk);
+      this.trackPartial(parser, done);
       return;
     }
     this.sniff(chunk);
+  }
+
+  /**
+   * After a push: account the incomplete frame the parser holds (bytes against the process-wide
+   * budget, and when it began, for the frame timeout). A frame completed during the push means
+   * the one held now began with this chunk.
+   */
+  private trackPartial(parser: TextParser | BinaryParser, doneBefore: number): void {
+    const held = parser.bufferedBytes;
+    const delta = held - this.partialBytes;
+    if (delta !== 0) {
+      const counters = this.host.services.counters;
+      counters.partialFrameBytes += delta;
+      this.partialBytes = held;
+      if (delta < 0) this.host.partialBudgetFreed?.();
+      else {
+        const budget = this.host.services.config.partialFramesBudgetBytes;
+        if (budget > 0 && counters.partialFrameBytes > budget && this.state === State.Open && !this.pausedForBudget) {
+          // Over the budget: stop reading this socket (TCP pushes back on the client) until
+          // partial frames elsewhere complete or time out. Its own frame timeout still runs.
+          counters.limitHits[Limit.PartialFramesBudget]++;
+          this.pausedForBudget = true;
+          this.socket.pause();
+          this.host.waitForPartialBudget?.(this);
+        }
+      }
+    }
+    if (held === 0) this.partialSince = 0;
+    else if (this.partialSince === 0 || parser.framesCompleted !== doneBefore) this.partialSince = this.chunkAt;
+  }
+
+  /** Let go of the partial frame's bytes in the process-wide account (closing, handed over). */
+  private releasePartial(): void {
+    this.partialSince = 0;
+    if (this.partialBytes === 0) return;
+    this.host.services.counters.partialFrameBytes -= this.partialBytes;
+    this.partialBytes = 0;
+    this.host.partialBudgetFreed?.();
+  }
+
+  /** The server's budget wait is over: read again (unless decompression holds the input). */
+  partialBudgetResume(): void {
+    if (!this.pausedForBudget) return;
+    this.pausedForBudget = false;
+    if (this.state === State.Open && !this.holdingInput()) this.socket.resume();
+  }
+
+  /** Called by the server's sweep when the incomplete frame is older than FRAME_TIMEOUT_MS. */
+  frameTimedOut(timeoutMs: number): void {
+    this.host.services.counters.limitHits[Limit.FrameTimeout]++;
+    this.fail(undefined, ErrorCode.FrameTimeout, `frame not completed within ${timeoutMs} ms of its first byte`);
+  }
+
+  /** Called by the server's sweep once the session's token has expired without a refresh. */
+  tokenExpired(): void {
+    this.tokenExpiresAt = 0;
+    this.fail(undefined, ErrorCode.TokenExpired, 'the session token expired: send refresh with a new token before exp');
   }
 
   private sniff(chunk: Buffer): void {
@@ -202,16 +293,24 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
       case Mode.Unknown:
         this.sniffed = data;
         return;
-      case Mode.Text:
+      case Mode.Text: {
         this.mode = Mode.Text;
-        this.parser = new TextParser(this, maxFrame);
-        this.parser.push(data);
+        const parser = new TextParser(this, maxFrame);
+        this.parser = parser;
+        parser.push(data);
+        this.trackPartial(parser, 0);
         return;
-      case Mode.Binary:
+      }
+      case Mode.Binary: {
         this.mode = Mode.Binary;
-        this.parser = new BinaryParser(this, maxFrame);
-        if (data.length > BINARY_PREAMBLE.length) this.parser.push(data.subarray(BINARY_PREAMBLE.length));
+        const parser = new BinaryParser(this, maxFrame);
+        this.parser = parser;
+        if (data.length > BINARY_PREAMBLE.length) {
+          parser.push(data.subarray(BINARY_PREAMBLE.length));
+          this.trackPartial(parser, 0);
+        }
         return;
+      }
       case Mode.Http:
         this.detach();
         this.host.services.counters.connections--;
@@ -226,11 +325,14 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
   }
 
   onFrameError(code: ErrorCode, message: string): void {
+    if (code === ErrorCode.TooLarge) this.host.services.counters.limitHits[Limit.MaxFrameBytes]++;
     this.fail(undefined, code, message);
   }
 
   onFrame(body: Buffer, flags: number): void {
     if (this.state !== State.Open) return;
+    // A complete frame is activity (the idle timer); bytes of an incomplete one are not.
+    this.lastSeen = this.chunkAt;
     if (this.heldIn !== null) {
       // Keep the client's order: later frames wait behind the one being decompressed.
       this.heldIn.push({ body: Buffer.from(body), flags });
@@ -277,23 +379,61 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
     if (this.state !== State.Open) return;
     // Another frame started decompressing: the rest of the held frames go on waiting behind it.
     if (this.holdingInput()) this.heldIn = held.slice(i);
-    else this.socket.resume();
+    else if (!this.pausedForBudget) this.socket.resume();
   }
 
   private holdingInput(): boolean {
     return this.heldIn !== null;
   }
 
+  /**
+   * One complete frame body: parse, take a token (every frame, a rejected one too, counts against
+   * the rate limit), bound the nesting, then dispatch. V8's JSON.parse is iterative and accepts any
+   * depth; the depth check only guards what comes after it.
+   */
   private handleBody(body: Buffer): void {
+    const counters = this.host.services.counters;
     let value: unknown;
+    let parsed = true;
     try {
       value = JSON.parse(body.toString('utf8'));
     } catch {
-      this.host.services.counters.countReceived('invalid');
+      parsed = false;
+    }
+    if (!this.takeToken()) {
+      this.rateLimited(parsed ? requestIdOf(value) : undefined);
+      return;
+    }
+    this.rateNoticeSent = false;
+    if (!parsed) {
+      counters.countReceived('invalid');
       this.fail(undefined, ErrorCode.BadJson, 'frame is not valid JSON');
       return;
     }
+    const maxDepth = this.host.services.config.maxJsonDepth;
+    if (jsonDepthExceeds(body, maxDepth)) {
+      counters.countReceived('invalid');
+      counters.limitHits[Limit.MaxJsonDepth]++;
+      this.fail(requestIdOf(value), ErrorCode.BadRequest, `the message nests objects and arrays deeper than ${maxDepth} levels`);
+      return;
+    }
     this.dispatch(value);
+  }
+
+  /**
+   * A frame past the rate limit is dropped. A request with an id still gets its one reply
+   * (`rate_limited`); of the others only the first since the bucket ran dry is answered, so a
+   * flood of bad frames costs the server no flood of error replies.
+   */
+  private rateLimited(id: RequestId | undefined): void {
+    const counters = this.host.services.counters;
+    counters.dropped[DropReason.RateLimited]++;
+    counters.limitHits[Limit.RateLimit]++;
+    if (id === undefined) {
+      if (this.rateNoticeSent) return;
+      this.rateNoticeSent = true;
+    }
+    this.fail(id, ErrorCode.RateLimited, `rate limit of ${this.host.services.config.rateLimitPerSec} messages/s exceeded`);
   }
 
   private takeToken(): boolean {
@@ -315,8 +455,8 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
     return true;
   }
 
-  /** Route one parsed value: envelope check, rate limit, core types, then plugins. */
-  dispatch(value: unknown): void {
+  /** Route one parsed value (its token already taken): envelope check, core types, then plugins. */
+  private dispatch(value: unknown): void {
     const counters = this.host.services.counters;
     let msg: InboundMessage;
     try {
@@ -326,15 +466,10 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
       this.fail(requestIdOf(value), ErrorCode.BadRequest, (err as Error).message);
       return;
     }
-    if (!this.takeToken()) {
-      counters.dropped[DropReason.RateLimited]++;
-      this.fail(msg.id, ErrorCode.RateLimited, `rate limit of ${this.host.services.config.rateLimitPerSec} messages/s exceeded`);
-      return;
-    }
     const type = msg.type;
     if (type === 'ping') {
       counters.countReceived(type);
-      this.enqueue(Outbound.of(msg.id === undefined ? { type: 'pong', ts: Date.now() } : { type: 'pong', id: msg.id, ts: Date.now() }));
+      this.enqueue(Outbound.of(msg.id === undefined ? { type: 'pong', ts: Date.now() } : { type: 'pong', id: msg.id, ts: Date.now() }), true);
       return;
     }
     if (type === 'hello') {
@@ -353,6 +488,11 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
       this.fail(msg.id, ErrorCode.Unauthorized, 'send hello first');
       return;
     }
+    if (type === 'refresh') {
+      counters.countReceived(type);
+      this.execute(msg, null);
+      return;
+    }
     const plugin = this.host.plugins.find(type);
     if (plugin === undefined) {
       counters.countReceived('unknown');
@@ -368,11 +508,11 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
     this.execute(msg, plugin);
   }
 
-  /** Run `hello` (plugin null) or a plugin and send its result or failure, now or when it settles. */
+  /** Run a core type (plugin null: hello, refresh) or a plugin and send its result or failure, now or when it settles. */
   private execute(msg: InboundMessage, plugin: MessageProcessor | null): void {
     let result: MaybePromise<ProcessResult>;
     try {
-      result = plugin === null ? this.hello(msg) : plugin.process(msg, this);
+      result = plugin !== null ? plugin.process(msg, this) : msg.type === 'hello' ? this.hello(msg) : this.refresh(msg);
     } catch (err) {
       this.replyFailure(msg.id, err);
       return;
@@ -405,16 +545,16 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
   private reply(id: RequestId | undefined, r: ProcessResult): void {
     if (this.state !== State.Open) return;
     if (r === undefined) {
-      if (id !== undefined) this.enqueue(Outbound.of({ type: 'ok', id }));
+      if (id !== undefined) this.enqueue(Outbound.of({ type: 'ok', id }), true);
       return;
     }
     if (r instanceof Outbound) {
-      this.enqueue(r);
+      this.enqueue(r, true);
       return;
     }
     const out: Record<string, unknown> = { type: 'ok' };
     if (id !== undefined) out.id = id;
-    this.enqueue(Outbound.of(Object.assign(out, r)));
+    this.enqueue(Outbound.of(Object.assign(out, r)), true);
   }
 
   private replyFailure(id: RequestId | undefined, err: unknown): void {
@@ -428,11 +568,11 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
 
   /** Send an error; when its code closes the connection, close it after the frame. */
   fail(id: RequestId | undefined, code: ErrorCode, message: string): void {
-    this.host.services.counters.countError(code);
+    this.host.services.counters.countError(code, this);
     if (this.state !== State.Open) return;
     const frame = errorFrame(id, code, message);
     if (ErrorInfo[code].closes) this.close(disconnectReasonOf(code), frame);
-    else this.enqueue(frame);
+    else this.enqueue(frame, true);
   }
 
   // ---- session -----------------------------------------------------------------------------
@@ -440,18 +580,23 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
   private hello(msg: InboundMessage): MaybePromise<ProcessResult> {
     if (this.user !== '' || this.helloPending) throw new SwitchboardError(ErrorCode.BadRequest, 'hello was already sent');
     const codecs = optionalStringArrayField(msg, 'codecs');
-    const secret = this.host.services.config.authSecret;
+    const cfg = this.host.services.config;
+    const secret = cfg.authSecret;
     let user: string;
+    let expiresAt = 0;
     if (secret !== '') {
       const token = optionalStringField(msg, 'token');
       if (token === undefined) throw new SwitchboardError(ErrorCode.Unauthorized, 'a token is required');
-      user = verifyHs256(token, secret).sub;
+      const verified = verifyHs256(token, secret, Date.now(), { requireExp: cfg.authRequireExp });
+      user = verified.sub;
+      expiresAt = tokenDeadline(verified.exp);
       const claimed = optionalStringField(msg, 'user');
       if (claimed !== undefined && claimed !== user) throw new SwitchboardError(ErrorCode.Unauthorized, 'user does not match the token');
     } else {
       user = nameField(msg, 'user');
     }
     this.user = user;
+    this.tokenExpiresAt = expiresAt;
     this.negotiateCompression(codecs);
     this.sessionId = this.host.nextSessionId();
     this.helloPending = true;
@@ -466,9 +611,26 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
     if (undo instanceof Promise) undo.catch(ignoreRollbackFailure);
     this.user = '';
     this.sessionId = '';
+    this.tokenExpiresAt = 0;
     this.codec = Codec.None;
     this.inboundCodecs = 0;
     throw new SwitchboardError(ErrorCode.Unavailable, 'session could not be registered', { cause: err });
+  }
+
+  /**
+   * `refresh` {token}: a new token for the same user (same `sub`) before the session's token
+   * expires; the session then ends at the new token's `exp`. A token that does not verify, or is
+   * for another user, is `unauthorized` (and closes, like a failed hello).
+   */
+  private refresh(msg: InboundMessage): ProcessResult {
+    const cfg = this.host.services.config;
+    if (cfg.authSecret === '') throw new SwitchboardError(ErrorCode.BadRequest, 'this server uses no tokens (no AUTH_SECRET): nothing to refresh');
+    const token = optionalStringField(msg, 'token');
+    if (token === undefined) throw new SwitchboardError(ErrorCode.BadRequest, 'field "token" is required');
+    const verified = verifyHs256(token, cfg.authSecret, Date.now(), { requireExp: cfg.authRequireExp });
+    if (verified.sub !== this.user) throw new SwitchboardError(ErrorCode.Unauthorized, 'the token is for another user');
+    this.tokenExpiresAt = tokenDeadline(verified.exp);
+    return verified.exp === undefined ? undefined : { exp: verified.exp };
   }
 
   /**
@@ -500,8 +662,16 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
   joinRoom(room: string): MaybePromise<void> {
     if (this.roomSet?.has(room)) return;
     const rooms = (this.roomSet ??= new Set());
-    const max = this.host.services.config.maxRoomsPerConnection;
-    if (rooms.size >= max) throw new SwitchboardError(ErrorCode.TooManyRooms, `at most ${max} rooms per connection`);
+    const { config, hub, counters } = this.host.services;
+    const max = config.maxRoomsPerConnection;
+    if (rooms.size >= max) {
+      counters.limitHits[Limit.RoomsPerConnection]++;
+      throw new SwitchboardError(ErrorCode.TooManyRooms, `at most ${max} rooms per connection`);
+    }
+    if (hub.roomCount >= config.maxRoomsTotal && hub.localMembers(room) === 0) {
+      counters.limitHits[Limit.RoomsTotal]++;
+      throw new SwitchboardError(ErrorCode.TooManyRooms, `this server holds its maximum of ${config.maxRoomsTotal} rooms`);
+    }
     rooms.add(room);
     const joined = this.host.services.hub.join(room, this);
     if (joined instanceof Promise) {
@@ -528,28 +698,47 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
 
   // ---- output ------------------------------------------------------------------------------
 
-  enqueue(msg: Outbound): boolean {
+  /**
+   * Queue a frame. `reply`: it answers this client's own request (a reply, an error, a pong),
+   * which the `drop` policy does not drop (see admits).
+   */
+  enqueue(msg: Outbound, reply = false): boolean {
     if (this.state !== State.Open) return false;
     let buf: Buffer | null;
     if (this.mode !== MODE_BINARY) buf = msg.text();
     else if (this.codec === CODEC_NONE) buf = msg.binary();
-    else if (this.heldOut !== null) return this.holdBack(msg);
+    else if (this.heldOut !== null) return this.holdBack(msg, reply);
     else {
       buf = msg.binaryFor(this.codec, this.host.services.config.compressionThreshold, this);
-      if (buf === null) return this.holdBack(msg);
+      if (buf === null) return this.holdBack(msg, reply);
     }
-    return this.queueBytes(buf);
+    return this.queueBytes(buf, reply);
+  }
+
+  /**
+   * The outbound policy (docs/operations.md, "Limits and abuse"): a frame is accepted while
+   * everything pending for the client (our queue, frames waiting for compression, the socket's
+   * buffer) stays within MAX_OUTBOUND_BYTES. Besides that:
+   * - a client with nothing pending gets the next frame whatever its size: it reads, it is not
+   *   slow, and one frame the server built (each is bounded) must not cut it off;
+   * - under the `drop` policy a reply to the client's own request is not dropped (every request
+   *   gets its reply) as long as pending stays within twice the bound; a client that neither
+   *   reads nor stops sending requests is past that, and is disconnected under either policy.
+   */
+  private admits(size: number, reply: boolean): boolean {
+    const pending = this.queuedBytes + this.heldOutBytes + this.socket.writableLength;
+    const max = this.host.services.config.maxOutboundBytes;
+    if (pending + size <= max || pending === 0) return true;
+    return reply && this.host.services.config.slowConsumerPolicy === 'drop' && pending + size <= 2 * max;
   }
 
   /**
    * Hold `msg` until the frame ahead of it is compressed (order is per connection), starting its
    * own compression now so that every recipient shares it. Held bytes count against the bound.
    */
-  private holdBack(msg: Outbound): boolean {
+  private holdBack(msg: Outbound, reply: boolean): boolean {
     const size = msg.binary().length;
-    if (this.queuedBytes + this.heldOutBytes + this.socket.writableLength + size > this.host.services.config.maxOutboundBytes) {
-      return this.slowConsumer();
-    }
+    if (!this.admits(size, reply)) return this.slowConsumer(reply);
     if (this.heldOut === null) this.heldOut = [msg]; // the head: enqueue registered us as its waiter
     else {
       msg.binaryFor(this.codec, this.host.services.config.compressionThreshold);
@@ -580,10 +769,8 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
     this.heldOutBytes = 0;
   }
 
-  private queueBytes(buf: Buffer): boolean {
-    if (this.queuedBytes + this.heldOutBytes + this.socket.writableLength + buf.length > this.host.services.config.maxOutboundBytes) {
-      return this.slowConsumer();
-    }
+  private queueBytes(buf: Buffer, reply = false): boolean {
+    if (!this.admits(buf.length, reply)) return this.slowConsumer(reply);
     if (this.queuedBytes === 0) this.host.services.hub.markDirty(this);
     this.queue.push(buf);
     this.queuedBytes += buf.length;
@@ -591,10 +778,13 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
     return true;
   }
 
-  private slowConsumer(): false {
+  private slowConsumer(reply: boolean): false {
     const services = this.host.services;
     services.counters.dropped[DropReason.SlowConsumer]++;
-    if (services.config.slowConsumerPolicy === 'drop') return false;
+    services.counters.limitHits[Limit.OutboundBytes]++;
+    // Under `drop`, pushes are dropped (history recovers them); a reply reaches here only past
+    // twice the bound, and then the client is disconnected as under `disconnect`.
+    if (services.config.slowConsumerPolicy === 'drop' && !reply) return false;
     // Nothing queued will reach a client that does not read: free it, say why, close.
     this.queue.length = 0;
     this.queuedBytes = 0;
@@ -627,6 +817,7 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
   close(reason: DisconnectReason, final?: Outbound, graceMs = CLOSE_GRACE_MS): void {
     if (this.state !== State.Open) return;
     this.parser?.stop();
+    this.releasePartial();
     // Messages still waiting for compression are dropped with the connection; a client that
     // reconnects recovers room messages through history.
     this.heldOut = null;
@@ -659,6 +850,7 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
 
   private detach(): void {
     this.state = State.Closed;
+    this.releasePartial();
     this.socket.removeListener('data', onSocketData);
     this.socket.removeListener('error', onSocketError);
     this.socket.removeListener('close', onSocketClose);
@@ -669,6 +861,7 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
     if (this.state === State.Closed) return;
     this.state = State.Closed;
     this.parser?.stop();
+    this.releasePartial();
     this.queue.length = 0;
     this.queuedBytes = 0;
     if (this.closeTimer !== null) clearTimeout(this.closeTimer);
@@ -703,6 +896,11 @@ function onSocketClose(this: ConnSocket): void {
 }
 
 function ignoreRollbackFailure(): void {}
+
+/** A token's `exp` (seconds) as a session deadline (ms); 0 without one. */
+function tokenDeadline(exp: number | undefined): number {
+  return exp === undefined ? 0 : Math.max(1, exp * 1000);
+}
 
 function destroySocket(socket: Socket): void {
   socket.destroy();

@@ -1,6 +1,7 @@
 /**
- * HTTP endpoints: /stats, /healthz, /readyz and /metrics. The same handler serves the admin port
- * and HTTP requests sniffed on the client port (the origin's `curl localhost:4000/stats`).
+ * HTTP endpoints: /stats, /healthz, /readyz and /metrics. The admin port serves all four; HTTP
+ * requests sniffed on the client port (the origin's `curl localhost:4000/stats`) get the same
+ * handler without /metrics unless METRICS_ON_CLIENT_PORT is set.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
@@ -18,34 +19,47 @@ function send(res: ServerResponse, status: number, body: string, type = 'applica
 }
 
 export function createHttpHandler(ep: HttpEndpoints): (req: IncomingMessage, res: ServerResponse) => void {
+  const endpoints = ep.metrics === undefined ? ['/stats', '/healthz', '/readyz'] : ['/stats', '/healthz', '/readyz', '/metrics'];
+  const notFound = JSON.stringify({ error: 'not found', endpoints }) + '\n';
   return (req, res) => {
-    const path = (req.url ?? '/').split('?')[0];
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      send(res, 405, JSON.stringify({ error: 'method not allowed' }));
+    // A handler that throws would be an uncaught exception: answer 500 instead.
+    try {
+      route(ep, req, res, notFound);
+    } catch (err) {
+      if (!res.headersSent) send(res, 500, JSON.stringify({ error: 'internal error' }) + '\n');
+      else res.destroy(err as Error);
+    }
+  };
+}
+
+function route(ep: HttpEndpoints, req: IncomingMessage, res: ServerResponse, notFound: string): void {
+  const path = (req.url ?? '/').split('?')[0];
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    send(res, 405, JSON.stringify({ error: 'method not allowed' }));
+    return;
+  }
+  switch (path) {
+    case '/stats':
+      send(res, 200, JSON.stringify(ep.stats()) + '\n');
+      return;
+    case '/healthz':
+      send(res, 200, '{"status":"ok"}\n');
+      return;
+    case '/readyz': {
+      const r = ep.readiness();
+      send(res, r.ready ? 200 : 503, JSON.stringify({ status: r.ready ? 'ready' : 'not ready', reasons: r.reasons }) + '\n');
       return;
     }
-    switch (path) {
-      case '/stats':
-        send(res, 200, JSON.stringify(ep.stats()) + '\n');
-        return;
-      case '/healthz':
-        send(res, 200, '{"status":"ok"}\n');
-        return;
-      case '/readyz': {
-        const r = ep.readiness();
-        send(res, r.ready ? 200 : 503, JSON.stringify({ status: r.ready ? 'ready' : 'not ready', reasons: r.reasons }) + '\n');
+    case '/metrics':
+      // Not offered on the client port unless METRICS_ON_CLIENT_PORT: there it is a plain 404.
+      if (ep.metrics !== undefined) {
+        ep.metrics().then(
+          (m) => send(res, 200, m.body, m.contentType),
+          (err: unknown) => send(res, 500, JSON.stringify({ error: String(err) })),
+        );
         return;
       }
-      case '/metrics':
-        if (ep.metrics !== undefined) {
-          ep.metrics().then(
-            (m) => send(res, 200, m.body, m.contentType),
-            (err: unknown) => send(res, 500, JSON.stringify({ error: String(err) })),
-          );
-          return;
-        }
-        break;
-    }
-    send(res, 404, JSON.stringify({ error: 'not found', endpoints: ['/stats', '/healthz', '/readyz', '/metrics'] }) + '\n');
-  };
+      break;
+  }
+  send(res, 404, notFound);
 }

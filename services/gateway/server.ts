@@ -2,15 +2,33 @@
  * The gateway server: accepts client connections on one TCP port (text, binary and HTTP sniffed
  * from the first bytes), owns the hub and the plugin registry, serves the admin HTTP port, sweeps
  * idle connections, and shuts down gracefully (reconnect push, drain, deadline).
+ *
+ * What a hostile client can make it hold is bounded here too (docs/operations.md, "Limits and
+ * abuse"): connections, client and HTTP on both ports together, up to MAX_CONNECTIONS (derived
+ * from the descriptor limit by default); running out of descriptors backs off instead of
+ * crashing; HTTP requests are timed (headers, request, keep-alive) on both ports and closed on
+ * shutdown; the sweep enforces the frame timeout and token expiry besides idle and hello.
  */
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { MemoryBus, type Bus } from '../bus';
 import type { Config } from '../control';
 import { DisconnectReason, ErrorCode, Mode, type WelcomeLimits } from '../protocol';
-import { Counters, GatewayMetrics, PerformanceMonitor, StatsSampler, memoryThresholdBytes, silentLogger, type Logger } from '../telemetry';
+import {
+  Counters,
+  GatewayMetrics,
+  Limit,
+  PerformanceMonitor,
+  RejectReason,
+  StatsSampler,
+  memoryThresholdBytes,
+  safeRssBytes,
+  silentLogger,
+  type Logger,
+} from '../telemetry';
 import { Connection, type ConnectionHost } from './connection';
 import { createHttpHandler, type HttpEndpoints } from './http';
 import { Hub } from './hub';
@@ -38,6 +56,51 @@ export function defaultServerId(): string {
   return `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
 }
 
+/**
+ * The soft limit on open files of this process (RLIMIT_NOFILE, what `ulimit -n` shows), read from
+ * /proc/self/limits (Node has no getrlimit); null when unknown (not Linux) or unlimited.
+ */
+export function descriptorLimit(limitsText?: string): number | null {
+  let text = limitsText;
+  if (text === undefined) {
+    try {
+      text = readFileSync('/proc/self/limits', 'utf8');
+    } catch {
+      return null;
+    }
+  }
+  const m = /^Max open files\s+(\S+)/m.exec(text);
+  if (m === null || m[1] === 'unlimited') return null;
+  const n = Number(m[1]);
+  return Number.isSafeInteger(n) && n > 0 ? n : null;
+}
+
+/** Descriptors kept for everything but connections: listeners, Redis, files, /proc reads, stdio. */
+export const DESCRIPTOR_RESERVE = 32;
+
+/**
+ * MAX_CONNECTIONS as applied: the setting when it is set, else 90% of the descriptor limit less
+ * DESCRIPTOR_RESERVE (at least 1), so that the process refuses connections before accept(2) and
+ * its own reads start failing; 0 (no limit) when the descriptor limit is unknown.
+ */
+export function effectiveMaxConnections(setting: number, fdLimit: number | null = descriptorLimit()): number {
+  if (setting > 0) return setting;
+  if (fdLimit === null) return 0;
+  return Math.max(1, Math.floor(fdLimit * 0.9) - DESCRIPTOR_RESERVE);
+}
+
+/** Admin-port connections admitted beyond MAX_CONNECTIONS, so probes and scrapes still answer under a flood. */
+export const ADMIN_RESERVE = 16;
+/** First pause after accept(2) failed for lack of descriptors; doubles up to ACCEPT_BACKOFF_MAX_MS. */
+const ACCEPT_BACKOFF_MIN_MS = 100;
+const ACCEPT_BACKOFF_MAX_MS = 5000;
+/** At most one log line per this long about refused connections. */
+const REFUSAL_LOG_MS = 10_000;
+
+const HTTP_408 = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+const HTTP_431 = 'HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+const HTTP_400 = 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+
 export class GatewayServer implements ConnectionHost {
   readonly services: GatewayServices;
   readonly plugins = new PluginRegistry();
@@ -49,6 +112,18 @@ export class GatewayServer implements ConnectionHost {
   private readonly sniffedHttp: HttpServer;
   private admin: HttpServer | null = null;
   private readonly conns = new Set<Connection>();
+  /** HTTP connections of both ports (they count against MAX_CONNECTIONS). */
+  private readonly httpSockets = new Set<Socket>();
+  /** Of those, the ones sniffed on the client port: a drain waits for them, not for admin probes. */
+  private clientHttp = 0;
+  /** MAX_CONNECTIONS as applied (see effectiveMaxConnections); 0: no limit. */
+  readonly maxConnections: number;
+  /** Connections paused until partial frames elsewhere free PARTIAL_FRAMES_BUDGET_BYTES. */
+  private readonly budgetWaiters = new Set<Connection>();
+  /** Accepting is paused until then (ms) after running out of descriptors. */
+  private acceptBackoffUntil = 0;
+  private acceptBackoffMs = ACCEPT_BACKOFF_MIN_MS;
+  private lastRefusalLog = 0;
   private sessionSeq = 0;
   private sweepTimer: NodeJS.Timeout | null = null;
   private listening = false;
@@ -85,16 +160,19 @@ export class GatewayServer implements ConnectionHost {
       idleTimeoutMs: config.idleTimeoutMs,
     };
     this.stats = new StatsSampler(this.counters);
+    this.maxConnections = effectiveMaxConnections(config.maxConnections);
     this.tcp = createServer({ noDelay: true }, (socket) => this.accept(socket));
-    this.tcp.on('error', (err) => log.error('listener error', { err }));
+    this.tcp.on('error', (err) => this.listenerError(err as NodeJS.ErrnoException));
     const endpoints: HttpEndpoints = {
       stats: () => this.statsSnapshot(),
       readiness: () => this.readiness(),
       metrics: () => (this.metricsHandler ? this.metricsHandler() : Promise.reject(new Error('metrics are not enabled'))),
     };
-    const handler = createHttpHandler(endpoints);
-    this.sniffedHttp = createHttpServer(handler);
-    if (config.adminPort >= 0) this.admin = createHttpServer(handler);
+    const adminHandler = createHttpHandler(endpoints);
+    // /metrics tells an attacker a lot (connections, rooms, errors): admin port only by default.
+    const clientHandler = config.metricsOnClientPort ? adminHandler : createHttpHandler({ ...endpoints, metrics: undefined });
+    this.sniffedHttp = this.httpServer(clientHandler, false);
+    if (config.adminPort >= 0) this.admin = this.httpServer(adminHandler, true);
 
     this.monitor = new PerformanceMonitor(this.counters, {
       p99LatencyMs: config.overloadP99LatencyMs,
@@ -119,9 +197,16 @@ export class GatewayServer implements ConnectionHost {
       eventLoopLagSeconds: () => (this.monitor.latest?.eventLoopLagMs ?? 0) / 1000,
       streamPending: () => (typeof pending.pending === 'number' ? pending.pending : 0),
       features: () => this.featureStates(),
+      connectionsMax: () => this.maxConnections,
+      rooms: () => this.services.hub.roomCount,
     });
     this.metricsHandler = () => this.metrics.expose();
     this.statsExtras.push(() => this.monitor.statsFields());
+    this.statsExtras.push(() => ({
+      connections_max: this.maxConnections,
+      http_connections: this.counters.httpConnections,
+      partial_frame_bytes: this.counters.partialFrameBytes,
+    }));
     this.readinessChecks.push(() => (this.sessionRoomLeft() ? null : 'overloaded: refusing new sessions'));
   }
 
@@ -137,6 +222,114 @@ export class GatewayServer implements ConnectionHost {
 
   get connectionCount(): number {
     return this.conns.size;
+  }
+
+  /** Client connections and HTTP connections of both ports: what MAX_CONNECTIONS bounds. */
+  get totalConnections(): number {
+    return this.conns.size + this.httpSockets.size;
+  }
+
+  /**
+   * An HTTP server for one port: request timeouts enforced (a request dribbled a byte at a time
+   * is answered 408 and closed), connections tracked so they count against MAX_CONNECTIONS and
+   * can be closed at shutdown, and listener errors (EMFILE on accept) handled, never thrown.
+   */
+  private httpServer(handler: ReturnType<typeof createHttpHandler>, admin: boolean): HttpServer {
+    const cfg = this.services.config;
+    const requestTimeout = cfg.httpRequestTimeoutMs;
+    const headersTimeout = Math.min(cfg.httpHeadersTimeoutMs, requestTimeout);
+    const server = createHttpServer(
+      {
+        headersTimeout,
+        requestTimeout,
+        keepAliveTimeout: cfg.httpKeepAliveTimeoutMs,
+        // Node checks the two timeouts on this period (30 s by default): a fraction of the shorter.
+        connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 4))),
+      },
+      handler,
+    );
+    server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.httpClientError(err, socket));
+    server.on('error', (err) => this.listenerError(err as NodeJS.ErrnoException));
+    if (admin) server.on('connection', (socket: Socket) => this.acceptAdmin(socket));
+    return server;
+  }
+
+  /** What Node does by default for a bad or timed-out HTTP request, counting the timeouts. */
+  private httpClientError(err: NodeJS.ErrnoException, socket: Socket): void {
+    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') this.counters.limitHits[Limit.HttpTimeout]++;
+    if (socket.writable && socket.bytesWritten === 0) {
+      socket.write(err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? HTTP_408 : err.code === 'HPE_HEADER_OVERFLOW' ? HTTP_431 : HTTP_400);
+    }
+    socket.destroy();
+  }
+
+  private trackHttp(socket: Socket, clientPort: boolean): void {
+    this.httpSockets.add(socket);
+    this.counters.httpConnections = this.httpSockets.size;
+    if (clientPort) this.clientHttp++;
+    socket.once('close', () => {
+      this.httpSockets.delete(socket);
+      this.counters.httpConnections = this.httpSockets.size;
+      if (clientPort) this.clientHttp--;
+      if (this.drained !== null && this.conns.size === 0 && this.clientHttp === 0) this.drained();
+    });
+  }
+
+  /** Admin port: counted like any connection, with a small reserve beyond the limit for probes. */
+  private acceptAdmin(socket: Socket): void {
+    const max = this.maxConnections;
+    if (max > 0 && this.totalConnections >= max + ADMIN_RESERVE) {
+      this.refuse(socket, RejectReason.Limit);
+      return;
+    }
+    this.trackHttp(socket, false);
+  }
+
+  private refuse(socket: Socket, reason: RejectReason): void {
+    socket.destroy();
+    this.counters.rejected[reason]++;
+    if (reason === RejectReason.Limit) this.counters.limitHits[Limit.MaxConnections]++;
+    const now = Date.now();
+    if (reason !== RejectReason.Draining && now - this.lastRefusalLog >= REFUSAL_LOG_MS) {
+      this.lastRefusalLog = now;
+      this.services.log.warn('refusing connections', { reason, connections: this.conns.size, http: this.httpSockets.size, max: this.maxConnections });
+    }
+  }
+
+  /**
+   * A listener error. accept(2) failing with EMFILE/ENFILE means the process (or the system) is
+   * out of descriptors: libuv has already dropped the pending connection; refuse new ones for a
+   * while (doubling up to 5 s) so that the sessions already open keep the descriptors they need.
+   */
+  private listenerError(err: NodeJS.ErrnoException): void {
+    if (err.code === 'EMFILE' || err.code === 'ENFILE' || err.syscall === 'accept') {
+      this.counters.rejected[RejectReason.AcceptError]++;
+      const now = Date.now();
+      if (now >= this.acceptBackoffUntil) {
+        this.acceptBackoffUntil = now + this.acceptBackoffMs;
+        this.acceptBackoffMs = Math.min(ACCEPT_BACKOFF_MAX_MS, this.acceptBackoffMs * 2);
+      }
+      if (now - this.lastRefusalLog >= REFUSAL_LOG_MS) {
+        this.lastRefusalLog = now;
+        this.services.log.warn('accept failed: out of file descriptors, backing off', { code: err.code, backoffMs: this.acceptBackoffUntil - now, connections: this.conns.size, http: this.httpSockets.size });
+      }
+      return;
+    }
+    this.services.log.error('listener error', { err });
+  }
+
+  /** Connection: over the partial-frame budget, paused; resumed by partialBudgetFreed. */
+  waitForPartialBudget(conn: Connection): void {
+    this.budgetWaiters.add(conn);
+  }
+
+  partialBudgetFreed(): void {
+    if (this.budgetWaiters.size === 0) return;
+    const budget = this.services.config.partialFramesBudgetBytes;
+    if (budget > 0 && this.counters.partialFrameBytes > budget) return;
+    const waiting = [...this.budgetWaiters];
+    this.budgetWaiters.clear();
+    for (const conn of waiting) conn.partialBudgetResume();
   }
 
   get isDraining(): boolean {
@@ -163,10 +356,14 @@ export class GatewayServer implements ConnectionHost {
         });
       });
     }
+    // The sniffed HTTP server never listens itself, and Node sets up the tracking that enforces
+    // headersTimeout/requestTimeout (and closeAllConnections) on 'listening': without this, an
+    // HTTP request on the client port was never timed out.
+    this.sniffedHttp.emit('listening');
     this.listening = true;
     this.stats.start();
     this.monitor.start();
-    const sweepMs = Math.max(50, Math.min(1000, Math.floor(Math.min(config.idleTimeoutMs, config.helloTimeoutMs) / 4)));
+    const sweepMs = Math.max(50, Math.min(1000, Math.floor(Math.min(config.idleTimeoutMs, config.helloTimeoutMs, config.frameTimeoutMs) / 4)));
     this.sweepTimer = setInterval(() => this.sweep(), sweepMs);
     this.sweepTimer.unref();
     const addr = this.addresses();
@@ -181,10 +378,13 @@ export class GatewayServer implements ConnectionHost {
   }
 
   private accept(socket: Socket): void {
-    const max = this.services.config.maxConnections;
-    if (this.draining || (max > 0 && this.conns.size >= max)) {
-      socket.destroy();
-      return;
+    if (this.draining) return this.refuse(socket, RejectReason.Draining);
+    const max = this.maxConnections;
+    if (max > 0 && this.totalConnections >= max) return this.refuse(socket, RejectReason.Limit);
+    if (this.acceptBackoffUntil !== 0) {
+      if (Date.now() < this.acceptBackoffUntil) return this.refuse(socket, RejectReason.Backoff);
+      this.acceptBackoffUntil = 0;
+      this.acceptBackoffMs = ACCEPT_BACKOFF_MIN_MS;
     }
     const conn = new Connection(socket, this, Date.now());
     this.conns.add(conn);
@@ -197,6 +397,7 @@ export class GatewayServer implements ConnectionHost {
   }
 
   handOverHttp(socket: Socket, firstBytes: Buffer): void {
+    this.trackHttp(socket, true);
     socket.pause();
     socket.unshift(firstBytes);
     this.sniffedHttp.emit('connection', socket);
@@ -205,20 +406,31 @@ export class GatewayServer implements ConnectionHost {
 
   closed(conn: Connection): void {
     this.conns.delete(conn);
-    if (this.drained !== null && this.conns.size === 0) this.drained();
+    this.budgetWaiters.delete(conn);
+    if (this.drained !== null && this.conns.size === 0 && this.clientHttp === 0) this.drained();
   }
 
-  /** Close connections that said nothing for too long, or never said hello. */
+  /**
+   * Close connections that said nothing for too long, never said hello, hold a frame begun too
+   * long ago (FRAME_TIMEOUT_MS), or whose token expired. Partial frames are not activity.
+   */
   private sweep(): void {
     const cfg = this.services.config;
+    const hits = this.counters.limitHits;
     const now = Date.now();
     for (const conn of this.conns) {
       if (!conn.isOpen) continue;
-      if (conn.user === '' && now - conn.openedAt > cfg.helloTimeoutMs) {
+      if (conn.partialSince !== 0 && now - conn.partialSince > cfg.frameTimeoutMs) {
+        conn.frameTimedOut(cfg.frameTimeoutMs);
+      } else if (conn.user === '' && now - conn.openedAt > cfg.helloTimeoutMs) {
+        hits[Limit.HelloTimeout]++;
         // No mode yet: nothing (or half a preamble) was sent, and there is no way to answer.
         if (conn.mode === Mode.Unknown) conn.destroy();
         else conn.fail(undefined, ErrorCode.Unauthorized, `no hello within ${cfg.helloTimeoutMs} ms`);
+      } else if (conn.tokenExpiresAt !== 0 && now >= conn.tokenExpiresAt) {
+        conn.tokenExpired();
       } else if (now - conn.lastSeen > cfg.idleTimeoutMs) {
+        hits[Limit.IdleTimeout]++;
         conn.disconnect(DisconnectReason.IdleTimeout);
       }
     }
@@ -245,7 +457,22 @@ export class GatewayServer implements ConnectionHost {
       ready: this.readiness().ready,
     };
     for (const f of this.statsExtras) Object.assign(extra, f());
-    return this.stats.snapshot(extra);
+    try {
+      return this.stats.snapshot(extra);
+    } catch (err) {
+      // The RSS read opens /proc/self/stat, which fails when descriptors run out: answer with
+      // what needs no descriptor rather than throw from an HTTP handler or a gRPC stream timer.
+      const c = this.counters;
+      return {
+        memory_mb: Math.round(safeRssBytes() / 104857.6) / 10,
+        connections: c.connections,
+        messages_received_total: c.receivedTotal,
+        messages_delivered_total: c.delivered,
+        errors_total: c.errorsTotal,
+        ...extra,
+        degraded: (err as NodeJS.ErrnoException).code ?? String(err),
+      };
+    }
   }
 
   /**
@@ -256,25 +483,32 @@ export class GatewayServer implements ConnectionHost {
     if (this.draining) return;
     this.draining = true;
     const { log, bus } = this.services;
-    log.info('shutting down', { connections: this.conns.size, deadlineMs });
+    log.info('shutting down', { connections: this.conns.size, http: this.httpSockets.size, deadlineMs });
     const closedListener = new Promise<void>((resolve) => this.tcp.close(() => resolve()));
     const allGone = new Promise<void>((resolve) => {
       this.drained = resolve;
-      if (this.conns.size === 0) resolve();
+      if (this.conns.size === 0 && this.clientHttp === 0) resolve();
     });
     for (const conn of this.conns) conn.disconnect(DisconnectReason.Shutdown, deadlineMs);
+    // Idle keep-alive HTTP connections go now; requests in flight get until the deadline. The
+    // admin port keeps answering (/readyz says draining) until the end.
+    this.sniffedHttp.closeIdleConnections();
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([allGone, new Promise<void>((resolve) => (timer = setTimeout(resolve, deadlineMs)))]);
     clearTimeout(timer);
     for (const conn of this.conns) conn.destroy();
+    // Whatever HTTP is left (a request dribbled a byte at a time, a half-open socket) goes too:
+    // the client listener's close waits for every socket it accepted, sniffed HTTP included.
+    this.sniffedHttp.closeAllConnections();
+    this.admin?.closeAllConnections();
+    for (const socket of this.httpSockets) socket.destroy();
     await closedListener;
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
     this.stats.stop();
     this.monitor.stop();
-    this.sniffedHttp.closeAllConnections();
+    await new Promise<void>((resolve) => this.sniffedHttp.close(() => resolve()));
     if (this.admin !== null) {
       const admin = this.admin;
-      admin.closeAllConnections();
       await new Promise<void>((resolve) => admin.close(() => resolve()));
     }
     await bus.stop();

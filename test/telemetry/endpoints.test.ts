@@ -16,7 +16,9 @@ describe('metrics and stats endpoints', () => {
   let load: ChatLoad;
 
   before(async () => {
-    srv = await startServer({ adminPort: 0 });
+    // /metrics is served on the client port only with METRICS_ON_CLIENT_PORT (the default, admin
+    // port only, is tested in test/attack/http.test.ts).
+    srv = await startServer({ adminPort: 0, metricsOnClientPort: true });
     admin = srv.server.addresses().adminPort!;
     // What the flags module plugs in (FlagStore.featureStates).
     srv.server.featureStates = () => [
