@@ -1,10 +1,12 @@
 /**
- * The operator's settings (docs/operator.md, "Settings"), from the environment. A bad value is
- * a ConfigError naming the key, like the server's settings (exit code 2).
+ * The operator's settings (docs/operator.md, "Settings", checked against this table by a test),
+ * declared as a table like the server's SETTINGS and loaded by the same machinery
+ * (services/control/config.ts: `.env` and the environment, the same kinds, so `true`/`false`/
+ * `1`/`0` are the booleans here as there). A bad value is a ConfigError naming the key (exit 2).
  */
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { ConfigError } from '../services/control/config';
+import { ConfigError, loadSettingsTable, type LoadOptions, type SettingDefinition } from '../services/control/config';
 
 export interface OperatorConfig {
   /** @default undefined (in-cluster ServiceAccount, or ~/.kube/config) */
@@ -29,27 +31,24 @@ export interface OperatorConfig {
   identity: string;
 }
 
+/** Every operator setting, in the order docs/operator.md lists them. */
+export const OPERATOR_SETTINGS: readonly SettingDefinition[] = [
+  { key: 'KUBECONFIG', kind: 'string', default: '', doc: 'kubeconfig path; empty: the pod\'s ServiceAccount in a cluster, else ~/.kube/config.' },
+  { key: 'WATCH_NAMESPACE', kind: 'string', default: '', doc: 'Watch one namespace only (then a Role suffices); empty: all namespaces.' },
+  { key: 'OPERATOR_NAMESPACE', kind: 'string', default: '', doc: 'Where the leader Lease lives; empty: POD_NAMESPACE, else the ServiceAccount\'s namespace, else default.' },
+  { key: 'POD_NAMESPACE', kind: 'string', default: '', doc: 'The pod\'s namespace (downward API); used when OPERATOR_NAMESPACE is empty.' },
+  { key: 'OPERATOR_ADMIN_PORT', kind: 'int', default: '8081', min: -1, doc: 'Admin HTTP port for /metrics, /stats, /healthz, /readyz. 0 picks a free port; -1 disables it.' },
+  { key: 'OPERATOR_ADMIN_HOST', kind: 'string', default: '0.0.0.0', doc: 'Address of the admin HTTP listener.' },
+  { key: 'LEADER_ELECTION', kind: 'bool', default: 'true', doc: 'Off: this replica always acts (run one replica only).' },
+  { key: 'LEASE_NAME', kind: 'string', default: 'switchboard-operator', doc: 'Name of the coordination.k8s.io Lease.' },
+  { key: 'LEASE_DURATION_MS', kind: 'int', default: '15000', min: 1000, doc: 'A dead leader is replaced after this long.' },
+  { key: 'RESYNC_MS', kind: 'int', default: '30000', min: 100, doc: 'Every Switchboard and FeatureFlag is reconciled at least this often.' },
+  { key: 'POD_NAME', kind: 'string', default: '', doc: 'This replica\'s identity in the Lease; empty: hostname-pid.' },
+];
+
 const SA_NAMESPACE = '/var/run/secrets/kubernetes.io/serviceaccount/namespace';
 
-function int(env: NodeJS.ProcessEnv, key: string, def: number, min: number): number {
-  const raw = env[key];
-  if (raw === undefined || raw === '') return def;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < min) throw new ConfigError(key, `an integer >= ${min}`, raw);
-  return n;
-}
-
-function bool(env: NodeJS.ProcessEnv, key: string, def: boolean): boolean {
-  const raw = env[key];
-  if (raw === undefined || raw === '') return def;
-  if (/^(1|true|yes|on)$/i.test(raw)) return true;
-  if (/^(0|false|no|off)$/i.test(raw)) return false;
-  throw new ConfigError(key, 'true or false', raw);
-}
-
-function ownNamespace(env: NodeJS.ProcessEnv): string {
-  if (env.OPERATOR_NAMESPACE) return env.OPERATOR_NAMESPACE;
-  if (env.POD_NAMESPACE) return env.POD_NAMESPACE;
+function serviceAccountNamespace(): string {
   try {
     return readFileSync(SA_NAMESPACE, 'utf8').trim();
   } catch {
@@ -57,17 +56,23 @@ function ownNamespace(env: NodeJS.ProcessEnv): string {
   }
 }
 
-export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): OperatorConfig {
+/** Load and validate the operator's settings. Throws ConfigError on the first invalid value. */
+export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env, opts: Omit<LoadOptions, 'env'> = {}): OperatorConfig {
+  const v = loadSettingsTable(OPERATOR_SETTINGS, { ...opts, env });
+  const str = (k: string) => v.get(k) as string;
+  const num = (k: string) => v.get(k) as number;
+  const adminPort = num('OPERATOR_ADMIN_PORT');
+  if (adminPort > 65535) throw new ConfigError('OPERATOR_ADMIN_PORT', 'a port number 0-65535 (-1 disables)', String(adminPort));
   return {
-    kubeconfig: env.KUBECONFIG || undefined,
-    watchNamespace: env.WATCH_NAMESPACE ?? '',
-    namespace: ownNamespace(env),
-    adminPort: int(env, 'OPERATOR_ADMIN_PORT', 8081, -1),
-    adminHost: env.OPERATOR_ADMIN_HOST || '0.0.0.0',
-    leaderElection: bool(env, 'LEADER_ELECTION', true),
-    leaseName: env.LEASE_NAME || 'switchboard-operator',
-    leaseDurationMs: int(env, 'LEASE_DURATION_MS', 15_000, 1000),
-    resyncMs: int(env, 'RESYNC_MS', 30_000, 100),
-    identity: env.POD_NAME || `${hostname()}-${process.pid}`,
+    kubeconfig: str('KUBECONFIG') || undefined,
+    watchNamespace: str('WATCH_NAMESPACE'),
+    namespace: str('OPERATOR_NAMESPACE') || str('POD_NAMESPACE') || serviceAccountNamespace(),
+    adminPort,
+    adminHost: str('OPERATOR_ADMIN_HOST') || '0.0.0.0',
+    leaderElection: v.get('LEADER_ELECTION') as boolean,
+    leaseName: str('LEASE_NAME') || 'switchboard-operator',
+    leaseDurationMs: num('LEASE_DURATION_MS'),
+    resyncMs: num('RESYNC_MS'),
+    identity: str('POD_NAME') || `${hostname()}-${process.pid}`,
   };
 }
