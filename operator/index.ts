@@ -1,10 +1,14 @@
 /**
  * The operator process (`switchboard operator`): informers on Switchboards and FeatureFlags run
- * on every replica so a new leader starts warm; the work queues, metrics loops and every write
- * run only on the replica holding the leader Lease. Admin HTTP: /metrics, /healthz, /readyz.
+ * on every replica so a new leader starts warm; the work queues, the scale handler's metrics
+ * loops and every write run only on the replica holding the leader Lease. Admin HTTP: /metrics,
+ * /stats, /healthz, /readyz, answered by the same handler as the server roles' admin port.
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+// The server roles' admin HTTP handler, so /healthz, /readyz and /metrics answer alike. It lives
+// under gateway/ today (the broadcast role imports it from there too); see issue 15 item 2.
+import { createHttpHandler } from '../services/gateway/http';
 import type { Logger } from '../services/telemetry/log';
 import { GROUP, Plural, VERSION, type FeatureFlag, type Switchboard } from './api/types';
 import type { OperatorConfig } from './config';
@@ -14,14 +18,16 @@ import { FlagPublisher } from './flag-publisher';
 import { describe, loadKube, type Kube } from './kube/client';
 import { EventRecorder } from './kube/events';
 import { ResilientInformer } from './kube/informer';
+import { keyOf, keyString, type ObjectKey } from './kube/key';
 import { LeaderElector } from './kube/leader';
 import { WorkQueue } from './kube/queue';
 import { OperatorMetrics } from './metrics';
+import { MetricsScaleHandler } from './scaling/handler';
 
-export { loadOperatorConfig, type OperatorConfig } from './config';
+export { loadOperatorConfig, OPERATOR_SETTINGS, type OperatorConfig } from './config';
+export type { ObjectKey } from './kube/key';
+export { MetricsScaleHandler, type ScaleHandler, type ScaleState } from './scaling/handler';
 export { decide, type ScalingDecision, type ScalingInput } from './scaling/policy';
-
-const keyOf = (o: { metadata?: { namespace?: string; name?: string } }) => `${o.metadata?.namespace}/${o.metadata?.name}`;
 
 export class Operator {
   readonly metrics = new OperatorMetrics();
@@ -30,6 +36,7 @@ export class Operator {
   private readonly flags: ResilientInformer<FeatureFlag>;
   private readonly sbQueue: WorkQueue;
   private readonly ffQueue: WorkQueue;
+  private readonly scale: MetricsScaleHandler;
   private readonly sbController: SwitchboardController;
   private readonly ffController: FeatureFlagController;
   private readonly publisher: FlagPublisher;
@@ -67,18 +74,24 @@ export class Operator {
 
     const events = new EventRecorder(this.kube, log);
     this.publisher = new FlagPublisher(this.kube, log);
+    this.scale = new MetricsScaleHandler({
+      log, events, metrics: this.metrics,
+      onUpdate: (k) => this.sbQueue.add(k),
+      onOverloadChange: (k) => {
+        for (const ff of this.flags.list(k.namespace)) this.ffQueue.add(keyOf(ff));
+      },
+    });
     this.sbController = new SwitchboardController({
-      kube: this.kube, log, events, metrics: this.metrics,
-      get: (n, name) => this.switchboards.get(name, n),
+      kube: this.kube, log, events, metrics: this.metrics, scale: this.scale,
+      get: (k) => this.switchboards.get(k.name, k.namespace),
       flagsIn: (n) => this.flags.list(n),
-      enqueue: (k) => this.sbQueue.add(k),
       enqueueFlag: (k) => this.ffQueue.add(k),
     });
     this.ffController = new FeatureFlagController({
       kube: this.kube, log, publisher: this.publisher,
-      get: (n, name) => this.flags.get(name, n),
+      get: (k) => this.flags.get(k.name, k.namespace),
       switchboardsIn: (n) => this.switchboards.list(n),
-      overloaded: (n, name) => this.sbController.overloaded(n, name),
+      overloaded: (k) => this.scale.overloaded(k),
     });
     this.sbQueue = this.queue('Switchboard', (k) => this.sbController.reconcile(k));
     this.ffQueue = this.queue('FeatureFlag', (k) => this.ffController.reconcile(k));
@@ -102,7 +115,28 @@ export class Operator {
   }
 
   get ready(): boolean {
-    return this.switchboards.hasSynced && this.flags.hasSynced;
+    return this.readiness().ready;
+  }
+
+  /** Ready once both informers have listed (a follower is ready too: it is warm for takeover). */
+  readiness(): { ready: boolean; reasons: string[] } {
+    const reasons: string[] = [];
+    if (!this.switchboards.hasSynced) reasons.push('switchboards not listed yet');
+    if (!this.flags.hasSynced) reasons.push('featureflags not listed yet');
+    return { ready: reasons.length === 0, reasons };
+  }
+
+  /** /stats of the admin port. */
+  stats(): Record<string, unknown> {
+    return {
+      role: 'operator',
+      identity: this.config.identity,
+      leader: this.acting,
+      watchNamespace: this.config.watchNamespace || null,
+      switchboards: this.switchboards.list().length,
+      featureFlags: this.flags.list().length,
+      queued: { Switchboard: this.sbQueue.length, FeatureFlag: this.ffQueue.length },
+    };
   }
 
   /** The admin port actually bound (after start). */
@@ -128,10 +162,11 @@ export class Operator {
     await this.stopActing();
     await Promise.all([this.switchboards.stop(), this.flags.stop()]);
     await this.publisher.close();
+    this.admin?.closeAllConnections();
     await new Promise<void>((r) => (this.admin ? this.admin.close(() => r()) : r()));
   }
 
-  private queue(kind: 'Switchboard' | 'FeatureFlag', reconcile: (key: string) => Promise<void>): WorkQueue {
+  private queue(kind: 'Switchboard' | 'FeatureFlag', reconcile: (key: ObjectKey) => Promise<void>): WorkQueue {
     return new WorkQueue(
       async (key) => {
         const end = this.metrics.reconcileDuration.startTimer({ kind });
@@ -149,7 +184,7 @@ export class Operator {
       {
         baseDelayMs: 100,
         maxDelayMs: 60_000,
-        onError: (key, err, attempt) => this.log.warn('reconcile failed, retrying with backoff', { kind, key, attempt, err: describe(err) }),
+        onError: (key, err, attempt) => this.log.warn('reconcile failed, retrying with backoff', { kind, key: keyString(key), attempt, err: describe(err) }),
       },
     );
   }
@@ -174,34 +209,18 @@ export class Operator {
     this.acting = false;
     this.metrics.isLeader.set(0);
     if (this.resync) clearInterval(this.resync);
-    this.sbController.stopAll();
     await Promise.all([this.sbQueue.stop(), this.ffQueue.stop()]);
+    // After the queues: a reconcile still running would otherwise start a loop again.
+    this.scale.stopAll();
   }
 
   private async listenAdmin(): Promise<void> {
-    this.admin = createServer((req, res) => {
-      const path = (req.url ?? '/').split('?')[0];
-      if (path === '/metrics') {
-        this.metrics.registry.metrics().then(
-          (body) => {
-            res.writeHead(200, { 'content-type': this.metrics.registry.contentType });
-            res.end(body);
-          },
-          () => {
-            res.writeHead(500);
-            res.end();
-          },
-        );
-        return;
-      }
-      if (path === '/healthz') return void res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
-      if (path === '/readyz') {
-        const ok = this.ready;
-        res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' });
-        return void res.end(JSON.stringify({ ready: ok, leader: this.acting }) + '\n');
-      }
-      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
+    const handler = createHttpHandler({
+      stats: () => this.stats(),
+      readiness: () => this.readiness(),
+      metrics: async () => ({ contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }),
     });
+    this.admin = createServer(handler);
     await new Promise<void>((resolve, reject) => {
       this.admin!.once('error', reject);
       this.admin!.listen(this.config.adminPort, this.config.adminHost, () => resolve());

@@ -121,8 +121,14 @@ export type ConditionType = (typeof ConditionType)[keyof typeof ConditionType];
 
 /** Event and condition reasons (CamelCase, as Kubernetes spells them). Never reuse one. */
 export const Reason = {
+  /** Ready again after a failed reconcile (Normal Event). */
   Reconciled: 'Reconciled',
+  /** A step before the applies failed, e.g. reading the Deployments (Ready=False, Warning). */
   ReconcileFailed: 'ReconcileFailed',
+  /** The API server refused a server-side apply of an owned object (Ready=False, Warning). */
+  ApplyFailed: 'ApplyFailed',
+  /** The status subresource could not be written (Warning Event only: there is no status). */
+  StatusUpdateFailed: 'StatusUpdateFailed',
   Available: 'Available',
   Unavailable: 'Unavailable',
   ScaledUp: 'ScaledUp',
@@ -133,6 +139,8 @@ export const Reason = {
   WithinThresholds: 'WithinThresholds',
   MetricsUnavailable: 'MetricsUnavailable',
   MetricsAvailable: 'MetricsAvailable',
+  /** MetricsUnavailable is Unknown: the scale handler has not finished its first query yet. */
+  MetricsPending: 'MetricsPending',
   NoPrometheus: 'NoPrometheus',
   FlagsShed: 'FlagsShed',
   FlagsRestored: 'FlagsRestored',

@@ -8,15 +8,17 @@ import type { FeatureFlag as ServerFlag } from '../../services/control';
 import type { Logger } from '../../services/telemetry/log';
 import { FLAG_FINALIZER, FlagReason, Plural, flagNameOf, type FeatureFlag, type FeatureFlagStatus, type Switchboard } from '../api/types';
 import { describe, isNotFound, patchObject, patchStatus, type Kube } from '../kube/client';
+import { keyString, type ObjectKey } from '../kube/key';
 import type { FlagPublisher } from '../flag-publisher';
 
 export interface FeatureFlagControllerDeps {
   readonly kube: Kube;
   readonly log: Logger;
   readonly publisher: FlagPublisher;
-  readonly get: (namespace: string, name: string) => FeatureFlag | undefined;
+  readonly get: (key: ObjectKey) => FeatureFlag | undefined;
   readonly switchboardsIn: (namespace: string) => readonly Switchboard[];
-  readonly overloaded: (namespace: string, name: string) => boolean;
+  /** Whether a Switchboard sheds nonCritical flags now (the scale handler's state). */
+  readonly overloaded: (key: ObjectKey) => boolean;
 }
 
 export function targetsOf(ff: FeatureFlag, switchboards: readonly Switchboard[]): Switchboard[] {
@@ -39,9 +41,9 @@ export function serverFlag(ff: FeatureFlag, effective: boolean): ServerFlag {
 export class FeatureFlagController {
   constructor(private readonly d: FeatureFlagControllerDeps) {}
 
-  async reconcile(key: string): Promise<void> {
-    const [namespace, name] = key.split('/');
-    const ff = this.d.get(namespace, name);
+  async reconcile(key: ObjectKey): Promise<void> {
+    const { namespace, name } = key;
+    const ff = this.d.get(key);
     if (ff === undefined) return;
     const targets = targetsOf(ff, this.d.switchboardsIn(namespace));
 
@@ -49,7 +51,7 @@ export class FeatureFlagController {
       if (!(ff.metadata.finalizers ?? []).includes(FLAG_FINALIZER)) return;
       for (const sb of targets) await this.d.publisher.remove(sb, flagNameOf(ff));
       await this.patchFinalizers(ff, (ff.metadata.finalizers ?? []).filter((f) => f !== FLAG_FINALIZER));
-      this.d.log.info('flag unpublished', { flag: key, from: targets.map((t) => t.metadata.name) });
+      this.d.log.info('flag unpublished', { flag: keyString(key), from: targets.map((t) => t.metadata.name) });
       return;
     }
     if (!(ff.metadata.finalizers ?? []).includes(FLAG_FINALIZER)) {
@@ -60,14 +62,14 @@ export class FeatureFlagController {
     const failed: string[] = [];
     let shedOn: string[] = [];
     for (const sb of targets) {
-      const shed = ff.spec.enabled && ff.spec.nonCritical && this.d.overloaded(namespace, sb.metadata.name);
+      const shed = ff.spec.enabled && ff.spec.nonCritical && this.d.overloaded({ namespace, name: sb.metadata.name });
       if (shed) shedOn.push(sb.metadata.name);
       try {
         await this.d.publisher.write(sb, serverFlag(ff, ff.spec.enabled && !shed));
         published.push(sb.metadata.name);
       } catch (err) {
         failed.push(sb.metadata.name);
-        this.d.log.warn('could not publish flag', { flag: key, switchboard: sb.metadata.name, err: describe(err) });
+        this.d.log.warn('could not publish flag', { flag: keyString(key), switchboard: sb.metadata.name, err: describe(err) });
       }
     }
     shedOn = shedOn.sort();
@@ -98,7 +100,7 @@ export class FeatureFlagController {
       publishedTo: published.sort(),
     };
     await patchStatus(this.d.kube, Plural.FeatureFlag, namespace, name, status);
-    if (failed.length > 0) throw new Error(`flag ${key}: Redis unavailable for ${failed.join(', ')}`);
+    if (failed.length > 0) throw new Error(`flag ${keyString(key)}: Redis unavailable for ${failed.join(', ')}`);
   }
 
   private async patchFinalizers(ff: FeatureFlag, finalizers: string[]): Promise<void> {

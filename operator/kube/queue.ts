@@ -1,10 +1,12 @@
 /**
- * A work queue of object keys ("namespace/name"), like client-go's rate-limited workqueue:
+ * A work queue of object keys ({namespace, name}), like client-go's rate-limited workqueue:
  * a key is queued at most once, a key being processed is not processed twice at once (a change
  * during processing queues it again afterwards), and a failed key is retried with per-key
  * exponential backoff (5 ms doubling up to 5 minutes by default) until it succeeds.
  */
-export type Handler = (key: string) => Promise<RequeueAfter | void>;
+import { keyString, type ObjectKey } from './key';
+
+export type Handler = (key: ObjectKey) => Promise<RequeueAfter | void>;
 
 /** A handler may ask for a later visit without it counting as a failure. */
 export interface RequeueAfter {
@@ -17,10 +19,12 @@ export interface QueueOptions {
   /** @default 300000 */
   readonly maxDelayMs?: number;
   /** Called when a key fails; the queue retries it with backoff. */
-  readonly onError?: (key: string, err: unknown, attempt: number) => void;
+  readonly onError?: (key: ObjectKey, err: unknown, attempt: number) => void;
 }
 
+/** Sets and maps below are by keyString(key); `keys` maps that back to the typed key. */
 export class WorkQueue {
+  private readonly keys = new Map<string, ObjectKey>();
   private readonly queued = new Set<string>();
   private readonly order: string[] = [];
   private readonly processing = new Set<string>();
@@ -36,7 +40,9 @@ export class WorkQueue {
     private readonly opts: QueueOptions = {},
   ) {}
 
-  add(key: string): void {
+  add(obj: ObjectKey): void {
+    const key = keyString(obj);
+    if (!this.keys.has(key)) this.keys.set(key, { namespace: obj.namespace, name: obj.name });
     if (this.processing.has(key)) {
       this.dirty.add(key);
       return;
@@ -47,12 +53,13 @@ export class WorkQueue {
     this.wake?.();
   }
 
-  addAfter(key: string, delayMs: number): void {
+  addAfter(obj: ObjectKey, delayMs: number): void {
+    const key = keyString(obj);
     const existing = this.timers.get(key);
     if (existing !== undefined) clearTimeout(existing);
     const t = setTimeout(() => {
       this.timers.delete(key);
-      this.add(key);
+      this.add(obj);
     }, delayMs);
     t.unref();
     this.timers.set(key, t);
@@ -86,19 +93,22 @@ export class WorkQueue {
       }
       this.queued.delete(key);
       this.processing.add(key);
+      const obj = this.keys.get(key)!;
       try {
-        const res = await this.handler(key);
+        const res = await this.handler(obj);
         this.failures.delete(key);
-        if (res && res.requeueAfterMs > 0) this.addAfter(key, res.requeueAfterMs);
+        if (res && res.requeueAfterMs > 0) this.addAfter(obj, res.requeueAfterMs);
       } catch (err) {
         const attempt = (this.failures.get(key) ?? 0) + 1;
         this.failures.set(key, attempt);
-        this.opts.onError?.(key, err, attempt);
+        this.opts.onError?.(obj, err, attempt);
         const base = this.opts.baseDelayMs ?? 5;
-        this.addAfter(key, Math.min(base * 2 ** Math.min(attempt - 1, 30), this.opts.maxDelayMs ?? 300_000));
+        this.addAfter(obj, Math.min(base * 2 ** Math.min(attempt - 1, 30), this.opts.maxDelayMs ?? 300_000));
       } finally {
         this.processing.delete(key);
-        if (this.dirty.delete(key)) this.add(key);
+        if (this.dirty.delete(key)) this.add(obj);
+        // Forget the typed key once nothing refers to it (no growth with deleted objects).
+        if (!this.queued.has(key) && !this.timers.has(key) && !this.failures.has(key)) this.keys.delete(key);
       }
     }
   }

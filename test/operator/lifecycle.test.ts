@@ -2,9 +2,13 @@
 // garbage-collected), running as `switchboard operator` with a ServiceAccount token bound only to
 // k8s/rbac: applying a Switchboard creates its Deployments, Services and ConfigMap with the
 // right spec; deleting it removes them; an invalid one is rejected; a FeatureFlag is published to
-// the Switchboard's Redis and unpublished when deleted (issue #8, tests 1 and 5).
+// the Switchboard's Redis and unpublished when deleted (issue #8, tests 1 and 5); a Deployment the
+// API server refuses is Ready=False with its reason and a Warning Event (issue 15 item 4).
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { after, before, test } from 'node:test';
+import { createHttpHandler } from '../../services/gateway/http';
 import { RedisProcess } from '../helpers/redis';
 import { waitFor } from '../helpers/wait';
 import { KubeApiError, namespaceFor, type ControlPlane, type KubeObject } from '../k8s/harness';
@@ -26,6 +30,18 @@ after(async () => {
 });
 
 type Obj = KubeObject & { spec: any; status?: any }; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+interface KubeEvent {
+  type: string;
+  reason: string;
+  message: string;
+  involvedObject: { kind: string; name: string };
+}
+
+async function eventsIn(ns: string): Promise<KubeEvent[]> {
+  const res = await cp.client.request('GET', `/api/v1/namespaces/${ns}/events`);
+  return (res.body as { items: KubeEvent[] }).items;
+}
 
 test('a Switchboard gets its Deployments, Services and ConfigMap; deleting it removes them', async (t) => {
   const ns = await cp.createNamespace(namespaceFor(t.name));
@@ -96,16 +112,72 @@ test('a Switchboard gets its Deployments, Services and ConfigMap; deleting it re
   }
 });
 
-test('the operator serves /healthz, /readyz and its own metrics', async () => {
-  const get = (path: string) => fetch(`http://127.0.0.1:${op.adminPort}${path}`);
-  assert.equal((await get('/healthz')).status, 200);
-  const ready = await get('/readyz');
-  assert.equal(ready.status, 200);
-  assert.deepEqual(await ready.json(), { ready: true, leader: true });
-  const text = await (await get('/metrics')).text();
+test('the operator\'s admin port answers like the server roles\': /healthz, /readyz, /stats, /metrics', async () => {
+  const get = (path: string, init?: RequestInit) => fetch(`http://127.0.0.1:${op.adminPort}${path}`, init);
+  // The gateway's and broadcast's admin handler, in process, as the reference.
+  const reference = createServer(createHttpHandler({ stats: () => ({}), readiness: () => ({ ready: true, reasons: [] }), metrics: async () => ({ contentType: 'text/plain', body: '' }) }));
+  await new Promise<void>((r) => reference.listen(0, '127.0.0.1', () => r()));
+  const ref = (path: string, init?: RequestInit) => fetch(`http://127.0.0.1:${(reference.address() as AddressInfo).port}${path}`, init);
+  try {
+    for (const [path, init] of [['/healthz'], ['/readyz'], ['/nope'], ['/healthz', { method: 'POST' }]] as Array<[string, RequestInit?]>) {
+      const [a, b] = [await get(path, init), await ref(path, init)];
+      assert.equal(a.status, b.status, path);
+      assert.equal(a.headers.get('content-type'), b.headers.get('content-type'), path);
+      assert.equal(await a.text(), await b.text(), `${path} ${init?.method ?? 'GET'}: the same body as a server role's`);
+    }
+  } finally {
+    reference.close();
+  }
+  assert.deepEqual(await (await get('/healthz')).json(), { status: 'ok' });
+  assert.deepEqual(await (await get('/readyz')).json(), { status: 'ready', reasons: [] });
+  const stats = (await (await get('/stats')).json()) as Record<string, unknown>;
+  assert.equal(stats.role, 'operator');
+  assert.equal(stats.leader, true);
+  assert.equal(stats.identity, op.identity);
+  const metrics = await get('/metrics');
+  assert.match(metrics.headers.get('content-type') ?? '', /^text\/plain/);
+  const text = await metrics.text();
   for (const name of ['switchboard_operator_reconciles_total', 'switchboard_operator_is_leader', 'switchboard_operator_reconcile_duration_seconds_bucket', 'process_resident_memory_bytes']) {
     assert.ok(text.includes(name), name);
   }
+});
+
+test('a Deployment the API server rejects shows as Ready=False ApplyFailed with a Warning Event; fixed, it is applied', async (t) => {
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  // Valid for the CRD (resources are passed through), invalid for a Deployment: a request above its limit.
+  await cp.apply(switchboard('limits', {
+    redis: { url: redis.url },
+    gateway: { minReplicas: 1, maxReplicas: 2, resources: { requests: { cpu: '2' }, limits: { cpu: '1' } } },
+  }), { namespace: ns });
+  const sbPath = `/apis/switchboard.dev/v1alpha1/namespaces/${ns}/switchboards/limits`;
+  const base = `/apis/apps/v1/namespaces/${ns}/deployments`;
+  const sb = await waitFor(async () => {
+    const o = await getObject<Obj>(cp, sbPath);
+    return condition(o, 'Ready')?.reason === 'ApplyFailed' ? o : undefined;
+  }, 30_000, 'Ready=False with reason ApplyFailed', 100);
+  const ready = condition(sb, 'Ready')!;
+  assert.equal(ready.status, 'False');
+  assert.match(ready.message, /^apply Deployment limits-gateway: 422 Invalid .*must be less than or equal to cpu limit/);
+  assert.equal(condition(sb, 'Scaling')!.status, 'Unknown', 'not applied, so not known');
+  assert.equal(sb.status.observedGeneration, 1);
+  const warning = await waitFor(async () => (await eventsIn(ns)).find((e) => e.reason === 'ApplyFailed'), 10_000, 'a Warning Event ApplyFailed', 100);
+  assert.equal(warning.type, 'Warning');
+  assert.deepEqual([warning.involvedObject.kind, warning.involvedObject.name], ['Switchboard', 'limits']);
+  assert.equal(warning.message, ready.message);
+  // Applied in order up to the refusal: the ConfigMap is there, nothing after the gateway Deployment.
+  assert.ok(await getObject(cp, `/api/v1/namespaces/${ns}/configmaps/limits-config`));
+  assert.equal(await getObject(cp, `${base}/limits-gateway`), undefined);
+  assert.equal(await getObject(cp, `${base}/limits-broadcast`), undefined);
+  assert.ok(Number(await op.metric('switchboard_operator_reconcile_errors_total{kind="Switchboard"}')) > 0, 'counted as a failed reconcile, retried with backoff');
+
+  await cp.client.request('PATCH', sbPath, { body: { spec: { gateway: { resources: { requests: { cpu: '1' } } } } }, contentType: 'application/merge-patch+json' });
+  await waitFor(() => getObject(cp, `${base}/limits-broadcast`), 30_000, 'the Deployments applied once fixed', 100);
+  const fixed = await waitFor(async () => {
+    const o = await getObject<Obj>(cp, sbPath);
+    return condition(o, 'Ready')?.reason === 'Unavailable' ? o : undefined;
+  }, 20_000, 'Ready says why it is not ready (no kubelet), no longer ApplyFailed', 100);
+  assert.notEqual(condition(fixed, 'Scaling')!.status, 'Unknown');
+  await waitFor(async () => (await eventsIn(ns)).some((e) => e.reason === 'Reconciled' && e.type === 'Normal'), 10_000, 'a Normal Event Reconciled', 100);
 });
 
 test('an invalid Switchboard is rejected by the schema before the operator sees it', async (t) => {
