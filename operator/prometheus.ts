@@ -1,6 +1,6 @@
 /**
- * Instant queries to the Prometheus HTTP API (/api/v1/query) over the metric names in
- * DESIGN.md, for one Switchboard's pods. Any failure (unreachable, HTTP error, query error,
+ * Instant queries to the Prometheus HTTP API (/api/v1/query) over the server's metric names
+ * (docs/operations.md), for one Switchboard's pods. Any failure (unreachable, HTTP error, query error,
  * timeout) is a MetricsError; "no series" is reported as missing data, not as zero, so the
  * caller never scales down on it.
  */
