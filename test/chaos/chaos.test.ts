@@ -47,7 +47,7 @@ describe('chaos: the cluster under a seeded fault schedule', { skip: hasRedisSer
   const why = () => `\n${res.text}\n${lines.join('\n')}\nsummary ${res.outPath}, logs and events in ${res.runDir}`;
 
   it('injected every fault kind and carried real traffic', (t) => {
-    t.diagnostic(res.text);
+    for (const line of res.text.split('\n')) t.diagnostic(line);
     for (const k of FAULT_KINDS) assert.ok((res.summary.faults[k] ?? 0) >= 1, `fault ${k} was not injected${why()}`);
     assert.ok(res.summary.acked > 3000, `only ${res.summary.acked} messages acknowledged${why()}`);
     assert.equal(res.summary.violations['harness-error'], undefined, `the harness failed${why()}`);
