@@ -38,9 +38,16 @@ export interface RedisBusOptions {
   log: Logger;
 }
 
-/** A Redis failure as the protocol's `unavailable`: the request was not accepted, retry. */
+/**
+ * A Redis failure as the protocol's `unavailable`. Two cases a client must tell apart: the
+ * connection was down, so the command was never sent and nothing happened (retry is safe); or
+ * Redis did not answer within REDIS_TIMEOUT_MS, so the command may still be applied when Redis
+ * wakes up (a retried publish may then be delivered twice: docs/reliability.md).
+ */
 function unavailable(err: unknown): never {
-  throw new SwitchboardError(ErrorCode.Unavailable, 'the message bus (Redis) is unavailable', { cause: err });
+  const timedOut = err instanceof Error && /timed out/i.test(err.message);
+  const message = timedOut ? 'Redis did not answer in time: the request may still take effect' : 'the message bus (Redis) is unavailable';
+  throw new SwitchboardError(ErrorCode.Unavailable, message, { cause: err });
 }
 
 /** Remembers recently seen message ids in two generations: bounded memory, O(1) checks. */

@@ -1,7 +1,7 @@
 /** Child processes of tests: stop one and wait until it is gone; track a group for cleanup. */
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { constants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 /** Whether the process has exited (or was killed). */
@@ -26,6 +26,9 @@ const groups: ProcessGroup[] = [];
 process.once('exit', () => {
   for (const g of groups) g.killNow();
 });
+// A test process ended by a signal (the runner cancelling a file that timed out, Ctrl-C) runs no
+// 'exit' listeners by itself, and its children (redis-server, server roles) would outlive it.
+for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.once(sig, () => process.exit(128 + constants.signals[sig]));
 
 /**
  * Children and temporary directories of one kind of fixture. `stopAll()` kills the children still
