@@ -7,6 +7,10 @@
 # a cache outside the repository, and reused from there on every later run.
 #
 #   bash test/k8s/tools.sh                 build what is missing, reuse the rest (idempotent)
+#   bash test/k8s/tools.sh node            also the node: kube-scheduler, kubelet, kube-proxy
+#                                          (same module), CoreDNS, Prometheus (with Kubernetes
+#                                          service discovery), and the pause image (from the
+#                                          module's build/pause/linux/pause.c) for test/e2e
 #   bash test/k8s/tools.sh bin-dir         print the directory holding the binaries
 #   bash test/k8s/tools.sh update-modules  rewrite tools/*/go.mod for the versions in versions.env
 #
@@ -74,6 +78,7 @@ build_kube() {
   local mod="$here/tools/kube"
   require_version "$mod" k8s.io/kubernetes "$KUBE_VERSION"
   local key names=(kube-apiserver kube-controller-manager kubectl) stale=()
+  [ "$with_node" = 0 ] || names+=(kube-scheduler kubelet kube-proxy)
   key="$(stamp_of kube "$KUBE_VERSION" "$(cat "$mod/go.mod" "$mod/go.sum")")"
   for n in "${names[@]}"; do is_current "$n" "$key" || stale+=("$n"); done
   if [ ${#stale[@]} -eq 0 ]; then reused+=("${names[@]}"); return; fi
@@ -163,12 +168,73 @@ update_modules() {
   log "tools/kube now builds Kubernetes $KUBE_VERSION, tools/etcd etcd $ETCD_VERSION"
 }
 
+# CoreDNS for the node's cluster DNS: its main module has no replace directives, so it installs
+# straight from the module proxy, like helm.
+build_coredns() {
+  local key
+  key="$(stamp_of coredns "$COREDNS_VERSION")"
+  if is_current coredns "$key"; then reused+=(coredns); return; fi
+  local tmp="$dest/tmp.coredns"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  timed "coredns $COREDNS_VERSION" env GOBIN="$tmp" go install -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+  mv -f "$tmp/coredns" "$bin/coredns"; mark coredns "$key"; built+=(coredns)
+  rm -rf "$tmp"
+}
+
+# Prometheus with Kubernetes service discovery, for the node's scraping. Debian's prometheus
+# package is built without it (its config parser rejects kubernetes_sd_configs: "field
+# kubernetes_sd_configs not found in type config.ScrapeConfig"), so it is built from its Go
+# module (v0.3xx.y is Prometheus 3.xx.y), like helm; without the builtinassets tag, so no web UI,
+# only the HTTP API the tests use.
+build_prometheus() {
+  local key
+  key="$(stamp_of prometheus "$PROMETHEUS_VERSION")"
+  if is_current prometheus "$key"; then reused+=(prometheus); return; fi
+  local tmp="$dest/tmp.prometheus" rest="${PROMETHEUS_VERSION#v0.}" v
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  v="3.$((${rest%%.*} - 300)).${rest#*.}" # v0.316.0 -> 3.16.0
+  timed "prometheus $PROMETHEUS_VERSION" env GOBIN="$tmp" go install \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${v}" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
+  mv -f "$tmp/prometheus" "$bin/prometheus"; mark prometheus "$key"; built+=(prometheus)
+  rm -rf "$tmp"
+}
+
+# The pod sandbox ("pause") image the kubelet's CRI asks for. There is no registry to pull
+# registry.k8s.io/pause from, so it is made the way Kubernetes makes it: pause.c from the
+# k8s.io/kubernetes module (build/pause/linux), compiled static, alone in an image. buildah
+# writes it as an OCI archive that the node harness imports into containerd.
+build_pause() {
+  local src key out="$dest/images/pause-$PAUSE_VERSION.oci.tar"
+  src="$(go -C "$here/tools/kube" list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+  [ -f "$src" ] || die "no $src in the k8s.io/kubernetes module"
+  key="$(stamp_of pause "$PAUSE_VERSION" "$(cat "$src")" "$(gcc --version | head -n1)")"
+  if [ -f "$out" ] && is_current pause "$key"; then reused+=(pause); return; fi
+  for cmd in gcc buildah; do command -v "$cmd" >/dev/null || die "$cmd not found (Debian: apt-get install gcc buildah)"; done
+  local tmp="$dest/tmp.pause" store
+  rm -rf "$tmp"; mkdir -p "$tmp" "$dest/images"
+  gcc -Os -Wall -Werror -static -DVERSION="v$PAUSE_VERSION-switchboard" -o "$tmp/pause" "$src"
+  strip "$tmp/pause"
+  # A throwaway buildah store (vfs: no overlayfs or daemon needed).
+  store=(buildah --root "$tmp/storage" --runroot "$tmp/run" --storage-driver vfs)
+  local c
+  c="$("${store[@]}" from scratch)"
+  "${store[@]}" copy --chmod 0755 "$c" "$tmp/pause" /pause >/dev/null
+  "${store[@]}" config --os linux --arch amd64 --entrypoint '["/pause"]' --user 65535:65535 "$c"
+  "${store[@]}" commit --quiet --format oci --rm "$c" "oci-archive:$out.part:registry.k8s.io/pause:$PAUSE_VERSION" >/dev/null
+  mv -f "$out.part" "$out"
+  cp "$tmp/pause" "$bin/pause"; mark pause "$key"; built+=(pause)
+  rm -rf "$tmp"
+}
+
 main() {
+  with_node=0
   case "${1:-}" in
     bin-dir) echo "$bin"; return ;;
     update-modules) check_prerequisites; update_modules; return ;;
+    node) with_node=1 ;;
     "") ;;
-    *) die "unknown command '$1' (try: bin-dir, update-modules)" ;;
+    *) die "unknown command '$1' (try: node, bin-dir, update-modules)" ;;
   esac
   check_prerequisites
   mkdir -p "$bin"
@@ -182,6 +248,11 @@ main() {
   build_kube
   provide_etcd
   build_helm
+  if [ "$with_node" = 1 ]; then
+    build_coredns
+    build_prometheus
+    build_pause
+  fi
   [ ${#reused[@]} -eq 0 ] || log "reused: ${reused[*]}"
   [ ${#built[@]} -eq 0 ] || log "built: ${built[*]} in $((SECONDS - start))s"
   log "binaries for Kubernetes $KUBE_VERSION in $bin"
