@@ -15,13 +15,14 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { repoRoot } from './tools';
 
+export { NODE_NETWORK, NodeCluster, startNodeCluster, type ImageArchive, type NodeClusterOptions } from './node';
 export { ADMIN, ControlPlane, startControlPlane, type ControlPlaneOptions, type ExecResult } from './control-plane';
 export {
   KubeApiError, KubeClient, parseYamlObjects, waitFor,
   type ApplyOptions, type Credentials, type KubeObject, type KubeResponse, type RequestOptions, type WatchEvent,
 } from './client';
 export { type CertFiles, type ClientIdentity } from './pki';
-export { cacheDir, findTools, pinnedVersions, repoRoot, type Tools } from './tools';
+export { cacheDir, findNodeTools, findTools, pinnedVersions, repoRoot, type NodeTools, type Tools } from './tools';
 
 /**
  * A namespace name derived from a test's name (so leftovers say which test made them), made

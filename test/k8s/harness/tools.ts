@@ -82,3 +82,48 @@ export function findTools(required: readonly ToolName[] = Object.values(ToolName
   }
   return { kubeVersion, binDir, paths };
 }
+
+/** What `bash test/k8s/tools.sh node` adds for a node (node.ts). */
+export const NodeToolName = {
+  kubeScheduler: 'kube-scheduler',
+  kubelet: 'kubelet',
+  kubeProxy: 'kube-proxy',
+  coredns: 'coredns',
+  prometheus: 'prometheus',
+} as const;
+export type NodeToolName = typeof NodeToolName[keyof typeof NodeToolName];
+
+export interface NodeTools {
+  readonly binDir: string;
+  readonly paths: Readonly<Record<NodeToolName, string>>;
+  /** OCI archive of the pod sandbox image, named registry.k8s.io/pause:<PAUSE_VERSION>. */
+  readonly pauseArchive: string;
+  readonly pauseImage: string;
+}
+
+/** The node's binaries and pause image, or an error naming what is missing and how to build it. */
+export function findNodeTools(): NodeTools {
+  const versions = pinnedVersions();
+  const binDir = path.join(cacheDir(), versions.KUBE_VERSION, 'bin');
+  const paths = {} as Record<NodeToolName, string>;
+  const missing: string[] = [];
+  for (const name of Object.values(NodeToolName)) {
+    paths[name] = path.join(binDir, name);
+    try {
+      accessSync(paths[name], constants.X_OK);
+    } catch {
+      missing.push(name);
+    }
+  }
+  const pauseArchive = path.join(cacheDir(), versions.KUBE_VERSION, 'images', `pause-${versions.PAUSE_VERSION}.oci.tar`);
+  try {
+    accessSync(pauseArchive, constants.R_OK);
+  } catch {
+    missing.push(path.basename(pauseArchive));
+  }
+  if (missing.length > 0) {
+    throw new Error(`node tools ${missing.join(', ')} not found in ${path.dirname(binDir)}. ` +
+      'Run `bash test/k8s/tools.sh node` to build them (see docs/testing.md).');
+  }
+  return { binDir, paths, pauseArchive, pauseImage: `registry.k8s.io/pause:${versions.PAUSE_VERSION}` };
+}
