@@ -199,7 +199,7 @@ export class NodeCluster {
     await attempt('stop kubelet', async () => byName('kubelet')?.stop());
     await attempt('kill containers', () => this.killAllContainers());
     for (const p of [...this.processes].reverse()) await attempt(`stop ${p.options.name}`, () => p.stop());
-    await attempt('kill shims', async () => killProcessesMentioning(this.dir));
+    await attempt('kill shims and containers', () => killProcessesMentioning(this.dir));
     await attempt('kube-proxy --cleanup', () => run(this.tools.paths['kube-proxy'], ['--cleanup'], { timeout: 60_000 }));
     await attempt('unmount', () => unmountUnder(this.dir));
     await attempt('network namespaces', async () => {
@@ -582,7 +582,7 @@ async function writeSysctl(key: string, value: string): Promise<void> {
 async function cleanupLeftovers(tools: NodeTools): Promise<void> {
   const stale = (await readdir(tmpdir())).filter((n) => n.startsWith('switchboard-node-')).map((n) => path.join(tmpdir(), n));
   for (const dir of stale) {
-    killProcessesMentioning(dir);
+    await killProcessesMentioning(dir);
     await unmountUnder(dir);
     await rm(dir, { recursive: true, force: true }).catch(() => {});
   }
@@ -626,19 +626,50 @@ async function unmountUnder(dir: string): Promise<void> {
 }
 
 /**
- * SIGKILL to every process whose command line mentions dir (containerd's shims carry its socket
- * path; containers run below them), by pid. Only processes of this node's temp dir match.
+ * SIGKILL, by pid, to every process of this node's temp dir: those whose command line mentions it
+ * (containerd's shims carry its socket path), and the containers' processes, which outlive a
+ * killed shim: they are found through their cgroups (/k8s.io/<container id>, the ids being those
+ * under containerd's state dir there), which are then removed.
  */
-function killProcessesMentioning(dir: string): void {
+async function killProcessesMentioning(dir: string): Promise<void> {
   for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
     if (Number(pid) === process.pid) continue;
     try {
-      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-      if (cmdline.includes(dir)) process.kill(Number(pid), 'SIGKILL');
+      if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir)) process.kill(Number(pid), 'SIGKILL');
     } catch {
       // gone, or not ours to read
     }
   }
+  let ids: string[] = [];
+  try {
+    ids = readdirSync(path.join(dir, 'containerd', 'state', 'io.containerd.runtime.v2.task', 'k8s.io'));
+  } catch {
+    return;
+  }
+  const cgroups: string[] = [];
+  for (const controller of readdirSync('/sys/fs/cgroup')) {
+    for (const id of ids) {
+      const cg = path.join('/sys/fs/cgroup', controller, 'k8s.io', id);
+      if (existsSync(cg)) cgroups.push(cg);
+    }
+  }
+  for (const cg of cgroups) {
+    for (const pid of readFileSync(path.join(cg, 'cgroup.procs'), 'utf8').split('\n').filter((l) => l !== '')) {
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+  }
+  await waitFor('container processes to exit', 10_000, async () => cgroups.every((cg) => {
+    try {
+      return readFileSync(path.join(cg, 'cgroup.procs'), 'utf8').trim() === '';
+    } catch {
+      return true;
+    }
+  })).catch(() => {});
+  for (const cg of cgroups) await rm(cg, { recursive: false }).catch(() => run('rmdir', [cg]).catch(() => {}));
 }
 
 /** Holds the machine-wide node lock until the returned child is killed (or this process dies). */
