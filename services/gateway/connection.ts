@@ -32,6 +32,7 @@ import {
   isSwitchboardError,
   jsonDepthExceeds,
   Mode,
+  topLevelId,
   nameField,
   negotiateCodec,
   optionalStringArrayField,
@@ -124,6 +125,26 @@ function disconnectReasonOf(code: ErrorCode): DisconnectReason {
 
 const EMPTY_ROOMS: ReadonlySet<string> = new Set();
 
+/** Why a socket is not being read; it is read again when no reason is left. */
+const Pause = {
+  /** A compressed frame is being decompressed; later frames wait behind it. */
+  Inflate: 1,
+  /** All partial frames together are over PARTIAL_FRAMES_BUDGET_BYTES. */
+  Budget: 2,
+  /** The rate-limit bucket is empty: read no more than one chunk per refill. */
+  Rate: 4,
+  /** A large frame was handled: the rest of this event-loop turn belongs to the others. */
+  Turn: 8,
+} as const;
+
+/**
+ * A frame at least this large makes its connection yield the rest of the event-loop turn (it is
+ * read again from the next one): handling a frame near MAX_FRAME_BYTES takes milliseconds, and
+ * libuv reads up to 2 MB from one socket per turn, so a sender of large frames would otherwise
+ * take whole turns from everyone else.
+ */
+const LARGE_FRAME_BYTES = 64 * 1024;
+
 interface HeldFrame {
   body: Buffer;
   flags: number;
@@ -148,14 +169,16 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
   private partialBytes = 0;
   /** When the incomplete frame held now began (ms); 0 when none (FRAME_TIMEOUT_MS). */
   partialSince = 0;
-  /** Paused because all partial frames together are over PARTIAL_FRAMES_BUDGET_BYTES. */
-  private pausedForBudget = false;
+  /** Why the socket is paused (Pause bits); 0 while it is read. */
+  private paused = 0;
   /** When the session's token expires (ms since the epoch); 0 without exp or without a token. */
   tokenExpiresAt = 0;
   /** Monitor interval in which this connection last counted a server-side error (Counters.countError). */
   errorEpoch = 0;
   /** A `rate_limited` error without id was sent since the bucket last had a token. */
   private rateNoticeSent = false;
+  /** A large frame was handled in this chunk (LARGE_FRAME_BYTES): yield after it. */
+  private yieldTurn = false;
   private state: State = State.Open;
   private parser: TextParser | BinaryParser | null = null;
   private sniffed: Buffer | null = null;
@@ -222,9 +245,22 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
       const done = parser.framesCompleted;
       parser.push(chunk);
       this.trackPartial(parser, done);
+      if (this.yieldTurn) this.yieldRestOfTurn();
       return;
     }
     this.sniff(chunk);
+  }
+
+  private yieldRestOfTurn(): void {
+    this.yieldTurn = false;
+    if (this.state !== State.Open || (this.paused & Pause.Turn) !== 0) return;
+    this.pause(Pause.Turn);
+    setImmediate(onNextTurn, this);
+  }
+
+  /** @internal setImmediate: a new turn, read again. */
+  nextTurn(): void {
+    this.unpause(Pause.Turn);
   }
 
   /**
@@ -242,12 +278,11 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
       if (delta < 0) this.host.partialBudgetFreed?.();
       else {
         const budget = this.host.services.config.partialFramesBudgetBytes;
-        if (budget > 0 && counters.partialFrameBytes > budget && this.state === State.Open && !this.pausedForBudget) {
+        if (budget > 0 && counters.partialFrameBytes > budget && this.state === State.Open && (this.paused & Pause.Budget) === 0) {
           // Over the budget: stop reading this socket (TCP pushes back on the client) until
           // partial frames elsewhere complete or time out. Its own frame timeout still runs.
           counters.limitHits[Limit.PartialFramesBudget]++;
-          this.pausedForBudget = true;
-          this.socket.pause();
+          this.pause(Pause.Budget);
           this.host.waitForPartialBudget?.(this);
         }
       }
@@ -265,11 +300,25 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
     this.host.partialBudgetFreed?.();
   }
 
-  /** The server's budget wait is over: read again (unless decompression holds the input). */
+  /** The server's budget wait is over: read again (unless something else holds the input). */
   partialBudgetResume(): void {
-    if (!this.pausedForBudget) return;
-    this.pausedForBudget = false;
-    if (this.state === State.Open && !this.holdingInput()) this.socket.resume();
+    this.unpause(Pause.Budget);
+  }
+
+  private pause(reason: number): void {
+    if (this.paused === 0) this.socket.pause();
+    this.paused |= reason;
+  }
+
+  private unpause(reason: number): void {
+    if ((this.paused & reason) === 0) return;
+    this.paused &= ~reason;
+    if (this.paused === 0 && this.state === State.Open) this.socket.resume();
+  }
+
+  /** @internal timer: the bucket has a token again. */
+  rateRefilled(): void {
+    this.unpause(Pause.Rate);
   }
 
   /** Called by the server's sweep when the incomplete frame is older than FRAME_TIMEOUT_MS. */
@@ -353,7 +402,7 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
       }
       if (out instanceof Promise) {
         this.heldIn = [];
-        this.socket.pause();
+        this.pause(Pause.Inflate);
         out.then(
           (b) => this.inflated(b),
           (err: unknown) => this.fail(undefined, ErrorCode.BadFrame, err instanceof CompressionError ? err.message : 'corrupt compressed frame'),
@@ -379,7 +428,7 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
     if (this.state !== State.Open) return;
     // Another frame started decompressing: the rest of the held frames go on waiting behind it.
     if (this.holdingInput()) this.heldIn = held.slice(i);
-    else if (!this.pausedForBudget) this.socket.resume();
+    else this.unpause(Pause.Inflate);
   }
 
   private holdingInput(): boolean {
@@ -387,34 +436,33 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
   }
 
   /**
-   * One complete frame body: parse, take a token (every frame, a rejected one too, counts against
-   * the rate limit), bound the nesting, then dispatch. V8's JSON.parse is iterative and accepts any
-   * depth; the depth check only guards what comes after it.
+   * One complete frame body: take a token (every frame, a rejected one too, counts against the
+   * rate limit), bound the nesting, parse, then dispatch. Neither a frame past the limit nor one
+   * nested too deep is parsed: parsing is the expensive part (V8 takes milliseconds for 20 kB of
+   * nested arrays, and a failed parse builds an exception), and everything recursive after it
+   * (JSON.stringify of `data`) throws on deep input. Their id, for the reply, comes from a scan.
    */
   private handleBody(body: Buffer): void {
     const counters = this.host.services.counters;
-    let value: unknown;
-    let parsed = true;
-    try {
-      value = JSON.parse(body.toString('utf8'));
-    } catch {
-      parsed = false;
-    }
+    if (body.length >= LARGE_FRAME_BYTES) this.yieldTurn = true;
     if (!this.takeToken()) {
-      this.rateLimited(parsed ? requestIdOf(value) : undefined);
+      this.rateLimited(topLevelId(body));
       return;
     }
     this.rateNoticeSent = false;
-    if (!parsed) {
-      counters.countReceived('invalid');
-      this.fail(undefined, ErrorCode.BadJson, 'frame is not valid JSON');
-      return;
-    }
     const maxDepth = this.host.services.config.maxJsonDepth;
     if (jsonDepthExceeds(body, maxDepth)) {
       counters.countReceived('invalid');
       counters.limitHits[Limit.MaxJsonDepth]++;
-      this.fail(requestIdOf(value), ErrorCode.BadRequest, `the message nests objects and arrays deeper than ${maxDepth} levels`);
+      this.fail(topLevelId(body), ErrorCode.BadRequest, `the message nests objects and arrays deeper than ${maxDepth} levels`);
+      return;
+    }
+    let value: unknown;
+    try {
+      value = JSON.parse(body.toString('utf8'));
+    } catch {
+      counters.countReceived('invalid');
+      this.fail(undefined, ErrorCode.BadJson, 'frame is not valid JSON');
       return;
     }
     this.dispatch(value);
@@ -429,6 +477,13 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
     const counters = this.host.services.counters;
     counters.dropped[DropReason.RateLimited]++;
     counters.limitHits[Limit.RateLimit]++;
+    if ((this.paused & Pause.Rate) === 0 && this.state === State.Open) {
+      // The rest of this chunk is handled (and refused); the socket is read again once the
+      // bucket has a token, so a flood costs at most a chunk per refill and waits in TCP.
+      this.pause(Pause.Rate);
+      const timer = setTimeout(onRateRefilled, Math.max(1, Math.ceil(1000 / this.host.services.config.rateLimitPerSec)), this);
+      timer.unref();
+    }
     if (id === undefined) {
       if (this.rateNoticeSent) return;
       this.rateNoticeSent = true;
@@ -881,6 +936,14 @@ export class Connection implements HubMember, FrameSink, FrameWaiter, PluginCont
     this.host.services.counters.connections--;
     this.host.closed(this);
   }
+}
+
+function onNextTurn(conn: Connection): void {
+  conn.nextTurn();
+}
+
+function onRateRefilled(conn: Connection): void {
+  conn.rateRefilled();
 }
 
 function onSocketData(this: ConnSocket, chunk: Buffer): void {

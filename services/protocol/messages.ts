@@ -192,3 +192,70 @@ function moreOpenersThan(buf: Buffer, max: number): boolean {
   for (let i = buf.indexOf(OPEN_BRACKET); i !== -1; i = buf.indexOf(OPEN_BRACKET, i + 1)) if (++n > max) return true;
   return false;
 }
+
+const COLON = 0x3a;
+const MAX_ID_TEXT = 1024;
+
+function isJsonSpace(b: number): boolean {
+  return b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09;
+}
+
+/** Index just past the string starting at `start` (a quote), or -1 when it does not end. */
+function stringEnd(buf: Buffer, start: number): number {
+  const len = buf.length;
+  for (let i = start + 1; i < len; i++) {
+    const b = buf[i];
+    if (b === BACKSLASH) i++;
+    else if (b === QUOTE) return i + 1;
+  }
+  return -1;
+}
+
+/**
+ * The `id` of a message without parsing it: the value of the first top-level `"id"` key, when it
+ * is a valid request id (a string of at most 128 characters or a finite number). For replies to
+ * frames that are not parsed, because they are past the rate limit or nest too deep, so that a
+ * request with an id still gets its one reply. One linear scan; anything odd gives undefined.
+ */
+export function topLevelId(buf: Buffer): RequestId | undefined {
+  let depth = 0;
+  const len = buf.length;
+  for (let i = 0; i < len; i++) {
+    const b = buf[i];
+    if (b === QUOTE) {
+      const end = stringEnd(buf, i);
+      if (end === -1) return undefined;
+      if (depth === 1 && end - i === 4 && buf[i + 1] === 0x69 && buf[i + 2] === 0x64) {
+        let j = end;
+        while (j < len && isJsonSpace(buf[j])) j++;
+        if (j < len && buf[j] === COLON) {
+          j++;
+          while (j < len && isJsonSpace(buf[j])) j++;
+          return scalarAt(buf, j);
+        }
+      }
+      i = end - 1;
+    } else if (b === OPEN_BRACE || b === OPEN_BRACKET) depth++;
+    else if (b === CLOSE_BRACE || b === CLOSE_BRACKET) depth--;
+  }
+  return undefined;
+}
+
+/** A JSON string or number starting at `at`, as a request id; undefined otherwise. */
+function scalarAt(buf: Buffer, at: number): RequestId | undefined {
+  if (at >= buf.length) return undefined;
+  let end: number;
+  if (buf[at] === QUOTE) {
+    end = stringEnd(buf, at);
+    if (end === -1) return undefined;
+  } else {
+    end = at;
+    while (end < buf.length && end - at <= 64 && /[0-9eE+\-.]/.test(String.fromCharCode(buf[end]))) end++;
+  }
+  if (end === at || end - at > MAX_ID_TEXT) return undefined;
+  try {
+    return requestIdOf({ id: JSON.parse(buf.toString('utf8', at, end)) as unknown });
+  } catch {
+    return undefined;
+  }
+}

@@ -281,6 +281,9 @@ export class PerformanceMonitor extends EventEmitter<PerformanceMonitorEvents> {
       overloaded: this.state,
       overload_reasons: this.reasonList,
       event_loop_lag_ms: s === null ? 0 : round(s.eventLoopLagMs),
+      heap_used_percent: s === null || s.heapLimitBytes === 0 ? 0 : round((s.heapUsedBytes / s.heapLimitBytes) * 100),
+      // RSS reads that failed (EMFILE under a connection flood) and samples that threw: survived.
+      monitor_read_failures: rssReadFailures + this.sampleFailures,
     };
   }
 }
