@@ -183,7 +183,7 @@ function publishTick(): void {
     cursor = (cursor + advance) % p;
   } else {
     while (owed-- > 0) {
-      const c = publishers[cursor];
+      const c = publishers[cursor % p];
       cursor = (cursor + 1) % p;
       c.publish(1, now);
       expected += c.spec.roomSize;
@@ -258,6 +258,8 @@ function closeAll(): void {
   for (const c of conns) c.close();
   conns = [];
   publishers = [];
+  // The next run may have fewer publishers: a cursor left past its end picked no one (a crash).
+  cursor = 0;
   expected = 0;
   published = 0;
   errors.clear();

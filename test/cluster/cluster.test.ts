@@ -202,6 +202,17 @@ describe('cluster mode', () => {
       throw new Error(`${err.message}\nbroadcast: ${bcs[0].logs.slice(-15).join('\n')}\ngateway: ${gws[0].logs.slice(-8).join('\n')}`);
     });
     assert.equal((await a.history('cluster-room')).length, 40);
+    // Regression: the room name was the hash tag, so a name with braces split the room's keys
+    // over slots and every script failed with CROSSSLOT. Such names now work like any other.
+    for (const room of ['}x', '{a}b', '{}', 'a{b}c{d}']) {
+      const braces = new ChatScenario(room);
+      const x = await braces.addMember('xena', [addr(gws[0])]);
+      const y = await braces.addMember('yuri', [addr(gws[1])]);
+      await braces.publish(x, 3);
+      await braces.verify();
+      assert.deepEqual((await y.history(room, 0)).map((m) => m.seq), [1, 2, 3], `history of "${room}"`);
+      await braces.close();
+    }
     // Flags live in Redis Cluster too: `switchboard flags set` reaches both gateways.
     const set = spawnCli(['flags', 'set', 'history', '--enabled', 'false'], { REDIS_URL: `redis://127.0.0.1:${ports[0]}`, REDIS_CLUSTER: 'true' });
     assert.equal((await set.exited).code, 0, set.stderr.join('\n'));
