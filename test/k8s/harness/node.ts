@@ -132,7 +132,7 @@ export class NodeCluster {
       if (cluster) await cluster.stop();
       else {
         await cp?.stop();
-        await tearDownHostNetwork(new Map()).catch(() => {});
+        await tearDownHostNetwork(sysctlsLeftBehind()).catch(() => {});
         lock.kill('SIGKILL');
       }
       throw err;
@@ -497,7 +497,16 @@ export function startNodeCluster(options?: NodeClusterOptions): Promise<NodeClus
 
 // ---- host network ---------------------------------------------------------------------------
 
-const SYSCTLS = ['net/ipv4/ip_forward', 'net/ipv4/conf/all/route_localnet', 'net/bridge/bridge-nf-call-iptables'];
+/** Where the values of SYSCTLS before a run are kept while it runs. */
+const SYSCTL_STATE = '/run/switchboard-e2e-node.sysctls.json';
+const SYSCTLS = [
+  // Ours and kube-proxy's (localhost NodePorts).
+  'net/ipv4/ip_forward', 'net/ipv4/conf/all/route_localnet', 'net/bridge/bridge-nf-call-iptables',
+  // The kubelet's "kernel tunables" (protectKernelDefaults: false lets it set them; true would
+  // make it refuse to start on this machine's values).
+  'vm/overcommit_memory', 'vm/panic_on_oom', 'kernel/panic', 'kernel/panic_on_oops',
+  'kernel/keys/root_maxkeys', 'kernel/keys/root_maxbytes',
+];
 
 async function sh(cmd: string, args: readonly string[]): Promise<string> {
   const { stdout } = await run(cmd, [...args]);
@@ -519,6 +528,8 @@ async function setUpHostNetwork(): Promise<Map<string, string>> {
       // not on this kernel
     }
   }
+  // Kept on disk too, so that the next start can put them back after a run killed outright.
+  await writeFile(SYSCTL_STATE, JSON.stringify(Object.fromEntries(before)));
   const { bridge, address, podCidr, serviceCidr, forwardChain } = NODE_NETWORK;
   await sh('ip', ['link', 'add', 'name', bridge, 'type', 'bridge']);
   await sh('ip', ['addr', 'add', `${address}/${podCidr.split('/')[1]}`, 'dev', bridge]);
@@ -535,6 +546,15 @@ async function setUpHostNetwork(): Promise<Map<string, string>> {
   return before;
 }
 
+/** The sysctls a killed run changed, from its SYSCTL_STATE file; empty if none. */
+function sysctlsLeftBehind(): Map<string, string> {
+  try {
+    return new Map(Object.entries(JSON.parse(readFileSync(SYSCTL_STATE, 'utf8')) as Record<string, string>));
+  } catch {
+    return new Map();
+  }
+}
+
 async function tearDownHostNetwork(sysctls: ReadonlyMap<string, string>): Promise<void> {
   const { bridge, serviceCidr, forwardChain } = NODE_NETWORK;
   // Pods' veths (their namespaces are gone by now, which removes the pairs; any left goes here).
@@ -546,6 +566,7 @@ async function tearDownHostNetwork(sysctls: ReadonlyMap<string, string>): Promis
   await sh('iptables', ['-w', '-F', forwardChain]).catch(() => {});
   await sh('iptables', ['-w', '-X', forwardChain]).catch(() => {});
   for (const [key, value] of sysctls) await writeSysctl(key, value).catch(() => {});
+  await rm(SYSCTL_STATE, { force: true });
   await removeKubeChains();
 }
 
@@ -593,7 +614,7 @@ async function cleanupLeftovers(tools: NodeTools): Promise<void> {
     for (const ns of listNetns()) if (ns.startsWith('cni-') && !(await netnsInUse(ns))) await removeNetns(ns);
     await run(tools.paths['kube-proxy'], ['--cleanup'], { timeout: 60_000 }).catch(() => {});
   }
-  await tearDownHostNetwork(new Map());
+  await tearDownHostNetwork(sysctlsLeftBehind());
 }
 
 function listNetns(): string[] {
