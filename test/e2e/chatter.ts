@@ -102,6 +102,9 @@ export class Chatter {
   recovered = 0;
   /** Why the chat loop gave up, if it did. */
   failure: Error | undefined;
+  /** Requests that got no answer in time (a connection silently gone). */
+  timeouts = 0;
+  lastAckAt = 0;
   private conn: Conn | undefined;
   private lastSeq = 0;
   private n = 0;
@@ -152,12 +155,15 @@ export class Chatter {
       const data = `${this.user}-${++this.n}`;
       try {
         const r = await conn.request({ type: 'send_chat', room: this.room, data });
-        if (r.type === 'ok') this.acked.add(data);
-        else {
+        if (r.type === 'ok') {
+          this.acked.add(data);
+          this.lastAckAt = Date.now();
+        } else {
           this.sendErrors++;
         }
-      } catch {
+      } catch (err) {
         // No answer: not acknowledged, so nothing is owed; the loop reconnects.
+        if (/no matching message/.test((err as Error).message)) this.timeouts++;
       }
       await sleep(this.periodMs);
     }
@@ -216,7 +222,13 @@ export class Chatter {
     }
   }
 
-  /** Messages pushed to this chatter since the last call that were not replies (for counting). */
+  /** A line of what happened to this chatter, for failure messages. */
+  describe(): string {
+    return `${this.user}: servers ${this.servers.join(' > ')}, reconnect ${JSON.stringify(this.reconnectReasons)}, abrupt ${this.abrupt}, ` +
+      `timeouts ${this.timeouts}, acked ${this.acked.size}, last ack ${this.lastAckAt ? `${((Date.now() - this.lastAckAt) / 1000).toFixed(1)} s ago` : 'never'}` +
+      `${this.failure ? `, failed: ${this.failure.message}` : ''}${this.connected ? '' : ', not connected'}`;
+  }
+
   get connected(): boolean {
     return this.conn !== undefined && !this.conn.closed;
   }

@@ -25,7 +25,9 @@ export function plot(results: Results, title: string): string {
   const maxRep = Math.max(4, ...s.map((p) => Math.max(p.gatewayReplicas, p.broadcastReplicas)));
   const yRep = (v: number) => T + ph - (v / (maxRep + 1)) * ph;
   const maxRate = Math.max(1, ...s.map((p) => p.deliveredPerSec ?? 0));
-  const niceMax = Math.pow(10, Math.ceil(Math.log10(maxRate))) / (maxRate < Math.pow(10, Math.ceil(Math.log10(maxRate))) / 2 ? 2 : 1);
+  // The smallest 1, 2 or 5 x 10^k above the peak.
+  const decade = Math.pow(10, Math.floor(Math.log10(maxRate * 1.05)));
+  const niceMax = [1, 2, 5, 10].map((m) => m * decade).find((v) => v >= maxRate * 1.05) ?? 10 * decade;
   const yRate = (v: number) => T + ph - (v / niceMax) * ph;
   const step = (get: (p: LoadSample) => number) => s.map((p, i) => `${i === 0 ? 'M' : 'L'}${x(p.t).toFixed(1)},${yRep(get(p)).toFixed(1)}` +
     (i + 1 < s.length ? ` L${x(s[i + 1].t).toFixed(1)},${yRep(get(p)).toFixed(1)}` : '')).join(' ');

@@ -11,6 +11,7 @@
  * Not part of `npm test`: the file is *.e2e.ts. Every wait is a bounded poll.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -338,6 +339,18 @@ test('3. load: the operator scales the gateways up from Prometheus, new pods tak
   assert.ok(p.published > 0 && p.delivered > 0, `the load flowed: ${JSON.stringify(p)}`);
 });
 
+/** `kubectl logs -f` of a pod until it ends; text() is what came so far. */
+function followLogs(pod: string): { text(): string } {
+  let out = '';
+  const child = spawn(node!.cp.tools.paths.kubectl, ['logs', '-f', '-n', NS, pod, '--tail=5'], { env: node!.cp.env(), stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  const timer = setTimeout(() => child.kill(), 60_000);
+  timer.unref();
+  child.on('exit', () => clearTimeout(timer));
+  return { text: () => out };
+}
+
 /** Each broadcast worker's /stats (shards owned, live workers), for failure messages. */
 async function broadcastStats(): Promise<string> {
   const out: string[] = [];
@@ -363,13 +376,33 @@ test('4. load stops: scale-down; drained clients reconnect and recover, nothing 
   await waitFor('the gateways scaled down to 2', 180_000, async () => (await replicas('gateway')).spec === 2, 500);
   const decided = Date.now();
   clock.record('load off to scale-down decision', decided - loadOff);
-  await waitFor('2 gateway pods left', 120_000, async () => (await pods('gateway')).length === 2, 500);
+  // When each removed pod started terminating and when it was gone (ms since the decision), and
+  // its log from then on (kubectl logs -f through the kubelet).
+  const followed: Record<string, { text(): string }> = {};
+  const removedAt: Record<string, { terminating?: number; gone?: number }> = {};
+  const known = new Set<string>();
+  await waitFor('2 gateway pods left', 120_000, async () => {
+    const now = await pods('gateway');
+    for (const p of now) {
+      known.add(p.metadata.name);
+      if (p.metadata.deletionTimestamp) {
+        (removedAt[p.metadata.name] ??= {}).terminating ??= Date.now() - decided;
+        followed[p.metadata.name] ??= followLogs(p.metadata.name);
+      }
+    }
+    for (const name of known) if (!now.some((p) => p.metadata.name === name)) (removedAt[name] ??= {}).gone ??= Date.now() - decided;
+    return now.length === 2;
+  }, 250);
   clock.record('scale-down decision to drained pods gone', Date.now() - decided);
   await waitFor('broadcast back to 1', 180_000, async () => (await replicas('broadcast')).spec === 1, 500);
   const drained = list.filter((c) => c.reconnectReasons.includes('shutdown'));
-  assert.ok(drained.length > 0, 'clients on the removed pods were told to reconnect (shutdown): ' +
-    JSON.stringify(list.map((c) => ({ user: c.user, servers: c.servers, reasons: c.reconnectReasons, abrupt: c.abrupt }))));
-  await waitFor('every chatter connected again', 60_000, async () => list.every((c) => c.connected), 500);
+  log(`scale-down: removed ${JSON.stringify(removedAt)}\n${list.map((c) => c.describe()).join('\n')}\n--- logs of the removed gateways ---\n${
+    Object.entries(followed).map(([name, f]) => `${name}:\n${f.text().split('\n').filter((l) => /shutting|stopped|drain|signal/i.test(l)).join('\n')}`).join('\n')}`);
+  const left = (await pods('gateway')).map((p) => p.metadata.name);
+  assert.ok(drained.length > 0, `clients on the removed pods were told to reconnect (shutdown); gateways left ${left.join(', ')}; ` +
+    `removed at ${JSON.stringify(removedAt)}:\n${list.map((c) => c.describe()).join('\n')}`);
+  await waitFor('every chatter connected again', 60_000, async () => list.every((c) => c.connected), 500)
+    .catch((err: Error) => { throw new Error(`${err.message}:\n${list.map((c) => c.describe()).join('\n')}`); });
   for (const c of drained) assert.ok(c.recovered > 0, `${c.user} recovered with history`);
   const checked = await verifyNothingLost(list);
   log(`scale-down: ${drained.length}/${list.length} clients drained, ${checked} acknowledged messages all in history`);
