@@ -1,0 +1,96 @@
+// Attack class: HTTP on the client port (sniffed) and on the admin port. Half-open requests are
+// timed out (408, close) on both ports, HTTP connections count against MAX_CONNECTIONS, and
+// /metrics is served on the admin port only unless METRICS_ON_CLIENT_PORT says otherwise.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { waitFor } from '../helpers/wait';
+import { assertRssWithin, assertWitnessServed, peakRss, RawClient, settledRss, startTarget, Witness } from './harness';
+
+async function get(port: number, path: string): Promise<number> {
+  return (await fetch(`http://127.0.0.1:${port}${path}`)).status;
+}
+
+test('half-open HTTP requests on both ports are answered 408 and closed within the header timeout', async (t) => {
+  const target = await startTarget({ HTTP_HEADERS_TIMEOUT_MS: '1000', HTTP_REQUEST_TIMEOUT_MS: '2000' });
+  t.after(() => target.stop());
+  const witness = await Witness.start(target.port, t);
+  await witness.served(5);
+  const before = await settledRss(target);
+  const attackers: RawClient[] = [];
+  for (const port of [target.port, target.adminPort]) {
+    for (let i = 0; i < 10; i++) {
+      const a = await RawClient.open(port);
+      t.after(() => a.destroy());
+      a.write('GET /stats HTTP/1.1\r\nHost: x\r\n');
+      attackers.push(a);
+    }
+  }
+  // And on the admin port, connections that send nothing at all.
+  for (let i = 0; i < 5; i++) {
+    const a = await RawClient.open(target.adminPort);
+    t.after(() => a.destroy());
+    attackers.push(a);
+  }
+  const started = Date.now();
+  // A header byte every 200 ms: never idle, never complete (this kept one open for 80 s).
+  const timer = setInterval(() => {
+    for (const a of attackers) if (!a.closed) a.write('X');
+  }, 200);
+  t.after(() => clearInterval(timer));
+  const { peak } = await peakRss(target, () => waitFor(() => attackers.every((a) => a.closed), 5000, 'every half-open request to be closed'));
+  clearInterval(timer);
+  const took = Date.now() - started;
+  assert.ok(took < 3000, `closed after ${took} ms (HTTP_HEADERS_TIMEOUT_MS 1000)`);
+  for (const a of attackers.slice(0, 20)) assert.match(a.raw, /^HTTP\/1\.1 408 /, 'the attacker got 408');
+  assert.ok(((await target.metric('switchboard_limit_exceeded_total{limit="HTTP_REQUEST_TIMEOUT_MS"}')) ?? 0) >= 20);
+  assert.ok(((await target.metric('switchboard_http_connections')) ?? 99) <= 2, 'only the scrapes themselves');
+  // Both ports still answer.
+  assert.equal(await get(target.port, '/stats'), 200);
+  assert.equal(await get(target.adminPort, '/healthz'), 200);
+  await assertWitnessServed(witness);
+  assertRssWithin(before, peak, undefined, 'peak RSS');
+  assertRssWithin(before, await settledRss(target));
+});
+
+test('HTTP connections of both ports count against MAX_CONNECTIONS; the admin port keeps a reserve for probes', async (t) => {
+  const target = await startTarget({ MAX_CONNECTIONS: '20', HTTP_HEADERS_TIMEOUT_MS: '20000', HTTP_REQUEST_TIMEOUT_MS: '20000' });
+  t.after(() => target.stop());
+  const witness = await Witness.start(target.port, t);
+  const half: RawClient[] = [];
+  for (let i = 0; i < 19; i++) {
+    const a = await RawClient.open(i % 2 === 0 ? target.port : target.adminPort);
+    t.after(() => a.destroy());
+    a.write('GET /stats HTTP/1.1\r\n');
+    half.push(a);
+  }
+  await waitFor(async () => (await target.stats()).http_connections === 20, 3000, '19 half-open requests and the scrape');
+  // The limit is reached: a new client connection is closed at once.
+  const refused = await RawClient.open(target.port);
+  t.after(() => refused.destroy());
+  refused.line({ type: 'hello', user: 'late', id: 1 });
+  await refused.waitClosed(3000);
+  assert.equal(refused.lines.length, 0);
+  assert.ok(((await target.metric('switchboard_connections_rejected_total{reason="limit"}')) ?? 0) >= 1);
+  // Probes on the admin port still answer (ADMIN_RESERVE), the witness is still served.
+  assert.equal(await get(target.adminPort, '/readyz'), 200);
+  await witness.served(20);
+  // When the half-open requests go, clients get in again.
+  for (const a of half) a.destroy();
+  await waitFor(async () => (await target.stats()).http_connections === 1, 3000, 'the half-open requests to be gone');
+  const late = await RawClient.open(target.port);
+  t.after(() => late.destroy());
+  await late.hello('late');
+  await assertWitnessServed(witness);
+});
+
+test('/metrics is on the admin port only, unless METRICS_ON_CLIENT_PORT; /stats is on both', async (t) => {
+  const plain = await startTarget();
+  t.after(() => plain.stop());
+  assert.equal(await get(plain.port, '/metrics'), 404);
+  assert.equal(await get(plain.port, '/stats'), 200);
+  assert.equal(await get(plain.port, '/healthz'), 200);
+  assert.equal(await get(plain.adminPort, '/metrics'), 200);
+  const open = await startTarget({ METRICS_ON_CLIENT_PORT: 'true' });
+  t.after(() => open.stop());
+  assert.equal(await get(open.port, '/metrics'), 200);
+});
