@@ -7,6 +7,7 @@
  */
 import type { Counters } from './counters';
 import { Histogram } from './histogram';
+import { safeRssBytes } from './monitor';
 
 const WINDOW_S = 10;
 
@@ -102,7 +103,7 @@ export class StatsSampler {
     return {
       msg_per_sec: round(rate((s) => s.received)),
       latency_p99: ms(0.99),
-      memory_mb: round(process.memoryUsage.rss() / (1024 * 1024)),
+      memory_mb: round(safeRssBytes() / (1024 * 1024)),
       connections: c.connections,
       error_rate: recvWindow === 0 ? 0 : Math.round((errWindow / recvWindow) * 1e4) / 1e4,
       delivered_per_sec: round(rate((s) => s.delivered)),
