@@ -7,6 +7,7 @@ import type { AddressInfo } from 'node:net';
 import type { Config } from '../control';
 import { createHttpHandler, type HttpEndpoints } from '../gateway/http';
 import type { Logger } from '../telemetry/log';
+import { safeRssBytes } from '../telemetry/monitor';
 import { BroadcastWorker } from './worker';
 
 export class BroadcastServer {
@@ -49,7 +50,7 @@ export class BroadcastServer {
       reclaimed_total: c.reclaimed,
       failures_total: c.failures,
       stream_pending: this.lastPending,
-      memory_mb: Math.round(process.memoryUsage.rss() / 104857.6) / 10,
+      memory_mb: Math.round(safeRssBytes() / 104857.6) / 10,
       uptime_s: Math.round((Date.now() - this.startedAt) / 1000),
     };
     for (const f of this.statsExtras) Object.assign(out, f());
