@@ -10,6 +10,7 @@ import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { BinaryParser, encodeBinaryFrame, encodeTextFrame, ErrorCode, TextParser, type FrameSink } from '../../services/protocol';
 import { FUZZ_RUNS, fuzzParams } from './params';
+import { splitAt } from '../helpers/chunks';
 
 interface Event {
   frame?: string;
@@ -64,18 +65,6 @@ function referenceBinary(input: Buffer, max: number): Event[] {
   return out;
 }
 
-function split(buf: Buffer, cuts: number[]): Buffer[] {
-  const points = [...new Set(cuts.map((c) => c % (buf.length + 1)))].sort((a, b) => a - b);
-  const out: Buffer[] = [];
-  let prev = 0;
-  for (const p of points) {
-    out.push(buf.subarray(prev, p));
-    prev = p;
-  }
-  out.push(buf.subarray(prev));
-  return out;
-}
-
 const json = fc.jsonValue({ maxDepth: 4 }).map((v) => JSON.stringify(v) ?? 'null');
 /** Pieces of text-mode input: frames, blank lines, CRLF, garbage, and lines around the limit. */
 const textPiece = (max: number) =>
@@ -118,7 +107,7 @@ describe(`parser fuzzing (${FUZZ_RUNS} runs per property)`, () => {
             const input = Buffer.concat(pieces);
             const sink = new Record();
             const parser = mode === 'text' ? new TextParser(sink, MAX) : new BinaryParser(sink, MAX);
-            for (const chunk of split(input, cuts)) parser.push(chunk);
+            for (const chunk of splitAt(input, cuts)) parser.push(chunk);
             const expected = mode === 'text' ? referenceText(input, MAX) : referenceBinary(input, MAX);
             assert.deepEqual(sink.events, expected);
             assert.ok(parser.bufferedBytes <= MAX + 5, `holds ${parser.bufferedBytes} bytes`);
@@ -136,7 +125,7 @@ describe(`parser fuzzing (${FUZZ_RUNS} runs per property)`, () => {
         const input = Buffer.concat(frames.map((f) => encodeTextFrame(f)));
         const sink = new Record();
         const p = new TextParser(sink, 4096);
-        for (const c of split(input, cuts)) p.push(c);
+        for (const c of splitAt(input, cuts)) p.push(c);
         assert.deepEqual(
           sink.events.map((e) => e.frame),
           frames.map((f) => Buffer.from(f).toString('latin1')),

@@ -14,6 +14,7 @@ import {
   TextParser,
   type FrameSink,
 } from '../../services/protocol';
+import { splitAt } from '../helpers/chunks';
 
 class Collect implements FrameSink {
   frames: string[] = [];
@@ -26,18 +27,6 @@ class Collect implements FrameSink {
   onFrameError(code: ErrorCode, message: string): void {
     this.errors.push({ code, message });
   }
-}
-
-function splitAt(buf: Buffer, cuts: number[]): Buffer[] {
-  const points = [...new Set(cuts.map((c) => c % (buf.length + 1)))].sort((a, b) => a - b);
-  const out: Buffer[] = [];
-  let prev = 0;
-  for (const p of points) {
-    out.push(buf.subarray(prev, p));
-    prev = p;
-  }
-  out.push(buf.subarray(prev));
-  return out;
 }
 
 describe('sniffMode', () => {

@@ -7,6 +7,7 @@ import { COMPRESSED_SAMPLE_FACTOR, FrameCounter } from '../../load-tests/lib/cou
 import { chatText, PublishTemplate, writeDigits } from '../../load-tests/lib/payload';
 import { Codec, encodeBinaryFrame, encodeFrameMaybeCompressed, encodeTextFrame, roomMessageJson } from '../../services/protocol';
 import { waitFor } from '../helpers/wait';
+import { splitAt } from '../helpers/chunks';
 
 function message(ts: number, seq: number): string {
   const data = Buffer.alloc(15);
@@ -22,18 +23,6 @@ function stream(binary: boolean, n: number, extra: string[] = []): Buffer {
     if (i === 2) for (const e of extra) parts.push(enc(e));
   }
   return Buffer.concat(parts);
-}
-
-function split(buf: Buffer, cuts: number[]): Buffer[] {
-  const at = [...new Set(cuts.map((c) => c % (buf.length + 1)))].sort((a, b) => a - b);
-  const out: Buffer[] = [];
-  let prev = 0;
-  for (const c of at) {
-    out.push(buf.subarray(prev, c));
-    prev = c;
-  }
-  out.push(buf.subarray(prev));
-  return out;
 }
 
 for (const binary of [false, true]) {
@@ -61,7 +50,7 @@ for (const binary of [false, true]) {
         fc.property(fc.array(fc.nat(), { maxLength: 60 }), (cuts) => {
           let sampled = 0;
           const c = new FrameCounter(binary, { recordValue: () => sampled++ }, 4);
-          for (const chunk of split(whole, cuts)) c.push(chunk);
+          for (const chunk of splitAt(whole, cuts)) c.push(chunk);
           assert.equal(c.messages, 40);
           assert.equal([...c.others.values()].reduce((a, b) => a + b, 0), 1);
           assert.ok(sampled > 0 && sampled <= 40);
