@@ -238,6 +238,7 @@ export class RedisBus implements Bus {
     room: (room, msg, ts, mid, trace) => {
       if (this.recent.seen(mid)) {
         this.duplicates++;
+        this.sink!.duplicate?.();
         return;
       }
       this.sink!.deliverRoom(room, msg, ts, trace);

@@ -10,7 +10,7 @@
 import type { Bus, MaybePromise } from '../bus';
 import type { Outbound } from '../protocol';
 import { preciseNow } from '../telemetry/clock';
-import type { Counters } from '../telemetry/counters';
+import { DropReason, type Counters } from '../telemetry/counters';
 import { SpanKind, startSpan, tracing, type Span } from '../telemetry/tracing';
 
 /** The part of a connection the hub needs. */
@@ -103,6 +103,10 @@ export class Hub {
 
   registrations(): { rooms: Iterable<readonly [string, Iterable<string>]>; users: Iterable<string> } {
     return { rooms: roomUsers(this.rooms), users: this.users.keys() };
+  }
+
+  duplicate(): void {
+    this.counters.dropped[DropReason.Duplicate]++;
   }
 
   connectionsOf(user: string): ReadonlySet<HubMember> | undefined {

@@ -9,9 +9,8 @@ import { Histogram } from './histogram';
 export const DropReason = {
   SlowConsumer: 'slow_consumer',
   RateLimited: 'rate_limited',
+  /** A room message the bus had delivered already (at-least-once redelivery in cluster mode). */
   Duplicate: 'duplicate',
-  Overloaded: 'overloaded',
-  Shutdown: 'shutdown',
 } as const;
 export type DropReason = (typeof DropReason)[keyof typeof DropReason];
 

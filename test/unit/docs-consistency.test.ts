@@ -6,6 +6,8 @@ import { resolve } from 'node:path';
 import { describe, test } from 'node:test';
 import { SETTINGS } from '../../services/control';
 import { ALL_ERROR_CODES, DisconnectReason, DisconnectReconnect, ErrorInfo } from '../../services/protocol';
+import { Counters, DropReason } from '../../services/telemetry/counters';
+import { GatewayMetrics } from '../../services/telemetry/metrics';
 
 const ROOT = resolve(__dirname, '../../..');
 const read = (p: string) => readFileSync(resolve(ROOT, p), 'utf8');
@@ -66,5 +68,30 @@ describe('README.md', () => {
     assert.match(md, /npm start/);
     assert.match(md, /npm test/);
     assert.match(md, /npm ci/);
+  });
+});
+
+describe('docs/operations.md', () => {
+  const md = read('docs/operations.md');
+  // The metric table is a public interface (dashboards, alerts and the operator query it): it
+  // names exactly what a gateway exports, and every dropped_total reason it lists is counted.
+  test('the metric table lists exactly the metrics a gateway exports', async () => {
+    const rows = tableUnder(md, '## Metrics');
+    const documented = rows.map((r) => unquote(r[0]));
+    const metrics = new GatewayMetrics({
+      counters: new Counters(),
+      overloaded: () => false,
+      eventLoopLagSeconds: () => 0,
+      streamPending: () => 0,
+      features: () => [],
+    });
+    const exported = (await metrics.registry.getMetricsAsJSON()).map((m) => m.name).filter((n) => n.startsWith('switchboard_'));
+    assert.deepEqual([...documented].sort(), [...new Set(exported)].sort());
+  });
+  test('dropped_total names exactly the reasons the code counts', () => {
+    const row = tableUnder(md, '## Metrics').find((r) => unquote(r[0]) === 'switchboard_dropped_total');
+    assert.ok(row, 'switchboard_dropped_total is documented');
+    const named = [...row[3].matchAll(/`([a-z_]+)`/g)].map((m) => m[1]);
+    assert.deepEqual(named.sort(), Object.values(DropReason).sort());
   });
 });
