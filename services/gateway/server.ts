@@ -101,6 +101,9 @@ const HTTP_408 = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-L
 const HTTP_431 = 'HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
 const HTTP_400 = 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
 
+/** History usage of a bus that keeps none in this process (the Redis bus keeps it in Redis). */
+const NO_HISTORY = { bytes: 0, evicted: 0 } as const;
+
 export class GatewayServer implements ConnectionHost {
   readonly services: GatewayServices;
   readonly plugins = new PluginRegistry();
@@ -199,6 +202,7 @@ export class GatewayServer implements ConnectionHost {
       features: () => this.featureStates(),
       connectionsMax: () => this.maxConnections,
       rooms: () => this.services.hub.roomCount,
+      history: () => (bus instanceof MemoryBus ? bus.usage : NO_HISTORY),
     });
     this.metricsHandler = () => this.metrics.expose();
     this.statsExtras.push(() => this.monitor.statsFields());

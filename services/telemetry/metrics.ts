@@ -34,6 +34,8 @@ export interface MetricsSource {
   connectionsMax?(): number;
   /** Rooms with local members (MAX_ROOMS_TOTAL). */
   rooms?(): number;
+  /** History kept by this process (the embedded bus): estimated bytes, and messages evicted by a byte budget. */
+  history?(): { readonly bytes: number; readonly evicted: number };
 }
 
 export interface MetricsOptions {
@@ -172,6 +174,8 @@ export class GatewayMetrics {
     new Gauge({ name: `${p}http_connections`, help: 'Open HTTP connections (client port and admin port); they count against MAX_CONNECTIONS.', registers: [reg], collect() { this.set(c.httpConnections); } });
     new Gauge({ name: `${p}partial_frame_bytes`, help: 'Bytes of incomplete frames held for all connections (PARTIAL_FRAMES_BUDGET_BYTES).', registers: [reg], collect() { this.set(c.partialFrameBytes); } });
     new Gauge({ name: `${p}rooms`, help: 'Rooms with members on this process (MAX_ROOMS_TOTAL).', registers: [reg], collect() { this.set(source.rooms?.() ?? 0); } });
+    new Gauge({ name: `${p}history_bytes`, help: 'Estimated bytes of room history held by this process (HISTORY_ROOM_BYTES, HISTORY_TOTAL_BYTES; 0 in cluster mode, where history is in Redis).', registers: [reg], collect() { this.set(source.history?.().bytes ?? 0); } });
+    this.counter(`${p}history_evicted_total`, 'Messages evicted from history because a byte budget (HISTORY_ROOM_BYTES, HISTORY_TOTAL_BYTES) was reached.', () => source.history?.().evicted ?? 0);
     new Gauge({ name: `${p}heap_used_bytes`, help: 'V8 heap in use (the overload monitor compares it with the heap limit).', registers: [reg], collect() { this.set(heapUsage().used); } });
     new Gauge({ name: `${p}heap_limit_bytes`, help: 'V8 heap limit (heap_size_limit, set by --max-old-space-size).', registers: [reg], collect() { this.set(heapUsage().limit); } });
 
