@@ -29,8 +29,6 @@ interface Setting {
   readonly doc: string;
   readonly min?: number;
   readonly values?: readonly string[];
-  /** Not printed in logs (secrets). */
-  readonly secret?: boolean;
 }
 
 /** Every setting, in the order README.md documents them. */
@@ -40,7 +38,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'ADMIN_HOST', kind: 'string', default: '', doc: 'Address of the admin HTTP listener; empty means TCP_HOST.' },
   { key: 'ADMIN_PORT', kind: 'port', default: '4001', doc: 'Admin HTTP port for /metrics, /stats, /healthz, /readyz. 0 picks a free port; -1 disables it.' },
   { key: 'SERVER_ID', kind: 'string', default: '', doc: 'Unique id of this process (gateway id in cluster mode); empty means hostname-pid-random.' },
-  { key: 'AUTH_SECRET', kind: 'string', default: '', doc: 'HS256 secret for hello tokens (JWT, `sub` = user id). Empty: development mode, `user` taken as is.', secret: true },
+  { key: 'AUTH_SECRET', kind: 'string', default: '', doc: 'HS256 secret for hello tokens (JWT, `sub` = user id). Empty: development mode, `user` taken as is.' },
   { key: 'AUTH_REQUIRE_EXP', kind: 'bool', default: 'false', doc: 'Refuse tokens without `exp`. Either way a session ends with `token_expired` at its token\'s `exp` unless refreshed (`refresh`).' },
   { key: 'MAX_FRAME_BYTES', kind: 'int', default: '1048576', min: 64, doc: 'Largest frame (text line or binary body) a client may send.' },
   { key: 'MAX_ROOMS_PER_CONNECTION', kind: 'int', default: '100', min: 1, doc: 'Rooms one connection may be in at once.' },
@@ -68,8 +66,8 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'FLAGS_FILE', kind: 'string', default: '', doc: 'Feature flags file (JSON or YAML), hot-reloaded; empty: no file. See docs/flags.md.' },
   { key: 'API_HOST', kind: 'string', default: '', doc: 'Address of the gRPC server API; empty means TCP_HOST.' },
   { key: 'API_PORT', kind: 'port', default: '4002', doc: 'gRPC server API port (switchboard.v1). 0 picks a free port; -1 disables it.' },
-  { key: 'API_KEY', kind: 'string', default: '', doc: 'Key gRPC callers send as `x-api-key` (or `authorization: Bearer`). Empty: every API call is refused (UNAUTHENTICATED).', secret: true },
-  { key: 'REDIS_URL', kind: 'url', default: '', doc: 'Redis for cluster roles (redis:// or rediss://). Overrides REDIS_HOST/REDIS_PORT.', secret: true },
+  { key: 'API_KEY', kind: 'string', default: '', doc: 'Key gRPC callers send as `x-api-key` (or `authorization: Bearer`). Empty: every API call is refused (UNAUTHENTICATED).' },
+  { key: 'REDIS_URL', kind: 'url', default: '', doc: 'Redis for cluster roles (redis:// or rediss://). Overrides REDIS_HOST/REDIS_PORT.' },
   { key: 'REDIS_HOST', kind: 'string', default: '127.0.0.1', doc: 'Redis host for cluster roles when REDIS_URL is unset (origin key `redis_host`).' },
   { key: 'REDIS_PORT', kind: 'port', default: '6379', doc: 'Redis port for cluster roles when REDIS_URL is unset (origin key `redis_port`).' },
   { key: 'REDIS_CLUSTER', kind: 'bool', default: 'false', doc: 'Treat REDIS_URL as a seed node of a Redis Cluster (keys are hash-tagged for it).' },
