@@ -196,6 +196,8 @@ export class RedisBus implements Bus {
     }
     for (const user of regUsers) if (!heldUsers.has(user)) stale.push(this.cmd.srem(Keys.user(user), this.gw), this.cmd.srem(Keys.gatewayUsers(this.gw), user));
     await Promise.all(stale);
+    // A gateway's first heartbeat finds no previous one too; with nothing held, nothing was lost.
+    if (nRooms === 0 && nUsers === 0 && stale.length === 0) return;
     this.resyncs++;
     this.opts.log.warn('registration was gone from Redis: registered every room and user again', { rooms: nRooms, users: nUsers });
   }
