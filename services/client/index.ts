@@ -17,6 +17,7 @@ import {
   encodeFrameMaybeCompressed,
   encodeTextFrame,
   ErrorCode,
+  InOrder,
   TextParser,
   type CodecName,
   type FrameSink,
@@ -108,9 +109,9 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
   private reconnectTimer: NodeJS.Timeout | null = null;
   /** Codec for frames we send, from welcome; frames we receive name theirs in the flags. */
   private txCodec: Codec = Codec.None;
-  /** Set while a frame is being (de)compressed asynchronously: later frames wait behind it. */
-  private txTail: Promise<void> | null = null;
-  private rxTail: Promise<void> | null = null;
+  /** Frames being (de)compressed asynchronously (zstd), and the frames waiting behind them. */
+  private readonly tx = new InOrder<CodecWork>((w) => this.takeTx(w));
+  private readonly rx = new InOrder<CodecWork>((w) => this.takeRx(w));
   private readonly opts: Required<Omit<ClientOptions, 'token' | 'helloFields'>> & Pick<ClientOptions, 'token' | 'helloFields'>;
   welcome: Welcome | null = null;
   /** Times this client has (re)connected successfully. */
@@ -283,7 +284,7 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
 
   onFrame(body: Buffer, flags: number): void {
     const codec = (flags & CODEC_MASK) as Codec;
-    if (codec === Codec.None && this.rxTail === null) {
+    if (codec === Codec.None && !this.rx.holding) {
       this.handleFrame(body);
       return;
     }
@@ -294,30 +295,40 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       this.onFrameError(ErrorCode.BadFrame, (err as Error).message);
       return;
     }
-    if (!(out instanceof Promise) && this.rxTail === null) {
-      this.handleFrame(out);
+    // zstd decompresses asynchronously: frames after it wait, so messages keep the server's order.
+    this.ordered(this.rx, out);
+  }
+
+  /** Put a frame that may still be (de)compressing in order behind the frames before it. */
+  private ordered(queue: InOrder<CodecWork>, frame: Buffer | Promise<Buffer>): void {
+    if (!(frame instanceof Promise)) {
+      queue.push({ frame, error: null, done: true, socket: this.socket });
       return;
     }
-    // zstd decompresses asynchronously: frames after it wait, so messages keep the server's order.
-    const socket = this.socket;
-    const tail = (this.rxTail ?? Promise.resolve())
-      .then(() => out)
-      .then(
-        (b) => {
-          if (this.socket === socket) this.handleFrame(b);
-        },
-        (err: unknown) => {
-          if (this.socket === socket) this.onFrameError(ErrorCode.BadFrame, (err as Error).message);
-        },
-      );
-    this.rxTail = tail;
-    const clear = () => {
-      if (this.rxTail === tail) this.rxTail = null;
-    };
-    tail.then(clear, (err: unknown) => {
-      clear();
-      this.emit('error', err);
-    });
+    const work: CodecWork = { frame: null, error: null, done: false, socket: this.socket };
+    queue.hold(work);
+    frame.then(
+      (f) => settleWork(queue, work, f, null),
+      (err: unknown) => settleWork(queue, work, null, err instanceof Error ? err : new Error(String(err))),
+    );
+  }
+
+  /** InOrder: a received frame at the head, once decompressed (dropped if its socket is gone). */
+  private takeRx(w: CodecWork): boolean {
+    if (!w.done) return false;
+    if (w.socket !== this.socket) return true;
+    if (w.frame !== null) this.handleFrame(w.frame);
+    else this.onFrameError(ErrorCode.BadFrame, w.error?.message ?? 'corrupt compressed frame');
+    return true;
+  }
+
+  /** InOrder: a frame to send at the head, once compressed. */
+  private takeTx(w: CodecWork): boolean {
+    if (!w.done) return false;
+    if (w.socket !== this.socket || w.socket === null) return true;
+    if (w.frame !== null) w.socket.write(w.frame);
+    else this.emit('error', w.error);
+    return true;
   }
 
   private handleFrame(body: Buffer): void {
@@ -388,32 +399,12 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       this.socket?.write(encodeTextFrame(json));
       return;
     }
-    if (this.txCodec === Codec.None && this.txTail === null) {
+    if (this.txCodec === Codec.None && !this.tx.holding) {
       this.socket?.write(encodeBinaryFrame(json));
       return;
     }
-    this.writeOrdered(encodeFrameMaybeCompressed(this.txCodec, Buffer.from(json), this.opts.compressionThreshold));
-  }
-
-  /** Write a frame that may still be compressing, after every frame written before it. */
-  private writeOrdered(frame: Buffer | Promise<Buffer>): void {
-    const socket = this.socket;
-    if (socket === null) return;
-    if (this.txTail === null && !(frame instanceof Promise)) {
-      socket.write(frame);
-      return;
-    }
-    const tail = (this.txTail ?? Promise.resolve()).then(() => frame).then((f) => {
-      if (this.socket === socket) socket.write(f);
-    });
-    this.txTail = tail;
-    const clear = () => {
-      if (this.txTail === tail) this.txTail = null;
-    };
-    tail.then(clear, (err: unknown) => {
-      clear();
-      this.emit('error', err);
-    });
+    if (this.socket === null) return;
+    this.ordered(this.tx, encodeFrameMaybeCompressed(this.txCodec, Buffer.from(json), this.opts.compressionThreshold));
   }
 
   async join(room: string): Promise<void> {
@@ -467,4 +458,20 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       setTimeout(() => s.destroy(), 1000).unref();
     });
   }
+}
+
+/** A frame being (de)compressed, in the order it was sent or received. */
+interface CodecWork {
+  frame: Buffer | null;
+  error: Error | null;
+  done: boolean;
+  /** The socket it belongs to: after a reconnect, work of the old one is dropped. */
+  socket: Socket | null;
+}
+
+function settleWork(queue: InOrder<CodecWork>, work: CodecWork, frame: Buffer | null, error: Error | null): void {
+  work.frame = frame;
+  work.error = error;
+  work.done = true;
+  queue.drain();
 }

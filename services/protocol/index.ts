@@ -4,3 +4,4 @@ export * from './framing';
 export * from './messages';
 export * from './outbound';
 export * from './compression';
+export * from './in-order';

@@ -1,0 +1,426 @@
+/**
+ * The inbound side of a TCP connection (ws' Receiver): from bytes to validated messages.
+ *
+ * It sniffs the protocol from the first bytes (JSON lines, the binary preamble, or HTTP), runs
+ * the framing parser, decompresses frames in the client's order (InOrder: zstd is asynchronous,
+ * and frames behind one wait for it), takes a token per frame (TokenBucket), bounds nesting,
+ * parses JSON once and checks the envelope. What comes out is an InboundMessage for the session,
+ * or a refusal with a stable error code.
+ *
+ * Hostile input is bounded here (docs/operations.md, "Limits and abuse"): only complete frames
+ * count as activity; an incomplete frame is bounded in bytes (MAX_FRAME_BYTES, and all of them
+ * together by PARTIAL_FRAMES_BUDGET_BYTES) and in time (FRAME_TIMEOUT_MS, enforced by the
+ * server's sweep from `partialSince`); every frame, a rejected one included, takes a token, and
+ * past the limit the socket is read no faster than the bucket refills; nesting is bounded
+ * (MAX_JSON_DEPTH) so that no input reaches `internal`; a large frame yields the event-loop turn.
+ */
+import {
+  asInbound,
+  BinaryParser,
+  BINARY_PREAMBLE,
+  Codec,
+  CODEC_MASK,
+  codecName,
+  CompressionError,
+  decompressBody,
+  ErrorCode,
+  InOrder,
+  jsonDepthExceeds,
+  Mode,
+  requestIdOf,
+  sniffMode,
+  TextParser,
+  topLevelId,
+  type FrameSink,
+  type InboundMessage,
+  type RequestId,
+} from '../protocol';
+import { DropReason, Limit, type Counters } from '../telemetry/counters';
+import { TokenBucket } from './token-bucket';
+
+/** The bounds of one connection's inbound side. */
+export interface InboundLimits {
+  readonly maxFrameBytes: number;
+  readonly maxJsonDepth: number;
+  readonly rateLimitPerSec: number;
+  readonly rateLimitBurst: number;
+  /** Partial-frame bytes of all connections together; 0: no budget. */
+  readonly partialFramesBudgetBytes: number;
+}
+
+/** Where validated messages and refusals go: the session. */
+export interface InboundSink {
+  /** Still taking input (false once the session is ending). */
+  readonly live: boolean;
+  /** Bit (1 << codec) for each codec the client may send compressed frames in (hello). */
+  readonly inboundCodecs: number;
+  /** The first bytes named the protocol: text or binary. */
+  onMode(mode: Mode): void;
+  /** A valid message; its token is taken. */
+  onMessage(msg: InboundMessage): void;
+  /** A refused frame: send the error (and close, when the code closes). */
+  fail(id: RequestId | undefined, code: ErrorCode, message: string): void;
+}
+
+/** What the inbound side needs of the server: the process-wide partial-frame budget. */
+export interface PartialBudget {
+  /** All partial frames are over the budget: `inbound` paused; call budgetResume once it frees. */
+  waitForPartialBudget(inbound: Inbound): void;
+  /** Partial-frame bytes were released. */
+  partialBudgetFreed(): void;
+}
+
+/** What is read from: the socket, paused and resumed for backpressure. */
+export interface Readable {
+  pause(): unknown;
+  resume(): unknown;
+}
+
+/** Why the socket is not being read; it is read again when no reason is left. */
+const Pause = {
+  /** A compressed frame is being decompressed; later frames wait behind it. */
+  Inflate: 1,
+  /** All partial frames together are over PARTIAL_FRAMES_BUDGET_BYTES. */
+  Budget: 2,
+  /** The rate-limit bucket is empty: read no more than one chunk per refill. */
+  Rate: 4,
+  /** A large frame was handled: the rest of this event-loop turn belongs to the others. */
+  Turn: 8,
+} as const;
+
+/**
+ * A frame at least this large makes its connection yield the rest of the event-loop turn (it is
+ * read again from the next one): handling a frame near MAX_FRAME_BYTES takes milliseconds, and
+ * libuv reads up to 2 MB from one socket per turn, so a sender of large frames would otherwise
+ * take whole turns from everyone else.
+ */
+const LARGE_FRAME_BYTES = 64 * 1024;
+
+const CODEC_NONE = Codec.None;
+
+/** A frame waiting behind one being decompressed, or being decompressed itself. */
+interface HeldFrame {
+  body: Buffer;
+  flags: number;
+  /** Raw: not looked at yet; Inflating: its decompression runs; Ready: body is the plain body; Refused: skip it. */
+  stage: 0 | 1 | 2 | 3;
+}
+const RAW = 0;
+const INFLATING = 1;
+const READY = 2;
+const REFUSED = 3;
+
+export class Inbound implements FrameSink {
+  mode: Mode = Mode.Unknown;
+  /** Last time the client completed a frame (ms, coarse): partial frames are not activity. */
+  lastSeen: number;
+  /** When the incomplete frame held now began (ms); 0 when none (FRAME_TIMEOUT_MS). */
+  partialSince = 0;
+  /** When the chunk being handled arrived (ms); the time of the frames it completes. */
+  private chunkAt: number;
+  /** Bytes of the incomplete frame held by the parser, as last added to counters.partialFrameBytes. */
+  private partialBytes = 0;
+  /** Why the socket is paused (Pause bits); 0 while it is read. */
+  private paused = 0;
+  private parser: TextParser | BinaryParser | null = null;
+  private sniffed: Buffer | null = null;
+  private stopped = false;
+  /** A `rate_limited` error without id was sent since the bucket last had a token. */
+  private rateNoticeSent = false;
+  /** A large frame was handled in this chunk (LARGE_FRAME_BYTES): yield after it. */
+  private yieldTurn = false;
+  private readonly bucket: TokenBucket;
+  private readonly order: InOrder<HeldFrame>;
+
+  constructor(
+    private readonly input: Readable,
+    private readonly sink: InboundSink,
+    private readonly limits: InboundLimits,
+    private readonly counters: Counters,
+    private readonly budget: PartialBudget,
+    /** The first bytes are HTTP: hand the socket over with them. */
+    private readonly onHttp: (firstBytes: Buffer) => void,
+    now: number,
+  ) {
+    this.lastSeen = now;
+    this.chunkAt = now;
+    this.bucket = new TokenBucket(limits.rateLimitPerSec, limits.rateLimitBurst, now);
+    this.order = new InOrder((f) => this.takeFrame(f));
+  }
+
+  push(chunk: Buffer): void {
+    if (this.stopped) return;
+    this.counters.bytesReceived += chunk.length;
+    this.chunkAt = Date.now();
+    const parser = this.parser;
+    if (parser === null) {
+      this.sniff(chunk);
+      return;
+    }
+    const done = parser.framesCompleted;
+    parser.push(chunk);
+    this.trackPartial(parser, done);
+    if (this.yieldTurn) this.yieldRestOfTurn();
+  }
+
+  /** Stop reading for good: the parser drops what it holds and its bytes leave the budget. */
+  stop(): void {
+    this.stopped = true;
+    this.parser?.stop();
+    this.order.clear();
+    this.releasePartial();
+  }
+
+  /** The server's budget wait is over: read again (unless something else holds the input). */
+  budgetResume(): void {
+    this.unpause(Pause.Budget);
+  }
+
+  /** Called by the server's sweep when the incomplete frame is older than FRAME_TIMEOUT_MS. */
+  frameTimedOut(timeoutMs: number): void {
+    this.counters.limitHits[Limit.FrameTimeout]++;
+    this.sink.fail(undefined, ErrorCode.FrameTimeout, `frame not completed within ${timeoutMs} ms of its first byte`);
+  }
+
+  private sniff(chunk: Buffer): void {
+    const data = this.sniffed === null ? chunk : Buffer.concat([this.sniffed, chunk]);
+    this.sniffed = null;
+    const mode = sniffMode(data);
+    switch (mode) {
+      case Mode.Unknown:
+        this.sniffed = data;
+        return;
+      case Mode.Text:
+      case Mode.Binary: {
+        this.mode = mode;
+        const parser = mode === Mode.Text ? new TextParser(this, this.limits.maxFrameBytes) : new BinaryParser(this, this.limits.maxFrameBytes);
+        this.parser = parser;
+        this.sink.onMode(mode);
+        const rest = mode === Mode.Text ? data : data.subarray(BINARY_PREAMBLE.length);
+        if (rest.length > 0) {
+          parser.push(rest);
+          this.trackPartial(parser, 0);
+          if (this.yieldTurn) this.yieldRestOfTurn();
+        }
+        return;
+      }
+      case Mode.Http:
+        this.mode = Mode.Http;
+        this.stop();
+        this.onHttp(data);
+        return;
+      default:
+        // Unknown first bytes: answer in text mode, which a human with nc can read, then close.
+        this.mode = Mode.Text;
+        this.sink.onMode(Mode.Text);
+        this.sink.fail(undefined, ErrorCode.BadFrame, 'unrecognised protocol preamble: send JSON lines, the binary preamble, or HTTP');
+    }
+  }
+
+  // ---- backpressure --------------------------------------------------------------------------
+
+  private pause(reason: number): void {
+    if (this.paused === 0) this.input.pause();
+    this.paused |= reason;
+  }
+
+  private unpause(reason: number): void {
+    if ((this.paused & reason) === 0) return;
+    this.paused &= ~reason;
+    if (this.paused === 0 && !this.stopped && this.sink.live) this.input.resume();
+  }
+
+  private yieldRestOfTurn(): void {
+    this.yieldTurn = false;
+    if (this.stopped || (this.paused & Pause.Turn) !== 0) return;
+    this.pause(Pause.Turn);
+    setImmediate(onNextTurn, this);
+  }
+
+  /** @internal setImmediate: a new turn, read again. */
+  nextTurn(): void {
+    this.unpause(Pause.Turn);
+  }
+
+  /** @internal timer: the bucket has a token again. */
+  rateRefilled(): void {
+    this.unpause(Pause.Rate);
+  }
+
+  /**
+   * After a push: account the incomplete frame the parser holds (bytes against the process-wide
+   * budget, and when it began, for the frame timeout). A frame completed during the push means
+   * the one held now began with this chunk.
+   */
+  private trackPartial(parser: TextParser | BinaryParser, doneBefore: number): void {
+    const held = parser.bufferedBytes;
+    const delta = held - this.partialBytes;
+    if (delta !== 0) {
+      const counters = this.counters;
+      counters.partialFrameBytes += delta;
+      this.partialBytes = held;
+      if (delta < 0) this.budget.partialBudgetFreed();
+      else {
+        const budget = this.limits.partialFramesBudgetBytes;
+        if (budget > 0 && counters.partialFrameBytes > budget && !this.stopped && (this.paused & Pause.Budget) === 0) {
+          // Over the budget: stop reading this socket (TCP pushes back on the client) until
+          // partial frames elsewhere complete or time out. Its own frame timeout still runs.
+          counters.limitHits[Limit.PartialFramesBudget]++;
+          this.pause(Pause.Budget);
+          this.budget.waitForPartialBudget(this);
+        }
+      }
+    }
+    if (held === 0) this.partialSince = 0;
+    else if (this.partialSince === 0 || parser.framesCompleted !== doneBefore) this.partialSince = this.chunkAt;
+  }
+
+  /** Let go of the partial frame's bytes in the process-wide account (closing, handed over). */
+  private releasePartial(): void {
+    this.partialSince = 0;
+    if (this.partialBytes === 0) return;
+    this.counters.partialFrameBytes -= this.partialBytes;
+    this.partialBytes = 0;
+    this.budget.partialBudgetFreed();
+  }
+
+  // ---- frames --------------------------------------------------------------------------------
+
+  onFrameError(code: ErrorCode, message: string): void {
+    if (code === ErrorCode.TooLarge) this.counters.limitHits[Limit.MaxFrameBytes]++;
+    this.sink.fail(undefined, code, message);
+  }
+
+  /** FrameSink: a complete frame (`body` valid only during the call). */
+  onFrame(body: Buffer, flags: number): void {
+    if (!this.sink.live) return;
+    // A complete frame is activity (the idle timer); bytes of an incomplete one are not.
+    this.lastSeen = this.chunkAt;
+    if (this.order.holding) {
+      // Keep the client's order: later frames wait behind the one being decompressed.
+      this.order.hold({ body: Buffer.from(body), flags, stage: RAW });
+      return;
+    }
+    if ((flags & CODEC_MASK) === CODEC_NONE) this.handleBody(body);
+    else this.order.push({ body, flags, stage: RAW });
+  }
+
+  /** InOrder: handle the frame at the head, decompressing it first; false while that runs. */
+  private takeFrame(f: HeldFrame): boolean {
+    if (!this.sink.live) return true;
+    if (f.stage === INFLATING) return false;
+    if (f.stage === REFUSED) return true;
+    if (f.stage === RAW) {
+      f.stage = READY;
+      const codec = (f.flags & CODEC_MASK) as Codec;
+      if (codec !== CODEC_NONE) {
+        if ((this.sink.inboundCodecs & (1 << codec)) === 0) {
+          this.sink.fail(undefined, ErrorCode.BadFrame, `compressed frame (${codecName(codec)}), but that codec was not negotiated in hello`);
+          return true;
+        }
+        let out: Buffer | Promise<Buffer>;
+        try {
+          out = decompressBody(codec, f.body, this.limits.maxFrameBytes);
+        } catch (err) {
+          this.sink.fail(undefined, ErrorCode.BadFrame, (err as Error).message);
+          return true;
+        }
+        if (out instanceof Promise) {
+          f.stage = INFLATING;
+          this.pause(Pause.Inflate);
+          out.then(
+            (b) => this.inflated(f, b, READY),
+            (err: unknown) => {
+              this.sink.fail(undefined, ErrorCode.BadFrame, err instanceof CompressionError ? err.message : 'corrupt compressed frame');
+              this.inflated(f, f.body, REFUSED);
+            },
+          );
+          return false;
+        }
+        f.body = out;
+      }
+    }
+    this.handleBody(f.body);
+    return true;
+  }
+
+  /** A frame's decompression ended: handle it (or skip it, refused) and the frames held behind it. */
+  private inflated(f: HeldFrame, body: Buffer, stage: typeof READY | typeof REFUSED): void {
+    f.body = body;
+    f.stage = stage;
+    this.order.drain();
+    if (!this.order.holding) this.unpause(Pause.Inflate);
+  }
+
+  /**
+   * One complete frame body: take a token (every frame, a rejected one too, counts against the
+   * rate limit), bound the nesting, parse, validate the envelope, hand it to the session. Neither
+   * a frame past the limit nor one nested too deep is parsed: parsing is the expensive part (V8
+   * takes milliseconds for 20 kB of nested arrays, and a failed parse builds an exception), and
+   * everything recursive after it (JSON.stringify of `data`) throws on deep input. Their id, for
+   * the reply, comes from a scan.
+   */
+  private handleBody(body: Buffer): void {
+    const counters = this.counters;
+    if (body.length >= LARGE_FRAME_BYTES) this.yieldTurn = true;
+    if (!this.bucket.take(this.lastSeen)) {
+      this.rateLimited(topLevelId(body));
+      return;
+    }
+    this.rateNoticeSent = false;
+    const maxDepth = this.limits.maxJsonDepth;
+    if (jsonDepthExceeds(body, maxDepth)) {
+      counters.countReceived('invalid');
+      counters.limitHits[Limit.MaxJsonDepth]++;
+      this.sink.fail(topLevelId(body), ErrorCode.BadRequest, `the message nests objects and arrays deeper than ${maxDepth} levels`);
+      return;
+    }
+    let value: unknown;
+    try {
+      value = JSON.parse(body.toString('utf8'));
+    } catch {
+      counters.countReceived('invalid');
+      this.sink.fail(undefined, ErrorCode.BadJson, 'frame is not valid JSON');
+      return;
+    }
+    let msg: InboundMessage;
+    try {
+      msg = asInbound(value);
+    } catch (err) {
+      counters.countReceived('invalid');
+      this.sink.fail(requestIdOf(value), ErrorCode.BadRequest, (err as Error).message);
+      return;
+    }
+    this.sink.onMessage(msg);
+  }
+
+  /**
+   * A frame past the rate limit is dropped. A request with an id still gets its one reply
+   * (`rate_limited`); of the others only the first since the bucket ran dry is answered, so a
+   * flood of bad frames costs the server no flood of error replies.
+   */
+  private rateLimited(id: RequestId | undefined): void {
+    const counters = this.counters;
+    counters.dropped[DropReason.RateLimited]++;
+    counters.limitHits[Limit.RateLimit]++;
+    if ((this.paused & Pause.Rate) === 0 && !this.stopped) {
+      // The rest of this chunk is handled (and refused); the socket is read again once the
+      // bucket has a token, so a flood costs at most a chunk per refill and waits in TCP.
+      this.pause(Pause.Rate);
+      setTimeout(onRateRefilled, this.bucket.refillMs, this).unref();
+    }
+    if (id === undefined) {
+      if (this.rateNoticeSent) return;
+      this.rateNoticeSent = true;
+    }
+    this.sink.fail(id, ErrorCode.RateLimited, `rate limit of ${this.limits.rateLimitPerSec} messages/s exceeded`);
+  }
+}
+
+function onNextTurn(inbound: Inbound): void {
+  inbound.nextTurn();
+}
+
+function onRateRefilled(inbound: Inbound): void {
+  inbound.rateRefilled();
+}

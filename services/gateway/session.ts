@@ -1,0 +1,537 @@
+/**
+ * One client session, independent of the transport (ws' WebSocket class to the Receiver and
+ * Sender): hello, token verification and refresh, codec negotiation, welcome, dispatch to the
+ * core types and plugins, replies in request order, and every way a session ends.
+ *
+ * Its lifecycle is one explicit state, changed only by `enter`:
+ *
+ *   Sniffing -> AwaitingHello -> Registering -> Open -> Ending -> Closed
+ *                     ^--------------'   (registration failed)
+ *
+ * Sniffing until the inbound side knows the protocol; AwaitingHello until a hello is accepted;
+ * Registering while the hub registers the user (asynchronous in cluster mode; requests sent
+ * behind the hello are handled and their replies wait for welcome); Open; Ending once a close
+ * began (the last frames flush, then the transport ends); Closed when the transport is gone.
+ *
+ * The outbound queue only measures; the policy is applied here: a full queue drops the push
+ * under SLOW_CONSUMER_POLICY=drop, and otherwise ends the session with `slow_consumer`.
+ */
+import type { MaybePromise } from '../bus';
+import {
+  Codec,
+  codecName,
+  codecOf,
+  DisconnectReason,
+  DisconnectReconnect,
+  ErrorCode,
+  ErrorInfo,
+  InOrder,
+  isSwitchboardError,
+  Mode,
+  nameField,
+  negotiateCodec,
+  optionalStringArrayField,
+  optionalStringField,
+  Outbound,
+  PROTOCOL_VERSION,
+  SwitchboardError,
+  type InboundMessage,
+  type RequestId,
+  type WelcomeLimits,
+} from '../protocol';
+import { DropReason, Limit } from '../telemetry/counters';
+import { verifyHs256 } from './auth';
+import type { HubMember } from './hub';
+import type { InboundSink } from './inbound';
+import { Verdict, type OutboundQueue } from './outbound-queue';
+import type { GatewayServices, MessageProcessor, PluginContext, PluginRegistry, ProcessResult } from './plugins';
+
+export const SessionState = {
+  Sniffing: 0,
+  AwaitingHello: 1,
+  Registering: 2,
+  Open: 3,
+  Ending: 4,
+  Closed: 5,
+} as const;
+export type SessionState = (typeof SessionState)[keyof typeof SessionState];
+
+/** What a session may do, from AUTH_*, MAX_ROOMS_*, COMPRESSION_* and SLOW_CONSUMER_POLICY. */
+export interface SessionLimits {
+  /** HS256 secret of hello tokens; '' trusts `hello.user` (development). */
+  readonly authSecret: string;
+  readonly authRequireExp: boolean;
+  readonly maxRoomsPerConnection: number;
+  readonly maxRoomsTotal: number;
+  /** Codecs offered, most preferred first; empty: no compression. */
+  readonly compressionCodecs: readonly ('lz4' | 'zstd')[];
+  readonly slowConsumerPolicy: 'disconnect' | 'drop';
+}
+
+/** What a session needs from the server that accepted it. */
+export interface SessionHost {
+  readonly services: GatewayServices;
+  readonly plugins: PluginRegistry;
+  /** Announced in welcome. */
+  readonly welcomeLimits: WelcomeLimits;
+  readonly sessionLimits: SessionLimits;
+  nextSessionId(): string;
+  /** Whether a feature flag is on for a user; gated plugins check it. */
+  featureEnabled(flag: string, user: string): boolean;
+  /** Flags to announce in welcome. */
+  flagsFor(user: string): Record<string, boolean>;
+  /** Whether a new session may start (false while overloaded past the margin). */
+  admitSession(): boolean;
+}
+
+/** What a session needs from its transport. */
+export interface SessionTransport {
+  /** Stop reading input for good (the session is ending). */
+  stopInput(): void;
+  /** End the stream once the queued bytes are written. */
+  end(): void;
+  /** The session is ending: destroy the stream if it has not gone within `graceMs`. */
+  endWithin(graceMs: number): void;
+  destroy(): void;
+}
+
+/** How long a closing connection may take to flush its last frames before it is destroyed. */
+export const CLOSE_GRACE_MS = 2000;
+
+const reconnectFrames = new Map<DisconnectReason, Outbound>();
+/**
+ * The `reconnect` push for a reason (whether to come back follows the reason, in one table:
+ * DisconnectReconnect), encoded once per process; with a `message` (the gRPC Disconnect's
+ * reason, at most 512 characters), built for that call.
+ */
+export function reconnectFrame(reason: DisconnectReason, message?: string): Outbound {
+  if (message !== undefined && message !== '') {
+    return Outbound.of({ type: 'reconnect', reason, reconnect: DisconnectReconnect[reason], message: message.slice(0, 512) });
+  }
+  let f = reconnectFrames.get(reason);
+  if (f === undefined) {
+    f = Outbound.of({ type: 'reconnect', reason, reconnect: DisconnectReconnect[reason] });
+    reconnectFrames.set(reason, f);
+  }
+  return f;
+}
+
+export function errorFrame(id: RequestId | undefined, code: ErrorCode, message: string): Outbound {
+  return Outbound.of(id === undefined ? { type: 'error', code, message } : { type: 'error', id, code, message });
+}
+
+/** The disconnect reason of an error that closes the connection (centrifuge's disconnect table). */
+function disconnectReasonOf(code: ErrorCode): DisconnectReason {
+  if (code === ErrorCode.Unauthorized || code === ErrorCode.TokenExpired) return DisconnectReason.Unauthorized;
+  if (code === ErrorCode.SlowConsumer) return DisconnectReason.SlowConsumer;
+  return DisconnectReason.ProtocolError;
+}
+
+const EMPTY_ROOMS: ReadonlySet<string> = new Set();
+const STATE_ENDING = SessionState.Ending;
+const VERDICT_QUEUED = Verdict.Queued;
+
+/** A reply waiting for the replies of earlier requests (async handlers). */
+interface ReplySlot {
+  done: boolean;
+  id: RequestId | undefined;
+  result: ProcessResult;
+  error: unknown;
+  failed: boolean;
+}
+
+export class Session implements HubMember, PluginContext, InboundSink {
+  state: SessionState = SessionState.Sniffing;
+  user = '';
+  sessionId = '';
+  mode: Mode = Mode.Unknown;
+  readonly openedAt: number;
+  /** When the session's token expires (ms since the epoch); 0 without exp or without a token. */
+  tokenExpiresAt = 0;
+  /** Monitor interval in which this session last counted a server-side error (Counters.countError). */
+  errorEpoch = 0;
+  /** Bit (1 << codec) for each codec the client may send compressed frames in. */
+  inboundCodecs = 0;
+  private roomSet: Set<string> | null = null;
+  private readonly replies = new InOrder<ReplySlot>((slot) => this.takeReply(slot));
+
+  constructor(
+    private readonly host: SessionHost,
+    readonly out: OutboundQueue,
+    private readonly transport: SessionTransport,
+    now: number,
+  ) {
+    this.openedAt = now;
+  }
+
+  /** The one place the state changes. */
+  private enter(next: SessionState): void {
+    this.state = next;
+  }
+
+  get services(): GatewayServices {
+    return this.host.services;
+  }
+
+  get rooms(): ReadonlySet<string> {
+    return this.roomSet ?? EMPTY_ROOMS;
+  }
+
+  /** Taking input and sending (any state before Ending). */
+  get live(): boolean {
+    return this.state < STATE_ENDING;
+  }
+
+  // ---- from the inbound side ---------------------------------------------------------------
+
+  onMode(mode: Mode): void {
+    this.mode = mode;
+    this.out.mode = mode;
+    if (this.state === SessionState.Sniffing) this.enter(SessionState.AwaitingHello);
+  }
+
+  onMessage(msg: InboundMessage): void {
+    const counters = this.host.services.counters;
+    const type = msg.type;
+    if (type === 'ping') {
+      counters.countReceived(type);
+      this.reply(msg.id, Outbound.of(msg.id === undefined ? { type: 'pong', ts: Date.now() } : { type: 'pong', id: msg.id, ts: Date.now() }));
+      return;
+    }
+    if (type === 'hello') {
+      counters.countReceived(type);
+      if (this.state === SessionState.AwaitingHello && !this.host.admitSession()) {
+        // Refused before any work: the client should come back later or elsewhere.
+        counters.countError(ErrorCode.Overloaded);
+        this.enqueue(errorFrame(msg.id, ErrorCode.Overloaded, 'server overloaded: try again later or another server'), true);
+        this.disconnect(DisconnectReason.Overloaded);
+        return;
+      }
+      this.execute(msg, null);
+      return;
+    }
+    if (this.state < SessionState.Registering) {
+      this.fail(msg.id, ErrorCode.Unauthorized, 'send hello first');
+      return;
+    }
+    if (type === 'refresh') {
+      counters.countReceived(type);
+      this.execute(msg, null);
+      return;
+    }
+    const plugin = this.host.plugins.find(type);
+    if (plugin === undefined) {
+      counters.countReceived('unknown');
+      this.fail(msg.id, ErrorCode.UnknownType, `unknown message type "${type.length > 64 ? type.slice(0, 64) + '...' : type}"`);
+      return;
+    }
+    counters.countReceived(type);
+    const flag = plugin.flagFor !== undefined ? plugin.flagFor(type) : plugin.flag;
+    if (flag !== undefined && !this.host.featureEnabled(flag, this.user)) {
+      this.fail(msg.id, ErrorCode.FeatureDisabled, `feature "${flag}" is disabled`);
+      return;
+    }
+    this.execute(msg, plugin);
+  }
+
+  // ---- requests and replies ----------------------------------------------------------------
+
+  /** Run a core type (plugin null: hello, refresh) or a plugin; reply now or when it settles. */
+  private execute(msg: InboundMessage, plugin: MessageProcessor | null): void {
+    let result: MaybePromise<ProcessResult>;
+    try {
+      result = plugin !== null ? plugin.process(msg, this) : msg.type === 'hello' ? this.hello(msg) : this.refresh(msg);
+    } catch (err) {
+      this.replyInOrder(msg.id, undefined, err, true);
+      return;
+    }
+    if (result instanceof Promise) {
+      // Replies leave in request order even when handlers finish out of order (cluster mode).
+      const slot: ReplySlot = { done: false, id: msg.id, result: undefined, error: undefined, failed: false };
+      this.replies.hold(slot);
+      result.then(
+        (r) => this.settle(slot, r, undefined, false),
+        (err: unknown) => this.settle(slot, undefined, err, true),
+      );
+      return;
+    }
+    this.replyInOrder(msg.id, result, undefined, false);
+  }
+
+  /** A result ready now: sent at once unless replies of earlier requests are still pending. */
+  private replyInOrder(id: RequestId | undefined, result: ProcessResult, error: unknown, failed: boolean): void {
+    if (!this.replies.holding) {
+      if (failed) this.replyFailure(id, error);
+      else this.reply(id, result);
+      return;
+    }
+    this.replies.hold({ done: true, id, result, error, failed });
+  }
+
+  private settle(slot: ReplySlot, result: ProcessResult, error: unknown, failed: boolean): void {
+    slot.done = true;
+    slot.result = result;
+    slot.error = error;
+    slot.failed = failed;
+    this.replies.drain();
+  }
+
+  /** InOrder: the reply at the head, once its handler finished. */
+  private takeReply(slot: ReplySlot): boolean {
+    if (!slot.done) return false;
+    if (slot.failed) this.replyFailure(slot.id, slot.error);
+    else this.reply(slot.id, slot.result);
+    return true;
+  }
+
+  private reply(id: RequestId | undefined, r: ProcessResult): void {
+    if (!this.live) return;
+    if (r === undefined) {
+      if (id !== undefined) this.enqueue(Outbound.of({ type: 'ok', id }), true);
+      return;
+    }
+    if (r instanceof Outbound) {
+      this.enqueue(r, true);
+      return;
+    }
+    const out: Record<string, unknown> = { type: 'ok' };
+    if (id !== undefined) out.id = id;
+    this.enqueue(Outbound.of(Object.assign(out, r)), true);
+  }
+
+  private replyFailure(id: RequestId | undefined, err: unknown): void {
+    if (isSwitchboardError(err)) {
+      this.fail(id, err.code, err.message);
+      return;
+    }
+    this.host.services.log.error('handler failed', { err, session: this.sessionId });
+    this.fail(id, ErrorCode.Internal, 'internal error');
+  }
+
+  /** Send an error; when its code closes the connection, close it after the frame. */
+  fail(id: RequestId | undefined, code: ErrorCode, message: string): void {
+    this.host.services.counters.countError(code, this);
+    if (!this.live) return;
+    const frame = errorFrame(id, code, message);
+    if (ErrorInfo[code].closes) this.close(disconnectReasonOf(code), frame);
+    else this.enqueue(frame, true);
+  }
+
+  // ---- hello, refresh, welcome -------------------------------------------------------------
+
+  private hello(msg: InboundMessage): MaybePromise<ProcessResult> {
+    if (this.state !== SessionState.AwaitingHello) throw new SwitchboardError(ErrorCode.BadRequest, 'hello was already sent');
+    const codecs = optionalStringArrayField(msg, 'codecs');
+    const limits = this.host.sessionLimits;
+    const secret = limits.authSecret;
+    let user: string;
+    let expiresAt = 0;
+    if (secret !== '') {
+      const token = optionalStringField(msg, 'token');
+      if (token === undefined) throw new SwitchboardError(ErrorCode.Unauthorized, 'a token is required');
+      const verified = verifyHs256(token, secret, Date.now(), { requireExp: limits.authRequireExp });
+      user = verified.sub;
+      expiresAt = tokenDeadline(verified.exp);
+      const claimed = optionalStringField(msg, 'user');
+      if (claimed !== undefined && claimed !== user) throw new SwitchboardError(ErrorCode.Unauthorized, 'user does not match the token');
+    } else {
+      user = nameField(msg, 'user');
+    }
+    this.user = user;
+    this.tokenExpiresAt = expiresAt;
+    this.negotiateCompression(codecs);
+    this.sessionId = this.host.nextSessionId();
+    this.enter(SessionState.Registering);
+    const registered = this.host.services.hub.addUser(this);
+    if (registered instanceof Promise) return registered.then(() => this.welcome(), (err: unknown) => this.helloFailed(err));
+    return this.welcome();
+  }
+
+  private helloFailed(err: unknown): never {
+    const undo = this.host.services.hub.removeUser(this);
+    if (undo instanceof Promise) undo.catch(ignoreRollbackFailure);
+    if (this.state === SessionState.Registering) this.enter(SessionState.AwaitingHello);
+    this.user = '';
+    this.sessionId = '';
+    this.tokenExpiresAt = 0;
+    this.out.codec = Codec.None;
+    this.inboundCodecs = 0;
+    throw new SwitchboardError(ErrorCode.Unavailable, 'session could not be registered', { cause: err });
+  }
+
+  /**
+   * `refresh` {token}: a new token for the same user (same `sub`) before the session's token
+   * expires; the session then ends at the new token's `exp`. A token that does not verify, or is
+   * for another user, is `unauthorized` (and closes, like a failed hello).
+   */
+  private refresh(msg: InboundMessage): ProcessResult {
+    const limits = this.host.sessionLimits;
+    if (limits.authSecret === '') throw new SwitchboardError(ErrorCode.BadRequest, 'this server uses no tokens (no AUTH_SECRET): nothing to refresh');
+    const token = optionalStringField(msg, 'token');
+    if (token === undefined) throw new SwitchboardError(ErrorCode.BadRequest, 'field "token" is required');
+    const verified = verifyHs256(token, limits.authSecret, Date.now(), { requireExp: limits.authRequireExp });
+    if (verified.sub !== this.user) throw new SwitchboardError(ErrorCode.Unauthorized, 'the token is for another user');
+    this.tokenExpiresAt = tokenDeadline(verified.exp);
+    return verified.exp === undefined ? undefined : { exp: verified.exp };
+  }
+
+  /**
+   * Binary mode, when the `compression` flag is on for the user: outbound frames use the server's
+   * first preferred codec the client lists; the client may send frames in any codec both list.
+   */
+  private negotiateCompression(offered: readonly string[] | undefined): void {
+    const prefs = this.host.sessionLimits.compressionCodecs;
+    if (offered === undefined || this.mode !== Mode.Binary || prefs.length === 0) return;
+    if (!this.host.featureEnabled('compression', this.user)) return;
+    this.out.codec = negotiateCodec(prefs, offered);
+    for (const name of prefs) if (offered.includes(name)) this.inboundCodecs |= 1 << codecOf(name);
+  }
+
+  private welcome(): Record<string, unknown> {
+    if (this.state === SessionState.Registering) this.enter(SessionState.Open);
+    return {
+      type: 'welcome',
+      session: this.sessionId,
+      user: this.user,
+      server: this.host.services.serverId,
+      protocol: PROTOCOL_VERSION,
+      codec: codecName(this.out.codec),
+      limits: this.host.welcomeLimits,
+      flags: this.host.flagsFor(this.user),
+    };
+  }
+
+  /** Called by the server's sweep once the session's token has expired without a refresh. */
+  tokenExpired(): void {
+    this.tokenExpiresAt = 0;
+    this.fail(undefined, ErrorCode.TokenExpired, 'the session token expired: send refresh with a new token before exp');
+  }
+
+  // ---- rooms (PluginContext) ---------------------------------------------------------------
+
+  joinRoom(room: string): MaybePromise<void> {
+    if (this.roomSet?.has(room)) return;
+    const rooms = (this.roomSet ??= new Set());
+    const { hub, counters } = this.host.services;
+    const limits = this.host.sessionLimits;
+    const max = limits.maxRoomsPerConnection;
+    if (rooms.size >= max) {
+      counters.limitHits[Limit.RoomsPerConnection]++;
+      throw new SwitchboardError(ErrorCode.TooManyRooms, `at most ${max} rooms per connection`);
+    }
+    if (hub.roomCount >= limits.maxRoomsTotal && hub.localMembers(room) === 0) {
+      counters.limitHits[Limit.RoomsTotal]++;
+      throw new SwitchboardError(ErrorCode.TooManyRooms, `this server holds its maximum of ${limits.maxRoomsTotal} rooms`);
+    }
+    rooms.add(room);
+    const joined = hub.join(room, this);
+    if (joined instanceof Promise) {
+      return joined.catch((err: unknown) => {
+        rooms.delete(room);
+        // The rollback needs the same dependency that just failed: its own failure is expected
+        // and must not escape as an unhandled rejection (that took whole gateways down). The
+        // gateway re-registers what it holds once Redis is back, so nothing stale remains.
+        const undo = hub.leave(room, this);
+        if (undo instanceof Promise) undo.catch(ignoreRollbackFailure);
+        throw new SwitchboardError(ErrorCode.Unavailable, 'could not join the room', { cause: err });
+      });
+    }
+  }
+
+  leaveRoom(room: string): MaybePromise<void> {
+    if (this.roomSet === null || !this.roomSet.delete(room)) return;
+    return this.host.services.hub.leave(room, this);
+  }
+
+  send(msg: Outbound): void {
+    this.enqueue(msg);
+  }
+
+  // ---- output ------------------------------------------------------------------------------
+
+  /**
+   * Queue a frame (the hub's fan-out calls this for every member). `reply`: it answers this
+   * client's own request, which `drop` does not drop. False when the frame was not queued.
+   */
+  enqueue(msg: Outbound, reply = false): boolean {
+    const verdict = this.out.enqueue(msg, reply);
+    if (verdict === VERDICT_QUEUED) return true;
+    if (verdict === Verdict.Full) this.slowConsumer(reply);
+    return false;
+  }
+
+  private slowConsumer(reply: boolean): void {
+    const counters = this.host.services.counters;
+    counters.dropped[DropReason.SlowConsumer]++;
+    counters.limitHits[Limit.OutboundBytes]++;
+    // Under `drop`, pushes are dropped (history recovers them); a reply reaches here only past
+    // twice the bound, and then the client is disconnected as under `disconnect`.
+    if (this.host.sessionLimits.slowConsumerPolicy === 'drop' && !reply) return;
+    // Nothing queued will reach a client that does not read: free it, say why, close.
+    this.out.discard();
+    this.fail(undefined, ErrorCode.SlowConsumer, 'outbound buffer full: the client does not read fast enough');
+  }
+
+  /** The hub's once-per-turn flush. */
+  flush(): void {
+    if (this.state === SessionState.Closed) return;
+    this.out.flush();
+    if (this.state === STATE_ENDING) this.transport.end();
+  }
+
+  // ---- ending ------------------------------------------------------------------------------
+
+  /**
+   * Close gracefully: stop reading, send `final` (an error or a reconnect push) after what is
+   * queued, end the stream, and destroy it if it has not gone within the grace period.
+   */
+  close(reason: DisconnectReason, final?: Outbound, graceMs = CLOSE_GRACE_MS): void {
+    if (!this.live) return;
+    this.transport.stopInput();
+    this.out.close(false);
+    this.replies.clear();
+    if (final !== undefined) this.out.appendFinal(final);
+    this.enter(SessionState.Ending);
+    this.host.services.log.debug('closing connection', { session: this.sessionId, reason });
+    if (this.out.empty) this.transport.end();
+    this.transport.endWithin(graceMs);
+  }
+
+  /** Close with a `reconnect` push that tells the client why and whether to come back. */
+  disconnect(reason: DisconnectReason, graceMs = CLOSE_GRACE_MS): void {
+    if (this.state === SessionState.Sniffing) {
+      this.transport.destroy();
+      return;
+    }
+    this.close(reason, reconnectFrame(reason), graceMs);
+  }
+
+  /** The transport is gone: leave every room, unregister the user, tell the plugins. */
+  closed(): void {
+    if (this.state === SessionState.Closed) return;
+    const hadUser = this.user !== '';
+    this.enter(SessionState.Closed);
+    this.out.close(true);
+    this.replies.clear();
+    const { hub, log } = this.host.services;
+    const swallow = (err: unknown) => log.warn('cleanup after close failed', { err, session: this.sessionId });
+    if (this.roomSet !== null) {
+      for (const room of this.roomSet) {
+        const p = hub.leave(room, this);
+        if (p instanceof Promise) p.catch(swallow);
+      }
+    }
+    if (hadUser) {
+      const p = hub.removeUser(this);
+      if (p instanceof Promise) p.catch(swallow);
+      for (const plugin of this.host.plugins.list()) plugin.onClose?.(this);
+    }
+  }
+}
+
+function ignoreRollbackFailure(): void {}
+
+/** A token's `exp` (seconds) as a session deadline (ms); 0 without one. */
+function tokenDeadline(exp: number | undefined): number {
+  return exp === undefined ? 0 : Math.max(1, exp * 1000);
+}

@@ -1,0 +1,38 @@
+/**
+ * The per-connection rate limit (RATE_LIMIT_PER_SEC sustained, RATE_LIMIT_BURST at once): a token
+ * bucket refilled lazily from the time of the frame being counted, so it costs no timer and no
+ * clock read of its own. A full bucket only moves its refill time; the arithmetic runs only once
+ * a client has spent some tokens.
+ */
+export class TokenBucket {
+  private tokens: number;
+  private refilledAt: number;
+
+  constructor(
+    readonly perSec: number,
+    readonly burst: number,
+    now: number,
+  ) {
+    this.tokens = burst;
+    this.refilledAt = now;
+  }
+
+  /** Take one token at time `now` (ms); false when the bucket is empty. */
+  take(now: number): boolean {
+    if (this.tokens < this.burst) {
+      this.tokens = Math.min(this.burst, this.tokens + ((now - this.refilledAt) * this.perSec) / 1000);
+      if (this.tokens < 1) {
+        this.refilledAt = now;
+        return false;
+      }
+    }
+    this.refilledAt = now;
+    this.tokens -= 1;
+    return true;
+  }
+
+  /** How long until the next token, at the most (ms, at least 1). */
+  get refillMs(): number {
+    return Math.max(1, Math.ceil(1000 / this.perSec));
+  }
+}
