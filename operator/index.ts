@@ -2,13 +2,9 @@
  * The operator process (`switchboard operator`): informers on Switchboards and FeatureFlags run
  * on every replica so a new leader starts warm; the work queues, the scale handler's metrics
  * loops and every write run only on the replica holding the leader Lease. Admin HTTP: /metrics,
- * /stats, /healthz, /readyz, answered by the same handler as the server roles' admin port.
+ * /stats, /healthz, /readyz, served by the same admin module as the server roles' admin port.
  */
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-// The server roles' admin HTTP handler, so /healthz, /readyz and /metrics answer alike. It lives
-// under gateway/ today (the broadcast role imports it from there too); see issue 15 item 2.
-import { createHttpHandler } from '../services/gateway/http';
+import { AdminServer } from '../services/admin';
 import type { Logger } from '../services/telemetry/log';
 import { GROUP, Plural, VERSION, type FeatureFlag, type Switchboard } from './api/types';
 import type { OperatorConfig } from './config';
@@ -41,7 +37,7 @@ export class Operator {
   private readonly ffController: FeatureFlagController;
   private readonly publisher: FlagPublisher;
   private readonly elector: LeaderElector | null;
-  private admin: Server | null = null;
+  private admin: AdminServer | null = null;
   private resync: NodeJS.Timeout | null = null;
   private acting = false;
 
@@ -141,7 +137,7 @@ export class Operator {
 
   /** The admin port actually bound (after start). */
   get adminPort(): number {
-    return (this.admin?.address() as AddressInfo | null)?.port ?? -1;
+    return this.admin?.port ?? -1;
   }
 
   async start(): Promise<void> {
@@ -162,8 +158,7 @@ export class Operator {
     await this.stopActing();
     await Promise.all([this.switchboards.stop(), this.flags.stop()]);
     await this.publisher.close();
-    this.admin?.closeAllConnections();
-    await new Promise<void>((r) => (this.admin ? this.admin.close(() => r()) : r()));
+    await this.admin?.close();
   }
 
   private queue(kind: 'Switchboard' | 'FeatureFlag', reconcile: (key: ObjectKey) => Promise<void>): WorkQueue {
@@ -215,15 +210,15 @@ export class Operator {
   }
 
   private async listenAdmin(): Promise<void> {
-    const handler = createHttpHandler({
-      stats: () => this.stats(),
-      readiness: () => this.readiness(),
-      metrics: async () => ({ contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }),
-    });
-    this.admin = createServer(handler);
-    await new Promise<void>((resolve, reject) => {
-      this.admin!.once('error', reject);
-      this.admin!.listen(this.config.adminPort, this.config.adminHost, () => resolve());
-    });
+    this.admin = new AdminServer(
+      {
+        stats: () => this.stats(),
+        readiness: () => this.readiness(),
+        metrics: async () => ({ contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }),
+      },
+      { host: this.config.adminHost, port: this.config.adminPort, onListenerError: (err) => this.log.warn('admin listener error', { code: err.code }) },
+    );
+    await this.admin.listen();
   }
+
 }

@@ -6,7 +6,9 @@
  * in sync; the request and reply shapes below mirror it (a test calls every method through a real
  * client built from the same file). Everything goes through the gateway's bus, exactly as client
  * requests do, so the API behaves the same in standalone and cluster mode: a Publish on any
- * gateway reaches the room's members on every gateway.
+ * gateway reaches the room's members on every gateway. Publish and SendDirect are the very calls
+ * `send_chat` and `direct` make (publishChat, sendDirect: traced and stamped alike), and
+ * Disconnect sends the same `reconnect` push as every other disconnect (reconnectFrame).
  *
  * Authentication: the API key (API_KEY) in metadata, `x-api-key` or `authorization: Bearer`.
  * Without a configured key the API refuses every call, so an API port exposed by mistake cannot be
@@ -24,19 +26,17 @@ import { join, resolve } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { Config } from '../control';
-import { Connection, type GatewayServer } from '../gateway';
+import { reconnectFrame, Session, type GatewayServer } from '../gateway';
+import { publishChat, sendDirect } from '../plugins';
 import {
-  directMessageJson,
   DisconnectReason,
   ErrorCode,
   ErrorInfo,
   isSwitchboardError,
   jsonTextDepthExceeds,
   MAX_NAME_LENGTH,
-  Outbound,
   SwitchboardError,
 } from '../protocol';
-import { preciseNow } from '../telemetry/clock';
 import type { Logger } from '../telemetry/log';
 
 /** Where the .proto lives: next to this file in the sources, or under services/api from dist/. */
@@ -220,7 +220,7 @@ export class ApiServer {
     const bus = this.opts.gateway.services.bus;
     let r;
     try {
-      r = await bus.publish({ room, from, dataJson, ts: preciseNow() });
+      r = await publishChat(bus, room, from, dataJson);
     } catch (err) {
       if (isSwitchboardError(err)) throw err;
       throw new SwitchboardError(ErrorCode.Unavailable, 'the message could not be accepted', { cause: err });
@@ -231,10 +231,10 @@ export class ApiServer {
   private async sendDirect(req: SendDirectRequest, caller: string): Promise<object> {
     const to = name(req.user, 'user');
     const from = req.from === '' ? `api:${caller}` : name(req.from, 'from');
-    const out = new Outbound(directMessageJson(from, jsonData(req.data, this.opts.config.maxJsonDepth), Date.now()));
+    const dataJson = jsonData(req.data, this.opts.config.maxJsonDepth);
     let ok: boolean;
     try {
-      ok = await this.opts.gateway.services.bus.direct(to, out);
+      ok = await sendDirect(this.opts.gateway.services.bus, from, to, dataJson);
     } catch (err) {
       throw new SwitchboardError(ErrorCode.Unavailable, 'the message could not be sent', { cause: err });
     }
@@ -251,10 +251,10 @@ export class ApiServer {
     const user = name(req.user, 'user');
     const members = this.opts.gateway.services.hub.connectionsOf(user);
     if (members === undefined) return { connections: 0 };
-    const push = Outbound.of({ type: 'reconnect', reason: DisconnectReason.Kicked, reconnect: false, ...(req.reason === '' ? {} : { message: req.reason.slice(0, 512) }) });
+    const push = reconnectFrame(DisconnectReason.Kicked, req.reason);
     let n = 0;
     for (const m of [...members]) {
-      if (m instanceof Connection && m.isOpen) {
+      if (m instanceof Session && m.live) {
         m.close(DisconnectReason.Kicked, push);
         n++;
       }

@@ -2,24 +2,22 @@
  * The broadcast role's process: a BroadcastWorker plus its admin HTTP port (/healthz, /readyz,
  * /stats, /metrics), with graceful shutdown that releases the shard leases at once.
  */
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { AdminServer } from '../admin';
 import type { Config } from '../control';
-import { createHttpHandler, type HttpEndpoints } from '../gateway/http';
 import type { Logger } from '../telemetry/log';
+import { BroadcastMetrics } from '../telemetry/metrics';
 import { safeRssBytes } from '../telemetry/monitor';
 import { BroadcastWorker } from './worker';
 
 export class BroadcastServer {
   readonly worker: BroadcastWorker;
-  private admin: Server | null = null;
+  readonly metrics: BroadcastMetrics;
+  private readonly admin: AdminServer | null;
   private readonly startedAt = Date.now();
   private lastPending = 0;
-  metricsHandler: HttpEndpoints['metrics'] = undefined;
-  readonly statsExtras: (() => Record<string, unknown>)[] = [];
 
   constructor(
-    private readonly config: Config,
+    config: Config,
     private readonly log: Logger,
     workerId: string,
   ) {
@@ -35,11 +33,28 @@ export class BroadcastServer {
       timeoutMs: config.redisTimeoutMs,
       log,
     });
+    this.metrics = new BroadcastMetrics({ counters: this.worker.counters, pending: () => this.refreshPending() });
+    this.admin =
+      config.adminPort < 0
+        ? null
+        : new AdminServer(
+            {
+              stats: () => this.refreshPending().then(() => this.stats()),
+              readiness: () => ({ ready: this.worker.ready, reasons: this.worker.ready ? [] : ['redis not connected or not answering'] }),
+              metrics: () => this.metrics.expose(),
+            },
+            {
+              host: config.adminHost,
+              port: config.adminPort,
+              timeouts: { headersTimeoutMs: config.httpHeadersTimeoutMs, requestTimeoutMs: config.httpRequestTimeoutMs, keepAliveTimeoutMs: config.httpKeepAliveTimeoutMs },
+              onListenerError: (err) => log.warn('admin listener error', { code: err.code }),
+            },
+          );
   }
 
   stats(): Record<string, unknown> {
     const c = this.worker.counters;
-    const out: Record<string, unknown> = {
+    return {
       role: 'broadcast',
       worker: this.worker.opts.workerId,
       ready: this.worker.ready,
@@ -53,8 +68,6 @@ export class BroadcastServer {
       memory_mb: Math.round(safeRssBytes() / 104857.6) / 10,
       uptime_s: Math.round((Date.now() - this.startedAt) / 1000),
     };
-    for (const f of this.statsExtras) Object.assign(out, f());
-    return out;
   }
 
   /** Refresh the pending count (used by /stats and the stream_pending metric). */
@@ -69,31 +82,14 @@ export class BroadcastServer {
 
   async start(): Promise<number | null> {
     this.worker.start();
-    if (this.config.adminPort < 0) return null;
-    const handler = createHttpHandler({
-      stats: () => this.stats(),
-      readiness: () => ({ ready: this.worker.ready, reasons: this.worker.ready ? [] : ['redis not connected or not answering'] }),
-      metrics: () => (this.metricsHandler ? this.metricsHandler() : Promise.reject(new Error('metrics are not enabled'))),
-    });
-    const admin = createServer((req, res) => {
-      if ((req.url ?? '').startsWith('/stats')) void this.refreshPending().then(() => handler(req, res));
-      else handler(req, res);
-    });
-    this.admin = admin;
-    await new Promise<void>((resolve, reject) => {
-      admin.once('error', reject);
-      admin.listen({ host: this.config.adminHost, port: this.config.adminPort }, () => resolve());
-    });
-    const port = (admin.address() as AddressInfo).port;
+    if (this.admin === null) return null;
+    const port = await this.admin.listen();
     this.log.info('broadcast listening', { adminPort: port, worker: this.worker.opts.workerId });
     return port;
   }
 
   async shutdown(): Promise<void> {
     await this.worker.stop();
-    if (this.admin !== null) {
-      this.admin.closeAllConnections();
-      await new Promise<void>((r) => this.admin!.close(() => r()));
-    }
+    await this.admin?.close();
   }
 }

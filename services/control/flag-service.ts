@@ -1,11 +1,12 @@
 /**
- * Flags for one process: a FlagStore fed by the flags file (FLAGS_FILE, any role) and, in cluster
- * mode, by Redis (`sb:flags`), bound to a gateway's flag hooks, and following the performance
- * monitor when there is one. The roles call startFlags right after creating their gateway.
+ * Flags for one process: the FlagStore a gateway was built with, fed by the flags file
+ * (FLAGS_FILE, any role) and, in cluster mode, by Redis (`sb:flags`), and following the
+ * performance monitor when there is one. The roles create the store, hand it to GatewayServer,
+ * and call startFlags with it and the server's monitor.
  */
 import type { Logger } from '../telemetry/log';
 import type { Config } from './config';
-import { FlagStore, type FlagHooks, type OverloadSignal } from './flags';
+import type { FlagStore, OverloadSignal } from './flags';
 import { FlagsFileSource } from './flags-file';
 import { RedisFlagsSource } from './flags-redis';
 
@@ -27,13 +28,8 @@ export interface FlagService {
   stop(): Promise<void>;
 }
 
-/** What startFlags binds: a gateway's flag hooks and, optionally, its /stats extras. */
-export interface FlagTarget extends FlagHooks {
-  readonly statsExtras?: (() => Record<string, unknown>)[];
-}
-
-export async function startFlags(target: FlagTarget, opts: FlagServiceOptions): Promise<FlagService> {
-  const store = new FlagStore();
+/** Start the sources that feed `store`, and follow the overload signal. */
+export async function startFlags(store: FlagStore, opts: FlagServiceOptions): Promise<FlagService> {
   const log = opts.log.child({ component: 'flags' });
   const file = opts.config.flagsFile === '' ? null : new FlagsFileSource({ path: opts.config.flagsFile, store, log });
   const redis = opts.redis ? new RedisFlagsSource({ url: opts.config.redisUrl, cluster: opts.config.redisCluster, store, log, resyncMs: opts.resyncMs }) : null;
@@ -41,8 +37,6 @@ export async function startFlags(target: FlagTarget, opts: FlagServiceOptions): 
   if (redis !== null) await redis.start();
   if (opts.monitor !== undefined) store.attachMonitor(opts.monitor);
   store.on('change', () => log.debug('flags changed', { shedding: store.isShedding }));
-  store.bind(target);
-  target.statsExtras?.push(() => ({ flags_shed: store.isShedding }));
   return {
     store,
     file,

@@ -141,10 +141,16 @@ export interface OverloadSignal {
   off(event: 'overloaded' | 'recovered', listener: () => void): unknown;
 }
 
-/** The two hooks a GatewayServer exposes for flags. */
-export interface FlagHooks {
-  featureEnabled: (flag: string, user: string) => boolean;
-  flagsFor: (user: string) => Record<string, boolean>;
+/** What a gateway reads of its flags (a FlagStore; handed to GatewayServer at construction). */
+export interface FeatureFlags {
+  /** Whether `flag` is on for `user`; undefined flags are on. */
+  isEnabled(flag: string, user: string): boolean;
+  /** Every defined flag's state for a user, as announced in `welcome`. */
+  flagsFor(user: string): Record<string, boolean>;
+  /** Values of the `feature_enabled{flag}` gauge. */
+  featureStates(): Iterable<readonly [string, boolean]>;
+  /** nonCritical flags are off for overload. */
+  readonly isShedding: boolean;
 }
 
 /**
@@ -152,7 +158,7 @@ export interface FlagHooks {
  * flag, the one registered later wins (file first, Redis after it). Emits 'change' after every
  * update and every overload transition.
  */
-export class FlagStore extends EventEmitter {
+export class FlagStore extends EventEmitter implements FeatureFlags {
   private readonly sources = new Map<string, ReadonlyMap<string, FeatureFlag>>();
   private effective = new Map<string, FeatureFlag>();
   private monitor: OverloadSignal | null = null;
@@ -226,12 +232,6 @@ export class FlagStore extends EventEmitter {
    */
   featureStates(): Array<readonly [string, boolean]> {
     return this.list().map((f) => [f.name, f.enabled && !(f.nonCritical && this.shedding) && (f.rolloutPercent > 0 || f.betaUsers.length > 0)] as const);
-  }
-
-  /** Point a gateway's flag hooks at this store. */
-  bind(target: FlagHooks): void {
-    target.featureEnabled = (flag, user) => this.isEnabled(flag, user);
-    target.flagsFor = (user) => this.flagsFor(user);
   }
 }
 

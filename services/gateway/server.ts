@@ -9,14 +9,15 @@
  * crashing; HTTP requests are timed (headers, request, keep-alive) on both ports and closed on
  * shutdown; the sweep enforces the frame timeout and token expiry besides idle and hello.
  */
-import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import type { Server as HttpServer } from 'node:http';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { MemoryBus, type Bus } from '../bus';
-import type { Config } from '../control';
-import { DisconnectReason, ErrorCode, Mode, type WelcomeLimits } from '../protocol';
+import { createAdminHandler, createTimedHttpServer, type AdminEndpoints, type AdminHandler } from '../admin';
+import { FlagStore, type Config, type FeatureFlags } from '../control';
+import { DisconnectReason, ErrorCode, type WelcomeLimits } from '../protocol';
 import {
   Counters,
   GatewayMetrics,
@@ -30,7 +31,9 @@ import {
   type Logger,
 } from '../telemetry';
 import { Connection, type ConnectionHost } from './connection';
-import { createHttpHandler, type HttpEndpoints } from './http';
+import type { Inbound, InboundLimits } from './inbound';
+import type { OutboundLimits } from './outbound-queue';
+import { SessionState, type SessionLimits } from './session';
 import { Hub } from './hub';
 import { PluginRegistry, type GatewayServices, type MessageProcessor } from './plugins';
 
@@ -44,7 +47,22 @@ export interface GatewayOptions {
   log?: Logger;
   /** Shown in /stats. @default 'standalone' */
   role?: string;
+  /**
+   * Feature flags: what gated plugins and compression check, what welcome announces, the
+   * feature_enabled metric and /stats `flags_shed`. The roles pass the FlagStore that startFlags
+   * then feeds. @default an empty FlagStore (no flags: every feature on)
+   */
+  flags?: FeatureFlags;
+  /** Readiness checks besides listening, draining, the bus and overload: a reason, or null. */
+  readiness?: readonly ReadinessCheck[];
+  /** Fields added to /stats (and the gRPC WatchStats). */
+  stats?: readonly StatsContributor[];
 }
+
+/** Why the process is not ready, or null when this check is fine. */
+export type ReadinessCheck = () => string | null;
+/** Fields for /stats. */
+export type StatsContributor = () => Record<string, unknown>;
 
 export interface ListeningAddresses {
   host: string;
@@ -97,17 +115,16 @@ const ACCEPT_BACKOFF_MAX_MS = 5000;
 /** At most one log line per this long about refused connections. */
 const REFUSAL_LOG_MS = 10_000;
 
-const HTTP_408 = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
-const HTTP_431 = 'HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
-const HTTP_400 = 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
-
 /** History usage of a bus that keeps none in this process (the Redis bus keeps it in Redis). */
 const NO_HISTORY = { bytes: 0, evicted: 0 } as const;
 
 export class GatewayServer implements ConnectionHost {
   readonly services: GatewayServices;
   readonly plugins = new PluginRegistry();
-  readonly limits: WelcomeLimits;
+  readonly welcomeLimits: WelcomeLimits;
+  readonly sessionLimits: SessionLimits;
+  readonly inboundLimits: InboundLimits;
+  readonly outboundLimits: OutboundLimits;
   readonly counters = new Counters();
   readonly stats: StatsSampler;
   readonly role: string;
@@ -122,7 +139,7 @@ export class GatewayServer implements ConnectionHost {
   /** MAX_CONNECTIONS as applied (see effectiveMaxConnections); 0: no limit. */
   readonly maxConnections: number;
   /** Connections paused until partial frames elsewhere free PARTIAL_FRAMES_BUDGET_BYTES. */
-  private readonly budgetWaiters = new Set<Connection>();
+  private readonly budgetWaiters = new Set<Inbound>();
   /** Accepting is paused until then (ms) after running out of descriptors. */
   private acceptBackoffUntil = 0;
   private acceptBackoffMs = ACCEPT_BACKOFF_MIN_MS;
@@ -132,20 +149,14 @@ export class GatewayServer implements ConnectionHost {
   private listening = false;
   private draining = false;
   private drained: (() => void) | null = null;
-  /** Extra readiness checks and /stats fields added by other modules (telemetry, overload). */
-  readonly readinessChecks: (() => string | null)[] = [];
-  readonly statsExtras: (() => Record<string, unknown>)[] = [];
-  metricsHandler: HttpEndpoints['metrics'] = undefined;
+  private readonly readinessChecks: ReadinessCheck[];
+  private readonly statsExtras: StatsContributor[];
+  private readonly flags: FeatureFlags;
   /** Overload detection; subscribe with monitor.on('overloaded' | 'recovered'). */
   readonly monitor: PerformanceMonitor;
   readonly metrics: GatewayMetrics;
   /** Sessions open when the current overload began. */
   private overloadOnset = 0;
-  /** Feature-flag hooks; the flags module replaces them. */
-  featureEnabled: (flag: string, user: string) => boolean = () => true;
-  flagsFor: (user: string) => Record<string, boolean> = () => ({});
-  /** Effective global state of each flag, for the feature_enabled metric. */
-  featureStates: () => Iterable<readonly [string, boolean]> = () => [];
 
   constructor(opts: GatewayOptions) {
     const config = opts.config;
@@ -153,27 +164,48 @@ export class GatewayServer implements ConnectionHost {
     const serverId = config.serverId || defaultServerId();
     const log = (opts.log ?? silentLogger).child({ server: serverId });
     this.role = opts.role ?? 'standalone';
+    this.flags = opts.flags ?? new FlagStore();
     const hub = new Hub(bus, this.counters);
     this.services = { serverId, config, bus, hub, counters: this.counters, log };
     for (const p of opts.plugins ?? []) this.plugins.register(p);
-    this.limits = {
+    this.welcomeLimits = {
       maxFrameBytes: config.maxFrameBytes,
       maxRooms: config.maxRoomsPerConnection,
       rateLimitPerSec: config.rateLimitPerSec,
       idleTimeoutMs: config.idleTimeoutMs,
     };
+    this.sessionLimits = {
+      authSecret: config.authSecret,
+      authRequireExp: config.authRequireExp,
+      maxRoomsPerConnection: config.maxRoomsPerConnection,
+      maxRoomsTotal: config.maxRoomsTotal,
+      compressionCodecs: config.compressionCodecs,
+      slowConsumerPolicy: config.slowConsumerPolicy,
+    };
+    this.inboundLimits = {
+      maxFrameBytes: config.maxFrameBytes,
+      maxJsonDepth: config.maxJsonDepth,
+      rateLimitPerSec: config.rateLimitPerSec,
+      rateLimitBurst: config.rateLimitBurst,
+      partialFramesBudgetBytes: config.partialFramesBudgetBytes,
+    };
+    this.outboundLimits = {
+      maxOutboundBytes: config.maxOutboundBytes,
+      slowConsumerPolicy: config.slowConsumerPolicy,
+      compressionThreshold: config.compressionThreshold,
+    };
     this.stats = new StatsSampler(this.counters);
     this.maxConnections = effectiveMaxConnections(config.maxConnections);
     this.tcp = createServer({ noDelay: true }, (socket) => this.accept(socket));
     this.tcp.on('error', (err) => this.listenerError(err as NodeJS.ErrnoException));
-    const endpoints: HttpEndpoints = {
+    const endpoints: AdminEndpoints = {
       stats: () => this.statsSnapshot(),
       readiness: () => this.readiness(),
-      metrics: () => (this.metricsHandler ? this.metricsHandler() : Promise.reject(new Error('metrics are not enabled'))),
+      metrics: () => this.metrics.expose(),
     };
-    const adminHandler = createHttpHandler(endpoints);
+    const adminHandler = createAdminHandler(endpoints);
     // /metrics tells an attacker a lot (connections, rooms, errors): admin port only by default.
-    const clientHandler = config.metricsOnClientPort ? adminHandler : createHttpHandler({ ...endpoints, metrics: undefined });
+    const clientHandler = config.metricsOnClientPort ? adminHandler : createAdminHandler({ ...endpoints, metrics: undefined });
     this.sniffedHttp = this.httpServer(clientHandler, false);
     if (config.adminPort >= 0) this.admin = this.httpServer(adminHandler, true);
 
@@ -199,19 +231,22 @@ export class GatewayServer implements ConnectionHost {
       overloaded: () => this.monitor.overloaded,
       eventLoopLagSeconds: () => (this.monitor.latest?.eventLoopLagMs ?? 0) / 1000,
       streamPending: () => (typeof pending.pending === 'number' ? pending.pending : 0),
-      features: () => this.featureStates(),
+      features: () => this.flags.featureStates(),
       connectionsMax: () => this.maxConnections,
       rooms: () => this.services.hub.roomCount,
       history: () => (bus instanceof MemoryBus ? bus.usage : NO_HISTORY),
     });
-    this.metricsHandler = () => this.metrics.expose();
-    this.statsExtras.push(() => this.monitor.statsFields());
-    this.statsExtras.push(() => ({
-      connections_max: this.maxConnections,
-      http_connections: this.counters.httpConnections,
-      partial_frame_bytes: this.counters.partialFrameBytes,
-    }));
-    this.readinessChecks.push(() => (this.sessionRoomLeft() ? null : 'overloaded: refusing new sessions'));
+    this.statsExtras = [
+      () => this.monitor.statsFields(),
+      () => ({
+        connections_max: this.maxConnections,
+        http_connections: this.counters.httpConnections,
+        partial_frame_bytes: this.counters.partialFrameBytes,
+        flags_shed: this.flags.isShedding,
+      }),
+      ...(opts.stats ?? []),
+    ];
+    this.readinessChecks = [() => (this.sessionRoomLeft() ? null : 'overloaded: refusing new sessions'), ...(opts.readiness ?? [])];
   }
 
   /** Whether one more session fits: always, unless overloaded past the connection margin. */
@@ -233,38 +268,29 @@ export class GatewayServer implements ConnectionHost {
     return this.conns.size + this.httpSockets.size;
   }
 
-  /**
-   * An HTTP server for one port: request timeouts enforced (a request dribbled a byte at a time
-   * is answered 408 and closed), connections tracked so they count against MAX_CONNECTIONS and
-   * can be closed at shutdown, and listener errors (EMFILE on accept) handled, never thrown.
-   */
-  private httpServer(handler: ReturnType<typeof createHttpHandler>, admin: boolean): HttpServer {
-    const cfg = this.services.config;
-    const requestTimeout = cfg.httpRequestTimeoutMs;
-    const headersTimeout = Math.min(cfg.httpHeadersTimeoutMs, requestTimeout);
-    const server = createHttpServer(
-      {
-        headersTimeout,
-        requestTimeout,
-        keepAliveTimeout: cfg.httpKeepAliveTimeoutMs,
-        // Node checks the two timeouts on this period (30 s by default): a fraction of the shorter.
-        connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 4))),
-      },
-      handler,
-    );
-    server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.httpClientError(err, socket));
-    server.on('error', (err) => this.listenerError(err as NodeJS.ErrnoException));
-    if (admin) server.on('connection', (socket: Socket) => this.acceptAdmin(socket));
-    return server;
+  /** Whether a feature flag is on for a user (SessionHost: gated plugins, compression). */
+  featureEnabled(flag: string, user: string): boolean {
+    return this.flags.isEnabled(flag, user);
   }
 
-  /** What Node does by default for a bad or timed-out HTTP request, counting the timeouts. */
-  private httpClientError(err: NodeJS.ErrnoException, socket: Socket): void {
-    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') this.counters.limitHits[Limit.HttpTimeout]++;
-    if (socket.writable && socket.bytesWritten === 0) {
-      socket.write(err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? HTTP_408 : err.code === 'HPE_HEADER_OVERFLOW' ? HTTP_431 : HTTP_400);
-    }
-    socket.destroy();
+  /** The flags announced in a user's welcome. */
+  flagsFor(user: string): Record<string, boolean> {
+    return this.flags.flagsFor(user);
+  }
+
+  /**
+   * An HTTP server for one port (the admin module's timed server): timeouts counted, listener
+   * errors handled like the client listener's, and admin sockets counted against MAX_CONNECTIONS.
+   */
+  private httpServer(handler: AdminHandler, admin: boolean): HttpServer {
+    const cfg = this.services.config;
+    const server = createTimedHttpServer(
+      handler,
+      { headersTimeoutMs: cfg.httpHeadersTimeoutMs, requestTimeoutMs: cfg.httpRequestTimeoutMs, keepAliveTimeoutMs: cfg.httpKeepAliveTimeoutMs },
+      { onTimeout: () => this.counters.limitHits[Limit.HttpTimeout]++, onListenerError: (err) => this.listenerError(err) },
+    );
+    if (admin) server.on('connection', (socket: Socket) => this.acceptAdmin(socket));
+    return server;
   }
 
   private trackHttp(socket: Socket, clientPort: boolean): void {
@@ -322,9 +348,9 @@ export class GatewayServer implements ConnectionHost {
     this.services.log.error('listener error', { err });
   }
 
-  /** Connection: over the partial-frame budget, paused; resumed by partialBudgetFreed. */
-  waitForPartialBudget(conn: Connection): void {
-    this.budgetWaiters.add(conn);
+  /** A connection's inbound side: over the partial-frame budget, paused; resumed by partialBudgetFreed. */
+  waitForPartialBudget(inbound: Inbound): void {
+    this.budgetWaiters.add(inbound);
   }
 
   partialBudgetFreed(): void {
@@ -333,7 +359,7 @@ export class GatewayServer implements ConnectionHost {
     if (budget > 0 && this.counters.partialFrameBytes > budget) return;
     const waiting = [...this.budgetWaiters];
     this.budgetWaiters.clear();
-    for (const conn of waiting) conn.partialBudgetResume();
+    for (const inbound of waiting) inbound.budgetResume();
   }
 
   get isDraining(): boolean {
@@ -410,7 +436,7 @@ export class GatewayServer implements ConnectionHost {
 
   closed(conn: Connection): void {
     this.conns.delete(conn);
-    this.budgetWaiters.delete(conn);
+    this.budgetWaiters.delete(conn.inbound);
     if (this.drained !== null && this.conns.size === 0 && this.clientHttp === 0) this.drained();
   }
 
@@ -423,19 +449,20 @@ export class GatewayServer implements ConnectionHost {
     const hits = this.counters.limitHits;
     const now = Date.now();
     for (const conn of this.conns) {
-      if (!conn.isOpen) continue;
-      if (conn.partialSince !== 0 && now - conn.partialSince > cfg.frameTimeoutMs) {
-        conn.frameTimedOut(cfg.frameTimeoutMs);
-      } else if (conn.user === '' && now - conn.openedAt > cfg.helloTimeoutMs) {
+      const { session, inbound } = conn;
+      if (!session.live) continue;
+      if (inbound.partialSince !== 0 && now - inbound.partialSince > cfg.frameTimeoutMs) {
+        inbound.frameTimedOut(cfg.frameTimeoutMs);
+      } else if (session.state <= SessionState.AwaitingHello && now - session.openedAt > cfg.helloTimeoutMs) {
         hits[Limit.HelloTimeout]++;
-        // No mode yet: nothing (or half a preamble) was sent, and there is no way to answer.
-        if (conn.mode === Mode.Unknown) conn.destroy();
-        else conn.fail(undefined, ErrorCode.Unauthorized, `no hello within ${cfg.helloTimeoutMs} ms`);
-      } else if (conn.tokenExpiresAt !== 0 && now >= conn.tokenExpiresAt) {
-        conn.tokenExpired();
-      } else if (now - conn.lastSeen > cfg.idleTimeoutMs) {
+        // Still sniffing: nothing (or half a preamble) was sent, and there is no way to answer.
+        if (session.state === SessionState.Sniffing) conn.destroy();
+        else session.fail(undefined, ErrorCode.Unauthorized, `no hello within ${cfg.helloTimeoutMs} ms`);
+      } else if (session.tokenExpiresAt !== 0 && now >= session.tokenExpiresAt) {
+        session.tokenExpired();
+      } else if (now - inbound.lastSeen > cfg.idleTimeoutMs) {
         hits[Limit.IdleTimeout]++;
-        conn.disconnect(DisconnectReason.IdleTimeout);
+        session.disconnect(DisconnectReason.IdleTimeout);
       }
     }
   }
@@ -493,7 +520,7 @@ export class GatewayServer implements ConnectionHost {
       this.drained = resolve;
       if (this.conns.size === 0 && this.clientHttp === 0) resolve();
     });
-    for (const conn of this.conns) conn.disconnect(DisconnectReason.Shutdown, deadlineMs);
+    for (const conn of this.conns) conn.session.disconnect(DisconnectReason.Shutdown, deadlineMs);
     // Idle keep-alive HTTP connections go now; requests in flight get until the deadline. The
     // admin port keeps answering (/readyz says draining) until the end.
     this.sniffedHttp.closeIdleConnections();

@@ -4,7 +4,7 @@
  * in embedded and cluster mode.
  */
 import type { MessageProcessor, PluginContext, ProcessResult } from '../gateway/plugins';
-import type { HistoryPage, MaybePromise, PublishRequest } from '../bus';
+import type { Bus, HistoryPage, MaybePromise, PublishRequest, PublishResult } from '../bus';
 import {
   dataField,
   ErrorCode,
@@ -51,6 +51,15 @@ function historyReply(id: RequestId | undefined, room: string, page: HistoryPage
   );
 }
 
+/**
+ * Publish a chat message into a room: what `send_chat` does, and the gRPC API's Publish, so both
+ * are traced (a `receive` span when tracing is on) and stamped the same way.
+ */
+export function publishChat(bus: Bus, room: string, from: string, dataJson: string): MaybePromise<PublishResult> {
+  const req: PublishRequest = { room, from, dataJson, ts: preciseNow() };
+  return tracing.enabled ? traceReceive(room, {}, (tp) => (req.trace = tp), () => bus.publish(req)) : bus.publish(req);
+}
+
 function then<T>(v: MaybePromise<T>, f: (v: T) => ProcessResult): MaybePromise<ProcessResult> {
   return v instanceof Promise ? v.then(f) : f(v);
 }
@@ -64,10 +73,7 @@ export const chatPlugin: MessageProcessor = {
     switch (msg.type) {
       case 'send_chat': {
         const room = memberRoom(msg, ctx);
-        const dataJson = JSON.stringify(dataField(msg));
-        const req: PublishRequest = { room, from: ctx.user, dataJson, ts: preciseNow() };
-        const bus = ctx.services.bus;
-        const accepted = tracing.enabled ? traceReceive(room, {}, (tp) => (req.trace = tp), () => bus.publish(req)) : bus.publish(req);
+        const accepted = publishChat(ctx.services.bus, room, ctx.user, JSON.stringify(dataField(msg)));
         if (msg.id === undefined) return accepted instanceof Promise ? accepted.then(() => undefined) : undefined;
         return then(accepted, (r) => (r.seq === undefined ? undefined : { seq: r.seq }));
       }

@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { startApiServer } from '../api';
 import { RedisBus } from '../bus/redis';
-import { startFlags, type Config } from '../control';
+import { FlagStore, startFlags, type Config } from '../control';
 import { defaultServerId, GatewayServer } from '../gateway';
 import { builtinPlugins } from '../plugins';
 import type { Logger } from '../telemetry';
@@ -19,7 +19,7 @@ export function incarnationId(configured: string): string {
   return `${configured || defaultServerId()}-${randomBytes(3).toString('hex')}`;
 }
 
-export function createClusterGateway(config: Config, log: Logger): GatewayServer {
+export function createClusterGateway(config: Config, log: Logger, flags: FlagStore = new FlagStore()): GatewayServer {
   const id = incarnationId(config.serverId);
   const bus = new RedisBus({
     url: config.redisUrl,
@@ -32,7 +32,7 @@ export function createClusterGateway(config: Config, log: Logger): GatewayServer
     timeoutMs: config.redisTimeoutMs,
     log,
   });
-  return new GatewayServer({ config: { ...config, serverId: id }, bus, plugins: builtinPlugins(), log, role: 'gateway' });
+  return new GatewayServer({ config: { ...config, serverId: id }, bus, plugins: builtinPlugins(), log, role: 'gateway', flags });
 }
 
 /**
@@ -50,8 +50,8 @@ export async function runGateway(server: GatewayServer, config: Config, log: Log
 }
 
 export async function gateway(config: Config, log: Logger): Promise<void> {
-  const server = createClusterGateway(config, log);
-  const flags = await startFlags(server, { config, log, redis: true, monitor: server.monitor });
-  server.featureStates = () => flags.store.featureStates();
+  const flags = new FlagStore();
+  const server = createClusterGateway(config, log, flags);
+  await startFlags(flags, { config, log, redis: true, monitor: server.monitor });
   await runGateway(server, config, log);
 }

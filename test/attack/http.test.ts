@@ -4,6 +4,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { waitFor } from '../helpers/wait';
+import { spawnRole } from '../cluster/harness';
+import { RedisProcess } from '../helpers/redis';
 import { assertRssWithin, assertWitnessServed, peakRss, RawClient, settledRss, startTarget, Witness } from './harness';
 
 async function get(port: number, path: string): Promise<number> {
@@ -93,4 +95,40 @@ test('/metrics is on the admin port only, unless METRICS_ON_CLIENT_PORT; /stats 
   const open = await startTarget({ METRICS_ON_CLIENT_PORT: 'true' });
   t.after(() => open.stop());
   assert.equal(await get(open.port, '/metrics'), 200);
+});
+
+// Every role's admin port is served by one module (services/admin/): the broadcast worker's
+// answers half-open requests like the gateway's, and caps its connections.
+test('the broadcast role\'s admin port: half-open requests get 408 within the header timeout, connections are capped, probes still answer', async (t) => {
+  const redis = await RedisProcess.start();
+  t.after(() => redis.stop());
+  const worker = await spawnRole('broadcast', { REDIS_URL: redis.url, HTTP_HEADERS_TIMEOUT_MS: '1000', HTTP_REQUEST_TIMEOUT_MS: '2000' });
+  t.after(() => worker.kill());
+  const attackers: RawClient[] = [];
+  for (let i = 0; i < 10; i++) {
+    const a = await RawClient.open(worker.adminPort);
+    t.after(() => a.destroy());
+    a.write('GET /stats HTTP/1.1\r\nHost: x\r\n');
+    attackers.push(a);
+  }
+  const started = Date.now();
+  const timer = setInterval(() => {
+    for (const a of attackers) if (!a.closed) a.write('X');
+  }, 200);
+  t.after(() => clearInterval(timer));
+  await waitFor(() => attackers.every((a) => a.closed), 5000, 'every half-open request to be closed');
+  clearInterval(timer);
+  assert.ok(Date.now() - started < 3000, `closed after ${Date.now() - started} ms (HTTP_HEADERS_TIMEOUT_MS 1000)`);
+  for (const a of attackers) assert.match(a.raw, /^HTTP\/1\.1 408 /, 'the attacker got 408');
+  // 300 idle sockets: past the cap of 256 the port refuses at accept, and recovers once they go.
+  const idle: RawClient[] = [];
+  for (let i = 0; i < 300; i++) {
+    const a = await RawClient.open(worker.adminPort);
+    t.after(() => a.destroy());
+    idle.push(a);
+  }
+  await waitFor(() => idle.filter((a) => a.closed).length >= 300 - 256, 5000, 'connections past the cap to be refused');
+  for (const a of idle) a.destroy();
+  await waitFor(async () => (await get(worker.adminPort, '/healthz')) === 200, 5000, 'the admin port to answer again', { intervalMs: 50, retryErrors: true });
+  assert.equal(await get(worker.adminPort, '/readyz'), 200);
 });

@@ -71,8 +71,9 @@ test('gating over the wire: welcome lists flags, history and direct answer featu
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const path = join(dir, 'flags.yaml');
   writeFileSync(path, 'history: {enabled: false}\ndirect: {rolloutPercent: 0, betaUsers: [alice]}\n');
-  const srv = await startServer({ flagsFile: path });
-  const flags = await startFlags(srv.server, { config: srv.config, log: captureLog().log });
+  const store = new FlagStore();
+  const srv = await startServer({ flagsFile: path }, { flags: store });
+  const flags = await startFlags(store, { config: srv.config, log: captureLog().log });
   t.after(async () => {
     await flags.stop();
     await srv.close();
@@ -104,8 +105,9 @@ test('shedding: a nonCritical flag is off while the monitor says overloaded and 
   const path = join(dir, 'flags.yaml');
   writeFileSync(path, 'history: {nonCritical: true, description: room history reads}\n');
   const monitor = Object.assign(new EventEmitter(), { overloaded: false });
-  const srv = await startServer({ flagsFile: path });
-  const flags = await startFlags(srv.server, { config: srv.config, log: captureLog().log, monitor });
+  const store = new FlagStore();
+  const srv = await startServer({ flagsFile: path }, { flags: store });
+  const flags = await startFlags(store, { config: srv.config, log: captureLog().log, monitor });
   t.after(async () => {
     await flags.stop();
     await srv.close();
@@ -135,8 +137,9 @@ test('redis: `switchboard flags set` reaches two gateways within a second', asyn
   t.after(() => redis.stop());
   const gateways: { srv: TestServer; flags: FlagService; c: WireClient }[] = [];
   for (let i = 0; i < 2; i++) {
-    const srv = await startServer({ redisUrl: redis.url });
-    const flags = await startFlags(srv.server, { config: srv.config, log: captureLog().log, redis: true });
+    const store = new FlagStore();
+    const srv = await startServer({ redisUrl: redis.url }, { flags: store });
+    const flags = await startFlags(store, { config: srv.config, log: captureLog().log, redis: true });
     t.after(async () => {
       await flags.stop();
       await srv.close();
@@ -185,6 +188,7 @@ test('shedding with the real performance monitor: a throughput breach sheds, a q
   const path = join(dir, 'flags.yaml');
   writeFileSync(path, 'history: {nonCritical: true}\n');
   // The monitor samples only when the test says so (interval far away), one breach enters, one clear interval exits.
+  const store = new FlagStore();
   const srv = await startServer({
     flagsFile: path,
     overloadMaxMsgPerSec: 50,
@@ -194,8 +198,8 @@ test('shedding with the real performance monitor: a throughput breach sheds, a q
     overloadP99LatencyMs: 0,
     overloadEventLoopLagMs: 0,
     overloadErrorRatePercent: 0,
-  });
-  const flags = await startFlags(srv.server, { config: srv.config, log: captureLog().log, monitor: srv.server.monitor });
+  }, { flags: store });
+  const flags = await startFlags(store, { config: srv.config, log: captureLog().log, monitor: srv.server.monitor });
   t.after(async () => {
     await flags.stop();
     await srv.close();

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, test } from 'node:test';
-import { createHttpHandler } from '../../services/gateway/http';
+import { createAdminHandler } from '../../services/admin';
 import { RedisProcess } from '../helpers/redis';
 import { waitFor } from '../helpers/wait';
 import { KubeApiError, namespaceFor, type ControlPlane, type KubeObject } from '../k8s/harness';
@@ -115,7 +115,7 @@ test('a Switchboard gets its Deployments, Services and ConfigMap; deleting it re
 test('the operator\'s admin port answers like the server roles\': /healthz, /readyz, /stats, /metrics', async () => {
   const get = (path: string, init?: RequestInit) => fetch(`http://127.0.0.1:${op.adminPort}${path}`, init);
   // The gateway's and broadcast's admin handler, in process, as the reference.
-  const reference = createServer(createHttpHandler({ stats: () => ({}), readiness: () => ({ ready: true, reasons: [] }), metrics: async () => ({ contentType: 'text/plain', body: '' }) }));
+  const reference = createServer(createAdminHandler({ stats: () => ({}), readiness: () => ({ ready: true, reasons: [] }), metrics: async () => ({ contentType: 'text/plain', body: '' }) }));
   await new Promise<void>((r) => reference.listen(0, '127.0.0.1', () => r()));
   const ref = (path: string, init?: RequestInit) => fetch(`http://127.0.0.1:${(reference.address() as AddressInfo).port}${path}`, init);
   try {

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
+import { FlagStore } from '../../services/control';
 import { startServer, type TestServer } from '../helpers/server';
 import { waitFor } from '../helpers/wait';
 import { helloClient } from '../helpers/wire';
@@ -18,13 +19,14 @@ describe('metrics and stats endpoints', () => {
   before(async () => {
     // /metrics is served on the client port only with METRICS_ON_CLIENT_PORT (the default, admin
     // port only, is tested in test/attack/http.test.ts).
-    srv = await startServer({ adminPort: 0, metricsOnClientPort: true });
+    // Flags as a source would set them: one reaching users, one switched off.
+    const flags = new FlagStore();
+    flags.setSource('test', [
+      { name: 'history', enabled: true, rolloutPercent: 100, betaUsers: [], nonCritical: false, description: '' },
+      { name: 'voice', enabled: false, rolloutPercent: 100, betaUsers: [], nonCritical: false, description: '' },
+    ]);
+    srv = await startServer({ adminPort: 0, metricsOnClientPort: true }, { flags });
     admin = srv.server.addresses().adminPort!;
-    // What the flags module plugs in (FlagStore.featureStates).
-    srv.server.featureStates = () => [
-      ['history', true],
-      ['voice', false],
-    ];
     load = await ChatLoad.start(srv.port, 'metrics-room', 3);
     // Something in every labelled family: a bad frame for errors_total.
     const bad = await helloClient(srv.port, 'bad-json');

@@ -7,8 +7,11 @@
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import { after, describe, test } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { switchboardService } from '../../services/api';
 import { spawnRole, type RoleProcess } from '../cluster/harness';
 import { spawnCli } from '../helpers/cli';
+import { freePort } from '../helpers/net';
 import { RedisProcess } from '../helpers/redis';
 import { waitFor } from '../helpers/wait';
 import { helloClient } from '../helpers/wire';
@@ -204,4 +207,50 @@ describe('tracing of one room message', () => {
   });
   test('standalone: receive -> publish -> route -> deliver share one trace with the right parents', (t) => oneMessageOneTrace(standalone, t));
   test('cluster: the trace crosses gateway -> Redis -> broadcast -> Redis -> two gateways', (t) => oneMessageOneTrace(cluster, t));
+
+  // The gRPC Publish is the same call as send_chat (publishChat): it is traced the same way.
+  test('gRPC Publish: receive -> publish -> route -> deliver, one trace like send_chat', async (t) => {
+    const receiver = await OtlpReceiver.start();
+    t.after(() => receiver.close());
+    const key = 'trace-api-key-0123456789';
+    const apiPort = await freePort();
+    const p = spawnCli(['standalone'], {
+      TCP_PORT: '0',
+      ADMIN_PORT: '-1',
+      API_HOST: '127.0.0.1',
+      API_PORT: String(apiPort),
+      API_KEY: key,
+      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}`,
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+      OTEL_TRACES_SAMPLER: 'always_on',
+      OTEL_BSP_SCHEDULE_DELAY: '100',
+    });
+    t.after(() => p.kill());
+    const port = await p.listening();
+    const bob = await helloClient(port, 'bob');
+    t.after(() => bob.destroy());
+    await bob.join('traced-api');
+    const Ctor = switchboardService();
+    const api = new Ctor(`127.0.0.1:${apiPort}`, grpc.credentials.createInsecure()) as unknown as grpc.Client & Record<string, (...a: unknown[]) => unknown>;
+    t.after(() => api.close());
+    const md = new grpc.Metadata();
+    md.set('x-api-key', key);
+    // The API starts right after the client port: retry until it answers.
+    await waitFor(
+      () =>
+        new Promise<boolean>((resolve) =>
+          api.Publish({ room: 'traced-api', data: JSON.stringify('from the api') }, md, { deadline: Date.now() + 2000 }, (err: grpc.ServiceError | null) => resolve(err === null)),
+        ),
+      10_000,
+      'a gRPC Publish to be accepted',
+      100,
+    );
+    await bob.next((m) => m.type === 'message' && m.data === 'from the api', 5000, 'bob to get the published message');
+    const byName = (name: string) => receiver.spans.filter((s) => s.name === name);
+    await waitFor(() => STAGES.every((n) => byName(n).length > 0), 15_000, 'spans of every stage (gRPC Publish)', 50);
+    const receive = byName('gateway receive')[0];
+    const publish = byName('bus publish').find((s) => s.parentSpanId === receive.spanId);
+    assert.ok(publish !== undefined, 'bus publish is a child of gateway receive');
+    assert.ok(byName('gateway deliver').some((d) => d.traceId === receive.traceId), 'the delivery is in the same trace');
+  });
 });

@@ -1,12 +1,14 @@
 /**
- * HTTP endpoints: /stats, /healthz, /readyz and /metrics. The admin port serves all four; HTTP
- * requests sniffed on the client port (the origin's `curl localhost:4000/stats`) get the same
- * handler without /metrics unless METRICS_ON_CLIENT_PORT is set.
+ * The admin endpoints every process answers alike: /stats, /healthz, /readyz and /metrics. Each
+ * role's admin port serves all four (gateway, broadcast, operator); HTTP requests sniffed on a
+ * gateway's client port (the origin's `curl localhost:4000/stats`) get the same handler without
+ * /metrics unless METRICS_ON_CLIENT_PORT is set.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
-export interface HttpEndpoints {
-  stats(): Record<string, unknown>;
+export interface AdminEndpoints {
+  /** /stats; may be asynchronous (the broadcast tier asks Redis for its pending count). */
+  stats(): Record<string, unknown> | Promise<Record<string, unknown>>;
   /** Readiness and the reasons when not ready. */
   readiness(): { ready: boolean; reasons: string[] };
   /** Prometheus exposition, when telemetry is wired. */
@@ -18,7 +20,9 @@ function send(res: ServerResponse, status: number, body: string, type = 'applica
   res.end(body);
 }
 
-export function createHttpHandler(ep: HttpEndpoints): (req: IncomingMessage, res: ServerResponse) => void {
+export type AdminHandler = (req: IncomingMessage, res: ServerResponse) => void;
+
+export function createAdminHandler(ep: AdminEndpoints): AdminHandler {
   const endpoints = ep.metrics === undefined ? ['/stats', '/healthz', '/readyz'] : ['/stats', '/healthz', '/readyz', '/metrics'];
   const notFound = JSON.stringify({ error: 'not found', endpoints }) + '\n';
   return (req, res) => {
@@ -32,16 +36,23 @@ export function createHttpHandler(ep: HttpEndpoints): (req: IncomingMessage, res
   };
 }
 
-function route(ep: HttpEndpoints, req: IncomingMessage, res: ServerResponse, notFound: string): void {
+function route(ep: AdminEndpoints, req: IncomingMessage, res: ServerResponse, notFound: string): void {
   const path = (req.url ?? '/').split('?')[0];
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     send(res, 405, JSON.stringify({ error: 'method not allowed' }));
     return;
   }
   switch (path) {
-    case '/stats':
-      send(res, 200, JSON.stringify(ep.stats()) + '\n');
+    case '/stats': {
+      const stats = ep.stats();
+      if (stats instanceof Promise) {
+        stats.then(
+          (s) => send(res, 200, JSON.stringify(s) + '\n'),
+          (err: unknown) => send(res, 500, JSON.stringify({ error: String(err) }) + '\n'),
+        );
+      } else send(res, 200, JSON.stringify(stats) + '\n');
       return;
+    }
     case '/healthz':
       send(res, 200, '{"status":"ok"}\n');
       return;

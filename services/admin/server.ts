@@ -1,0 +1,109 @@
+/**
+ * HTTP servers for the admin endpoints, with the same defences on every port of every role:
+ * request timeouts enforced (a request dribbled a byte at a time is answered 408 and closed),
+ * bad requests answered and closed rather than thrown, listener errors (EMFILE on accept)
+ * reported rather than fatal, and at most `maxConnections` sockets at once.
+ *
+ * The gateway builds its two HTTP servers (admin port, and HTTP sniffed on the client port) with
+ * createTimedHttpServer and counts their sockets against MAX_CONNECTIONS itself; the broadcast
+ * and operator roles run an AdminServer.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { createAdminHandler, type AdminEndpoints, type AdminHandler } from './handler';
+
+export interface HttpTimeouts {
+  /** Time from connecting to the end of the request headers. @default 5000 */
+  readonly headersTimeoutMs: number;
+  /** Time to receive a whole request. @default 10000 */
+  readonly requestTimeoutMs: number;
+  /** An idle keep-alive connection is closed after this long. @default 5000 */
+  readonly keepAliveTimeoutMs: number;
+}
+
+export const DEFAULT_HTTP_TIMEOUTS: HttpTimeouts = { headersTimeoutMs: 5000, requestTimeoutMs: 10_000, keepAliveTimeoutMs: 5000 };
+
+export interface TimedServerHooks {
+  /** A request timed out (counted by the gateway as limit HTTP_*_TIMEOUT_MS). */
+  onTimeout?(): void;
+  /** The listener failed (accept errors among them); never thrown. */
+  onListenerError?(err: NodeJS.ErrnoException): void;
+}
+
+const HTTP_408 = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+const HTTP_431 = 'HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+const HTTP_400 = 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+
+/** An HTTP server for `handler` with the timeouts enforced and client errors answered. */
+export function createTimedHttpServer(handler: AdminHandler, timeouts: HttpTimeouts, hooks: TimedServerHooks = {}): Server {
+  const requestTimeout = timeouts.requestTimeoutMs;
+  const headersTimeout = Math.min(timeouts.headersTimeoutMs, requestTimeout);
+  const server = createServer(
+    {
+      headersTimeout,
+      requestTimeout,
+      keepAliveTimeout: timeouts.keepAliveTimeoutMs,
+      // Node checks the two timeouts on this period (30 s by default): a fraction of the shorter.
+      connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 4))),
+    },
+    handler,
+  );
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    // What Node does by default for a bad or timed-out request, counting the timeouts.
+    const timedOut = err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+    if (timedOut) hooks.onTimeout?.();
+    if (socket.writable && socket.bytesWritten === 0) socket.write(timedOut ? HTTP_408 : err.code === 'HPE_HEADER_OVERFLOW' ? HTTP_431 : HTTP_400);
+    socket.destroy();
+  });
+  server.on('error', (err: NodeJS.ErrnoException) => hooks.onListenerError?.(err));
+  return server;
+}
+
+export interface AdminServerOptions {
+  host: string;
+  /** 0 picks a free port. */
+  port: number;
+  /** @default DEFAULT_HTTP_TIMEOUTS */
+  timeouts?: HttpTimeouts;
+  /** Sockets held at once; more are refused at accept. @default 256 */
+  maxConnections?: number;
+  onListenerError?(err: NodeJS.ErrnoException): void;
+}
+
+/** The admin port of a role that has no client port (broadcast, operator). */
+export class AdminServer {
+  private readonly server: Server;
+
+  constructor(
+    endpoints: AdminEndpoints,
+    private readonly opts: AdminServerOptions,
+  ) {
+    this.server = createTimedHttpServer(createAdminHandler(endpoints), opts.timeouts ?? DEFAULT_HTTP_TIMEOUTS, { onListenerError: opts.onListenerError });
+    this.server.maxConnections = opts.maxConnections ?? 256;
+  }
+
+  /** Listen; resolves with the port. */
+  async listen(): Promise<number> {
+    const server = this.server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host: this.opts.host, port: this.opts.port }, () => {
+        server.removeListener('error', reject);
+        resolve();
+      });
+    });
+    return (server.address() as AddressInfo).port;
+  }
+
+  get port(): number | null {
+    const a = this.server.address() as AddressInfo | null;
+    return a === null ? null : a.port;
+  }
+
+  /** Stop listening and close every connection, idle or not. */
+  async close(): Promise<void> {
+    if (!this.server.listening) return;
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
