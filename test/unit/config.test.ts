@@ -27,6 +27,21 @@ describe('config', () => {
     assert.deepEqual(defaultConfig({ tcpPort: 0 }).tcpPort, 0);
   });
 
+  test('Config is the SETTINGS table: one field per row, each set, typed by its kind', () => {
+    const c = loadConfig({ env: {}, dotEnvPath: null }) as unknown as Record<string, unknown>;
+    const fields = SETTINGS.map((s) => s.field);
+    assert.equal(new Set(fields).size, SETTINGS.length, 'fields are unique');
+    assert.deepEqual(Object.keys(c).sort(), [...fields].sort());
+    for (const s of SETTINGS) {
+      const v = c[s.field!];
+      const expected = s.kind === 'port' || s.kind === 'int' ? 'number' : s.kind === 'bool' ? 'boolean' : s.kind === 'list' ? 'object' : 'string';
+      assert.equal(typeof v, expected, `${s.key} -> ${s.field}`);
+    }
+    assert.deepEqual(c.compressionCodecs, ['lz4', 'zstd']);
+    assert.equal(c.adminHost, c.tcpHost, 'an empty ADMIN_HOST means TCP_HOST');
+    assert.throws(() => loadConfig({ env: { COMPRESSION_CODECS: 'lz4,lz4' }, dotEnvPath: null }), /COMPRESSION_CODECS.*comma-separated list of lz4, zstd/);
+  });
+
   test('parseDotEnv: comments, quotes, export, keys upper-cased', () => {
     const m = parseDotEnv('# comment\n\ntcp_host=0.0.0.0\nexport TCP_PORT="4100"\nAUTH_SECRET=\'s3cr=t\'\nnot a line\n');
     assert.equal(m.get('TCP_HOST'), '0.0.0.0');
