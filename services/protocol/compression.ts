@@ -36,16 +36,6 @@ export function negotiateCodec(serverPrefs: readonly CodecName[], clientCodecs: 
   return Codec.None;
 }
 
-/** Process-wide compression counters (plain numbers, read by telemetry and tests). */
-export const compressionCounters = {
-  /** Bodies compressed, per codec. */
-  lz4: 0,
-  zstd: 0,
-  /** Bytes before and after, over bodies that went out compressed. */
-  bytesIn: 0,
-  bytesOut: 0,
-};
-
 /** A compressed body that cannot be decompressed, or would decompress past the limit. */
 export class CompressionError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -55,12 +45,10 @@ export class CompressionError extends Error {
 }
 
 export function compressLz4(body: Buffer): Buffer {
-  compressionCounters.lz4++;
   return lz4Compress(body);
 }
 
 export function compressZstd(body: Buffer, level = 3): Promise<Buffer> {
-  compressionCounters.zstd++;
   return zstdCompress(body, level);
 }
 
@@ -225,8 +213,6 @@ export class PackedFrames {
   private pick(codec: Codec, packed: Buffer): Buffer {
     const bodyLen = this.raw.length - BINARY_HEADER_BYTES;
     if (packed.length >= bodyLen) return this.raw;
-    compressionCounters.bytesIn += bodyLen;
-    compressionCounters.bytesOut += packed.length;
     return encodeBinaryBody(packed, codec);
   }
 
