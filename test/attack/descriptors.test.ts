@@ -4,7 +4,7 @@
 // off instead of crashing (the monitor's /proc reads used to throw EMFILE from a timer).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { descriptorLimit, effectiveMaxConnections } from '../../services/gateway/server';
+import { descriptorLimit, effectiveMaxConnections } from '../../services/gateway/descriptors';
 import { waitFor } from '../helpers/wait';
 import { assertRssWithin, assertWitnessServed, peakRss, RawClient, settledRss, startTarget, Witness } from './harness';
 
