@@ -4,7 +4,9 @@
  * every role. Configuration comes from the environment and `.env` (see README.md); each role is
  * set up in services/roles/.
  */
+import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, redactedConfig, type Config } from './control';
+import { argsErrorMessage } from './control/args';
 import { flagsCommand } from './control/flags-cli';
 import { roles } from './roles';
 import { createLogger } from './telemetry';
@@ -27,14 +29,34 @@ directory (environment wins). The most used settings:
   REDIS_URL or REDIS_HOST/REDIS_PORT for the cluster roles
 See README.md for the full table.`;
 
+/** The role named on the command line, 'help', or a usage error (exit code 2). */
+function parseRoleArgs(args: string[]): { role: string } | { help: true } | { error: string } {
+  let parsed;
+  try {
+    parsed = parseArgs({ args, options: { help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+  } catch (err) {
+    return { error: `${argsErrorMessage(err)} (switchboard --help)` };
+  }
+  const { values, positionals } = parsed;
+  if (values.help === true || positionals[0] === 'help') return { help: true };
+  if (positionals.length > 1) return { error: `unexpected argument "${positionals[1]}": one role at most (switchboard --help)` };
+  return { role: positionals[0] ?? 'standalone' };
+}
+
 export async function main(argv: readonly string[]): Promise<number> {
   const args = argv.filter((a) => a !== '');
+  // `flags` has options of its own: everything after it is its business.
   if (args[0] === 'flags') return flagsCommand(args.slice(1));
-  if (args.includes('--help') || args.includes('-h') || args[0] === 'help') {
+  const cmd = parseRoleArgs(args);
+  if ('help' in cmd) {
     process.stdout.write(USAGE + '\n');
     return 0;
   }
-  const role = args[0] ?? 'standalone';
+  if ('error' in cmd) {
+    process.stderr.write(`switchboard: ${cmd.error}\n`);
+    return 2;
+  }
+  const role = cmd.role;
   const start = roles[role];
   if (start === undefined) {
     process.stderr.write(`switchboard: unknown role "${role}"; known roles: ${Object.keys(roles).join(', ')}\n`);

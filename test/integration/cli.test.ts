@@ -39,6 +39,29 @@ describe('cli', () => {
     assert.match(p.stderr[0], /unknown role "nonsense"/);
   });
 
+  test('an unknown option, or a second role, exits 2 with one line', async () => {
+    for (const [args, expected] of [
+      [['--verbose'], /unknown option --verbose/],
+      [['standalone', '-x'], /unknown option -x/],
+      [['gateway', 'broadcast'], /unexpected argument "broadcast"/],
+    ] as const) {
+      const p = spawnCli([...args], BASE);
+      const { code } = await p.exited;
+      assert.equal(code, 2, args.join(' '));
+      const lines = p.stderr.filter((l) => l !== '');
+      assert.equal(lines.length, 1, lines.join('\n'));
+      assert.match(lines[0], expected);
+    }
+  });
+
+  test('--help and -h work after a role too', async () => {
+    for (const args of [['gateway', '--help'], ['-h'], ['help']]) {
+      const p = spawnCli(args);
+      assert.equal((await p.exited).code, 0, args.join(' '));
+      assert.match(p.stdout.join('\n'), /Usage: switchboard \[role\]/);
+    }
+  });
+
   test('npm start runs the standalone role', () => {
     const pkg = JSON.parse(readFileSync(resolve(__dirname, '../../../package.json'), 'utf8')) as { scripts: Record<string, string> };
     assert.match(pkg.scripts.start, /node dist\/services\/cli\.js standalone$/);
