@@ -5,6 +5,8 @@
  * it within a round trip.
  */
 
+import { parseArgs } from 'node:util';
+import { argsErrorMessage } from './args';
 import { ConfigError, loadConfig } from './config';
 import { FlagError, parseFlag, type FeatureFlag } from './flags';
 import { deleteFlag, FLAGS_KEY, flagsRedis, readFlags, writeFlag, type FlagsRedis } from './flags-redis';
@@ -25,13 +27,14 @@ interface Io {
   err(line: string): void;
 }
 
-const OPTION_KEYS: Record<string, string> = {
-  '--enabled': 'enabled',
-  '--rollout': 'rolloutPercent',
-  '--beta': 'betaUsers',
-  '--non-critical': 'nonCritical',
-  '--description': 'description',
-};
+/** `set`'s options; each maps onto one field of the flag. */
+const SET_OPTIONS = {
+  enabled: { type: 'string' },
+  rollout: { type: 'string' },
+  beta: { type: 'string' },
+  'non-critical': { type: 'string' },
+  description: { type: 'string' },
+} as const;
 
 function parseBool(opt: string, v: string): boolean {
   if (v === 'true' || v === '1') return true;
@@ -39,38 +42,23 @@ function parseBool(opt: string, v: string): boolean {
   throw new FlagError(`${opt} must be true or false`);
 }
 
-/** Apply `--opt value` / `--opt=value` arguments to a flag. */
+/** Apply `--opt value` / `--opt=value` arguments to a flag (node:util parseArgs). */
 export function applyFlagOptions(base: FeatureFlag, args: readonly string[]): FeatureFlag {
-  const next: Record<string, unknown> = { ...base };
-  for (let i = 0; i < args.length; i++) {
-    let opt = args[i];
-    let value: string | undefined;
-    const eq = opt.indexOf('=');
-    if (eq > 0) {
-      value = opt.slice(eq + 1);
-      opt = opt.slice(0, eq);
-    } else {
-      value = args[++i];
-    }
-    const key = OPTION_KEYS[opt];
-    if (key === undefined) throw new FlagError(`unknown option ${opt}`);
-    if (value === undefined) throw new FlagError(`${opt} needs a value`);
-    switch (key) {
-      case 'enabled':
-      case 'nonCritical':
-        next[key] = parseBool(opt, value);
-        break;
-      case 'rolloutPercent':
-        if (!/^\d+(\.\d+)?$/.test(value)) throw new FlagError(`${opt} must be a number 0-100`);
-        next[key] = Number(value);
-        break;
-      case 'betaUsers':
-        next[key] = value.split(',').map((u) => u.trim()).filter((u) => u !== '');
-        break;
-      default:
-        next[key] = value;
-    }
+  let values: { [K in keyof typeof SET_OPTIONS]?: string };
+  try {
+    ({ values } = parseArgs({ args: [...args], options: SET_OPTIONS, strict: true, allowPositionals: false }));
+  } catch (err) {
+    throw new FlagError(argsErrorMessage(err));
   }
+  const next: Record<string, unknown> = { ...base };
+  if (values.enabled !== undefined) next.enabled = parseBool('--enabled', values.enabled);
+  if (values['non-critical'] !== undefined) next.nonCritical = parseBool('--non-critical', values['non-critical']);
+  if (values.rollout !== undefined) {
+    if (!/^\d+(\.\d+)?$/.test(values.rollout)) throw new FlagError('--rollout must be a number 0-100');
+    next.rolloutPercent = Number(values.rollout);
+  }
+  if (values.beta !== undefined) next.betaUsers = values.beta.split(',').map((u) => u.trim()).filter((u) => u !== '');
+  if (values.description !== undefined) next.description = values.description;
   return parseFlag(next, base.name);
 }
 
