@@ -8,6 +8,8 @@
  * is bounded in time.
  */
 import { join } from 'node:path';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { argsErrorMessage } from '../services/control/args';
 import { GeneratorPool } from './generator/pool';
 import { summarize } from './lib/histogram';
 import { addRatios, newResult, table, writeResult, type ResultFile, type Run } from './report';
@@ -45,22 +47,45 @@ Options (defaults in brackets):
 
 type Opts = Record<string, string | boolean>;
 
-function parseArgs(argv: string[]): { cmd: string; o: Opts } {
-  const o: Opts = {};
-  let cmd = '';
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a.startsWith('--')) {
-      const k = a.slice(2);
-      const v = argv[i + 1];
-      if (v === undefined || v.startsWith('--')) o[k] = true;
-      else {
-        o[k] = v;
-        i++;
-      }
-    } else if (cmd === '') cmd = a;
+/** Options taking a number. */
+const NUMBER_OPTIONS = [
+  'clients', 'room-size', 'rate', 'warmup', 'duration', 'workers', 'pad', 'sample-every', 'gateways', 'connections',
+  'sweep-start', 'sweep-factor', 'sweep-steps', 'sweep-refine', 'minutes', 'max-minutes', 'tick-ms',
+  // suite: the rates of its fixed-rate steps
+  'broadcast-rate', 'ingest-rate', 'compression-rate', 'churn-rate',
+] as const;
+const OPTIONS = {
+  ...Object.fromEntries(NUMBER_OPTIONS.map((k) => [k, { type: 'string' as const }])),
+  targets: { type: 'string' },
+  mode: { type: 'string' },
+  scenario: { type: 'string' },
+  out: { type: 'string' },
+  pin: { type: 'string' },
+  sweep: { type: 'boolean' },
+  'no-confirm': { type: 'boolean' },
+  procs: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} satisfies ParseArgsConfig['options'];
+
+export class UsageError extends Error {}
+
+/** The command and its options (node:util parseArgs); UsageError for anything it does not know. */
+export function parseCommandLine(argv: string[]): { cmd: string; o: Opts } {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new UsageError(argsErrorMessage(err));
   }
-  return { cmd, o };
+  const { values, positionals } = parsed;
+  if (positionals.length > 1) throw new UsageError(`unexpected argument "${positionals[1]}": one command at a time`);
+  const o: Opts = {};
+  for (const [k, v] of Object.entries(values)) if (v !== undefined) o[k] = v;
+  for (const k of NUMBER_OPTIONS) {
+    const v = o[k];
+    if (typeof v === 'string' && (v.trim() === '' || !Number.isFinite(Number(v)))) throw new UsageError(`--${k} must be a number, got "${v}"`);
+  }
+  return { cmd: positionals[0] ?? '', o };
 }
 
 const num = (o: Opts, k: string, d: number) => (typeof o[k] === 'string' ? Number(o[k]) : d);
@@ -290,7 +315,15 @@ async function suite(res: ResultFile, pool: GeneratorPool, o: Opts): Promise<voi
 }
 
 async function main(): Promise<number> {
-  const { cmd, o } = parseArgs(process.argv.slice(2));
+  let cmd: string;
+  let o: Opts;
+  try {
+    ({ cmd, o } = parseCommandLine(process.argv.slice(2)));
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`loadtest: ${err.message} (--help for the options)\n`);
+    return 2;
+  }
   if (cmd === '' || o.help === true || cmd === 'help') {
     process.stdout.write(USAGE + '\n');
     return cmd === '' ? 2 : 0;
@@ -369,10 +402,12 @@ async function main(): Promise<number> {
   return 0;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    process.stderr.write(`loadtest: ${err instanceof Error ? err.stack : String(err)}\n`);
-    process.exit(1);
-  },
-);
+if (require.main === module) {
+  main().then(
+    (code) => process.exit(code),
+    (err: unknown) => {
+      process.stderr.write(`loadtest: ${err instanceof Error ? err.stack : String(err)}\n`);
+      process.exit(1);
+    },
+  );
+}

@@ -1,8 +1,10 @@
-// Command lines on node:util parseArgs: its errors in one line of our words, and the options of
-// `switchboard flags set`. (The role picker is covered end to end in test/integration/cli.test.ts.)
+// Command lines on node:util parseArgs: its errors in one line of our words, the options of
+// `switchboard flags set` and of the load generator. (The role picker is covered end to end in
+// test/integration/cli.test.ts.)
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { parseArgs } from 'node:util';
+import { parseCommandLine, UsageError } from '../../load-tests/cli';
 import { argsErrorMessage } from '../../services/control/args';
 import { FlagError, parseFlag } from '../../services/control/flags';
 import { applyFlagOptions } from '../../services/control/flags-cli';
@@ -68,5 +70,38 @@ describe('switchboard flags set options', () => {
     fails(['--enabled'], /^--enabled needs a value$/);
     fails(['--colour', 'red'], /^unknown option --colour$/);
     fails(['stray'], /^unexpected argument "stray"$/);
+  });
+});
+
+describe('load-tests/cli.js command line', () => {
+  test('the command and the options of load-tests/README.md and docs/performance.md', () => {
+    assert.deepEqual(parseCommandLine(['fanout', '--sweep', '--targets', 'switchboard,baseline', '--sweep-start', '4000']), {
+      cmd: 'fanout',
+      o: { sweep: true, targets: 'switchboard,baseline', 'sweep-start': '4000' },
+    });
+    assert.deepEqual(parseCommandLine(['idle', '--targets', 'cluster', '--gateways', '3', '--connections', '30000', '--procs']).o, {
+      targets: 'cluster',
+      gateways: '3',
+      connections: '30000',
+      procs: true,
+    });
+    assert.deepEqual(parseCommandLine(['--rate=6000', 'tracing', '--no-confirm', '--pin', '0:1', '--out', 'r.json', '--mode', 'text', '--tick-ms', '2']), {
+      cmd: 'tracing',
+      o: { rate: '6000', 'no-confirm': true, pin: '0:1', out: 'r.json', mode: 'text', 'tick-ms': '2' },
+    });
+    assert.deepEqual(parseCommandLine(['suite', '--workers', '2', '--churn-rate', '2000', '--max-minutes', '90']).o, { workers: '2', 'churn-rate': '2000', 'max-minutes': '90' });
+    assert.deepEqual(parseCommandLine([]), { cmd: '', o: {} });
+    assert.deepEqual(parseCommandLine(['--help']), { cmd: '', o: { help: true } });
+  });
+
+  test('unknown options, bad numbers, missing values and a second command are usage errors', () => {
+    const fails = (args: string[], message: RegExp) =>
+      assert.throws(() => parseCommandLine(args), (err: unknown) => err instanceof UsageError && message.test(err.message), args.join(' '));
+    fails(['fanout', '--rates', '100'], /^unknown option --rates$/);
+    fails(['fanout', '--rate', 'fast'], /^--rate must be a number, got "fast"$/);
+    fails(['fanout', '--duration='], /^--duration must be a number, got ""$/);
+    fails(['fanout', '--rate'], /^--rate needs a value$/);
+    fails(['fanout', '--sweep=yes'], /^--sweep takes no value$/);
+    fails(['fanout', 'idle'], /^unexpected argument "idle"/);
   });
 });
