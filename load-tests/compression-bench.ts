@@ -15,6 +15,8 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { argsErrorMessage } from '../services/control/args';
 import { Codec, compressBody, decompressBody, Outbound } from '../services/protocol';
 
 interface Row {
@@ -30,9 +32,17 @@ interface Row {
   messages: number;
 }
 
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(name);
-  return i > 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
+/** --seconds-per-case S [0.5] and --out FILE; anything else is an error. */
+function options(): { secondsPerCase: number; out: string } {
+  let values;
+  try {
+    ({ values } = parseArgs({ options: { 'seconds-per-case': { type: 'string', default: '0.5' }, out: { type: 'string' } }, strict: true }));
+  } catch (err) {
+    throw new Error(argsErrorMessage(err));
+  }
+  const secondsPerCase = Number(values['seconds-per-case']);
+  if (!(secondsPerCase > 0)) throw new Error(`--seconds-per-case must be a number > 0, got "${values['seconds-per-case']}"`);
+  return { secondsPerCase, out: values.out ?? `load-tests/results/compression-${new Date().toISOString().replace(/[:.]/g, '-')}.json` };
 }
 
 function chatJson(n: number): Buffer {
@@ -121,8 +131,8 @@ function round(v: number, digits = 2): number {
   return Math.round(v * f) / f;
 }
 
-async function main(): Promise<void> {
-  const budgetMs = Number(arg('--seconds-per-case', '0.5')) * 1000;
+async function main(opts: { secondsPerCase: number; out: string }): Promise<void> {
+  const budgetMs = opts.secondsPerCase * 1000;
   const rows: Row[] = [];
   for (const payload of ['compressible', 'random'] as const) {
     for (const bytes of [512, 2048, 16_384, 65_536]) {
@@ -135,13 +145,20 @@ async function main(): Promise<void> {
   const widths = head.map((_, i) => Math.max(...lines.map((l) => l[i].length)));
   for (const l of lines) process.stdout.write(l.map((c, i) => c.padStart(widths[i])).join('  ') + '\n');
   process.stdout.write(`fan-out of one 8 KiB message to 1000 recipients: ${JSON.stringify(fan)}\n`);
-  const out = resolve(arg('--out', `load-tests/results/compression-${new Date().toISOString().replace(/[:.]/g, '-')}.json`));
+  const out = resolve(opts.out);
   mkdirSync(dirname(out), { recursive: true });
   writeFileSync(out, JSON.stringify({ node: process.version, at: new Date().toISOString(), rows, fanout: fan }, null, 2) + '\n');
   process.stdout.write(`written ${out}\n`);
 }
 
-main().catch((err: unknown) => {
+let opts: { secondsPerCase: number; out: string };
+try {
+  opts = options();
+} catch (err) {
+  process.stderr.write(`compression-bench: ${(err as Error).message}\nusage: node dist/load-tests/compression-bench.js [--seconds-per-case 0.5] [--out FILE]\n`);
+  process.exit(2);
+}
+main(opts).catch((err: unknown) => {
   process.stderr.write(`compression-bench: ${err instanceof Error ? err.stack : String(err)}\n`);
   process.exit(1);
 });
