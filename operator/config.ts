@@ -29,6 +29,8 @@ export interface OperatorConfig {
   resyncMs: number;
   /** This replica's name in the Lease. @default POD_NAME, else hostname-pid */
   identity: string;
+  /** The operator's own Deployment in `namespace`, the leader Lease's owner. @default '' (no owner) */
+  ownerDeployment: string;
 }
 
 /** Every operator setting, in the order docs/operator.md lists them. */
@@ -44,6 +46,7 @@ export const OPERATOR_SETTINGS: readonly SettingDefinition[] = [
   { key: 'LEASE_DURATION_MS', kind: 'int', default: '15000', min: 1000, doc: 'A dead leader is replaced after this long.' },
   { key: 'RESYNC_MS', kind: 'int', default: '30000', min: 100, doc: 'Every Switchboard and FeatureFlag is reconciled at least this often.' },
   { key: 'POD_NAME', kind: 'string', default: '', doc: 'This replica\'s identity in the Lease; empty: hostname-pid.' },
+  { key: 'OPERATOR_DEPLOYMENT', kind: 'string', default: '', doc: 'The operator\'s own Deployment in OPERATOR_NAMESPACE: the owner of the leader Lease, which is garbage-collected with it; no Lease is created while it is missing. Empty: no owner.' },
 ];
 
 const SA_NAMESPACE = '/var/run/secrets/kubernetes.io/serviceaccount/namespace';
@@ -74,5 +77,6 @@ export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env, opts: O
     leaseDurationMs: num('LEASE_DURATION_MS'),
     resyncMs: num('RESYNC_MS'),
     identity: str('POD_NAME') || `${hostname()}-${process.pid}`,
+    ownerDeployment: str('OPERATOR_DEPLOYMENT'),
   };
 }

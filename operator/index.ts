@@ -99,9 +99,12 @@ export class Operator {
           name: config.leaseName,
           identity: config.identity,
           leaseDurationMs: config.leaseDurationMs,
+          ownerDeployment: config.ownerDeployment || undefined,
           log,
           onStartedLeading: () => this.startActing(),
-          onStoppedLeading: () => void this.stopActing(),
+          // On a clean stop the Lease is deleted once the queues have stopped: the next leader
+          // starts only after this one's last write.
+          onStoppedLeading: () => this.stopActing(),
         })
       : null;
   }

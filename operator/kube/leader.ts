@@ -5,8 +5,16 @@
  * resourceVersion it read, so two candidates racing for an expired Lease cannot both win (the
  * loser gets 409 Conflict). A leader that cannot renew within the lease duration steps down
  * before another replica could have taken over.
+ *
+ * The Lease is not left behind: a leader that stops cleanly deletes it (only the version that
+ * names it as holder: a precondition on uid and resourceVersion), and with `ownerDeployment` the
+ * Lease carries an ownerReference to the operator's own Deployment, so the garbage collector
+ * removes it with the Deployment (helm uninstall) even when no replica could delete it: killed
+ * with -9, or stopped after the uninstall had already removed its RBAC. The owner is the
+ * Deployment, not a Pod: every replica, standby or leader, names the same owner, and a Lease
+ * owned by the leader's Pod would be deleted under a new leader when that Pod went.
  */
-import { V1MicroTime, type V1Lease } from '@kubernetes/client-node';
+import { V1MicroTime, type V1Lease, type V1OwnerReference } from '@kubernetes/client-node';
 import type { Logger } from '../../services/telemetry/log';
 import { describe, isConflict, isNotFound, type Kube } from './client';
 
@@ -19,16 +27,28 @@ export interface LeaderElectionOptions {
   readonly leaseDurationMs?: number;
   /** How often to renew or try to acquire. @default leaseDurationMs / 5 */
   readonly retryPeriodMs?: number;
+  /**
+   * The operator's own Deployment, in `namespace`: the Lease's owner. While it is missing or
+   * being deleted (an uninstall in progress) no Lease is created. @default undefined (no owner)
+   */
+  readonly ownerDeployment?: string;
   readonly log: Logger;
   readonly onStartedLeading: () => void;
-  readonly onStoppedLeading: () => void;
+  /** On a clean stop the Lease is deleted only after a promise returned here settles. */
+  readonly onStoppedLeading: () => void | Promise<void>;
 }
+
+/** The owner Deployment is gone or going: the operator is being uninstalled. */
+class OwnerGone extends Error {}
 
 export class LeaderElector {
   private timer: NodeJS.Timeout | null = null;
   private leading = false;
   private lastRenew = 0;
   private stopped = false;
+  /** The round in progress: stop() waits for it, so no write of it lands after the delete. */
+  private inflight: Promise<void> | null = null;
+  private ownerGoneLogged = false;
   private readonly durationMs: number;
   private readonly retryMs: number;
 
@@ -43,41 +63,61 @@ export class LeaderElector {
 
   start(): void {
     this.stopped = false;
-    void this.round();
+    this.round();
   }
 
-  /** Stop campaigning; a leader releases the Lease so another replica takes over at once. */
+  /**
+   * Stop campaigning. A leader stops acting (onStoppedLeading settles), then deletes the Lease if
+   * it still holds it, so another replica takes over at once and an uninstall leaves no Lease.
+   */
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer !== null) clearTimeout(this.timer);
-    if (this.leading) {
-      this.setLeading(false);
-      try {
-        const lease = await this.read();
-        if (lease?.spec?.holderIdentity === this.opts.identity) {
-          lease.spec.holderIdentity = undefined;
-          lease.spec.renewTime = undefined;
-          lease.spec.acquireTime = undefined;
-          await this.opts.kube.coordination.replaceNamespacedLease({ name: this.opts.name, namespace: this.opts.namespace, body: lease });
-        }
-      } catch (err) {
-        this.opts.log.warn('could not release the leader lease', { err: describe(err) });
+    await this.inflight;
+    if (!this.leading) return;
+    this.leading = false;
+    this.opts.log.info('no longer the leader', { lease: `${this.opts.namespace}/${this.opts.name}`, identity: this.opts.identity, reason: 'stopping' });
+    try {
+      await this.opts.onStoppedLeading();
+    } catch (err) {
+      this.opts.log.warn('stopping the leader\'s work failed', { err: describe(err) });
+    }
+    try {
+      const lease = await this.read();
+      if (lease?.spec?.holderIdentity === this.opts.identity) {
+        const { uid, resourceVersion } = lease.metadata ?? {};
+        await this.opts.kube.coordination.deleteNamespacedLease({
+          name: this.opts.name, namespace: this.opts.namespace, body: { preconditions: { uid, resourceVersion } },
+        });
+        this.opts.log.info('deleted the leader lease', { lease: `${this.opts.namespace}/${this.opts.name}` });
       }
+    } catch (err) {
+      // 404: already gone (garbage-collected with its owner); 409: written by someone since.
+      if (!isNotFound(err)) this.opts.log.warn('could not delete the leader lease', { err: describe(err) });
     }
   }
 
-  private async round(): Promise<void> {
+  private round(): void {
+    this.inflight = this.attempt();
+  }
+
+  private async attempt(): Promise<void> {
     try {
       await this.tryAcquireOrRenew();
     } catch (err) {
-      this.opts.log.warn('leader election round failed', { err: describe(err) });
+      if (err instanceof OwnerGone) {
+        if (!this.ownerGoneLogged) this.opts.log.warn('not taking the leader lease', { reason: err.message });
+        this.ownerGoneLogged = true;
+      } else {
+        this.opts.log.warn('leader election round failed', { err: describe(err) });
+      }
     }
     if (this.leading && Date.now() - this.lastRenew > this.durationMs) {
       this.opts.log.error('could not renew the leader lease in time: stepping down');
       this.setLeading(false);
     }
     if (!this.stopped) {
-      this.timer = setTimeout(() => void this.round(), this.retryMs);
+      this.timer = setTimeout(() => this.round(), this.retryMs);
       this.timer.unref();
     }
   }
@@ -91,25 +131,57 @@ export class LeaderElector {
     }
   }
 
+  /**
+   * The ownerReference to the operator's Deployment, or undefined without ownerDeployment.
+   * Throws OwnerGone when the Deployment is missing or being deleted.
+   */
+  private async owner(): Promise<V1OwnerReference | undefined> {
+    const name = this.opts.ownerDeployment;
+    if (!name) return undefined;
+    let uid: string | undefined;
+    try {
+      const d = await this.opts.kube.apps.readNamespacedDeployment({ name, namespace: this.opts.namespace });
+      if (d.metadata?.deletionTimestamp) throw new OwnerGone(`its owner Deployment ${this.opts.namespace}/${name} is being deleted`);
+      uid = d.metadata?.uid;
+    } catch (err) {
+      if (isNotFound(err)) throw new OwnerGone(`its owner Deployment ${this.opts.namespace}/${name} does not exist (OPERATOR_DEPLOYMENT)`);
+      throw err;
+    }
+    if (!uid) throw new Error(`Deployment ${this.opts.namespace}/${name} has no uid`);
+    this.ownerGoneLogged = false;
+    // Not blockOwnerDeletion: that would need update on the Deployment's finalizers.
+    return { apiVersion: 'apps/v1', kind: 'Deployment', name, uid };
+  }
+
+  /** True when the Lease lacks the owner it should have (created by an operator without one). */
+  private lacksOwner(lease: V1Lease): boolean {
+    const name = this.opts.ownerDeployment;
+    return !!name && !(lease.metadata?.ownerReferences ?? []).some((r) => r.kind === 'Deployment' && r.name === name);
+  }
+
   private async tryAcquireOrRenew(): Promise<void> {
     const { kube, namespace, name, identity } = this.opts;
     const now = new V1MicroTime();
     const durationSeconds = Math.max(1, Math.ceil(this.durationMs / 1000));
     const lease = await this.read();
     if (lease === null) {
+      const owner = await this.owner();
       try {
         await kube.coordination.createNamespacedLease({
           namespace,
           body: {
             apiVersion: 'coordination.k8s.io/v1',
             kind: 'Lease',
-            metadata: { name, namespace },
+            metadata: { name, namespace, ...(owner ? { ownerReferences: [owner] } : {}) },
             spec: { holderIdentity: identity, leaseDurationSeconds: durationSeconds, acquireTime: now, renewTime: now, leaseTransitions: 0 },
           },
         });
         this.renewed();
       } catch (err) {
-        if (!isConflict(err)) throw err; // 409: another replica created it first
+        if (!isConflict(err)) throw err;
+        // 409: another replica created it first. A leader whose Lease was deleted under it (by
+        // the garbage collector, or by hand) and lost this race is no longer the leader.
+        if (this.leading) this.setLeading(false);
       }
       return;
     }
@@ -132,6 +204,15 @@ export class LeaderElector {
       spec.leaseTransitions = (spec.leaseTransitions ?? 0) + (holder ? 1 : 0);
     }
     lease.spec = spec;
+    if (this.lacksOwner(lease)) {
+      // A Lease made by an operator without an owner: adopt it into the Deployment. Best effort:
+      // holding an existing Lease does not depend on it, creating one does (above).
+      const owner = await this.owner().catch((err: unknown) => {
+        this.opts.log.warn('could not give the leader lease its owner', { err: describe(err) });
+        return undefined;
+      });
+      if (owner) lease.metadata = { ...lease.metadata, ownerReferences: [...(lease.metadata?.ownerReferences ?? []), owner] };
+    }
     try {
       await kube.coordination.replaceNamespacedLease({ name, namespace, body: lease });
       this.renewed();
@@ -151,6 +232,6 @@ export class LeaderElector {
     this.leading = v;
     this.opts.log.info(v ? 'became the leader' : 'no longer the leader', { lease: `${this.opts.namespace}/${this.opts.name}`, identity: this.opts.identity });
     if (v) this.opts.onStartedLeading();
-    else this.opts.onStoppedLeading();
+    else void Promise.resolve(this.opts.onStoppedLeading()).catch((err: unknown) => this.opts.log.warn('stopping the leader\'s work failed', { err: describe(err) }));
   }
 }

@@ -56,12 +56,21 @@ export interface PolicyRule {
   resourceNames?: string[];
 }
 
-/** Rules as a sorted list of "apiGroup resource verb" (empty group shown as core). */
+/**
+ * Rules as a sorted list of "apiGroup resource verb" (empty group shown as core), with
+ * " name=NAME" for each resource name a rule is limited to.
+ */
 export function flattenRules(rules: readonly PolicyRule[]): string[] {
   const out = new Set<string>();
   for (const r of rules) {
-    assert.equal(r.resourceNames, undefined, 'no rule names resources');
-    for (const g of r.apiGroups) for (const res of r.resources) for (const v of r.verbs) out.add(`${g || 'core'} ${res} ${v}`);
+    for (const g of r.apiGroups) {
+      for (const res of r.resources) {
+        for (const v of r.verbs) {
+          if (r.resourceNames === undefined) out.add(`${g || 'core'} ${res} ${v}`);
+          else for (const n of r.resourceNames) out.add(`${g || 'core'} ${res} ${v} name=${n}`);
+        }
+      }
+    }
   }
   return [...out].sort();
 }
@@ -75,7 +84,9 @@ export interface RbacContract {
 
 /**
  * The two RBAC tables of docs/operator.md ("RBAC"), parsed: rows of
- * | `group` | `res`, `res` | verb, verb (comment) |.
+ * | `group` | `res`, `res` | verb, verb (comment) |, or, in a table whose header has a
+ * resourceNames column, | `group` | `res` | `name` (comment) | verb, verb (comment) | (no name:
+ * any object).
  */
 export function rbacContract(): RbacContract {
   const doc = readFileSync(path.join(repoRoot(), 'docs', 'operator.md'), 'utf8');
@@ -83,20 +94,35 @@ export function rbacContract(): RbacContract {
   assert.ok(section, 'docs/operator.md has an RBAC section');
   const tables: PolicyRule[][] = [];
   let current: PolicyRule[] | undefined;
+  let header: string[] = [];
   for (const line of section.split('\n')) {
     if (!line.startsWith('|')) {
       current = undefined;
       continue;
     }
     const cells = line.split('|').slice(1, -1).map((c) => c.trim());
-    if (cells[0] === 'apiGroups' || /^-+$/.test(cells[0])) continue;
+    if (cells[0] === 'apiGroups') {
+      header = cells;
+      continue;
+    }
+    if (/^-+$/.test(cells[0])) continue;
     if (!current) tables.push((current = []));
+    const cell = (name: string): string => {
+      const i = header.indexOf(name);
+      assert.ok(i >= 0, `docs/operator.md RBAC table without a ${name} column`);
+      return cells[i];
+    };
     const unquote = (s: string): string => s.replace(/`/g, '').replace(/^""$/, '');
-    current.push({
-      apiGroups: [unquote(cells[0])],
-      resources: cells[1].split(',').map((s) => unquote(s.trim())),
-      verbs: cells[2].replace(/\(.*\)/, '').split(',').map((s) => s.trim()).filter((s) => s !== ''),
-    });
+    const rule: PolicyRule = {
+      apiGroups: [unquote(cell('apiGroups'))],
+      resources: cell('resources').split(',').map((s) => unquote(s.trim())),
+      verbs: cell('verbs').replace(/\(.*\)/, '').split(',').map((s) => s.trim()).filter((s) => s !== ''),
+    };
+    if (header.includes('resourceNames')) {
+      const names = [...cell('resourceNames').replace(/\(.*\)/, '').matchAll(/`([^`]+)`/g)].map((m) => m[1]);
+      if (names.length > 0) rule.resourceNames = names;
+    }
+    current.push(rule);
   }
   assert.equal(tables.length, 2, 'docs/operator.md has two RBAC tables (operator, leader)');
   return { operator: tables[0], leader: tables[1] };
@@ -111,10 +137,18 @@ interface Access {
   readonly resource: string;
   /** undefined: cluster-wide */
   readonly namespace?: string;
+  /** undefined: no particular object (list, or a create RBAC cannot name) */
+  readonly name?: string;
 }
 
 function describe(a: Access): string {
-  return `${a.verb} ${a.group || 'core'}/${a.resource}${a.namespace ? ` in ${a.namespace}` : ' cluster-wide'}`;
+  return `${a.verb} ${a.group || 'core'}/${a.resource}${a.name ? ` named ${a.name}` : ''}${a.namespace ? ` in ${a.namespace}` : ' cluster-wide'}`;
+}
+
+/** Whether RBAC rules grant an access: a rule with resourceNames only matches those names. */
+function grants(rules: readonly PolicyRule[], a: Access): boolean {
+  return rules.some((r) => r.apiGroups.includes(a.group) && r.resources.includes(a.resource) && r.verbs.includes(a.verb) &&
+    (r.resourceNames === undefined || (a.name !== undefined && r.resourceNames.includes(a.name))));
 }
 
 /** SelfSubjectAccessReview as the client's identity. */
@@ -125,7 +159,7 @@ export async function canI(client: KubeClient, a: Access): Promise<boolean> {
     {
       apiVersion: 'authorization.k8s.io/v1',
       kind: 'SelfSubjectAccessReview',
-      spec: { resourceAttributes: { verb: a.verb, group: a.group, resource, subresource, namespace: a.namespace } },
+      spec: { resourceAttributes: { verb: a.verb, group: a.group, resource, subresource, namespace: a.namespace, name: a.name } },
     },
   );
   return review.status.allowed;
@@ -151,26 +185,39 @@ export async function checkOperatorPermissions(client: KubeClient, check: Permis
   const contract = rbacContract();
   const expectAllowed: Access[] = [];
   const expectDenied: Access[] = [];
-  const table = (rules: PolicyRule[], namespaces: readonly (string | undefined)[], allowed: boolean): void => {
-    for (const rule of rules) {
-      for (const group of rule.apiGroups) {
-        for (const resource of rule.resources) {
-          for (const verb of ALL_VERBS) {
-            for (const namespace of namespaces) {
-              const grant = allowed && rule.verbs.includes(verb);
-              (grant ? expectAllowed : expectDenied).push({ verb, group, resource, namespace });
-            }
-          }
+  // What each place should grant: the operator table where it works (or everywhere, cluster-wide),
+  // plus the leader table in its own namespace. Every verb on every resource either table
+  // mentions is checked there, for no name, each name a rule is limited to, and another name.
+  const places: Array<{ namespace?: string; rules: PolicyRule[] }> = [
+    { namespace: undefined, rules: check.clusterWide ? contract.operator : [] },
+  ];
+  for (const ns of new Set([...check.workNamespaces, ...check.foreignNamespaces, check.ownNamespace])) {
+    const works = check.clusterWide || check.workNamespaces.includes(ns);
+    places.push({ namespace: ns, rules: [...(works ? contract.operator : []), ...(ns === check.ownNamespace ? contract.leader : [])] });
+  }
+  const all = [...contract.operator, ...contract.leader];
+  const targets = new Map<string, { group: string; resource: string; names: Set<string | undefined> }>();
+  for (const rule of all) {
+    for (const group of rule.apiGroups) {
+      for (const resource of rule.resources) {
+        const key = `${group} ${resource}`;
+        const t = targets.get(key) ?? { group, resource, names: new Set<string | undefined>([undefined]) };
+        for (const n of rule.resourceNames ?? []) t.names.add(n).add(`not-${n}`);
+        targets.set(key, t);
+      }
+    }
+  }
+  for (const { namespace, rules } of places) {
+    for (const { group, resource, names } of targets.values()) {
+      for (const name of names) {
+        for (const verb of ALL_VERBS) {
+          // Requests RBAC sees no object name in (a name of create is not known to it).
+          if (name !== undefined && ['list', 'watch', 'deletecollection', 'create'].includes(verb)) continue;
+          const a: Access = { verb, group, resource, namespace, name };
+          (grants(rules, a) ? expectAllowed : expectDenied).push(a);
         }
       }
     }
-  };
-  table(contract.operator, check.workNamespaces, true);
-  table(contract.operator, check.foreignNamespaces, false);
-  table(contract.operator, [undefined], check.clusterWide);
-  table(contract.leader, [check.ownNamespace], true);
-  for (const ns of [...check.workNamespaces, ...check.foreignNamespaces].filter((n) => n !== check.ownNamespace)) {
-    table(contract.leader, [ns], false);
   }
   const anyNs = check.workNamespaces[0];
   expectDenied.push(

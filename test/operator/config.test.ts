@@ -35,7 +35,7 @@ test('defaults, integers and the admin port', () => {
   const c = op({ POD_NAMESPACE: 'ops' });
   assert.deepEqual({ ...c, identity: undefined }, {
     kubeconfig: undefined, watchNamespace: '', namespace: 'ops', adminPort: 8081, adminHost: '0.0.0.0', leaderElection: true,
-    leaseName: 'switchboard-operator', leaseDurationMs: 15_000, resyncMs: 30_000, identity: undefined,
+    leaseName: 'switchboard-operator', leaseDurationMs: 15_000, resyncMs: 30_000, identity: undefined, ownerDeployment: '',
   });
   assert.match(c.identity, /-\d+$/, 'hostname-pid');
   assert.equal(op({ OPERATOR_NAMESPACE: 'a', POD_NAMESPACE: 'b' }).namespace, 'a');

@@ -1,5 +1,7 @@
 // Leader election with a coordination.k8s.io Lease (issue #8, test 6): two operator replicas,
 // only the leader writes; kill -9 the leader and the other takes over within the lease time.
+// The Lease is not left behind (issue 17): a leader stopping cleanly deletes it, and it is owned
+// by the operator's Deployment, so the garbage collector removes it when no replica could.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { RedisProcess } from '../helpers/redis';
@@ -12,7 +14,8 @@ let redis: RedisProcess;
 const ops: OperatorProcess[] = [];
 
 before(async () => {
-  cp = await controlPlaneWithCrds();
+  // With the controller-manager: its garbage collector deletes what an owner leaves.
+  cp = await controlPlaneWithCrds(true);
   redis = await RedisProcess.start();
 });
 after(async () => {
@@ -21,8 +24,13 @@ after(async () => {
   await cp?.stop();
 });
 
-type Lease = KubeObject & { spec: { holderIdentity?: string; leaseDurationSeconds: number; leaseTransitions?: number } };
+type Lease = KubeObject & {
+  metadata: { uid: string; ownerReferences?: Array<{ apiVersion: string; kind: string; name: string; uid: string }> };
+  spec: { holderIdentity?: string; leaseDurationSeconds: number; leaseTransitions?: number };
+};
 const leasePath = `/apis/coordination.k8s.io/v1/namespaces/${OPERATOR_NS}/leases/switchboard-operator`;
+/** The operator's Deployment as k8s/operator names it (k8s/rbac lets the operator read only it). */
+const DEPLOYMENT = 'switchboard-operator';
 
 test('two replicas: only the leader writes; kill -9 it and the other takes over within the lease time', async (t) => {
   const kubeconfig = await operatorKubeconfig(cp);
@@ -35,8 +43,11 @@ test('two replicas: only the leader writes; kill -9 it and the other takes over 
   const ns = await cp.createNamespace(namespaceFor(t.name));
   await cp.apply(switchboard('first', { redis: { url: redis.url } }), { namespace: ns });
   await waitFor(() => getObject(cp, `/apis/apps/v1/namespaces/${ns}/deployments/first-gateway`), 20_000, 'first reconciled', 100);
-  // b has watched the same objects all along (warm informers) but has written nothing.
-  await new Promise((r) => setTimeout(r, 1500));
+  // b has watched the same objects all along (warm informers) but has written nothing, while a
+  // went on reconciling (RESYNC_MS 2000: a few rounds).
+  const reconciles = async () => Number(await a.metric('switchboard_operator_reconciles_total{kind="Switchboard",result="ok"}') ?? 0);
+  const first = await reconciles();
+  await waitFor(async () => (await reconciles()) >= first + 2, 20_000, 'a to resync twice more', 100);
   assert.equal(await a.metric('switchboard_operator_is_leader'), 1);
   assert.equal(await b.metric('switchboard_operator_is_leader'), 0);
   assert.ok(Number(await a.metric('switchboard_operator_reconciles_total{kind="Switchboard",result="ok"}')) > 0);
@@ -56,12 +67,70 @@ test('two replicas: only the leader writes; kill -9 it and the other takes over 
   await cp.apply(switchboard('second', { redis: { url: redis.url } }), { namespace: ns });
   await waitFor(() => getObject(cp, `/apis/apps/v1/namespaces/${ns}/deployments/second-gateway`), 20_000, 'second reconciled by b', 100);
 
-  // A graceful stop hands over at once: the Lease is released, not left to expire.
+  // A graceful stop hands over at once: the Lease is deleted, not left to expire.
+  // (c campaigns from its start, before startOperator returns.)
   const c = await startOperator(kubeconfig, { LEASE_DURATION_MS: '30000' });
   ops.push(c);
-  await new Promise((r) => setTimeout(r, 500));
   const stoppedAt = Date.now();
   await b.stop('SIGTERM');
+  assert.ok(b.cli.logs().some((l) => l.msg === 'deleted the leader lease'), 'b deleted the Lease it held');
   await waitFor(async () => (await getObject<Lease>(cp, leasePath))?.spec.holderIdentity === c.identity, 15_000, 'c to take over', 100);
-  assert.ok(Date.now() - stoppedAt < 10_000, 'released lease taken without waiting out 30 s');
+  assert.ok(Date.now() - stoppedAt < 10_000, 'deleted lease taken without waiting out 30 s');
+
+  // The last replica stopped cleanly: no Lease remains.
+  await c.stop('SIGTERM');
+  assert.equal(await getObject<Lease>(cp, leasePath), undefined, 'no Lease after the last replica stopped');
+  assert.equal(c.cli.child.exitCode, 0, `c exited 0:\n${c.cli.stderr.join('\n')}`);
+});
+
+test('the Lease is owned by the operator Deployment: kill -9 every replica, delete the Deployment, the Lease goes', async () => {
+  const kubeconfig = await operatorKubeconfig(cp);
+  const owner = { OPERATOR_DEPLOYMENT: DEPLOYMENT };
+  assert.equal(await getObject<Lease>(cp, leasePath), undefined, 'no Lease left by the test before');
+  // The operator's Deployment as k8s/operator names it. Its pods do not matter here (the
+  // replicas run as local processes with its name in OPERATOR_DEPLOYMENT), so none: replicas 0.
+  const labels = { 'app.kubernetes.io/name': 'switchboard', 'app.kubernetes.io/component': 'operator' };
+  await cp.apply({
+    apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: DEPLOYMENT, labels },
+    spec: { replicas: 0, selector: { matchLabels: labels }, template: { metadata: { labels }, spec: { containers: [{ name: 'operator', image: 'switchboard:test' }] } } },
+  }, { namespace: OPERATOR_NS });
+  const deployPath = `/apis/apps/v1/namespaces/${OPERATOR_NS}/deployments/${DEPLOYMENT}`;
+  const deployUid = (await getObject<KubeObject & { metadata: { uid: string } }>(cp, deployPath))!.metadata.uid;
+  const expectedOwner = [{ apiVersion: 'apps/v1', kind: 'Deployment', name: DEPLOYMENT, uid: deployUid }];
+
+  // An operator without OPERATOR_DEPLOYMENT (an older one) makes a Lease with no owner ...
+  const old = await startOperator(kubeconfig);
+  ops.push(old);
+  await waitFor(async () => (await getObject<Lease>(cp, leasePath))?.spec.holderIdentity === old.identity, 20_000, 'the old operator to lead', 100);
+  assert.equal((await getObject<Lease>(cp, leasePath))!.metadata.ownerReferences, undefined);
+  // ... which the next holder adopts into the Deployment when it takes over.
+  const d = await startOperator(kubeconfig, owner);
+  ops.push(d);
+  await old.stop('SIGKILL');
+  await waitFor(async () => (await getObject<Lease>(cp, leasePath))?.spec.holderIdentity === d.identity, 15_000, 'd to take over', 100);
+  assert.deepEqual((await getObject<Lease>(cp, leasePath))!.metadata.ownerReferences, expectedOwner, 'the taken-over Lease is owned by the Deployment');
+
+  // A standby names the same owner; kill -9 the leader and the Lease, still owned, moves to it.
+  const e = await startOperator(kubeconfig, owner);
+  ops.push(e);
+  await d.stop('SIGKILL');
+  await waitFor(async () => (await getObject<Lease>(cp, leasePath))?.spec.holderIdentity === e.identity, 15_000, 'e to take over', 100);
+  assert.deepEqual((await getObject<Lease>(cp, leasePath))!.metadata.ownerReferences, expectedOwner);
+
+  // No replica left to delete it: the Lease stays ...
+  await e.stop('SIGKILL');
+  const orphan = await getObject<Lease>(cp, leasePath);
+  assert.equal(orphan?.spec.holderIdentity, e.identity, 'a killed leader cannot delete its Lease');
+  // ... until its owner goes, as with `helm uninstall` (background propagation).
+  await cp.client.call('DELETE', deployPath, { body: { kind: 'DeleteOptions', apiVersion: 'v1', propagationPolicy: 'Background' } });
+  await waitFor(async () => (await getObject<Lease>(cp, leasePath)) === undefined, 60_000, 'the garbage collector to delete the Lease', 200);
+
+  // While the Deployment is missing (an uninstall in progress) a replica creates no Lease.
+  const late = await startOperator(kubeconfig, owner);
+  ops.push(late);
+  await waitFor(() => late.cli.logs().some((l) => l.msg === 'not taking the leader lease'), 20_000, 'late to find its owner missing', 100);
+  assert.equal(await getObject<Lease>(cp, leasePath), undefined, 'no Lease without its owner');
+  assert.equal(await late.metric('switchboard_operator_is_leader'), 0);
+  await late.stop('SIGTERM');
+  assert.equal(late.cli.child.exitCode, 0);
 });

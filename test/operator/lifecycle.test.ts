@@ -241,7 +241,10 @@ test('the operator\'s ServiceAccount is granted exactly what it uses', async () 
     ['patch', 'services', '-n', 'default'],
     ['get', 'secrets', '-n', 'default'],
     ['create', 'events', '-n', 'default'],
-    ['update', 'leases.coordination.k8s.io', '-n', OPERATOR_NS],
+    ['update', 'leases.coordination.k8s.io/switchboard-operator', '-n', OPERATOR_NS],
+    ['delete', 'leases.coordination.k8s.io/switchboard-operator', '-n', OPERATOR_NS],
+    ['create', 'leases.coordination.k8s.io', '-n', OPERATOR_NS],
+    ['get', 'deployments.apps/switchboard-operator', '-n', OPERATOR_NS],
   ];
   const denied: string[][] = [
     ['delete', 'deployments.apps', '-n', 'default'],
@@ -249,6 +252,8 @@ test('the operator\'s ServiceAccount is granted exactly what it uses', async () 
     ['create', 'pods', '-n', 'default'],
     ['patch', 'switchboards.switchboard.dev', '-n', 'default'],
     ['update', 'leases.coordination.k8s.io', '-n', 'default'],
+    ['update', 'leases.coordination.k8s.io/another-lease', '-n', OPERATOR_NS],
+    ['delete', 'leases.coordination.k8s.io/another-lease', '-n', OPERATOR_NS],
     ['create', 'clusterroles.rbac.authorization.k8s.io'],
   ];
   for (const a of allowed) assert.equal(await can(...a), 'yes', `allowed: ${a.join(' ')}`);
