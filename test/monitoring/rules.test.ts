@@ -9,6 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { parse } from 'yaml';
+import { ALL_ERROR_CODES, ErrorInfo } from '../../services/protocol/errors';
 import { requireTool } from '../helpers/prometheus';
 import { repoFile } from './dashboards';
 
@@ -79,6 +80,20 @@ describe('alert rules', () => {
       assert.ok(mine.some((c) => (c.exp_alerts ?? []).length === 0), `${name}: no test case in which it stays quiet`);
     }
     for (const c of cases) assert.ok(names.includes(c.alertname), `${TESTS_PATH} tests an alert that does not exist: ${c.alertname}`);
+  });
+
+  test('SwitchboardHighErrorRate and the dashboard\'s error ratio count exactly the server-side codes, as the overload monitor does', () => {
+    // The monitor counts the codes ErrorInfo marks serverSide (services/telemetry/counters.ts).
+    const serverSide = ALL_ERROR_CODES.filter((c) => ErrorInfo[c].serverSide).sort();
+    assert.deepEqual(serverSide, ['internal', 'unavailable']);
+    const codesIn = (expr: string): string[][] =>
+      [...expr.matchAll(/switchboard_errors_total\{[^}]*code=~"([^"]+)"/g)].map((m) => m[1].split('|').sort());
+    const alert = alerts().find((a) => a.alert === 'SwitchboardHighErrorRate')!;
+    assert.deepEqual(codesIn(alert.expr), [serverSide], `the alert's codes: ${alert.expr}`);
+    assert.match(alert.annotations!.description!, new RegExp(`\\(${serverSide.join(', ')}\\)`), 'the description names them');
+    const overview = JSON.parse(readFileSync(repoFile('charts/switchboard/dashboards/overview.json'), 'utf8')) as { panels: { title?: string; targets?: { expr?: string }[] }[] };
+    const ratio = overview.panels.find((p) => p.title === 'Server-side error ratio')!;
+    assert.deepEqual(ratio.targets!.map((t) => codesIn(t.expr ?? '')).flat(), [serverSide], 'the dashboard panel\'s codes');
   });
 
   test('every alert has a severity, a summary, a description and a runbook in docs/operations.md', () => {
