@@ -1,7 +1,7 @@
 // What the end-to-end suite needs around the node: the images (built when missing), the chart's
 // values for this node, a sampler of replicas and load for the picture in docs/, and timings.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { repoRoot, type ImageArchive, type KubeObject, type NodeCluster } from '../k8s/harness';
 import { plot } from './plot';
@@ -10,10 +10,21 @@ import type { Prometheus } from './prometheus';
 export const ROOT = repoRoot();
 export const VERSION = (JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 
+/** What the Containerfile copies from the checkout: a change to any of it makes the image stale. */
+const IMAGE_INPUTS = ['Containerfile', 'package.json', 'package-lock.json', 'tsconfig.json', 'services', 'operator'];
+
+/** The newest modification time (ms) of a file or any file under a directory. */
+function newestMtime(p: string): number {
+  const st = statSync(p);
+  if (!st.isDirectory()) return st.mtimeMs;
+  return readdirSync(p).reduce((max, name) => Math.max(max, newestMtime(path.join(p, name))), 0);
+}
+
 /**
  * The Switchboard image (scripts/build-image.sh, or SWITCHBOARD_IMAGE_TAR) and the embedded
- * Redis's (scripts/build-redis-image.sh), built when missing, under the names the chart's pods
- * ask the CRI for.
+ * Redis's (scripts/build-redis-image.sh), under the names the chart's pods ask the CRI for. The
+ * Switchboard image is built when missing or older than a file it is built from, so the suite
+ * never tests yesterday's operator or server (CI: the archive test:image has just built).
  */
 export function ensureImages(log: (line: string) => void): ImageArchive[] {
   const switchboard = process.env.SWITCHBOARD_IMAGE_TAR ?? path.join(ROOT, 'dist-image', 'switchboard.oci.tar');
@@ -25,6 +36,13 @@ export function ensureImages(log: (line: string) => void): ImageArchive[] {
     log(`${script}: ${((Date.now() - started) / 1000).toFixed(0)} s`);
   };
   if (!existsSync(switchboard)) build('build-image.sh', switchboard);
+  else if (process.env.SWITCHBOARD_IMAGE_TAR === undefined) {
+    const changed = IMAGE_INPUTS.filter((f) => newestMtime(path.join(ROOT, f)) > statSync(switchboard).mtimeMs);
+    if (changed.length > 0) {
+      log(`${path.relative(ROOT, switchboard)} is older than ${changed.join(', ')}: rebuilding it`);
+      build('build-image.sh', switchboard);
+    }
+  }
   build('build-redis-image.sh', redis); // reuses a current archive at once
   return [
     { archive: switchboard, names: [`docker.io/library/switchboard:${VERSION}`] },

@@ -85,6 +85,7 @@ const paths = {
   deployment: (tier: string) => `/apis/apps/v1/namespaces/${NS}/deployments/${SB}-${tier}`,
   service: (name: string) => `/api/v1/namespaces/${NS}/services/${name}`,
   pods: `/api/v1/namespaces/${NS}/pods`,
+  lease: `/apis/coordination.k8s.io/v1/namespaces/${NS}/leases/switchboard-operator`,
 };
 
 function condition(o: Obj | undefined, type: string): { status: string; reason?: string; message?: string } | undefined {
@@ -150,6 +151,13 @@ after(async () => {
     await node?.stop();
     rmSync(work, { recursive: true, force: true });
   }
+  // Everything the suite started is gone, so the next run (or anything else) finds the machine
+  // as it was: fails the run otherwise.
+  if (node) {
+    const left = await node.leftovers(prom ? [prom.dir] : []);
+    assert.deepEqual(left, [], 'nothing of the node left after stop');
+    log('stopped: no process, mount, network namespace, link, route, iptables chain or temp dir left');
+  }
 });
 
 test('1. helm install: every pod Running and Ready, the Switchboard Ready', async () => {
@@ -175,6 +183,13 @@ test('1. helm install: every pod Running and Ready, the Switchboard Ready', asyn
   await waitFor('Prometheus scraping both gateways', 60_000, async () =>
     (await prom!.scalar(`count(up{namespace="${NS}", pod=~"${SB}-gateway-.+"} == 1)`)) === 2, 1000);
   await waitFor('MetricsUnavailable=False', 60_000, async () => condition(await get(paths.sb), 'MetricsUnavailable')?.status === 'False', 1000);
+  // The leader Lease: held by an operator pod, owned by the operator's Deployment (so that
+  // uninstall's garbage collection takes it, step 7).
+  const lease = await get(paths.lease);
+  const operators = (await pods('operator')).map((p) => p.metadata.name);
+  assert.ok(operators.includes(lease?.spec?.holderIdentity), `the Lease held by an operator pod: ${JSON.stringify(lease?.spec)}`);
+  const operatorDeployment = await get(`/apis/apps/v1/namespaces/${NS}/deployments/switchboard-operator`);
+  assert.deepEqual(lease?.metadata.ownerReferences, [{ apiVersion: 'apps/v1', kind: 'Deployment', name: 'switchboard-operator', uid: operatorDeployment?.metadata.uid }]);
 });
 
 test('2. a client through the Service: hello, join, chat, history across two gateway pods', async () => {
@@ -526,7 +541,9 @@ test('7. helm upgrade rolls the pods without losing acknowledged messages; helm 
       '/api/v1/namespaces/NS/serviceaccounts', '/apis/rbac.authorization.k8s.io/v1/namespaces/NS/roles',
       '/apis/rbac.authorization.k8s.io/v1/namespaces/NS/rolebindings', '/apis/policy/v1/namespaces/NS/poddisruptionbudgets',
       '/apis/switchboard.dev/v1alpha1/namespaces/NS/switchboards', '/apis/switchboard.dev/v1alpha1/namespaces/NS/featureflags',
-      '/apis/discovery.k8s.io/v1/namespaces/NS/endpointslices'];
+      '/apis/discovery.k8s.io/v1/namespaces/NS/endpointslices',
+      // The operator's leader Lease: deleted by the stopping leader, or with its owner.
+      '/apis/coordination.k8s.io/v1/namespaces/NS/leases'];
     const out: string[] = [];
     for (const k of kinds) {
       const r = await node!.cp.client.request<{ items: KubeObject[] }>('GET', k.replace('NS', NS));
@@ -547,8 +564,4 @@ test('7. helm upgrade rolls the pods without losing acknowledged messages; helm 
   await waitFor('nothing of the release left', 180_000, async () => (remaining = await left()).length === 0, 1000)
     .catch((err: Error) => { throw new Error(`${err.message}: ${remaining.join(', ')}`); });
   clock.record('helm uninstall to nothing left', Date.now() - t1);
-  // Not the chart's nor the operator's objects: what the namespace keeps (Events expire; a
-  // Lease is the coordination record of the operator's leader election).
-  const leases = await node!.cp.client.request<{ items: KubeObject[] }>('GET', `/apis/coordination.k8s.io/v1/namespaces/${NS}/leases`);
-  log(`after uninstall, leases in ${NS}: ${(leases.body.items ?? []).map((l) => l.metadata.name).join(', ') || 'none'}`);
 });

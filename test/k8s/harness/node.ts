@@ -214,6 +214,59 @@ export class NodeCluster {
     if (errors.length > 0) throw new AggregateError(errors, `node stop: ${errors.map((e) => (e as Error).message).join('; ')}`);
   }
 
+  /**
+   * What is still there after stop(), as lines (empty: nothing): processes whose command line
+   * names this node's, the control plane's or one of `extraDirs` temp dirs; processes in the
+   * containers' cgroups; mounts under those dirs; network namespaces of pods; the bridge, its
+   * route, our chain and any KUBE-* chain; sysctls not put back; the temp dirs themselves. The
+   * lock makes this the only node on the machine, so any KUBE-* chain or k8s.io cgroup is ours.
+   */
+  async leftovers(extraDirs: readonly string[] = []): Promise<string[]> {
+    const out: string[] = [];
+    const dirs = [this.dir, this.cp.dir, ...extraDirs];
+    for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+      if (Number(pid) === process.pid) continue;
+      try {
+        const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+        if (dirs.some((d) => cmd.includes(d))) out.push(`process ${pid}: ${cmd.replace(/\0/g, ' ').slice(0, 160)}`);
+      } catch {
+        // gone
+      }
+    }
+    for (const controller of readdirSync('/sys/fs/cgroup')) {
+      const k8s = path.join('/sys/fs/cgroup', controller, 'k8s.io');
+      if (!existsSync(k8s)) continue;
+      for (const id of readdirSync(k8s, { withFileTypes: true }).filter((e) => e.isDirectory())) {
+        const procs = (() => {
+          try {
+            return readFileSync(path.join(k8s, id.name, 'cgroup.procs'), 'utf8').trim();
+          } catch {
+            return '';
+          }
+        })();
+        if (procs !== '') out.push(`container processes in ${path.join(k8s, id.name)}: ${procs.split('\n').join(' ')}`);
+      }
+    }
+    const mounts = (await readFile('/proc/self/mounts', 'utf8')).split('\n').map((l) => l.split(' ')[1] ?? '');
+    for (const m of mounts) if (dirs.some((d) => m === d || m.startsWith(`${d}/`))) out.push(`mount ${m}`);
+    for (const ns of listNetns()) if (!this.netnsBefore.has(ns) && ns.startsWith('cni-')) out.push(`network namespace ${ns}`);
+    if (await sh('ip', ['link', 'show', NODE_NETWORK.bridge]).then(() => true, () => false)) out.push(`link ${NODE_NETWORK.bridge}`);
+    const routes = await sh('ip', ['route', 'show', NODE_NETWORK.serviceCidr]).catch(() => '');
+    if (routes.trim() !== '') out.push(`route ${routes.trim()}`);
+    for (const cmd of ['iptables', 'ip6tables']) {
+      for (const table of ['filter', 'nat', 'mangle']) {
+        const rules = await sh(cmd, ['-w', '-t', table, '-S']).catch(() => '');
+        for (const m of rules.matchAll(/^-N ((?:KUBE-|SWITCHBOARD-E2E)\S*)$/gm)) out.push(`${cmd} -t ${table} chain ${m[1]}`);
+      }
+    }
+    for (const [key, value] of this.sysctlsBefore) {
+      const now = readFileSync(`/proc/sys/${key}`, 'utf8').trim();
+      if (now !== value) out.push(`sysctl ${key} = ${now}, was ${value}`);
+    }
+    if (!this.keepDir) for (const d of dirs) if (existsSync(d)) out.push(`directory ${d}`);
+    return out;
+  }
+
   // ---- start-up -------------------------------------------------------------------------------
 
   private async startContainerd(timeoutMs: number): Promise<void> {
