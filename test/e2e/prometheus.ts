@@ -115,6 +115,7 @@ export class Prometheus {
       name: 'prometheus',
       command: node.tools.paths.prometheus,
       logPath: path.join(dir, 'prometheus.log'),
+      orphanCleanupPath: dir,
       args: [
         `--config.file=${path.join(dir, 'prometheus.yml')}`,
         `--storage.tsdb.path=${path.join(dir, 'data')}`,

@@ -128,7 +128,7 @@ async function client(user: string, port: number): Promise<{ c: WireClient; serv
 
 before(async () => {
   const images = ensureImages(log);
-  node = await startNodeCluster({ images, onStep: (step, s) => { clock.record(`node: ${step}`, s * 1000); log(`${step}: ${s.toFixed(1)} s`); } });
+  node = await startNodeCluster({ images, orphanCleanupPaths: [work], onStep: (step, s) => { clock.record(`node: ${step}`, s * 1000); log(`${step}: ${s.toFixed(1)} s`); } });
   // Prometheus configured from the chart's own ServiceMonitors.
   const rendered = await node.cp.helm(['template', RELEASE, CHART, '-n', NS, '--set', 'monitoring.serviceMonitor.enabled=true',
     '--show-only', 'templates/servicemonitor.yaml']);

@@ -16,7 +16,9 @@
 // The addresses, bridge and iptables chains are fixed, so one node runs at a time per machine: a
 // lock (flock on /run/switchboard-e2e-node.lock) makes a second one wait. stop() removes
 // everything (pods, containers, mounts, network namespaces, interfaces, routes, iptables rules,
-// sysctls it changed); start() first removes what a killed earlier run left.
+// sysctls it changed). If the Node process dies without stop() (kill -9, OOM, a CI timeout), a
+// watchdog shell runs node-cleanup.js, which removes the same once the dead run's lock is free;
+// and start() first removes whatever an earlier run still left.
 //
 // Needs root, containerd, runc, containernetworking-plugins, iptables, iproute2, flock, and
 // `bash test/k8s/tools.sh node`. See docs/testing.md, "The node".
@@ -62,6 +64,8 @@ export interface NodeClusterOptions {
   readonly keepDir?: boolean;
   /** Called with each step's name and seconds, for the test's timings. */
   readonly onStep?: (step: string, seconds: number) => void;
+  /** Also removed by the watchdog if this process dies without stop() (the test's own temp dirs). */
+  readonly orphanCleanupPaths?: readonly string[];
 }
 
 export interface ImageArchive {
@@ -83,6 +87,7 @@ export class NodeCluster {
     readonly dir: string,
     readonly nodeName: string,
     private readonly lock: ChildProcess,
+    private readonly watchdog: ChildProcess,
     private readonly keepDir: boolean,
     private readonly sysctlsBefore: ReadonlyMap<string, string>,
   ) {
@@ -104,6 +109,7 @@ export class NodeCluster {
     const timeoutMs = options.startTimeoutMs ?? 180_000;
     const step = stepTimer(options.onStep);
     const lock = await acquireLock(timeoutMs);
+    const watchdog = startOrphanWatchdog(options.orphanCleanupPaths ?? []);
     let cluster: NodeCluster | undefined;
     let cp: ControlPlane | undefined;
     let dir: string | undefined;
@@ -114,7 +120,7 @@ export class NodeCluster {
       cp = await ControlPlane.start({ nodeAddress: NODE_NETWORK.address, startTimeoutMs: timeoutMs, keepDir: options.keepDir });
       step('control plane');
       dir = await mkdtemp(path.join(tmpdir(), 'switchboard-node-'));
-      cluster = new NodeCluster(cp, tools, dir, options.nodeName ?? 'e2e-node', lock,
+      cluster = new NodeCluster(cp, tools, dir, options.nodeName ?? 'e2e-node', lock, watchdog,
         options.keepDir ?? process.env.SWITCHBOARD_K8S_KEEP === '1', sysctls);
       await cluster.startContainerd(timeoutMs);
       step('containerd');
@@ -133,7 +139,8 @@ export class NodeCluster {
       else {
         await cp?.stop();
         await tearDownHostNetwork(sysctlsLeftBehind()).catch(() => {});
-        lock.kill('SIGKILL');
+        watchdog.kill('SIGKILL');
+        releaseLock(lock);
       }
       throw err;
     }
@@ -210,7 +217,8 @@ export class NodeCluster {
     await attempt('host network', () => tearDownHostNetwork(this.sysctlsBefore));
     await attempt('control plane', () => this.cp.stop());
     if (!this.keepDir) await attempt('remove the temp dir', () => rm(this.dir, { recursive: true, force: true }));
-    this.lock.kill('SIGKILL');
+    this.watchdog.kill('SIGKILL');
+    releaseLock(this.lock);
     if (errors.length > 0) throw new AggregateError(errors, `node stop: ${errors.map((e) => (e as Error).message).join('; ')}`);
   }
 
@@ -744,6 +752,38 @@ async function killProcessesMentioning(dir: string): Promise<void> {
     }
   })).catch(() => {});
   for (const cg of cgroups) await rm(cg, { recursive: false }).catch(() => run('rmdir', [cg]).catch(() => {}));
+}
+
+/** Releases the lock: its holder (cat under flock) ends at the end of its input. */
+function releaseLock(lock: ChildProcess): void {
+  lock.stdin?.destroy();
+  lock.kill('SIGKILL');
+}
+
+/**
+ * A detached shell that outlives this process: when it is gone without stop() having killed the
+ * shell, it runs node-cleanup.js (with `paths`), which cleans up as the next start() would.
+ */
+function startOrphanWatchdog(paths: readonly string[]): ChildProcess {
+  const script = path.join(__dirname, 'node-cleanup.js');
+  const child = spawn('sh', ['-c', 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; shift; exec "$@"',
+    'switchboard-node-watchdog', String(process.pid), process.execPath, script, ...paths], { stdio: 'ignore', detached: true });
+  child.unref();
+  return child;
+}
+
+/**
+ * node-cleanup.js: what a node whose process died without stop() left, removed under the lock
+ * (free once the dead process's lock holder has seen its input end), plus `paths`.
+ */
+export async function cleanupOrphanedNode(paths: readonly string[]): Promise<void> {
+  const lock = await acquireLock(180_000);
+  try {
+    await cleanupLeftovers(findNodeTools());
+    for (const p of paths) await rm(p, { recursive: true, force: true });
+  } finally {
+    releaseLock(lock);
+  }
 }
 
 /** Holds the machine-wide node lock until the returned child is killed (or this process dies). */
