@@ -10,7 +10,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { decodeHistogram, newHistogram, type Histogram } from '../lib/histogram';
-import type { ConnSpec, LoadCodec, ToMain, ToWorker, WorkerSnap } from './messages';
+import type { ConnSpec, LoadCodec, ToMain, ToWorker, WireProtocol, WorkerSnap } from './messages';
 
 /** A worker as the pool sees it, thread or process. */
 interface WorkerHandle {
@@ -74,6 +74,8 @@ export interface Totals {
 
 export interface SetupOptions {
   host: string;
+  /** What the connections speak; Switchboard's protocol by default. */
+  protocol?: WireProtocol;
   binary: boolean;
   /** Compression asked for in hello (binary mode); 'none' by default. */
   codec?: LoadCodec;
@@ -136,7 +138,7 @@ export class GeneratorPool {
     specs.forEach((s, i) => parts[i % parts.length].push(s));
     const pubs = specs.filter((s) => s.publish).length;
     this.publisherShare = parts.map((p) => (pubs === 0 ? 0 : p.filter((s) => s.publish).length / pubs));
-    const replies = await this.ask('ready', (i) => ({ cmd: 'setup', host: o.host, conns: parts[i], binary: o.binary, codec: o.codec ?? 'none', sampleEvery: o.sampleEvery, padBytes: o.padBytes, concurrency: o.concurrency }));
+    const replies = await this.ask('ready', (i) => ({ cmd: 'setup', host: o.host, conns: parts[i], protocol: o.protocol ?? 'switchboard', binary: o.binary, codec: o.codec ?? 'none', sampleEvery: o.sampleEvery, padBytes: o.padBytes, concurrency: o.concurrency }));
     let ok = 0;
     let failed = 0;
     for (const r of replies) if (r.ev === 'ready') {
