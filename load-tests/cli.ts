@@ -4,8 +4,9 @@
  *
  * Every command starts its servers as child processes (Switchboard, the baseline, or a cluster),
  * drives them from generator worker threads, prints progress and a summary table, and writes a
- * JSON result file (load-tests/results/ by default). All traffic goes to 127.0.0.1 and every run
- * is bounded in time.
+ * JSON result file (load-tests/results/ by default). All traffic goes to 127.0.0.1, every run
+ * is bounded in time, and the servers are stopped however the CLI ends: normally, on
+ * SIGINT/SIGTERM/SIGHUP, or at its time bound.
  */
 import { join } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
@@ -15,6 +16,7 @@ import { summarize } from './lib/histogram';
 import { addRatios, newResult, table, writeResult, type ResultFile, type Run } from './report';
 import { buildSpecs, fmt, runChurn, runIdle, runStep, stepLine, sweep, type IdleResult, type LoadParams, type LoadScenario, type StepResult, type SweepResult } from './scenarios';
 import { execFileSync } from 'node:child_process';
+import { killAllServers, stopAllServers } from './lib/procs';
 import { BENCH_ENV, clusterRolesAvailable, otlpSinkStats, pinServers, procUsage, startTarget, type Target, type TargetKind } from './targets';
 
 const USAGE = `Usage: node dist/load-tests/cli.js <command> [options]
@@ -177,14 +179,47 @@ function idleRun(r: IdleResult): Run {
   };
 }
 
+/** Targets running now, stopped by the signal handler (their stop also removes their temp files). */
+const running = new Set<Target>();
+
 async function withTargets<T>(kinds: TargetKind[], extraEnv: Record<string, string>, gateways: number, f: (ts: Target[]) => Promise<T>): Promise<T> {
   const ts: Target[] = [];
   try {
-    for (const k of kinds) ts.push(await startTarget(k, extraEnv, gateways));
+    for (const k of kinds) {
+      const t = await startTarget(k, extraEnv, gateways);
+      ts.push(t);
+      running.add(t);
+    }
     return await f(ts);
   } finally {
     await Promise.all(ts.map((t) => t.stop()));
+    for (const t of ts) running.delete(t);
   }
+}
+
+/**
+ * The CLI's servers must not outlive it. On SIGINT, SIGTERM or SIGHUP: stop the running targets
+ * (SIGTERM, SIGKILL after 5 s) and any server still starting, then exit 128 + the signal number.
+ * On any exit, including process.exit at the time bound or from a failed worker: SIGKILL what is
+ * left, synchronously. (Only SIGKILL of the CLI itself escapes this.)
+ */
+function stopServersOnExit(pool: GeneratorPool): void {
+  let stopping = false;
+  const onSignal = (sig: NodeJS.Signals, code: number) => {
+    if (stopping) return;
+    stopping = true;
+    log(`\n${sig}: stopping the servers`);
+    const bound = new Promise<void>((r) => setTimeout(r, 8000).unref());
+    const stopAll = Promise.all([...running].map((t) => t.stop())).then(stopAllServers);
+    void Promise.race([stopAll, bound]).finally(() => process.exit(code));
+  };
+  process.on('SIGINT', () => onSignal('SIGINT', 130));
+  process.on('SIGTERM', () => onSignal('SIGTERM', 143));
+  process.on('SIGHUP', () => onSignal('SIGHUP', 129));
+  process.on('exit', () => {
+    killAllServers();
+    pool.kill();
+  });
 }
 
 /** Load scenario: one step per target, or a sweep; then, after a sweep, a step at half the max. */
@@ -331,6 +366,7 @@ async function main(): Promise<number> {
   const kinds = str(o, 'targets', 'switchboard,baseline').split(',').filter(Boolean) as TargetKind[];
   const res = newResult(`node dist/load-tests/cli.js ${process.argv.slice(2).join(' ')}`, BENCH_ENV);
   const pool = new GeneratorPool(num(o, 'workers', 2), o.procs === true, num(o, 'tick-ms', 1));
+  stopServersOnExit(pool);
   if (typeof o.pin === 'string') {
     // --pin SERVER_CPUS:GENERATOR_CPUS, e.g. 0:1 - servers and generator on separate cores, so the
     // generator's threads never preempt the server (they still share the machine's memory bus).

@@ -4,12 +4,14 @@
  * one broadcast worker, N gateways). Resource use is read from /proc/<pid> of every process of a
  * target, so RSS and CPU cover the whole server side (Redis included in cluster mode).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
-import { connect, createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import type { LoadCodec } from './generator/messages';
+import { spawnServer, startRedis, stopChild } from './lib/procs';
+
+export { freePort, pinServers } from './lib/procs';
 
 /**
  * `switchboard-traced` is standalone Switchboard with OpenTelemetry tracing on at its default
@@ -89,34 +91,12 @@ export interface Target {
   stop(): Promise<void>;
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen({ host: '127.0.0.1', port: 0 }, () => {
-      const a = s.address();
-      const port = typeof a === 'object' && a !== null ? a.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/**
- * The command line of a server process: node, or `taskset -c <cpus> node` when the servers are
- * pinned (`--pin`, see cli.ts), so that they and the generator do not preempt each other.
- */
-let serverCpus: string | null = null;
-
-export function pinServers(cpus: string | null): void {
-  serverCpus = cpus;
-}
-
-function serverCommand(nodeArgv: string[]): [string, string[]] {
-  return serverCpus === null ? [process.execPath, nodeArgv] : ['taskset', ['-c', serverCpus, process.execPath, ...nodeArgv]];
+function nodeServer(nodeArgv: string[], opts: Parameters<typeof spawnServer>[2]): ChildProcess {
+  return spawnServer(process.execPath, nodeArgv, opts);
 }
 
 /** Server stdout: discarded, or appended to LOADTEST_SERVER_STDOUT (e.g. for `--trace-gc` output). */
-function serverStdout(): 'ignore' | number {
+export function serverStdout(): 'ignore' | number {
   const f = process.env.LOADTEST_SERVER_STDOUT;
   return f === undefined || f === '' ? 'ignore' : openSync(f, 'a');
 }
@@ -131,9 +111,8 @@ interface Spawned {
 function spawnListening(args: string[], env: Record<string, string>, name: string, timeoutMs = 20_000): Promise<Spawned> {
   return new Promise((resolve, reject) => {
     const nodeArgs = (process.env.LOADTEST_SERVER_NODE_ARGS ?? '').split(' ').filter(Boolean);
-    const [cmd, argv] = serverCommand([...nodeArgs, ...args]);
     const out = serverStdout();
-    const child = spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['ignore', out, 'pipe'] });
+    const child = nodeServer([...nodeArgs, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', out, 'pipe'] });
     if (typeof out === 'number') closeSync(out); // the child has its own copy
     let buf = '';
     let done = false;
@@ -165,18 +144,6 @@ function spawnListening(args: string[], env: Record<string, string>, name: strin
       }
     });
     child.once('exit', (code, signal) => finish(new Error(`${name} exited early (code ${code}, signal ${signal})`)));
-  });
-}
-
-function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-    child.once('exit', () => {
-      clearTimeout(t);
-      resolve();
-    });
-    child.kill('SIGTERM');
   });
 }
 
@@ -266,30 +233,6 @@ export function clusterRolesAvailable(): boolean {
     }
   }
   return false;
-}
-
-async function startRedis(): Promise<{ child: ChildProcess; port: number }> {
-  const port = await freePort();
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'], { stdio: 'ignore' });
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect({ host: '127.0.0.1', port }, () => {
-        s.write('PING\r\n');
-      });
-      s.once('data', (d: Buffer) => {
-        s.destroy();
-        resolve(d.toString().startsWith('+PONG'));
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return { child, port };
-    if (Date.now() > deadline || child.exitCode !== null) {
-      child.kill('SIGKILL');
-      throw new Error(`redis-server did not start on port ${port}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 /**

@@ -17,6 +17,8 @@ interface WorkerHandle {
   post(msg: ToWorker): void;
   /** Ask it to exit; resolves when it has (forcibly after 2 s). */
   exit(): Promise<void>;
+  /** End it now, synchronously where possible (process 'exit' handlers). */
+  kill(): void;
 }
 
 const WORKER_JS = join(__dirname, 'worker.js');
@@ -38,6 +40,7 @@ function threadWorker(i: number, onMessage: (m: ToMain) => void): WorkerHandle {
         w.postMessage({ cmd: 'exit' } satisfies ToWorker);
         setTimeout(() => void w.terminate(), 2000).unref();
       }),
+    kill: () => void w.terminate(),
   };
 }
 
@@ -58,6 +61,9 @@ function processWorker(i: number, onMessage: (m: ToMain) => void): WorkerHandle 
         c.send({ cmd: 'exit' } satisfies ToWorker);
         setTimeout(() => c.kill('SIGKILL'), 2000).unref();
       }),
+    kill: () => {
+      if (!exited) c.kill('SIGKILL');
+    },
   };
 }
 
@@ -199,5 +205,10 @@ export class GeneratorPool {
 
   async exit(): Promise<void> {
     await Promise.all(this.workers.map((w) => w.exit()));
+  }
+
+  /** End every worker now (the CLI's exit handler: worker processes must not outlive it). */
+  kill(): void {
+    for (const w of this.workers) w.kill();
   }
 }
