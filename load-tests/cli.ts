@@ -2,11 +2,11 @@
 /**
  * `node dist/load-tests/cli.js <command> [options]`: the load generator (see load-tests/README.md).
  *
- * Every command starts its servers as child processes (Switchboard, the baseline, or a cluster),
- * drives them from generator worker threads, prints progress and a summary table, and writes a
- * JSON result file (load-tests/results/ by default). All traffic goes to 127.0.0.1, every run
- * is bounded in time, and the servers are stopped however the CLI ends: normally, on
- * SIGINT/SIGTERM/SIGHUP, or at its time bound.
+ * Every command starts its servers as child processes (Switchboard, the baseline, a cluster, or
+ * a peer server: NATS, Centrifugo), drives them from generator worker threads, prints progress
+ * and a summary table, and writes a JSON result file (load-tests/results/ by default). All
+ * traffic goes to 127.0.0.1, every run is bounded in time, and the servers are stopped however
+ * the CLI ends: normally, on SIGINT/SIGTERM/SIGHUP, or at its time bound.
  */
 import { join } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
@@ -17,6 +17,7 @@ import { addRatios, newResult, table, writeResult, type ResultFile, type Run } f
 import { buildSpecs, fmt, runChurn, runIdle, runStep, stepLine, sweep, type IdleResult, type LoadParams, type LoadScenario, type StepResult, type SweepResult } from './scenarios';
 import { execFileSync } from 'node:child_process';
 import { killAllServers, stopAllServers } from './lib/procs';
+import { PEER_KINDS } from './peers/servers';
 import { BENCH_ENV, clusterRolesAvailable, otlpSinkStats, pinServers, procUsage, startTarget, type Target, type TargetKind } from './targets';
 
 const USAGE = `Usage: node dist/load-tests/cli.js <command> [options]
@@ -31,11 +32,18 @@ Commands:
                                 spans exported to an OTLP sink in this process; ratio = on / off
   compression                   fanout (or --scenario) with deliveries uncompressed, lz4 and zstd,
                                 side by side (--pad 1024: bodies above the 512-byte threshold)
-  suite                         the standard set (what load-tests/run.sh runs), one table
+  peers                         fanout (or --scenario) against Switchboard standalone (binary and
+                                text clients), the cluster, nats, nats-cluster, centrifugo and
+                                centrifugo-redis side by side; ratio = target / standalone
+                                (build the peers first: bash load-tests/peers/tools.sh)
+  suite                         the standard set (what load-tests/run.sh runs), one table;
+                                --peers adds the peers sweep
 
 Options (defaults in brackets):
   --targets switchboard,baseline   servers to measure, interleaved [switchboard,baseline]; also
-                                   cluster, cluster-2bc (2 broadcast workers), switchboard-traced, switchboard-lz4, switchboard-zstd
+                                   cluster, cluster-2bc (2 broadcast workers), switchboard-text (text-mode
+                                   clients whatever --mode says), switchboard-traced, switchboard-lz4,
+                                   switchboard-zstd, nats, nats-cluster, centrifugo, centrifugo-redis
   --clients N [500]  --room-size R [50]  --rate N publishes/s  --sweep
   --warmup S [1]  --duration S [4]  --workers N [2]  --mode binary|text [binary]
   --pad BYTES [32]  --sample-every N [8]  --gateways N [2]  --connections K [10000]
@@ -347,6 +355,18 @@ async function suite(res: ResultFile, pool: GeneratorPool, o: Opts): Promise<voi
     res.notes.push('cluster: skipped, this build has no `switchboard gateway` / `broadcast` roles');
     log('== cluster: skipped (no gateway/broadcast roles in this build)');
   }
+  if (o.peers === true) {
+    log('== peers fanout sweep: Switchboard standalone (binary, text), cluster, nats, nats-cluster, centrifugo, centrifugo-redis, interleaved');
+    await loadCommand(res, pool, peerTargets(), loadParams(o, 'fanout'), { ...o, sweep: true }, 'peers-fanout');
+  }
+}
+
+/**
+ * Issue 16's comparison: Switchboard standalone with binary and text clients, the cluster (when
+ * this build has its roles), and the peer servers, all in one run.
+ */
+function peerTargets(): TargetKind[] {
+  return ['switchboard', 'switchboard-text', ...(clusterRolesAvailable() ? (['cluster'] as TargetKind[]) : []), ...PEER_KINDS];
 }
 
 async function main(): Promise<number> {
@@ -402,6 +422,12 @@ async function main(): Promise<number> {
         await loadCommand(res, pool, ks, loadParams(o, scen), o, `tracing-${scen}`);
         const sink = otlpSinkStats();
         res.notes.push(`OTLP sink: ${sink?.requests ?? 0} export requests, ${sink?.bytes ?? 0} bytes received from the traced server`);
+        break;
+      }
+      case 'peers': {
+        const scen = str(o, 'scenario', 'fanout') as LoadScenario;
+        const ks = typeof o.targets === 'string' ? kinds : peerTargets();
+        await loadCommand(res, pool, ks, loadParams(o, scen), o, `peers-${scen}`);
         break;
       }
       case 'compression': {

@@ -1,15 +1,17 @@
 /**
  * Servers under test, each run as child processes of the generator (never inside it): the
- * Switchboard standalone role, the baseline server, and a cluster (redis-server on a free port,
- * one broadcast worker, N gateways). Resource use is read from /proc/<pid> of every process of a
- * target, so RSS and CPU cover the whole server side (Redis included in cluster mode).
+ * Switchboard standalone role, the baseline server, a cluster (redis-server on a free port,
+ * one broadcast worker, N gateways), and the peer servers of load-tests/peers/ (nats-server,
+ * Centrifugo). Resource use is read from /proc/<pid> of every process of a target, so RSS and
+ * CPU cover the whole server side (Redis included in cluster mode).
  */
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { dirname, join } from 'node:path';
-import type { LoadCodec } from './generator/messages';
+import type { ConnSpec, LoadCodec, WireProtocol } from './generator/messages';
 import { spawnServer, startRedis, stopChild } from './lib/procs';
+import { isPeerKind, startPeer, type PeerKind } from './peers/servers';
 
 export { freePort, pinServers } from './lib/procs';
 
@@ -18,7 +20,7 @@ export { freePort, pinServers } from './lib/procs';
  * sampler (OTEL_EXPORTER_OTLP_ENDPOINT set, nothing else), exporting to an OTLP sink in the
  * generator process; its runs are compared with plain `switchboard` runs (issue 4).
  */
-export type TargetKind = 'switchboard' | 'baseline' | 'cluster' | 'cluster-2bc' | 'switchboard-traced' | 'switchboard-lz4' | 'switchboard-zstd';
+export type TargetKind = 'switchboard' | 'switchboard-text' | 'baseline' | 'cluster' | 'cluster-2bc' | 'switchboard-traced' | 'switchboard-lz4' | 'switchboard-zstd' | PeerKind;
 
 const ROOT = join(__dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'services', 'cli.js');
@@ -85,6 +87,20 @@ export interface Target {
    * `switchboard-zstd` are standalone Switchboard measured with compressed deliveries.
    */
   codec: LoadCodec;
+  /** What the generator's connections speak: Switchboard's protocol, or a peer server's. */
+  protocol: WireProtocol;
+  /**
+   * Switchboard framing the target's connections always use, whatever `--mode` says:
+   * `switchboard-text` is standalone Switchboard measured with text-mode clients, so text and
+   * binary can be reported side by side in one run.
+   */
+  mode?: 'text' | 'binary';
+  /**
+   * Called once the generator's connections are set up, before publishing starts: a target whose
+   * subscriptions reach other nodes asynchronously (a NATS cluster's route interest) waits here
+   * until every node knows them, so the first publishes are not lost to propagation.
+   */
+  ready?(specs: readonly ConnSpec[]): Promise<void>;
   /** Cluster targets: the Redis port and each process by role, for per-hop measurements. */
   redisPort?: number;
   processes?: { role: string; pid: number }[];
@@ -149,12 +165,12 @@ function spawnListening(args: string[], env: Record<string, string>, name: strin
 
 export async function startSwitchboard(extraEnv: Record<string, string> = {}): Promise<Target> {
   const s = await spawnListening([CLI, 'standalone'], { ...BENCH_ENV, TCP_PORT: '0', ADMIN_PORT: '0', SHUTDOWN_DRAIN_MS: '500', ...extraEnv }, 'switchboard');
-  return { kind: 'switchboard', ports: [s.port], pids: [s.child.pid!], connPids: [s.child.pid!], codec: 'none', adminPorts: s.adminPort === null ? [] : [s.adminPort], stop: () => stopChild(s.child) };
+  return { kind: 'switchboard', ports: [s.port], pids: [s.child.pid!], connPids: [s.child.pid!], codec: 'none', protocol: 'switchboard', adminPorts: s.adminPort === null ? [] : [s.adminPort], stop: () => stopChild(s.child) };
 }
 
 export async function startBaseline(): Promise<Target> {
   const s = await spawnListening([BASELINE], { TCP_PORT: '0' }, 'baseline');
-  return { kind: 'baseline', ports: [s.port], pids: [s.child.pid!], connPids: [s.child.pid!], codec: 'none', adminPorts: [], stop: () => stopChild(s.child) };
+  return { kind: 'baseline', ports: [s.port], pids: [s.child.pid!], connPids: [s.child.pid!], codec: 'none', protocol: 'switchboard', adminPorts: [], stop: () => stopChild(s.child) };
 }
 
 /** What the OTLP sink received: proof that the traced server really exported spans. */
@@ -278,6 +294,7 @@ export async function startCluster(gateways = 2, extraEnv: Record<string, string
       pids: children.map((c) => c.pid!),
       connPids: gws.map((g) => g.child.pid!),
       codec: 'none',
+      protocol: 'switchboard',
       adminPorts: gws.flatMap((g) => (g.adminPort === null ? [] : [g.adminPort])),
       stop: async () => {
         await Promise.all(children.slice(1).map(stopChild));
@@ -291,6 +308,8 @@ export async function startCluster(gateways = 2, extraEnv: Record<string, string
 }
 
 export function startTarget(kind: TargetKind, extraEnv: Record<string, string> = {}, gateways = 2): Promise<Target> {
+  if (isPeerKind(kind)) return startPeer(kind);
+  if (kind === 'switchboard-text') return startSwitchboard(extraEnv).then((t) => ({ ...t, kind, mode: 'text' as const }));
   if (kind === 'baseline') return startBaseline();
   if (kind === 'cluster') return startCluster(gateways, extraEnv);
   if (kind === 'cluster-2bc') return startCluster(gateways, extraEnv, 2, kind);
