@@ -73,6 +73,7 @@ const OPTIONS = {
   pin: { type: 'string' },
   sweep: { type: 'boolean' },
   'no-confirm': { type: 'boolean' },
+  peers: { type: 'boolean' },
   procs: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } satisfies ParseArgsConfig['options'];
