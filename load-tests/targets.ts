@@ -112,7 +112,7 @@ function nodeServer(nodeArgv: string[], opts: Parameters<typeof spawnServer>[2])
 }
 
 /** Server stdout: discarded, or appended to LOADTEST_SERVER_STDOUT (e.g. for `--trace-gc` output). */
-export function serverStdout(): 'ignore' | number {
+function serverStdout(): 'ignore' | number {
   const f = process.env.LOADTEST_SERVER_STDOUT;
   return f === undefined || f === '' ? 'ignore' : openSync(f, 'a');
 }

@@ -56,11 +56,6 @@ export function stopChild(child: ChildProcess): Promise<void> {
   });
 }
 
-/** Server processes still running. */
-export function liveServers(): number[] {
-  return [...live].map((c) => c.pid!);
-}
-
 /** Stop every server still running (each as stopChild does). */
 export async function stopAllServers(): Promise<void> {
   await Promise.all([...live].map(stopChild));
