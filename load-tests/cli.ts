@@ -2,10 +2,11 @@
 /**
  * `node dist/load-tests/cli.js <command> [options]`: the load generator (see load-tests/README.md).
  *
- * Every command starts its servers as child processes (Switchboard, the baseline, or a cluster),
- * drives them from generator worker threads, prints progress and a summary table, and writes a
- * JSON result file (load-tests/results/ by default). All traffic goes to 127.0.0.1 and every run
- * is bounded in time.
+ * Every command starts its servers as child processes (Switchboard, the baseline, a cluster, or
+ * a peer server: NATS, Centrifugo), drives them from generator worker threads, prints progress
+ * and a summary table, and writes a JSON result file (load-tests/results/ by default). All
+ * traffic goes to 127.0.0.1, every run is bounded in time, and the servers are stopped however
+ * the CLI ends: normally, on SIGINT/SIGTERM/SIGHUP, or at its time bound.
  */
 import { join } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
@@ -15,6 +16,8 @@ import { summarize } from './lib/histogram';
 import { addRatios, newResult, table, writeResult, type ResultFile, type Run } from './report';
 import { buildSpecs, fmt, runChurn, runIdle, runStep, stepLine, sweep, type IdleResult, type LoadParams, type LoadScenario, type StepResult, type SweepResult } from './scenarios';
 import { execFileSync } from 'node:child_process';
+import { killAllServers, stopAllServers } from './lib/procs';
+import { PEER_KINDS } from './peers/servers';
 import { BENCH_ENV, clusterRolesAvailable, otlpSinkStats, pinServers, procUsage, startTarget, type Target, type TargetKind } from './targets';
 
 const USAGE = `Usage: node dist/load-tests/cli.js <command> [options]
@@ -29,11 +32,18 @@ Commands:
                                 spans exported to an OTLP sink in this process; ratio = on / off
   compression                   fanout (or --scenario) with deliveries uncompressed, lz4 and zstd,
                                 side by side (--pad 1024: bodies above the 512-byte threshold)
-  suite                         the standard set (what load-tests/run.sh runs), one table
+  peers                         fanout (or --scenario) against Switchboard standalone (binary and
+                                text clients), the cluster, nats, nats-cluster, centrifugo and
+                                centrifugo-redis side by side; ratio = target / standalone
+                                (build the peers first: bash load-tests/peers/tools.sh)
+  suite                         the standard set (what load-tests/run.sh runs), one table;
+                                --peers adds the peers sweep
 
 Options (defaults in brackets):
   --targets switchboard,baseline   servers to measure, interleaved [switchboard,baseline]; also
-                                   cluster, cluster-2bc (2 broadcast workers), switchboard-traced, switchboard-lz4, switchboard-zstd
+                                   cluster, cluster-2bc (2 broadcast workers), switchboard-text (text-mode
+                                   clients whatever --mode says), switchboard-traced, switchboard-lz4,
+                                   switchboard-zstd, nats, nats-cluster, centrifugo, centrifugo-redis
   --clients N [500]  --room-size R [50]  --rate N publishes/s  --sweep
   --warmup S [1]  --duration S [4]  --workers N [2]  --mode binary|text [binary]
   --pad BYTES [32]  --sample-every N [8]  --gateways N [2]  --connections K [10000]
@@ -63,6 +73,7 @@ const OPTIONS = {
   pin: { type: 'string' },
   sweep: { type: 'boolean' },
   'no-confirm': { type: 'boolean' },
+  peers: { type: 'boolean' },
   procs: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } satisfies ParseArgsConfig['options'];
@@ -177,14 +188,47 @@ function idleRun(r: IdleResult): Run {
   };
 }
 
+/** Targets running now, stopped by the signal handler (their stop also removes their temp files). */
+const running = new Set<Target>();
+
 async function withTargets<T>(kinds: TargetKind[], extraEnv: Record<string, string>, gateways: number, f: (ts: Target[]) => Promise<T>): Promise<T> {
   const ts: Target[] = [];
   try {
-    for (const k of kinds) ts.push(await startTarget(k, extraEnv, gateways));
+    for (const k of kinds) {
+      const t = await startTarget(k, extraEnv, gateways);
+      ts.push(t);
+      running.add(t);
+    }
     return await f(ts);
   } finally {
     await Promise.all(ts.map((t) => t.stop()));
+    for (const t of ts) running.delete(t);
   }
+}
+
+/**
+ * The CLI's servers must not outlive it. On SIGINT, SIGTERM or SIGHUP: stop the running targets
+ * (SIGTERM, SIGKILL after 5 s) and any server still starting, then exit 128 + the signal number.
+ * On any exit, including process.exit at the time bound or from a failed worker: SIGKILL what is
+ * left, synchronously. (Only SIGKILL of the CLI itself escapes this.)
+ */
+function stopServersOnExit(pool: GeneratorPool): void {
+  let stopping = false;
+  const onSignal = (sig: NodeJS.Signals, code: number) => {
+    if (stopping) return;
+    stopping = true;
+    log(`\n${sig}: stopping the servers`);
+    const bound = new Promise<void>((r) => setTimeout(r, 8000).unref());
+    const stopAll = Promise.all([...running].map((t) => t.stop())).then(stopAllServers);
+    void Promise.race([stopAll, bound]).finally(() => process.exit(code));
+  };
+  process.on('SIGINT', () => onSignal('SIGINT', 130));
+  process.on('SIGTERM', () => onSignal('SIGTERM', 143));
+  process.on('SIGHUP', () => onSignal('SIGHUP', 129));
+  process.on('exit', () => {
+    killAllServers();
+    pool.kill();
+  });
 }
 
 /** Load scenario: one step per target, or a sweep; then, after a sweep, a step at half the max. */
@@ -312,6 +356,18 @@ async function suite(res: ResultFile, pool: GeneratorPool, o: Opts): Promise<voi
     res.notes.push('cluster: skipped, this build has no `switchboard gateway` / `broadcast` roles');
     log('== cluster: skipped (no gateway/broadcast roles in this build)');
   }
+  if (o.peers === true) {
+    log('== peers fanout sweep: Switchboard standalone (binary, text), cluster, nats, nats-cluster, centrifugo, centrifugo-redis, interleaved');
+    await loadCommand(res, pool, peerTargets(), loadParams(o, 'fanout'), { ...o, sweep: true }, 'peers-fanout');
+  }
+}
+
+/**
+ * Issue 16's comparison: Switchboard standalone with binary and text clients, the cluster (when
+ * this build has its roles), and the peer servers, all in one run.
+ */
+function peerTargets(): TargetKind[] {
+  return ['switchboard', 'switchboard-text', ...(clusterRolesAvailable() ? (['cluster'] as TargetKind[]) : []), ...PEER_KINDS];
 }
 
 async function main(): Promise<number> {
@@ -331,6 +387,7 @@ async function main(): Promise<number> {
   const kinds = str(o, 'targets', 'switchboard,baseline').split(',').filter(Boolean) as TargetKind[];
   const res = newResult(`node dist/load-tests/cli.js ${process.argv.slice(2).join(' ')}`, BENCH_ENV);
   const pool = new GeneratorPool(num(o, 'workers', 2), o.procs === true, num(o, 'tick-ms', 1));
+  stopServersOnExit(pool);
   if (typeof o.pin === 'string') {
     // --pin SERVER_CPUS:GENERATOR_CPUS, e.g. 0:1 - servers and generator on separate cores, so the
     // generator's threads never preempt the server (they still share the machine's memory bus).
@@ -366,6 +423,12 @@ async function main(): Promise<number> {
         await loadCommand(res, pool, ks, loadParams(o, scen), o, `tracing-${scen}`);
         const sink = otlpSinkStats();
         res.notes.push(`OTLP sink: ${sink?.requests ?? 0} export requests, ${sink?.bytes ?? 0} bytes received from the traced server`);
+        break;
+      }
+      case 'peers': {
+        const scen = str(o, 'scenario', 'fanout') as LoadScenario;
+        const ks = typeof o.targets === 'string' ? kinds : peerTargets();
+        await loadCommand(res, pool, ks, loadParams(o, scen), o, `peers-${scen}`);
         break;
       }
       case 'compression': {

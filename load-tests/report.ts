@@ -2,10 +2,11 @@
  * The result file and the summary table. A result file holds named runs, each with flat numeric
  * `metrics` whose name says how to compare them (compare.ts): `*_per_s` is throughput (higher is
  * better), `*_ms` latency and `*_mb` / `*_bytes` memory (lower is better). Every Switchboard run
- * with a baseline run of the same name also gets `ratios` (Switchboard / baseline); a cluster run
- * gets ratios to the standalone Switchboard run of the same name, and so does every other
- * `switchboard-*` variant (`-traced`: tracing on at the default sampler; `-lz4`, `-zstd`:
- * compressed deliveries).
+ * with a baseline run of the same name also gets `ratios` (Switchboard / baseline); every other
+ * target's run gets ratios to the standalone Switchboard run of the same name: the cluster, the
+ * `switchboard-*` variants (`-text`: text-mode clients; `-traced`: tracing on at the default
+ * sampler; `-lz4`, `-zstd`: compressed deliveries) and the peer servers (`nats`, `nats-cluster`,
+ * `centrifugo`, `centrifugo-redis`: their figure / Switchboard's).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -43,9 +44,10 @@ export function addRatios(res: ResultFile): void {
   for (const r of res.runs) if (r.target === 'switchboard') standalone.set(r.name.split('/')[0], r);
   for (const r of res.runs) {
     if (r.target === 'baseline') continue;
-    // Cluster runs are compared with standalone Switchboard in the same run (issue 6's 0.25 rule),
-    // traced runs with untraced Switchboard (issue 4: the cost of tracing).
-    const b = r.target.startsWith('cluster') || r.target.startsWith('switchboard-') ? standalone.get(r.name.split('/')[0]) : byScenario.get(r.name.split('/')[0]);
+    // Standalone Switchboard is compared with the baseline; everything else with standalone
+    // Switchboard in the same run: the cluster (issue 6's 0.25 rule), traced runs (issue 4: the
+    // cost of tracing), the peer servers (issue 16).
+    const b = r.target === 'switchboard' ? byScenario.get(r.name.split('/')[0]) : standalone.get(r.name.split('/')[0]);
     if (b === undefined) continue;
     r.ratios = {};
     for (const [k, v] of Object.entries(r.metrics)) {

@@ -127,7 +127,9 @@ export function fmt(n: number): string {
 /** One measured step of fanout / ingest / broadcast against one target. */
 export async function runStep(pool: GeneratorPool, target: Target, p: LoadParams): Promise<StepResult> {
   const specs = buildSpecs(p, target.ports);
-  const setup = await pool.setup(specs, { host: '127.0.0.1', binary: p.binary, codec: target.codec, sampleEvery: p.sampleEvery, padBytes: p.padBytes, concurrency: 64 });
+  const binary = target.mode === undefined ? p.binary : target.mode === 'binary';
+  const setup = await pool.setup(specs, { host: '127.0.0.1', protocol: target.protocol, binary, codec: target.codec, sampleEvery: p.sampleEvery, padBytes: p.padBytes, concurrency: 64 });
+  if (target.ready !== undefined && setup.failed === 0) await target.ready(specs);
   const stopProgress = progressLine(pool, `${target.kind} ${p.scenario} @${fmt(p.rate)} pub/s`);
   pool.start(p.rate);
   await sleep(p.warmupS * 1000);
@@ -319,7 +321,7 @@ export async function runIdle(pool: GeneratorPool, target: Target, k: number, bi
   const before = procUsage(target.connPids).rssBytes;
   const beforeAll = procUsage(target.pids).rssBytes;
   const specs = buildSpecs({ scenario: 'fanout', clients: k, roomSize: 50, rate: 0, warmupS: 0, measureS: 0, binary, padBytes: 0, sampleEvery: 1 }, target.ports);
-  const setup = await pool.setup(specs, { host: '127.0.0.1', binary, sampleEvery: 8, padBytes: 0, concurrency: 50 });
+  const setup = await pool.setup(specs, { host: '127.0.0.1', protocol: target.protocol, binary: target.mode === undefined ? binary : target.mode === 'binary', sampleEvery: 8, padBytes: 0, concurrency: 50 });
   await sleep(3000); // let the server's allocations settle (GC, socket buffers)
   const after = procUsage(target.connPids).rssBytes;
   const afterAll = procUsage(target.pids).rssBytes;
@@ -353,6 +355,7 @@ export interface ChurnResult {
 
 /** connect + hello + join + leave + close cycles at a rate, through the project's client. */
 export async function runChurn(pool: GeneratorPool, target: Target, rate: number, durationS: number, binary: boolean): Promise<ChurnResult> {
+  if (target.protocol !== 'switchboard') throw new Error(`churn runs through SwitchboardClient; ${target.kind} speaks ${target.protocol}`);
   const u0 = procUsage(target.pids);
   const r = await pool.churn('127.0.0.1', target.ports, rate, durationS * 1000, 2000, binary);
   const u1 = procUsage(target.pids);

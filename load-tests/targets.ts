@@ -1,22 +1,26 @@
 /**
  * Servers under test, each run as child processes of the generator (never inside it): the
- * Switchboard standalone role, the baseline server, and a cluster (redis-server on a free port,
- * one broadcast worker, N gateways). Resource use is read from /proc/<pid> of every process of a
- * target, so RSS and CPU cover the whole server side (Redis included in cluster mode).
+ * Switchboard standalone role, the baseline server, a cluster (redis-server on a free port,
+ * one broadcast worker, N gateways), and the peer servers of load-tests/peers/ (nats-server,
+ * Centrifugo). Resource use is read from /proc/<pid> of every process of a target, so RSS and
+ * CPU cover the whole server side (Redis included in cluster mode).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
-import { connect, createServer } from 'node:net';
 import { dirname, join } from 'node:path';
-import type { LoadCodec } from './generator/messages';
+import type { ConnSpec, LoadCodec, WireProtocol } from './generator/messages';
+import { spawnServer, startRedis, stopChild } from './lib/procs';
+import { isPeerKind, startPeer, type PeerKind } from './peers/servers';
+
+export { freePort, pinServers } from './lib/procs';
 
 /**
  * `switchboard-traced` is standalone Switchboard with OpenTelemetry tracing on at its default
  * sampler (OTEL_EXPORTER_OTLP_ENDPOINT set, nothing else), exporting to an OTLP sink in the
  * generator process; its runs are compared with plain `switchboard` runs (issue 4).
  */
-export type TargetKind = 'switchboard' | 'baseline' | 'cluster' | 'cluster-2bc' | 'switchboard-traced' | 'switchboard-lz4' | 'switchboard-zstd';
+export type TargetKind = 'switchboard' | 'switchboard-text' | 'baseline' | 'cluster' | 'cluster-2bc' | 'switchboard-traced' | 'switchboard-lz4' | 'switchboard-zstd' | PeerKind;
 
 const ROOT = join(__dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'services', 'cli.js');
@@ -83,36 +87,28 @@ export interface Target {
    * `switchboard-zstd` are standalone Switchboard measured with compressed deliveries.
    */
   codec: LoadCodec;
+  /** What the generator's connections speak: Switchboard's protocol, or a peer server's. */
+  protocol: WireProtocol;
+  /**
+   * Switchboard framing the target's connections always use, whatever `--mode` says:
+   * `switchboard-text` is standalone Switchboard measured with text-mode clients, so text and
+   * binary can be reported side by side in one run.
+   */
+  mode?: 'text' | 'binary';
+  /**
+   * Called once the generator's connections are set up, before publishing starts: a target whose
+   * subscriptions reach other nodes asynchronously (a NATS cluster's route interest) waits here
+   * until every node knows them, so the first publishes are not lost to propagation.
+   */
+  ready?(specs: readonly ConnSpec[]): Promise<void>;
   /** Cluster targets: the Redis port and each process by role, for per-hop measurements. */
   redisPort?: number;
   processes?: { role: string; pid: number }[];
   stop(): Promise<void>;
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen({ host: '127.0.0.1', port: 0 }, () => {
-      const a = s.address();
-      const port = typeof a === 'object' && a !== null ? a.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/**
- * The command line of a server process: node, or `taskset -c <cpus> node` when the servers are
- * pinned (`--pin`, see cli.ts), so that they and the generator do not preempt each other.
- */
-let serverCpus: string | null = null;
-
-export function pinServers(cpus: string | null): void {
-  serverCpus = cpus;
-}
-
-function serverCommand(nodeArgv: string[]): [string, string[]] {
-  return serverCpus === null ? [process.execPath, nodeArgv] : ['taskset', ['-c', serverCpus, process.execPath, ...nodeArgv]];
+function nodeServer(nodeArgv: string[], opts: Parameters<typeof spawnServer>[2]): ChildProcess {
+  return spawnServer(process.execPath, nodeArgv, opts);
 }
 
 /** Server stdout: discarded, or appended to LOADTEST_SERVER_STDOUT (e.g. for `--trace-gc` output). */
@@ -131,9 +127,8 @@ interface Spawned {
 function spawnListening(args: string[], env: Record<string, string>, name: string, timeoutMs = 20_000): Promise<Spawned> {
   return new Promise((resolve, reject) => {
     const nodeArgs = (process.env.LOADTEST_SERVER_NODE_ARGS ?? '').split(' ').filter(Boolean);
-    const [cmd, argv] = serverCommand([...nodeArgs, ...args]);
     const out = serverStdout();
-    const child = spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['ignore', out, 'pipe'] });
+    const child = nodeServer([...nodeArgs, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', out, 'pipe'] });
     if (typeof out === 'number') closeSync(out); // the child has its own copy
     let buf = '';
     let done = false;
@@ -168,26 +163,14 @@ function spawnListening(args: string[], env: Record<string, string>, name: strin
   });
 }
 
-function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-    child.once('exit', () => {
-      clearTimeout(t);
-      resolve();
-    });
-    child.kill('SIGTERM');
-  });
-}
-
 export async function startSwitchboard(extraEnv: Record<string, string> = {}): Promise<Target> {
   const s = await spawnListening([CLI, 'standalone'], { ...BENCH_ENV, TCP_PORT: '0', ADMIN_PORT: '0', SHUTDOWN_DRAIN_MS: '500', ...extraEnv }, 'switchboard');
-  return { kind: 'switchboard', ports: [s.port], pids: [s.child.pid!], connPids: [s.child.pid!], codec: 'none', adminPorts: s.adminPort === null ? [] : [s.adminPort], stop: () => stopChild(s.child) };
+  return { kind: 'switchboard', ports: [s.port], pids: [s.child.pid!], connPids: [s.child.pid!], codec: 'none', protocol: 'switchboard', adminPorts: s.adminPort === null ? [] : [s.adminPort], stop: () => stopChild(s.child) };
 }
 
 export async function startBaseline(): Promise<Target> {
   const s = await spawnListening([BASELINE], { TCP_PORT: '0' }, 'baseline');
-  return { kind: 'baseline', ports: [s.port], pids: [s.child.pid!], connPids: [s.child.pid!], codec: 'none', adminPorts: [], stop: () => stopChild(s.child) };
+  return { kind: 'baseline', ports: [s.port], pids: [s.child.pid!], connPids: [s.child.pid!], codec: 'none', protocol: 'switchboard', adminPorts: [], stop: () => stopChild(s.child) };
 }
 
 /** What the OTLP sink received: proof that the traced server really exported spans. */
@@ -268,30 +251,6 @@ export function clusterRolesAvailable(): boolean {
   return false;
 }
 
-async function startRedis(): Promise<{ child: ChildProcess; port: number }> {
-  const port = await freePort();
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'], { stdio: 'ignore' });
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect({ host: '127.0.0.1', port }, () => {
-        s.write('PING\r\n');
-      });
-      s.once('data', (d: Buffer) => {
-        s.destroy();
-        resolve(d.toString().startsWith('+PONG'));
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return { child, port };
-    if (Date.now() > deadline || child.exitCode !== null) {
-      child.kill('SIGKILL');
-      throw new Error(`redis-server did not start on port ${port}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 /**
  * Wait until the broadcast workers own every ingress shard exactly once (several workers share
  * the shards out over a few lease periods after they start): a sweep must not measure a handover.
@@ -335,6 +294,7 @@ export async function startCluster(gateways = 2, extraEnv: Record<string, string
       pids: children.map((c) => c.pid!),
       connPids: gws.map((g) => g.child.pid!),
       codec: 'none',
+      protocol: 'switchboard',
       adminPorts: gws.flatMap((g) => (g.adminPort === null ? [] : [g.adminPort])),
       stop: async () => {
         await Promise.all(children.slice(1).map(stopChild));
@@ -348,6 +308,8 @@ export async function startCluster(gateways = 2, extraEnv: Record<string, string
 }
 
 export function startTarget(kind: TargetKind, extraEnv: Record<string, string> = {}, gateways = 2): Promise<Target> {
+  if (isPeerKind(kind)) return startPeer(kind);
+  if (kind === 'switchboard-text') return startSwitchboard(extraEnv).then((t) => ({ ...t, kind, mode: 'text' as const }));
   if (kind === 'baseline') return startBaseline();
   if (kind === 'cluster') return startCluster(gateways, extraEnv);
   if (kind === 'cluster-2bc') return startCluster(gateways, extraEnv, 2, kind);

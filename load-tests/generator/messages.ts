@@ -3,6 +3,12 @@
 /** Compression the generator's connections ask for in hello (binary mode only). */
 export type LoadCodec = 'none' | 'lz4' | 'zstd';
 
+/**
+ * What the generator's connections speak: Switchboard's protocol, or a peer server's
+ * (load-tests/peers/): the NATS text protocol over TCP, Centrifugo's JSON protocol over WebSocket.
+ */
+export type WireProtocol = 'switchboard' | 'nats' | 'centrifugo';
+
 export interface ConnSpec {
   user: string;
   room: string;
@@ -30,7 +36,7 @@ export interface WorkerSnap {
 }
 
 export type ToWorker =
-  | { cmd: 'setup'; host: string; conns: ConnSpec[]; binary: boolean; codec: LoadCodec; sampleEvery: number; padBytes: number; concurrency: number }
+  | { cmd: 'setup'; host: string; conns: ConnSpec[]; protocol: WireProtocol; binary: boolean; codec: LoadCodec; sampleEvery: number; padBytes: number; concurrency: number }
   | { cmd: 'start'; rate: number; tickMs: number }
   | { cmd: 'stop' }
   | { cmd: 'snap'; resetHist: boolean; withHist: boolean }

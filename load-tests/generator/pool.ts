@@ -10,13 +10,15 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { decodeHistogram, newHistogram, type Histogram } from '../lib/histogram';
-import type { ConnSpec, LoadCodec, ToMain, ToWorker, WorkerSnap } from './messages';
+import type { ConnSpec, LoadCodec, ToMain, ToWorker, WireProtocol, WorkerSnap } from './messages';
 
 /** A worker as the pool sees it, thread or process. */
 interface WorkerHandle {
   post(msg: ToWorker): void;
   /** Ask it to exit; resolves when it has (forcibly after 2 s). */
   exit(): Promise<void>;
+  /** End it now, synchronously where possible (process 'exit' handlers). */
+  kill(): void;
 }
 
 const WORKER_JS = join(__dirname, 'worker.js');
@@ -38,6 +40,7 @@ function threadWorker(i: number, onMessage: (m: ToMain) => void): WorkerHandle {
         w.postMessage({ cmd: 'exit' } satisfies ToWorker);
         setTimeout(() => void w.terminate(), 2000).unref();
       }),
+    kill: () => void w.terminate(),
   };
 }
 
@@ -58,6 +61,9 @@ function processWorker(i: number, onMessage: (m: ToMain) => void): WorkerHandle 
         c.send({ cmd: 'exit' } satisfies ToWorker);
         setTimeout(() => c.kill('SIGKILL'), 2000).unref();
       }),
+    kill: () => {
+      if (!exited) c.kill('SIGKILL');
+    },
   };
 }
 
@@ -74,6 +80,8 @@ export interface Totals {
 
 export interface SetupOptions {
   host: string;
+  /** What the connections speak; Switchboard's protocol by default. */
+  protocol?: WireProtocol;
   binary: boolean;
   /** Compression asked for in hello (binary mode); 'none' by default. */
   codec?: LoadCodec;
@@ -136,7 +144,7 @@ export class GeneratorPool {
     specs.forEach((s, i) => parts[i % parts.length].push(s));
     const pubs = specs.filter((s) => s.publish).length;
     this.publisherShare = parts.map((p) => (pubs === 0 ? 0 : p.filter((s) => s.publish).length / pubs));
-    const replies = await this.ask('ready', (i) => ({ cmd: 'setup', host: o.host, conns: parts[i], binary: o.binary, codec: o.codec ?? 'none', sampleEvery: o.sampleEvery, padBytes: o.padBytes, concurrency: o.concurrency }));
+    const replies = await this.ask('ready', (i) => ({ cmd: 'setup', host: o.host, conns: parts[i], protocol: o.protocol ?? 'switchboard', binary: o.binary, codec: o.codec ?? 'none', sampleEvery: o.sampleEvery, padBytes: o.padBytes, concurrency: o.concurrency }));
     let ok = 0;
     let failed = 0;
     for (const r of replies) if (r.ev === 'ready') {
@@ -197,5 +205,10 @@ export class GeneratorPool {
 
   async exit(): Promise<void> {
     await Promise.all(this.workers.map((w) => w.exit()));
+  }
+
+  /** End every worker now (the CLI's exit handler: worker processes must not outlive it). */
+  kill(): void {
+    for (const w of this.workers) w.kill();
   }
 }

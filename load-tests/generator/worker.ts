@@ -6,7 +6,9 @@
  * Connections are opened with the project's protocol module (preamble, hello and join_room are
  * encoded by services/protocol and their replies parsed by its TextParser/BinaryParser); once a
  * connection has joined, its socket's data goes to a FrameCounter, which counts frames without
- * parsing them. Churn cycles use the project's SwitchboardClient as a user would.
+ * parsing them. Churn cycles use the project's SwitchboardClient as a user would. Connections to
+ * a peer server (NATS, Centrifugo) speak its protocol instead (load-tests/peers/), with the same
+ * scheduling, sampling and counting around them.
  */
 import { connect, type Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
@@ -16,7 +18,10 @@ import { nowUs } from '../lib/clock';
 import { FrameCounter } from '../lib/counter';
 import { encodeHistogram, newHistogram } from '../lib/histogram';
 import { PublishTemplate } from '../lib/payload';
-import type { ConnSpec, LoadCodec, ToMain, ToWorker, WorkerSnap } from './messages';
+import { CentrifugoConn } from '../peers/centrifugo';
+import { NatsConn } from '../peers/nats';
+import type { ConnContext, LoadConn } from './conn';
+import type { ConnSpec, LoadCodec, ToMain, ToWorker, WireProtocol, WorkerSnap } from './messages';
 
 /**
  * The link to the main thread: a worker thread's parentPort, or the IPC channel when this file
@@ -48,7 +53,8 @@ function send(msg: ToMain): void {
   port.postMessage(msg);
 }
 
-class Conn implements FrameSink {
+/** A connection speaking Switchboard's protocol, text or binary. */
+class Conn implements FrameSink, LoadConn {
   socket: Socket | null = null;
   counter: FrameCounter;
   template: PublishTemplate | null = null;
@@ -132,6 +138,10 @@ class Conn implements FrameSink {
     this.settle(code);
   }
 
+  isOpen(): boolean {
+    return this.socket !== null;
+  }
+
   publish(k: number, ts: number): void {
     if (this.socket === null || this.template === null) return;
     this.socket.write(this.template.batch(k, ts));
@@ -144,8 +154,8 @@ class Conn implements FrameSink {
   }
 }
 
-let conns: Conn[] = [];
-let publishers: Conn[] = [];
+let conns: LoadConn[] = [];
+let publishers: LoadConn[] = [];
 let host = '127.0.0.1';
 let expected = 0;
 let published = 0;
@@ -208,8 +218,14 @@ function stopPublishing(): void {
 
 // ---- setup and reports -------------------------------------------------------------------------
 
-async function setup(specs: ConnSpec[], binary: boolean, codec: LoadCodec, sampleEvery: number, padBytes: number, concurrency: number): Promise<void> {
-  conns = specs.map((s) => new Conn(s, binary, codec, sampleEvery, padBytes));
+function newConn(spec: ConnSpec, protocol: WireProtocol, binary: boolean, codec: LoadCodec, sampleEvery: number, padBytes: number): LoadConn {
+  if (protocol === 'switchboard') return new Conn(spec, binary, codec, sampleEvery, padBytes);
+  const ctx: ConnContext = { hist, countError, sampleEvery, padBytes };
+  return protocol === 'nats' ? new NatsConn(spec, ctx) : new CentrifugoConn(spec, ctx);
+}
+
+async function setup(specs: ConnSpec[], protocol: WireProtocol, binary: boolean, codec: LoadCodec, sampleEvery: number, padBytes: number, concurrency: number): Promise<void> {
+  conns = specs.map((s) => newConn(s, protocol, binary, codec, sampleEvery, padBytes));
   publishers = conns.filter((c) => c.spec.publish);
   let next = 0;
   let ok = 0;
@@ -226,7 +242,7 @@ async function setup(specs: ConnSpec[], binary: boolean, codec: LoadCodec, sampl
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, concurrency) }, lane));
-  publishers = publishers.filter((c) => c.socket !== null);
+  publishers = publishers.filter((c) => c.isOpen());
   send({ ev: 'ready', id, ok, failed });
 }
 
@@ -247,7 +263,7 @@ function snap(resetHist: boolean, withHist: boolean): WorkerSnap {
     others,
     errors: Object.fromEntries(errors),
     hist: withHist ? encodeHistogram(hist) : undefined,
-    open: conns.reduce((n, c) => n + (c.socket !== null ? 1 : 0), 0),
+    open: conns.reduce((n, c) => n + (c.isOpen() ? 1 : 0), 0),
   };
   if (resetHist) hist.reset();
   return s;
@@ -344,7 +360,7 @@ port.on('message', (m: ToWorker) => {
   switch (m.cmd) {
     case 'setup':
       host = m.host;
-      void setup(m.conns, m.binary, m.codec, m.sampleEvery, m.padBytes, m.concurrency);
+      void setup(m.conns, m.protocol, m.binary, m.codec, m.sampleEvery, m.padBytes, m.concurrency);
       return;
     case 'start':
       startPublishing(m.rate, m.tickMs);

@@ -180,18 +180,10 @@ export class FrameCounter {
     }
   }
 
-  /** Parse the timestamp of a frame whose bytes [start, end) are in buf; false when not found. */
+  /** Sample the timestamp of a frame whose bytes [start, end) are in buf; false when not found. */
   private sample(buf: Buffer, start: number, end: number, now: number): boolean {
-    const at = buf.indexOf(TS_MARKER, start);
-    if (at === -1 || at + TS_MARKER.length + TS_DIGITS > end) return false;
-    let v = 0;
-    let i = at + TS_MARKER.length;
-    const stop = i + TS_DIGITS;
-    for (; i < stop; i++) {
-      const d = buf[i] - 0x30;
-      if (d < 0 || d > 9) return false;
-      v = v * 10 + d;
-    }
+    const v = readTimestamp(buf, start, end);
+    if (v === -1) return false;
     this.latency!.recordValue(now > v ? now - v : 0);
     return true;
   }
@@ -225,6 +217,25 @@ export class FrameCounter {
   private count(key: string): void {
     this.others.set(key, (this.others.get(key) ?? 0) + 1);
   }
+}
+
+/**
+ * The send timestamp (µs) in the bytes [start, end) of buf, or -1 when its marker and digits are
+ * not all there. Shared by every wire protocol's counter (load-tests/peers/ too): only the framing
+ * around the payload differs between them.
+ */
+export function readTimestamp(buf: Buffer, start: number, end: number): number {
+  const at = buf.indexOf(TS_MARKER, start);
+  if (at === -1 || at + TS_MARKER.length + TS_DIGITS > end) return -1;
+  let v = 0;
+  let i = at + TS_MARKER.length;
+  const stop = i + TS_DIGITS;
+  for (; i < stop; i++) {
+    const d = buf[i] - 0x30;
+    if (d < 0 || d > 9) return -1;
+    v = v * 10 + d;
+  }
+  return v;
 }
 
 function extractString(buf: Buffer, start: number, end: number, marker: Buffer): string | undefined {

@@ -8,16 +8,23 @@
 import { encodeBinaryFrame, encodeTextFrame } from '../../services/protocol';
 import { TS_DIGITS, TS_MARKER } from './counter';
 
-export class PublishTemplate {
-  readonly frame: Buffer;
+/**
+ * The application payload every wire protocol carries, Switchboard's `data` and the peers'
+ * message bodies alike: the send time and `padBytes` of chat-like text, as JSON.
+ */
+export function publishData(padBytes: number): string {
+  return `{"sbt":"${'0'.repeat(TS_DIGITS)}","p":"${chatText(Math.max(0, padBytes))}"}`;
+}
+
+/** One publish frame of any wire protocol whose payload holds the timestamp marker. */
+export class FrameTemplate {
   /** Offset of the first timestamp digit inside one frame. */
   readonly tsAt: number;
 
-  constructor(room: string, padBytes: number, binary: boolean) {
-    const pad = chatText(Math.max(0, padBytes));
-    const json = `{"type":"send_chat","room":${JSON.stringify(room)},"data":{"sbt":"${'0'.repeat(TS_DIGITS)}","p":"${pad}"}}`;
-    this.frame = binary ? encodeBinaryFrame(json) : encodeTextFrame(json);
-    this.tsAt = this.frame.indexOf(TS_MARKER) + TS_MARKER.length;
+  constructor(readonly frame: Buffer) {
+    const m = frame.indexOf(TS_MARKER);
+    if (m === -1) throw new Error('publish frame without a timestamp marker');
+    this.tsAt = m + TS_MARKER.length;
   }
 
   /** k frames stamped with `ts` (microseconds), in one buffer. */
@@ -30,6 +37,14 @@ export class PublishTemplate {
       writeDigits(out, i * n + this.tsAt, ts);
     }
     return out;
+  }
+}
+
+/** Switchboard's `send_chat` frame, text or binary. */
+export class PublishTemplate extends FrameTemplate {
+  constructor(room: string, padBytes: number, binary: boolean) {
+    const json = `{"type":"send_chat","room":${JSON.stringify(room)},"data":${publishData(padBytes)}}`;
+    super(binary ? encodeBinaryFrame(json) : encodeTextFrame(json));
   }
 }
 

@@ -90,6 +90,8 @@ describe('load-tests/cli.js command line', () => {
       o: { rate: '6000', 'no-confirm': true, pin: '0:1', out: 'r.json', mode: 'text', 'tick-ms': '2' },
     });
     assert.deepEqual(parseCommandLine(['suite', '--workers', '2', '--churn-rate', '2000', '--max-minutes', '90']).o, { workers: '2', 'churn-rate': '2000', 'max-minutes': '90' });
+    assert.deepEqual(parseCommandLine(['peers', '--sweep', '--sweep-start', '4000', '--sweep-steps', '12', '--out', 'docs/perf/x.json']).o, { sweep: true, 'sweep-start': '4000', 'sweep-steps': '12', out: 'docs/perf/x.json' });
+    assert.deepEqual(parseCommandLine(['suite', '--peers']), { cmd: 'suite', o: { peers: true } });
     assert.deepEqual(parseCommandLine([]), { cmd: '', o: {} });
     assert.deepEqual(parseCommandLine(['--help']), { cmd: '', o: { help: true } });
   });
