@@ -20,7 +20,7 @@ import { newEpoch } from './epoch';
 import type { Logger } from '../telemetry/log';
 import { Keys, shardOf } from './keys';
 import { createRedis, isReady, RedisHealth, type RedisClient, type StreamEntry } from './redis-conn';
-import { directEntry, ingressFields, readEgress, type EgressHandler } from './wire';
+import { directEntry, gatewayHeartbeat, ingressFields, readEgress, type EgressHandler } from './wire';
 import type { Bus, BusSink, HistoryPage, HistoryQuery, PublishRequest, PublishResult, RoomPosition } from './types';
 
 export interface RedisBusOptions {
@@ -136,7 +136,7 @@ export class RedisBus implements Bus {
     let previous: unknown;
     try {
       [previous] = await Promise.all([
-        this.cmd.call('SET', Keys.gateway(this.gw), JSON.stringify({ id: this.gw, at: Date.now() }), 'PX', ttl, 'GET'),
+        this.cmd.call('SET', Keys.gateway(this.gw), gatewayHeartbeat(this.gw, Date.now()), 'PX', ttl, 'GET'),
         this.cmd.sadd(Keys.gateways, this.gw),
       ]);
     } catch {
@@ -207,6 +207,11 @@ export class RedisBus implements Bus {
     await removeGateway(this.cmd, this.gw);
   }
 
+  /**
+   * Read the egress stream on the dedicated connection: XREAD BLOCK returns as soon as an entry
+   * arrives (no polling), with everything that accumulated meanwhile. Replies stay Buffers: the
+   * broadcast tier's frames go to the sockets as they came.
+   */
   private async readEgress(): Promise<void> {
     const key = Keys.egress(this.gw);
     // The gateway id is unique per incarnation, so its egress stream starts empty: read it all.
@@ -216,23 +221,28 @@ export class RedisBus implements Bus {
         await new Promise((r) => setTimeout(r, 50));
         continue;
       }
-      let res: [string, StreamEntry[]][] | null;
+      let res: [Buffer, [Buffer, Buffer[]][]][] | null;
       try {
-        res = (await this.reader.call('XREAD', 'COUNT', '1000', 'BLOCK', '1000', 'STREAMS', key, last)) as [string, StreamEntry[]][] | null;
+        res = (await this.reader.callBuffer('XREAD', 'COUNT', '1000', 'BLOCK', '1000', 'STREAMS', key, last)) as [Buffer, [Buffer, Buffer[]][]][] | null;
       } catch {
         if (this.running) await new Promise((r) => setTimeout(r, 50));
         continue;
       }
       if (res === null) continue;
       const entries = res[0][1];
-      for (let i = 0; i < entries.length; i++) this.deliver(entries[i][1]);
-      last = entries[entries.length - 1][0];
+      for (let i = 0; i < entries.length; i++) this.deliver(entries[i]);
+      last = entries[entries.length - 1][0].toString();
     }
   }
 
   /** Egress entries go through the wire module; messages already seen are dropped. */
-  private deliver(f: string[]): void {
-    readEgress(f, this.egress);
+  private deliver(entry: [Buffer, Buffer[]]): void {
+    try {
+      readEgress(entry[1], this.egress);
+    } catch (err) {
+      // Never written by us; the messages before the fault were delivered, the rest is skipped.
+      this.opts.log.warn('unreadable egress entry skipped', { id: entry[0].toString(), err: (err as Error).message });
+    }
   }
 
   /** What this gateway does with each message of an egress entry (one object, no per-entry closures). */
