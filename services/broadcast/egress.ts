@@ -6,7 +6,9 @@
  * streams before it acknowledges the batch. Loops hand their messages to one EgressWriter per
  * worker, which keeps at most one flush in flight: when idle a flush starts at once (nothing is
  * held back at low rates), and what arrives while one is in flight goes out together in the next
- * one (batches grow with the rate, like ioredis' own auto-pipelining one level down). A gateway's
+ * one (batches grow with the rate, like ioredis' own auto-pipelining one level down). The writer
+ * has a connection of its own, so a flush waits only for the previous flush, not behind the apply
+ * scripts of other shards: a message waits at most one flush more than it would alone. A gateway's
  * entries are written in the order the loops handed them over, so a room's order, which one loop
  * decides, is kept. If a flush fails, every loop with messages in it fails its batch and retries
  * it from the pending entries (gateways drop what they had already).

@@ -44,7 +44,7 @@ export class ShardLoop {
 
   private async run(): Promise<void> {
     while (this.running) {
-      if (!isReady(this.reader) || !isReady(this.worker.cmd) || Date.now() >= this.validUntil) {
+      if (!isReady(this.reader) || !isReady(this.worker.cmd) || !isReady(this.worker.egressConn) || Date.now() >= this.validUntil) {
         // Not surely the owner any more: what we read stays pending, for us after a renewal or
         // for the next owner, who reclaims it before reading anything new.
         if (Date.now() >= this.validUntil) this.needReclaim = true;

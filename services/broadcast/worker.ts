@@ -103,8 +103,9 @@ export class BroadcastWorker {
   private stopped = false;
 
   private readonly health: RedisHealth;
-  /** Egress writes of every shard loop, one XADD per gateway per flush. */
+  /** Egress writes of every shard loop, one XADD per gateway per flush, on their own connection. */
   readonly egress: EgressWriter;
+  readonly egressConn: RedisClient;
   /** The live workers in the order every worker agrees on, as of the last heartbeat. */
   live: string[] = [];
 
@@ -112,7 +113,9 @@ export class BroadcastWorker {
     const timeout = opts.timeoutMs ?? 2000;
     this.cmd = defineScripts(createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-bc-${opts.workerId}`, log: opts.log, commandTimeoutMs: timeout }));
     this.health = new RedisHealth(this.cmd, timeout);
-    this.egress = new EgressWriter(this.cmd, opts.egressMaxLen);
+    // Its own connection: a flush waits only for the previous flush, never behind apply scripts.
+    this.egressConn = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-bc-${opts.workerId}-egress`, log: opts.log, commandTimeoutMs: timeout });
+    this.egress = new EgressWriter(this.egressConn, opts.egressMaxLen);
   }
 
   get ready(): boolean {
@@ -148,6 +151,7 @@ export class BroadcastWorker {
     }
     this.loops.clear();
     this.cmd.disconnect();
+    this.egressConn.disconnect();
   }
 
   /** Heartbeat, rebalance, renew or acquire leases, clean up dead gateways. */
