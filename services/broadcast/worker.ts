@@ -119,7 +119,8 @@ export class BroadcastWorker {
   }
 
   get ready(): boolean {
-    return !this.stopped && this.health.healthy;
+    // The egress connection too: without it the shard loops wait, and nothing is routed.
+    return !this.stopped && this.health.healthy && isReady(this.egressConn);
   }
 
   get ownedShards(): number[] {

@@ -1,8 +1,9 @@
 /**
  * The cluster bus, gateway side: Redis Streams between stateless gateways and the broadcast tier.
  *
- * - publish: XADD to the room's ingress shard; resolves once Redis has the entry, so a client's
- *   `ok` means the message can no longer be lost.
+ * - publish: XADD to the room's ingress shard (through the ingress writer, which sends what
+ *   queued up behind one write as one call: ingress.ts); resolves once Redis has the entry, so a
+ *   client's `ok` means the message can no longer be lost.
  * - routing: SADD/SREM this gateway in `sb:room:{room}` on the first/last local member; users in
  *   `sb:user:{uid}`; presence in `sb:pres:{room}`; every key this gateway adds is also recorded in
  *   its own sets so that a janitor can remove it when the gateway dies.
@@ -20,6 +21,7 @@ import { newEpoch } from './epoch';
 import type { Logger } from '../telemetry/log';
 import { Keys, shardOf } from './keys';
 import { createRedis, isReady, RedisHealth, type RedisClient, type StreamEntry } from './redis-conn';
+import { IngressWriter } from './ingress';
 import { directEntry, gatewayHeartbeat, ingressFields, readEgress, type EgressHandler } from './wire';
 import type { Bus, BusSink, HistoryPage, HistoryQuery, PublishRequest, PublishResult, RoomPosition } from './types';
 
@@ -78,6 +80,7 @@ export class RedisBus implements Bus {
   private readonly recent = new RecentIds(50_000);
   private readonly gw: string;
   private readonly health: RedisHealth;
+  private readonly ingress: IngressWriter;
   private resyncing: Promise<void> | null = null;
   /** Duplicates dropped (at-least-once redelivery). */
   duplicates = 0;
@@ -90,6 +93,7 @@ export class RedisBus implements Bus {
     this.cmd = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}`, log: opts.log, commandTimeoutMs: timeout });
     this.reader = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}-egress`, log: opts.log, autoPipelining: false });
     this.health = new RedisHealth(this.cmd, timeout);
+    this.ingress = new IngressWriter(this.cmd, opts.ingressMaxLen, opts.cluster);
     // After every reconnect, beat at once: if Redis lost our registration, it comes back now.
     this.cmd.on('ready', () => {
       if (this.running) void this.beat();
@@ -258,10 +262,10 @@ export class RedisBus implements Bus {
     direct: (user, msg) => void this.sink!.deliverUser(user, msg),
   };
 
+  /** Through the ingress writer: one XADD, or one call for everything queued behind the last. */
   publish(req: PublishRequest): Promise<PublishResult> {
-    const shard = shardOf(req.room, this.opts.shards);
-    const key = Keys.ingress(shard);
-    return (this.cmd.call('XADD', key, 'MAXLEN', '~', this.opts.ingressMaxLen, '*', ...ingressFields(req)) as Promise<string>).then(() => ({}), unavailable);
+    const key = Keys.ingress(shardOf(req.room, this.opts.shards));
+    return this.ingress.append(key, ingressFields(req)).then(noResult, unavailable);
   }
 
   join(room: string, user: string): Promise<void> {
@@ -434,3 +438,8 @@ async function removePresenceOf(redis: RedisClient, room: string, gw: string): P
 }
 
 function noop(): void {}
+
+const NO_RESULT: PublishResult = Object.freeze({});
+function noResult(): PublishResult {
+  return NO_RESULT;
+}
