@@ -42,9 +42,14 @@ export class EgressWriter {
   flushes = 0;
   entries = 0;
 
+  /**
+   * `cluster`: Redis Cluster, where one pipeline cannot span the nodes that hold different
+   * gateways' streams, so each XADD goes through ioredis' per-node auto-pipelining instead.
+   */
   constructor(
     private readonly cmd: RedisClient,
     private readonly maxMessages: number,
+    private readonly cluster = false,
   ) {}
 
   /**
@@ -102,11 +107,21 @@ export class EgressWriter {
     if (p === null) return;
     this.next = null;
     this.inFlight = true;
-    const writes: Promise<unknown>[] = [];
-    for (const b of p.batches.values()) writes.push(this.cmd.call('XADD', ...b.finish(this.maxMessages)));
     this.flushes++;
-    this.entries += writes.length;
-    Promise.all(writes).then(
+    this.entries += p.batches.size;
+    let done: Promise<unknown>;
+    if (this.cluster) {
+      const writes: Promise<unknown>[] = [];
+      for (const b of p.batches.values()) writes.push(this.cmd.call('XADD', ...b.finish(this.maxMessages)));
+      done = Promise.all(writes);
+    } else {
+      // An explicit pipeline is written at once, one write for every gateway's XADD: the
+      // auto-pipeline would first wait for the event loop's next check phase.
+      const pipe = this.cmd.pipeline();
+      for (const b of p.batches.values()) pipe.call('XADD', ...b.finish(this.maxMessages));
+      done = pipe.exec().then(failed);
+    }
+    done.then(
       () => this.settle(p, null),
       (err: unknown) => this.settle(p, err),
     );
@@ -118,6 +133,12 @@ export class EgressWriter {
     else p.reject(err);
     this.flush();
   }
+}
+
+/** Throw the first error of a pipeline's replies (ioredis resolves exec() with them). */
+function failed(replies: [Error | null, unknown][] | null): void {
+  if (replies === null) throw new Error('pipeline discarded');
+  for (const [err] of replies) if (err !== null) throw err;
 }
 
 function flushTick(w: EgressWriter): void {

@@ -115,7 +115,7 @@ export class BroadcastWorker {
     this.health = new RedisHealth(this.cmd, timeout);
     // Its own connection: a flush waits only for the previous flush, never behind apply scripts.
     this.egressConn = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-bc-${opts.workerId}-egress`, log: opts.log, commandTimeoutMs: timeout });
-    this.egress = new EgressWriter(this.egressConn, opts.egressMaxLen);
+    this.egress = new EgressWriter(this.egressConn, opts.egressMaxLen, opts.cluster);
   }
 
   get ready(): boolean {
