@@ -4,13 +4,19 @@
  * Redis reads and writes, and the CPU each process spends, at a fixed publish rate. This is the
  * map for making the cluster path cheaper (docs/performance.md, "Cluster data path").
  *
- *   node dist/load-tests/pathmap.js [--rooms 10] [--room-size 50] [--rate 200] [--seconds 10]
+ *   node dist/load-tests/pathmap.js [--rooms 10] [--room-size 50] [--rate 200] [--seconds 10] [--ref]
  *
  * Two phases on the same cluster: a short one under MONITOR (command counts; MONITOR slows
- * Redis, so nothing else is measured then), and a longer one without it (bytes and CPU).
+ * Redis, so nothing else is measured then), and a longer one without it (bytes, round trips and
+ * CPU). Round trips are counted where they cost: the reads and writes Redis does on its client
+ * sockets (INFO stats total_reads_processed / total_writes_processed: one read per batch of
+ * commands a client sent, one write per batch of replies), and the read and write system calls
+ * of each process. `--ref` measures the build in LOADTEST_REF_ROOT instead of this one (a
+ * before/after comparison with the same measuring code).
  */
 import { connect, type Socket } from 'node:net';
 import { parseArgs } from 'node:util';
+import { join } from 'node:path';
 import { procUsage, startCluster, type Target } from './targets';
 
 interface Member {
@@ -94,8 +100,8 @@ const HOPS: [string, RegExp][] = [
   ['broadcast: sequence + history script (EVALSHA)', /^bc "EVALSHA"/],
   ['  inside the script (HMGET, HINCRBY, XADD history, ...)', /^lua /],
   ['broadcast: egress XADD', /^bc "XADD" "sb:out:/],
-  ['broadcast: XACK', /^bc "XACK"/],
-  ['broadcast: XTRIM ingress', /^bc "XTRIM"/],
+  ['broadcast: XACK', /^bcs? "XACK"/],
+  ['broadcast: XTRIM ingress', /^bcs? "XTRIM"/],
   ['gateway: read egress (XREAD)', /^gwe "XREAD"/],
 ];
 
@@ -146,13 +152,17 @@ async function main(): Promise<void> {
       rate: { type: 'string', default: '200' },
       seconds: { type: 'string', default: '10' },
       'monitor-messages': { type: 'string', default: '400' },
+      ref: { type: 'boolean', default: false },
     },
   });
   const nRooms = Number(values.rooms);
   const size = Number(values['room-size']);
   const rate = Number(values.rate);
   const seconds = Number(values.seconds);
-  const target: Target = await startCluster(2, { STREAM_SHARDS: '8' });
+  const refRoot = process.env.LOADTEST_REF_ROOT;
+  if (values.ref === true && (refRoot === undefined || refRoot === '')) throw new Error('--ref needs LOADTEST_REF_ROOT (a built checkout)');
+  const cli = values.ref === true ? join(refRoot!, 'dist', 'services', 'cli.js') : undefined;
+  const target: Target = await startCluster(2, { STREAM_SHARDS: '8' }, 1, 'cluster', cli);
   try {
     const rooms = Array.from({ length: nRooms }, (_, i) => `path-${i}`);
     const members: Member[][] = [];
@@ -187,23 +197,34 @@ async function main(): Promise<void> {
     }
     // Phase 2: bytes and CPU without MONITOR.
     const info0 = await redis.command('INFO', 'stats');
-    const cpu0 = (target.processes ?? []).map((p) => procUsage([p.pid]).cpuS);
+    const use0 = (target.processes ?? []).map((p) => procUsage([p.pid]));
     const before2 = members.flat().reduce((n, m) => n + m.received, 0);
     const t0 = Date.now();
     const sent = await publishFor(members, rooms, rate, seconds);
     await settle(members, before2 + sent * size);
     const elapsed = (Date.now() - t0) / 1000;
     const info1 = await redis.command('INFO', 'stats');
-    const cpu1 = (target.processes ?? []).map((p) => procUsage([p.pid]).cpuS);
+    const use1 = (target.processes ?? []).map((p) => procUsage([p.pid]));
+    const cpu0 = use0.map((u) => u.cpuS);
+    const cpu1 = use1.map((u) => u.cpuS);
+    const per = (n: number) => Math.round((n / sent) * 1000) / 1000;
     const delivered = members.flat().reduce((n, m) => n + m.received, 0) - before2;
     const out = {
       date: new Date().toISOString(),
+      build: values.ref === true ? refRoot : 'this checkout',
       workload: { rooms: nRooms, roomSize: size, connections: nRooms * size, rate, seconds, payloadBytes: 100 },
       commandsPerMessage: Object.fromEntries([...counts].sort((a, b) => b[1] - a[1]).map(([k, v]) => [k, Math.round((v / monitored) * 1000) / 1000])),
       redisBytesPerMessage: {
         in: Math.round((info(info1, 'total_net_input_bytes') - info(info0, 'total_net_input_bytes')) / sent),
         out: Math.round((info(info1, 'total_net_output_bytes') - info(info0, 'total_net_output_bytes')) / sent),
       },
+      redisSocketOpsPerMessage: {
+        reads: per(info(info1, 'total_reads_processed') - info(info0, 'total_reads_processed')),
+        writes: per(info(info1, 'total_writes_processed') - info(info0, 'total_writes_processed')),
+      },
+      syscallsPerMessage: Object.fromEntries(
+        (target.processes ?? []).map((p, i) => [p.role, { read: per(use1[i].syscr - use0[i].syscr), write: per(use1[i].syscw - use0[i].syscw) }]),
+      ),
       delivered: { expected: sent * size, got: delivered },
       cpuMicrosPerMessage: Object.fromEntries((target.processes ?? []).map((p, i) => [p.role, Math.round(((cpu1[i] - cpu0[i]) / sent) * 1e6 * 10) / 10])),
       cpuMicrosPerDelivery: Math.round((((cpu1.reduce((a, b) => a + b, 0) - cpu0.reduce((a, b) => a + b, 0)) / Math.max(1, delivered)) * 1e6) * 10) / 10,

@@ -20,10 +20,33 @@ export { freePort, pinServers } from './lib/procs';
  * sampler (OTEL_EXPORTER_OTLP_ENDPOINT set, nothing else), exporting to an OTLP sink in the
  * generator process; its runs are compared with plain `switchboard` runs (issue 4).
  */
-export type TargetKind = 'switchboard' | 'switchboard-text' | 'baseline' | 'cluster' | 'cluster-2bc' | 'switchboard-traced' | 'switchboard-lz4' | 'switchboard-zstd' | PeerKind;
+export type TargetKind =
+  | 'switchboard'
+  | 'baseline'
+  | 'cluster'
+  | 'cluster-2bc'
+  | 'cluster-ref'
+  | 'cluster-2bc-ref'
+  | 'switchboard-traced'
+  | 'switchboard-lz4'
+  | 'switchboard-zstd'
+  | 'switchboard-text'
+  | PeerKind;
 
 const ROOT = join(__dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'services', 'cli.js');
+
+/**
+ * `cluster-ref` and `cluster-2bc-ref` are the same clusters built from another checkout: the one
+ * LOADTEST_REF_ROOT names (built, with its own dist/). A before/after comparison then runs both
+ * builds step by step in turns in one sweep, on the same machine load, instead of two sweeps
+ * minutes apart on a shared machine.
+ */
+function refCli(): string {
+  const root = process.env.LOADTEST_REF_ROOT;
+  if (root === undefined || root === '') throw new Error('cluster-ref targets need LOADTEST_REF_ROOT: a checkout of the reference build, built (npx tsc)');
+  return join(root, 'dist', 'services', 'cli.js');
+}
 const BASELINE = join(__dirname, 'baseline', 'server.js');
 const CLK_TCK = 100;
 const PAGE = 4096;
@@ -267,22 +290,22 @@ async function waitForShardOwners(adminPorts: number[], shards: number, timeoutM
 }
 
 /** redis-server + `broadcasts` broadcast workers + `gateways` gateways, all on 127.0.0.1. */
-export async function startCluster(gateways = 2, extraEnv: Record<string, string> = {}, broadcasts = 1, kind: TargetKind = 'cluster'): Promise<Target> {
-  if (!clusterRolesAvailable()) throw new Error('this build has no cluster roles (switchboard gateway / broadcast): see load-tests/README.md');
+export async function startCluster(gateways = 2, extraEnv: Record<string, string> = {}, broadcasts = 1, kind: TargetKind = 'cluster', cli = CLI): Promise<Target> {
+  if (cli === CLI && !clusterRolesAvailable()) throw new Error('this build has no cluster roles (switchboard gateway / broadcast): see load-tests/README.md');
   const redis = await startRedis();
   const children: ChildProcess[] = [redis.child];
   const env = { ...BENCH_ENV, REDIS_URL: `redis://127.0.0.1:${redis.port}`, SHUTDOWN_DRAIN_MS: '500', ...extraEnv };
   try {
     const bcAdmin: number[] = [];
     for (let i = 0; i < broadcasts; i++) {
-      const b = await spawnListening([CLI, 'broadcast'], { ...env, ADMIN_PORT: '0', TCP_PORT: '0', SERVER_ID: `bench-bc-${i + 1}` }, `broadcast-${i + 1}`);
+      const b = await spawnListening([cli, 'broadcast'], { ...env, ADMIN_PORT: '0', TCP_PORT: '0', SERVER_ID: `bench-bc-${i + 1}` }, `broadcast-${i + 1}`);
       children.push(b.child);
       if (b.adminPort !== null) bcAdmin.push(b.adminPort);
     }
     await waitForShardOwners(bcAdmin, Number((env as Record<string, string>).STREAM_SHARDS ?? 8));
     const gws: Spawned[] = [];
     for (let i = 0; i < gateways; i++) {
-      const g = await spawnListening([CLI, 'gateway'], { ...env, TCP_PORT: '0', ADMIN_PORT: '0', SERVER_ID: `bench-gw-${i + 1}` }, `gateway-${i + 1}`);
+      const g = await spawnListening([cli, 'gateway'], { ...env, TCP_PORT: '0', ADMIN_PORT: '0', SERVER_ID: `bench-gw-${i + 1}` }, `gateway-${i + 1}`);
       gws.push(g);
       children.push(g.child);
     }
@@ -313,6 +336,8 @@ export function startTarget(kind: TargetKind, extraEnv: Record<string, string> =
   if (kind === 'baseline') return startBaseline();
   if (kind === 'cluster') return startCluster(gateways, extraEnv);
   if (kind === 'cluster-2bc') return startCluster(gateways, extraEnv, 2, kind);
+  if (kind === 'cluster-ref') return startCluster(gateways, extraEnv, 1, kind, refCli());
+  if (kind === 'cluster-2bc-ref') return startCluster(gateways, extraEnv, 2, kind, refCli());
   if (kind === 'switchboard-traced') return startTracedSwitchboard(extraEnv);
   if (kind === 'switchboard-lz4' || kind === 'switchboard-zstd') {
     const codec = kind === 'switchboard-lz4' ? 'lz4' : 'zstd';

@@ -14,17 +14,21 @@
  * surely still its own (renewed less than 80% of a lease ago), so a worker cut off from Redis
  * stops before another one can take over.
  *
- * Per batch: routing sets for the batch's rooms, one APPLY script per room of the batch (sequence
- * numbers and history of all its entries), one XADD per gateway carrying every message of the
- * batch routed to it (egress entry kind `b`), then XACK and XTRIM of the processed prefix. Commands
- * of a batch are auto-pipelined, so a batch costs a few round trips and a few commands per room
- * and gateway, not a few per message: per-message commands were what saturated the worker and
- * Redis (docs/performance.md, "Cluster").
+ * Per batch: one APPLY script per room of the batch (sequence numbers and history of all its
+ * entries, and the room's routing set), then the batch's messages, already encoded as the frames
+ * clients get, go to the EgressWriter, which writes one XADD per gateway for everything routed to
+ * it meanwhile by any shard (egress.ts). Only once they are in Redis is the batch acknowledged, and
+ * the XACK and the XTRIM of the processed prefix travel with the shard's next XREADGROUP, in one
+ * write on the shard's own connection. So a batch costs three round trips (read, apply, egress)
+ * and a few commands per room and gateway, not per message: per-message commands were what
+ * saturated the worker and Redis (docs/performance.md, "Cluster").
  */
 import { Keys, GROUP } from '../bus/keys';
 import { createRedis, isReady, type RedisClient, type StreamEntry } from '../bus/redis-conn';
-import { EgressBatch, messageId, parseIngress, type IngressMessage } from '../bus/wire';
+import { EgressMessage, messageId, parseIngress, type IngressMessage } from '../bus/wire';
 import { aliveGateways, removeGateway } from '../bus/redis';
+import { EgressWriter } from './egress';
+import { ShardLoop } from './shard-loop';
 import type { Logger } from '../telemetry/log';
 import { injectTraceparent, SpanKind, startSpan, tracing, type Span } from '../telemetry/tracing';
 import { newEpoch } from '../bus/epoch';
@@ -56,122 +60,38 @@ export class BroadcastCounters {
 }
 
 type ApplyClient = RedisClient & {
-  /** See APPLY_LUA: maxlen, epoch, the JSON before the epoch, then id, head, end per entry. */
-  sbApply(seqKey: string, histKey: string, maxlen: number, epoch: string, epochJson: string, ...idHeadEnd: string[]): Promise<(number | string | null)[]>;
+  /** See apply.lua: maxlen, epoch, the JSON before the epoch, then id, head, end per entry. */
+  sbApply(seqKey: string, histKey: string, roomKey: string, maxlen: number, epoch: string, epochJson: string, ...idHeadEnd: string[]): Promise<ApplyReply>;
   sbHeartbeat(workers: string, id: string, leaseMs: number): Promise<string[]>;
   sbRenew(lease: string, owner: string, ttl: number): Promise<number>;
   sbRelease(lease: string, owner: string): Promise<number>;
 };
 
 function defineScripts(client: RedisClient): ApplyClient {
-  client.defineCommand('sbApply', { numberOfKeys: 2, lua: APPLY_LUA });
+  client.defineCommand('sbApply', { numberOfKeys: 3, lua: APPLY_LUA });
   client.defineCommand('sbHeartbeat', { numberOfKeys: 1, lua: HEARTBEAT_LUA });
   client.defineCommand('sbRenew', { numberOfKeys: 1, lua: RENEW_LUA });
   client.defineCommand('sbRelease', { numberOfKeys: 1, lua: RELEASE_LUA });
   return client as ApplyClient;
 }
 
-/** One ingress entry of a batch, with what APPLY assigned it. */
+/** What apply.lua returns: the room's epoch, its routing set, then seq and stored JSON (or null) per entry. */
+type ApplyReply = [string, string[], ...(number | string | null)[]];
+
+/** One ingress entry of a batch. */
 interface Parsed {
   id: string;
-  m: IngressMessage | null;
-  seq: number;
-  json: string | null;
+  m: IngressMessage;
+  /** The message JSON before its seq, and after its epoch (outbound.ts's template in pieces). */
+  head: string;
+  end: string;
 }
 
-/** The entries of one room in a batch, the APPLY arguments, and the room's routing set. */
+/** The entries of one room in a batch and the APPLY arguments. */
 interface RoomBatch {
+  room: string;
   entries: Parsed[];
   args: string[];
-  gws: Promise<string[]>;
-}
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** The consuming loop of one owned shard, on its own (blocking) connection. */
-class ShardLoop {
-  private running = true;
-  private readonly reader: RedisClient;
-  private readonly key: string;
-  readonly done: Promise<void>;
-  private needReclaim = true;
-  /** Until when (local clock) the lease is surely ours: set on acquire and on every renewal. */
-  validUntil = 0;
-
-  constructor(
-    readonly shard: number,
-    private readonly worker: BroadcastWorker,
-  ) {
-    this.key = Keys.ingress(shard);
-    const o = worker.opts;
-    this.reader = createRedis({ url: o.url, cluster: o.cluster, name: `sb-bc-${o.workerId}-s${shard}`, log: o.log, autoPipelining: false });
-    this.done = this.run();
-  }
-
-  async stop(): Promise<void> {
-    this.running = false;
-    this.reader.disconnect();
-    await this.done;
-  }
-
-  private async run(): Promise<void> {
-    const { workerId, batch } = this.worker.opts;
-    while (this.running) {
-      if (!isReady(this.reader) || !isReady(this.worker.cmd) || Date.now() >= this.validUntil) {
-        // Not surely the owner any more: what we read stays pending, for us after a renewal or
-        // for the next owner, who reclaims it before reading anything new.
-        if (Date.now() >= this.validUntil) this.needReclaim = true;
-        await sleep(50);
-        continue;
-      }
-      try {
-        if (this.needReclaim) {
-          await this.ensureGroup();
-          await this.reclaim();
-          this.needReclaim = false;
-          continue;
-        }
-        const res = (await this.reader.call('XREADGROUP', 'GROUP', GROUP, workerId, 'COUNT', batch, 'BLOCK', 1000, 'STREAMS', this.key, '>')) as
-          | [string, StreamEntry[]][]
-          | null;
-        if (res === null || !this.running) continue;
-        if (Date.now() >= this.validUntil) {
-          this.needReclaim = true;
-          continue;
-        }
-        await this.worker.process(this.key, res[0][1]);
-      } catch (err) {
-        if (!this.running) break;
-        this.worker.counters.failures++;
-        this.worker.opts.log.warn('shard batch failed; will retry from pending', { shard: this.shard, err: (err as Error).message });
-        this.needReclaim = true;
-        await sleep(100);
-      }
-    }
-  }
-
-  private async ensureGroup(): Promise<void> {
-    try {
-      await this.worker.cmd.call('XGROUP', 'CREATE', this.key, GROUP, '0', 'MKSTREAM');
-    } catch (err) {
-      if (!String((err as Error).message).includes('BUSYGROUP')) throw err;
-    }
-  }
-
-  /** Take over every pending entry of the shard (a dead owner's, or ours after a failure), in id order. */
-  private async reclaim(): Promise<void> {
-    const { workerId, batch } = this.worker.opts;
-    let cursor = '0-0';
-    do {
-      const res = (await this.worker.cmd.call('XAUTOCLAIM', this.key, GROUP, workerId, 0, cursor, 'COUNT', batch)) as [string, StreamEntry[], ...unknown[]];
-      cursor = res[0];
-      const entries = res[1].filter((e) => e !== null && e[1] !== null);
-      if (entries.length > 0) {
-        this.worker.counters.reclaimed += entries.length;
-        await this.worker.process(this.key, entries);
-      }
-    } while (cursor !== '0-0' && this.running);
-  }
 }
 
 export class BroadcastWorker {
@@ -183,6 +103,9 @@ export class BroadcastWorker {
   private stopped = false;
 
   private readonly health: RedisHealth;
+  /** Egress writes of every shard loop, one XADD per gateway per flush, on their own connection. */
+  readonly egress: EgressWriter;
+  readonly egressConn: RedisClient;
   /** The live workers in the order every worker agrees on, as of the last heartbeat. */
   live: string[] = [];
 
@@ -190,10 +113,14 @@ export class BroadcastWorker {
     const timeout = opts.timeoutMs ?? 2000;
     this.cmd = defineScripts(createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-bc-${opts.workerId}`, log: opts.log, commandTimeoutMs: timeout }));
     this.health = new RedisHealth(this.cmd, timeout);
+    // Its own connection: a flush waits only for the previous flush, never behind apply scripts.
+    this.egressConn = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-bc-${opts.workerId}-egress`, log: opts.log, commandTimeoutMs: timeout });
+    this.egress = new EgressWriter(this.egressConn, opts.egressMaxLen, opts.cluster);
   }
 
   get ready(): boolean {
-    return !this.stopped && this.health.healthy;
+    // The egress connection too: without it the shard loops wait, and nothing is routed.
+    return !this.stopped && this.health.healthy && isReady(this.egressConn);
   }
 
   get ownedShards(): number[] {
@@ -225,6 +152,7 @@ export class BroadcastWorker {
     }
     this.loops.clear();
     this.cmd.disconnect();
+    this.egressConn.disconnect();
   }
 
   /** Heartbeat, rebalance, renew or acquire leases, clean up dead gateways. */
@@ -282,80 +210,67 @@ export class BroadcastWorker {
     }
   }
 
-  /** Route one batch of ingress entries; acknowledges only after every egress XADD succeeded. */
+  /**
+   * Route one batch of ingress entries: resolves once every message is in the egress stream of
+   * every gateway routed to (the caller acknowledges the batch only then), rejects otherwise.
+   */
   async process(key: string, entries: StreamEntry[]): Promise<void> {
     if (entries.length === 0) return;
-    const { egressMaxLen, historySize } = this.opts;
+    const { historySize } = this.opts;
     const cmd = this.cmd;
     // Group the batch by room, keeping batch order within a room (the stream's order).
     const byRoom = new Map<string, RoomBatch>();
-    const parsed: Parsed[] = new Array(entries.length);
     for (let i = 0; i < entries.length; i++) {
       const [id, flat] = entries[i];
       const m = parseIngress(flat);
-      const e: Parsed = { id, m, seq: 0, json: null };
-      parsed[i] = e;
       if (m === null) continue;
       const room = m.room;
       let rb = byRoom.get(room);
       if (rb === undefined) {
-        const gws = cmd.smembers(Keys.room(room));
-        // Awaited later, room by room; if the batch fails first, its rejection is handled here.
-        gws.catch(noop);
-        rb = { entries: [], args: [], gws };
+        rb = { room, entries: [], args: [] };
         byRoom.set(room, rb);
       }
+      const e: Parsed = { id, m, head: roomMessageHead(room, m.from, m.dataJson), end: roomMessageEnd(m.ts) };
       rb.entries.push(e);
-      rb.args.push(id, roomMessageHead(room, m.from, m.dataJson), roomMessageEnd(m.ts));
+      rb.args.push(id, e.head, e.end);
     }
-    const applied: Promise<void>[] = [];
     // Used only by rooms that have no epoch yet (new, or Redis lost them).
     const epoch = newEpoch();
-    for (const [room, rb] of byRoom) {
-      applied.push(
-        cmd.sbApply(Keys.seq(room), Keys.history(room), historySize, epoch, ROOM_MESSAGE_EPOCH, ...rb.args).then((res) => {
-          for (let j = 0; j < rb.entries.length; j++) {
-            rb.entries[j].seq = Number(res[2 * j]);
-            rb.entries[j].json = res[2 * j + 1] as string | null;
-          }
-        }),
-      );
-    }
-    await Promise.all(applied);
-    // One egress entry per gateway with every message of the batch routed to it (wire.ts).
-    const egress = new Map<string, EgressBatch>();
+    const rooms = [...byRoom.values()];
+    const replies = await Promise.all(rooms.map((rb) => cmd.sbApply(Keys.seq(rb.room), Keys.history(rb.room), Keys.room(rb.room), historySize, epoch, ROOM_MESSAGE_EPOCH, ...rb.args)));
+    const routed = new Set<string>();
+    for (const r of replies) for (const gw of r[1]) routed.add(gw);
+    await this.egress.learn(routed);
+    // Per gateway, every message of the batch routed to it, in the batch's order per room.
+    const out = new Map<string, EgressMessage[]>();
     let spans: Span[] | null = null;
-    for (let i = 0; i < parsed.length; i++) {
-      const e = parsed[i];
-      if (e.m === null || e.json === null || e.json === undefined || e.seq === 0) continue;
-      const room = e.m.room;
-      const gws = await byRoom.get(room)!.gws;
-      // A sampled message: the routing span continues the publisher's trace, and the gateways'
-      // deliver spans continue from it.
-      let trace = e.m.trace;
-      if (trace !== undefined && tracing.enabled) {
-        const span = startSpan('broadcast route', trace, SpanKind.CONSUMER, { 'messaging.destination.name': room, 'switchboard.gateways': gws.length });
-        (spans ??= []).push(span);
-        trace = injectTraceparent(span) ?? trace;
-      }
-      const mid = messageId(key, e.id);
-      for (const gw of gws) {
-        let batch = egress.get(gw);
-        if (batch === undefined) {
-          batch = new EgressBatch(Keys.egress(gw));
-          egress.set(gw, batch);
+    for (let r = 0; r < rooms.length; r++) {
+      const { room, entries: list } = rooms[r];
+      const [roomEpoch, gws] = replies[r];
+      if (gws.length === 0) continue;
+      const lists = gws.map((gw) => out.get(gw) ?? out.set(gw, []).get(gw)!);
+      for (let j = 0; j < list.length; j++) {
+        const e = list[j];
+        const seq = Number(replies[r][2 + 2 * j]);
+        if (seq === 0) continue; // a redelivery older than the kept history: nothing to send
+        const stored = replies[r][3 + 2 * j] as string | null;
+        const json = stored ?? e.head + seq + ROOM_MESSAGE_EPOCH + roomEpoch + e.end;
+        // A sampled message: the routing span continues the publisher's trace, and the gateways'
+        // deliver spans continue from it.
+        let trace = e.m.trace;
+        if (trace !== undefined && tracing.enabled) {
+          const span = startSpan('broadcast route', trace, SpanKind.CONSUMER, { 'messaging.destination.name': room, 'switchboard.gateways': gws.length });
+          (spans ??= []).push(span);
+          trace = injectTraceparent(span) ?? trace;
         }
-        batch.add(room, mid, e.m.ts, e.json, trace);
+        const msg = new EgressMessage(room, messageId(key, e.id), e.m.ts, json, trace);
+        for (let g = 0; g < lists.length; g++) lists[g].push(msg);
+        this.counters.routed += gws.length;
       }
-      this.counters.routed += gws.length;
     }
-    const writes: Promise<unknown>[] = [];
-    for (const batch of egress.values()) writes.push(cmd.call('XADD', ...batch.finish(egressMaxLen)));
-    await Promise.all(writes);
+    if (out.size > 0) await this.egress.write(out);
     if (spans !== null) for (const s of spans) s.end();
-    await cmd.call('XACK', key, GROUP, ...parsed.map((e) => e.id));
-    cmd.call('XTRIM', key, 'MINID', '~', parsed[parsed.length - 1].id).catch(() => {});
-    this.counters.entries += parsed.length;
+    this.counters.entries += entries.length;
     this.counters.batches++;
   }
 
@@ -374,5 +289,3 @@ export class BroadcastWorker {
 export function assigned(s: number, live: readonly string[], index: number): boolean {
   return index >= 0 && live.length > 0 && s % live.length === index;
 }
-
-function noop(): void {}

@@ -1,8 +1,9 @@
 /**
  * The cluster bus, gateway side: Redis Streams between stateless gateways and the broadcast tier.
  *
- * - publish: XADD to the room's ingress shard; resolves once Redis has the entry, so a client's
- *   `ok` means the message can no longer be lost.
+ * - publish: XADD to the room's ingress shard (through the ingress writer, which sends what
+ *   queued up behind one write as one call: ingress.ts); resolves once Redis has the entry, so a
+ *   client's `ok` means the message can no longer be lost.
  * - routing: SADD/SREM this gateway in `sb:room:{room}` on the first/last local member; users in
  *   `sb:user:{uid}`; presence in `sb:pres:{room}`; every key this gateway adds is also recorded in
  *   its own sets so that a janitor can remove it when the gateway dies.
@@ -20,7 +21,8 @@ import { newEpoch } from './epoch';
 import type { Logger } from '../telemetry/log';
 import { Keys, shardOf } from './keys';
 import { createRedis, isReady, RedisHealth, type RedisClient, type StreamEntry } from './redis-conn';
-import { directEntry, ingressFields, readEgress, type EgressHandler } from './wire';
+import { IngressWriter } from './ingress';
+import { directEntry, gatewayHeartbeat, ingressFields, readEgress, type EgressHandler } from './wire';
 import type { Bus, BusSink, HistoryPage, HistoryQuery, PublishRequest, PublishResult, RoomPosition } from './types';
 
 export interface RedisBusOptions {
@@ -78,6 +80,7 @@ export class RedisBus implements Bus {
   private readonly recent = new RecentIds(50_000);
   private readonly gw: string;
   private readonly health: RedisHealth;
+  private readonly ingress: IngressWriter;
   private resyncing: Promise<void> | null = null;
   /** Duplicates dropped (at-least-once redelivery). */
   duplicates = 0;
@@ -90,6 +93,7 @@ export class RedisBus implements Bus {
     this.cmd = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}`, log: opts.log, commandTimeoutMs: timeout });
     this.reader = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}-egress`, log: opts.log, autoPipelining: false });
     this.health = new RedisHealth(this.cmd, timeout);
+    this.ingress = new IngressWriter(this.cmd, opts.ingressMaxLen, opts.cluster);
     // After every reconnect, beat at once: if Redis lost our registration, it comes back now.
     this.cmd.on('ready', () => {
       if (this.running) void this.beat();
@@ -136,7 +140,7 @@ export class RedisBus implements Bus {
     let previous: unknown;
     try {
       [previous] = await Promise.all([
-        this.cmd.call('SET', Keys.gateway(this.gw), JSON.stringify({ id: this.gw, at: Date.now() }), 'PX', ttl, 'GET'),
+        this.cmd.call('SET', Keys.gateway(this.gw), gatewayHeartbeat(this.gw, Date.now()), 'PX', ttl, 'GET'),
         this.cmd.sadd(Keys.gateways, this.gw),
       ]);
     } catch {
@@ -207,6 +211,11 @@ export class RedisBus implements Bus {
     await removeGateway(this.cmd, this.gw);
   }
 
+  /**
+   * Read the egress stream on the dedicated connection: XREAD BLOCK returns as soon as an entry
+   * arrives (no polling), with everything that accumulated meanwhile. Replies stay Buffers: the
+   * broadcast tier's frames go to the sockets as they came.
+   */
   private async readEgress(): Promise<void> {
     const key = Keys.egress(this.gw);
     // The gateway id is unique per incarnation, so its egress stream starts empty: read it all.
@@ -216,23 +225,28 @@ export class RedisBus implements Bus {
         await new Promise((r) => setTimeout(r, 50));
         continue;
       }
-      let res: [string, StreamEntry[]][] | null;
+      let res: [Buffer, [Buffer, Buffer[]][]][] | null;
       try {
-        res = (await this.reader.call('XREAD', 'COUNT', '1000', 'BLOCK', '1000', 'STREAMS', key, last)) as [string, StreamEntry[]][] | null;
+        res = (await this.reader.callBuffer('XREAD', 'COUNT', '1000', 'BLOCK', '1000', 'STREAMS', key, last)) as [Buffer, [Buffer, Buffer[]][]][] | null;
       } catch {
         if (this.running) await new Promise((r) => setTimeout(r, 50));
         continue;
       }
       if (res === null) continue;
       const entries = res[0][1];
-      for (let i = 0; i < entries.length; i++) this.deliver(entries[i][1]);
-      last = entries[entries.length - 1][0];
+      for (let i = 0; i < entries.length; i++) this.deliver(entries[i]);
+      last = entries[entries.length - 1][0].toString();
     }
   }
 
   /** Egress entries go through the wire module; messages already seen are dropped. */
-  private deliver(f: string[]): void {
-    readEgress(f, this.egress);
+  private deliver(entry: [Buffer, Buffer[]]): void {
+    try {
+      readEgress(entry[1], this.egress);
+    } catch (err) {
+      // Never written by us; the messages before the fault were delivered, the rest is skipped.
+      this.opts.log.warn('unreadable egress entry skipped', { id: entry[0].toString(), err: (err as Error).message });
+    }
   }
 
   /** What this gateway does with each message of an egress entry (one object, no per-entry closures). */
@@ -248,10 +262,10 @@ export class RedisBus implements Bus {
     direct: (user, msg) => void this.sink!.deliverUser(user, msg),
   };
 
+  /** Through the ingress writer: one XADD, or one call for everything queued behind the last. */
   publish(req: PublishRequest): Promise<PublishResult> {
-    const shard = shardOf(req.room, this.opts.shards);
-    const key = Keys.ingress(shard);
-    return (this.cmd.call('XADD', key, 'MAXLEN', '~', this.opts.ingressMaxLen, '*', ...ingressFields(req)) as Promise<string>).then(() => ({}), unavailable);
+    const key = Keys.ingress(shardOf(req.room, this.opts.shards));
+    return this.ingress.append(key, ingressFields(req)).then(noResult, unavailable);
   }
 
   join(room: string, user: string): Promise<void> {
@@ -424,3 +438,8 @@ async function removePresenceOf(redis: RedisClient, room: string, gw: string): P
 }
 
 function noop(): void {}
+
+const NO_RESULT: PublishResult = Object.freeze({});
+function noResult(): PublishResult {
+  return NO_RESULT;
+}

@@ -4,26 +4,46 @@
  * The JSON text is built once; the text-mode and binary-mode byte forms are materialised lazily,
  * at most once each, and the same Buffer is queued on every member's connection. Compressed
  * binary forms (one per codec, see compression.ts) are computed at most once too.
+ *
+ * A message that arrives already encoded (a cluster gateway reads the broadcast tier's binary
+ * frames from Redis, docs/cluster.md) is made with `fromBinaryFrame`: its binary form is those
+ * bytes, its text form a copy of the body plus a newline, and its JSON is decoded only if asked.
  */
 import { PackedFrames, type FrameWaiter } from './compression';
 import { BINARY_HEADER_BYTES, Codec, encodeBinaryFrame, encodeTextFrame } from './framing';
 
 export class Outbound {
-  private textBytes: Buffer | null = null;
-  private binaryBytes: Buffer | null = null;
+  private text_: Buffer | null = null;
+  private binary_: Buffer | null = null;
   private packed: PackedFrames | null = null;
-  constructor(readonly json: string) {}
+  private json_: string | null;
+
+  constructor(json: string) {
+    this.json_ = json;
+  }
 
   static of(value: object): Outbound {
     return new Outbound(JSON.stringify(value));
   }
 
+  /** A message whose uncompressed binary frame (header and UTF-8 JSON body) is `frame`. */
+  static fromBinaryFrame(frame: Buffer): Outbound {
+    const o = new Outbound('');
+    o.json_ = null;
+    o.binary_ = frame;
+    return o;
+  }
+
+  get json(): string {
+    return this.json_ ?? (this.json_ = this.binary_!.toString('utf8', BINARY_HEADER_BYTES));
+  }
+
   text(): Buffer {
-    return this.textBytes ?? (this.textBytes = encodeTextFrame(this.json));
+    return this.text_ ?? (this.text_ = this.json_ !== null ? encodeTextFrame(this.json_) : textFromBinary(this.binary_!));
   }
 
   binary(): Buffer {
-    return this.binaryBytes ?? (this.binaryBytes = encodeBinaryFrame(this.json));
+    return this.binary_ ?? (this.binary_ = encodeBinaryFrame(this.json_!));
   }
 
   /**
@@ -36,6 +56,15 @@ export class Outbound {
     if (codec === Codec.None || raw.length - BINARY_HEADER_BYTES <= threshold) return raw;
     return (this.packed ??= new PackedFrames(raw)).get(codec, waiter);
   }
+}
+
+/** The text frame of a binary frame's body: the same bytes, no transcoding. */
+function textFromBinary(frame: Buffer): Buffer {
+  const len = frame.length - BINARY_HEADER_BYTES;
+  const buf = Buffer.allocUnsafe(len + 1);
+  frame.copy(buf, 0, BINARY_HEADER_BYTES);
+  buf[len] = 0x0a;
+  return buf;
 }
 
 /**

@@ -1,23 +1,32 @@
--- Both keys of this script hash by the room (one tag), so it is
--- valid on Redis Cluster.
+-- All keys of this script hash by the room (one tag), so it is valid on Redis Cluster.
 --
--- APPLY assigns the next sequence numbers of one room and appends the encoded messages to the
--- room's history atomically, for all the entries of that room in one ingress batch (one script
--- call per room and batch, not per message: the per-call cost dominated Redis and the broadcast
--- worker). An entry that was applied already (at-least-once redelivery after a worker died
--- between applying and acknowledging) is recognised by its id: entries of one room come from one
--- ingress shard in id order, so "id <= last applied id" identifies a redelivery. A redelivered
--- entry gets its original seq and bytes back from history (so it can still be routed, and the
--- gateways drop it if they had it), or {0, false} when it is older than the kept history.
+-- APPLY assigns the next sequence numbers of one room, appends the encoded messages to the room's
+-- history atomically, and returns the room's routing set, for all the entries of that room in one
+-- ingress batch (one script call per room and batch, not per message, and no separate SMEMBERS:
+-- per-command costs dominated Redis and the broadcast worker). An entry that was applied already
+-- (at-least-once redelivery after a worker died between applying and acknowledging) is
+-- recognised by its id: entries of one room come from one ingress shard in id order, so
+-- "id <= last applied id" identifies a redelivery. A redelivered entry gets its original seq and
+-- bytes back from history (so it can still be routed, and the gateways drop it if they had it),
+-- or {0, false} when it is older than the kept history.
 --
 -- The room's epoch is created here (from ARGV[2]) if the room has none: after Redis lost its data,
--- the sequence restarts at 1 in a new epoch, and every message says which.
+-- the sequence restarts at 1 in a new epoch, and every message says which. A room whose sequence
+-- starts (no seq yet) drops any history left without it: those entries belong to a sequence that
+-- no longer exists, and their ids would collide with the new one's.
+--
+-- The position is written before the history entries: once a script has written, Redis lets it
+-- finish even past maxmemory, so the seq and the history cannot part ways halfway through.
 --
 -- KEYS[1] = sb:seq:{room} (hash: seq, epoch, last)   KEYS[2] = sb:hist:{room} (stream, ids <seq>-1)
+-- KEYS[3] = sb:room:{room} (set: gateways with members in the room)
 -- ARGV[1] = history max length, ARGV[2] = epoch to use if the room has none, ARGV[3] = the JSON
 -- between seq and epoch; then per entry: ingress entry id, JSON up to the seq value, JSON after
 -- the epoch (the template is services/protocol/outbound.ts's, in pieces).
--- Returns {seq1, json1, seq2, json2, ...}, one pair per entry in argument order.
+-- Returns {epoch, gateways, seq1, json1, seq2, json2, ...}, one pair per entry in argument order;
+-- json is false for a newly applied entry (its JSON is exactly head .. seq .. ARGV[3] .. epoch ..
+-- end, which the caller builds itself rather than receive it back), the stored JSON for a
+-- redelivered one.
 local function cmp(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
   local bm, bs = string.match(b, '^(%d+)-(%d+)$')
@@ -28,38 +37,53 @@ local function cmp(a, b)
   if as < bs then return -1 else return 1 end
 end
 local maxlen = tonumber(ARGV[1])
-local state = redis.call('HMGET', KEYS[1], 'last', 'epoch')
-local last = state[1]
-local epoch = state[2]
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
-end
-local mid = ARGV[3] .. epoch
-local out = {}
-local hist = nil
+local state = redis.call('HMGET', KEYS[1], 'seq', 'last', 'epoch')
+local seq = tonumber(state[1])
+local last = state[2]
+local epoch = state[3]
+local out = {false, redis.call('SMEMBERS', KEYS[3])}
+-- Which entries are new, and the newest of them.
+local fresh = 0
 local newest = nil
+for i = 4, #ARGV, 3 do
+  if not (last and cmp(ARGV[i], last) <= 0) then
+    fresh = fresh + 1
+    newest = ARGV[i]
+  end
+end
+if fresh > 0 then
+  if not seq then
+    redis.call('DEL', KEYS[2])
+    seq = 0
+  end
+  if not epoch then
+    epoch = ARGV[2]
+    redis.call('HSET', KEYS[1], 'seq', seq + fresh, 'last', newest, 'epoch', epoch)
+  else
+    redis.call('HSET', KEYS[1], 'seq', seq + fresh, 'last', newest)
+  end
+end
+out[1] = epoch or ARGV[2]
+local mid = ARGV[3] .. out[1]
+local hist = nil
 for i = 4, #ARGV, 3 do
   local id = ARGV[i]
   if last and cmp(id, last) <= 0 then
     hist = hist or redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1000)
-    local seq, json = 0, false
+    local s, json = 0, false
     for _, e in ipairs(hist) do
       local f = e[2]
-      if f[2] == id then seq = tonumber(string.match(e[1], '^(%d+)')); json = f[4]; break end
+      if f[2] == id then s = tonumber(string.match(e[1], '^(%d+)')); json = f[4]; break end
     end
-    out[#out + 1] = seq
+    out[#out + 1] = s
     out[#out + 1] = json
   else
-    local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-    local json = ARGV[i + 1] .. seq .. mid .. ARGV[i + 2]
+    seq = seq + 1
     if maxlen > 0 then
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, seq .. '-1', 'i', id, 'm', json)
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, seq .. '-1', 'i', id, 'm', ARGV[i + 1] .. seq .. mid .. ARGV[i + 2])
     end
-    newest = id
     out[#out + 1] = seq
-    out[#out + 1] = json
+    out[#out + 1] = false
   end
 end
-if newest then redis.call('HSET', KEYS[1], 'last', newest) end
 return out
