@@ -20,7 +20,7 @@
  * not take effect), rather than wait another reply bound: a request gets `unavailable` within
  * REDIS_TIMEOUT_MS.
  */
-import { isReady, type RedisClient } from './redis-conn';
+import { isReady, isRedisTimeout, type RedisClient } from './redis-conn';
 import { loadLua } from './lua';
 
 const INGRESS_LUA = loadLua(__dirname, 'bus', 'ingress.lua');
@@ -100,7 +100,7 @@ export class IngressWriter {
     if (err === null) for (const q of batch) q.resolve();
     else {
       for (const q of batch) q.reject(err);
-      if (err instanceof Error && /timed out/i.test(err.message)) {
+      if (isRedisTimeout(err)) {
         const waiting = this.queue;
         this.queue = [];
         for (const q of waiting) q.reject(new NotSentError(err));

@@ -128,6 +128,14 @@ function watchCluster(client: Cluster, opts: RedisConnOptions): void {
   }) as Cluster['quit'];
 }
 
+/**
+ * Whether a command failed because Redis gave no reply within its commandTimeout (REDIS_TIMEOUT_MS):
+ * it may still be applied, unlike a command refused because the connection was down.
+ */
+export function isRedisTimeout(err: unknown): boolean {
+  return err instanceof Error && /timed out/i.test(err.message);
+}
+
 export function isReady(client: RedisClient): boolean {
   return client.status === 'ready';
 }

@@ -20,7 +20,7 @@ import { ErrorCode, Outbound, SwitchboardError } from '../protocol';
 import { newEpoch } from './epoch';
 import type { Logger } from '../telemetry/log';
 import { Keys, shardOf } from './keys';
-import { createRedis, isReady, RedisHealth, type RedisClient, type StreamEntry } from './redis-conn';
+import { createRedis, isReady, isRedisTimeout, RedisHealth, type RedisClient, type StreamEntry } from './redis-conn';
 import { IngressWriter } from './ingress';
 import { directEntry, gatewayHeartbeat, ingressFields, readEgress, type EgressHandler } from './wire';
 import type { Bus, BusSink, HistoryPage, HistoryQuery, PublishRequest, PublishResult, RoomPosition } from './types';
@@ -47,8 +47,7 @@ export interface RedisBusOptions {
  * wakes up (a retried publish may then be delivered twice: docs/reliability.md).
  */
 function unavailable(err: unknown): never {
-  const timedOut = err instanceof Error && /timed out/i.test(err.message);
-  const message = timedOut ? 'Redis did not answer in time: the request may still take effect' : 'the message bus (Redis) is unavailable';
+  const message = isRedisTimeout(err) ? 'Redis did not answer in time: the request may still take effect' : 'the message bus (Redis) is unavailable';
   throw new SwitchboardError(ErrorCode.Unavailable, message, { cause: err });
 }
 
