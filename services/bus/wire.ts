@@ -27,7 +27,7 @@
  * EGRESS_MAXLEN counts messages, so an entry of n messages trims to about EGRESS_MAXLEN / n
  * entries (never fewer than 100).
  */
-import { BINARY_HEADER_BYTES, Outbound } from '../protocol';
+import { BINARY_HEADER_BYTES, Outbound, writeBinaryFrame } from '../protocol';
 import type { PublishRequest } from './types';
 
 /** Read once: through the folder's index every use would be a getter call. */
@@ -143,9 +143,7 @@ export class EgressMessage {
     o = buf.writeDoubleBE(this.ts, o);
     o = buf.writeUInt32BE(traceLen, o);
     if (this.trace !== undefined) o += buf.write(this.trace, o, traceLen, 'latin1');
-    o = buf.writeUInt32BE(bodyLen, o);
-    buf[o++] = 0; // frame flags: uncompressed
-    buf.write(this.json, o, bodyLen, 'utf8');
+    writeBinaryFrame(buf, o, this.json, bodyLen);
     return (this.record_ = buf);
   }
 }

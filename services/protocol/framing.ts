@@ -315,10 +315,19 @@ export function encodeTextFrame(json: string): Buffer {
 export function encodeBinaryFrame(json: string): Buffer {
   const len = Buffer.byteLength(json);
   const buf = Buffer.allocUnsafe(len + BINARY_HEADER_BYTES);
-  buf.writeUInt32BE(len, 0);
-  buf[4] = Codec.None;
-  buf.write(json, BINARY_HEADER_BYTES, len, "utf8");
+  writeBinaryFrame(buf, 0, json, len);
   return buf;
+}
+
+/**
+ * Write the uncompressed binary frame of `json` (`len` = its UTF-8 byte length) into `buf` at
+ * `offset`; returns the offset after it. For frames built inside a larger buffer (the cluster's
+ * egress records).
+ */
+export function writeBinaryFrame(buf: Buffer, offset: number, json: string, len: number): number {
+  buf.writeUInt32BE(len, offset);
+  buf[offset + 4] = Codec.None;
+  return offset + BINARY_HEADER_BYTES + buf.write(json, offset + BINARY_HEADER_BYTES, len, "utf8");
 }
 
 /** Binary-mode frame around an already encoded (possibly compressed) body. */
