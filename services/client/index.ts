@@ -295,6 +295,10 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       this.onFrameError(ErrorCode.BadFrame, (err as Error).message);
       return;
     }
+    if (!(out instanceof Promise) && !this.rx.holding) {
+      this.handleFrame(out);
+      return;
+    }
     // zstd decompresses asynchronously: frames after it wait, so messages keep the server's order.
     this.ordered(this.rx, out);
   }
@@ -403,8 +407,11 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       this.socket?.write(encodeBinaryFrame(json));
       return;
     }
-    if (this.socket === null) return;
-    this.ordered(this.tx, encodeFrameMaybeCompressed(this.txCodec, Buffer.from(json), this.opts.compressionThreshold));
+    const socket = this.socket;
+    if (socket === null) return;
+    const frame = encodeFrameMaybeCompressed(this.txCodec, Buffer.from(json), this.opts.compressionThreshold);
+    if (!(frame instanceof Promise) && !this.tx.holding) socket.write(frame);
+    else this.ordered(this.tx, frame);
   }
 
   async join(room: string): Promise<void> {
