@@ -2,7 +2,7 @@
 // timed out (408, close) on both ports, HTTP connections count against MAX_CONNECTIONS, and
 // /metrics is served on the admin port only unless METRICS_ON_CLIENT_PORT says otherwise.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { waitFor } from '../helpers/wait';
 import { spawnRole } from '../cluster/harness';
 import { RedisProcess } from '../helpers/redis';
@@ -12,21 +12,35 @@ async function get(port: number, path: string): Promise<number> {
   return (await fetch(`http://127.0.0.1:${port}${path}`)).status;
 }
 
+/** `n` HTTP requests on `port` that send a request line and a header, and never finish. */
+async function halfOpenRequests(port: number, n: number, t: TestContext): Promise<RawClient[]> {
+  const out: RawClient[] = [];
+  for (let i = 0; i < n; i++) {
+    const a = await RawClient.open(port);
+    t.after(() => a.destroy());
+    a.write('GET /stats HTTP/1.1\r\nHost: x\r\n');
+    out.push(a);
+  }
+  return out;
+}
+
+/** A header byte every 200 ms to each attacker still open: never idle, never complete. Returns the stop. */
+function dribble(attackers: readonly RawClient[], t: TestContext): () => void {
+  const timer = setInterval(() => {
+    for (const a of attackers) if (!a.closed) a.write('X');
+  }, 200);
+  const stop = () => clearInterval(timer);
+  t.after(stop);
+  return stop;
+}
+
 test('half-open HTTP requests on both ports are answered 408 and closed within the header timeout', async (t) => {
   const target = await startTarget({ HTTP_HEADERS_TIMEOUT_MS: '1000', HTTP_REQUEST_TIMEOUT_MS: '2000' });
   t.after(() => target.stop());
   const witness = await Witness.start(target.port, t);
   await witness.served(5);
   const before = await settledRss(target);
-  const attackers: RawClient[] = [];
-  for (const port of [target.port, target.adminPort]) {
-    for (let i = 0; i < 10; i++) {
-      const a = await RawClient.open(port);
-      t.after(() => a.destroy());
-      a.write('GET /stats HTTP/1.1\r\nHost: x\r\n');
-      attackers.push(a);
-    }
-  }
+  const attackers = [...(await halfOpenRequests(target.port, 10, t)), ...(await halfOpenRequests(target.adminPort, 10, t))];
   // And on the admin port, connections that send nothing at all.
   for (let i = 0; i < 5; i++) {
     const a = await RawClient.open(target.adminPort);
@@ -34,13 +48,10 @@ test('half-open HTTP requests on both ports are answered 408 and closed within t
     attackers.push(a);
   }
   const started = Date.now();
-  // A header byte every 200 ms: never idle, never complete (this kept one open for 80 s).
-  const timer = setInterval(() => {
-    for (const a of attackers) if (!a.closed) a.write('X');
-  }, 200);
-  t.after(() => clearInterval(timer));
+  // Dribbled headers once kept a request open for 80 s.
+  const stop = dribble(attackers, t);
   const { peak } = await peakRss(target, () => waitFor(() => attackers.every((a) => a.closed), 5000, 'every half-open request to be closed'));
-  clearInterval(timer);
+  stop();
   const took = Date.now() - started;
   assert.ok(took < 3000, `closed after ${took} ms (HTTP_HEADERS_TIMEOUT_MS 1000)`);
   for (const a of attackers.slice(0, 20)) assert.match(a.raw, /^HTTP\/1\.1 408 /, 'the attacker got 408');
@@ -104,20 +115,11 @@ test('the broadcast role\'s admin port: half-open requests get 408 within the he
   t.after(() => redis.stop());
   const worker = await spawnRole('broadcast', { REDIS_URL: redis.url, HTTP_HEADERS_TIMEOUT_MS: '1000', HTTP_REQUEST_TIMEOUT_MS: '2000' });
   t.after(() => worker.kill());
-  const attackers: RawClient[] = [];
-  for (let i = 0; i < 10; i++) {
-    const a = await RawClient.open(worker.adminPort);
-    t.after(() => a.destroy());
-    a.write('GET /stats HTTP/1.1\r\nHost: x\r\n');
-    attackers.push(a);
-  }
+  const attackers = await halfOpenRequests(worker.adminPort, 10, t);
   const started = Date.now();
-  const timer = setInterval(() => {
-    for (const a of attackers) if (!a.closed) a.write('X');
-  }, 200);
-  t.after(() => clearInterval(timer));
+  const stop = dribble(attackers, t);
   await waitFor(() => attackers.every((a) => a.closed), 5000, 'every half-open request to be closed');
-  clearInterval(timer);
+  stop();
   assert.ok(Date.now() - started < 3000, `closed after ${Date.now() - started} ms (HTTP_HEADERS_TIMEOUT_MS 1000)`);
   for (const a of attackers) assert.match(a.raw, /^HTTP\/1\.1 408 /, 'the attacker got 408');
   // 300 idle sockets: past the cap of 256 the port refuses at accept, and recovers once they go.
