@@ -41,3 +41,37 @@ export interface ConnContext {
   /** Chat-like padding in each publish's payload. */
   readonly padBytes: number;
 }
+
+/**
+ * The setup phase of a connection, the same for every protocol: `open()` is answered once (null
+ * when subscribed, else an error code); a transport error or close before that answers it, after
+ * it counts against the run, unless we closed the connection ourselves.
+ */
+export class ConnSetup {
+  private answer: ((err: string | null) => void) | null = null;
+  closedByUs = false;
+
+  constructor(private readonly countError: (code: string) => void) {}
+
+  begin(answer: (err: string | null) => void): void {
+    this.answer = answer;
+  }
+
+  /** Still setting up: replies are read as setup replies, not counted as deliveries. */
+  get pending(): boolean {
+    return this.answer !== null;
+  }
+
+  /** Answer `open()`: null (ready) or an error code. Later calls do nothing. */
+  settle(err: string | null): void {
+    const answer = this.answer;
+    this.answer = null;
+    answer?.(err);
+  }
+
+  /** The transport failed or closed: `duringSetup` answers open(), `afterSetup` is counted. */
+  lost(duringSetup: string, afterSetup: string): void {
+    if (this.answer !== null) this.settle(duringSetup);
+    else if (!this.closedByUs) this.countError(afterSetup);
+  }
+}

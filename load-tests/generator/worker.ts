@@ -20,7 +20,7 @@ import { encodeHistogram, newHistogram } from '../lib/histogram';
 import { PublishTemplate } from '../lib/payload';
 import { CentrifugoConn } from '../peers/centrifugo';
 import { NatsConn } from '../peers/nats';
-import type { ConnContext, LoadConn } from './conn';
+import { ConnSetup, type ConnContext, type LoadConn } from './conn';
 import type { ConnSpec, LoadCodec, ToMain, ToWorker, WireProtocol, WorkerSnap } from './messages';
 
 /**
@@ -60,8 +60,7 @@ class Conn implements FrameSink, LoadConn {
   template: PublishTemplate | null = null;
   private parser: TextParser | BinaryParser | null;
   private replies = 0;
-  private readyCb: ((err: string | null) => void) | null = null;
-  closedByUs = false;
+  private readonly setup = new ConnSetup((code) => countError(code));
   published = 0;
 
   constructor(
@@ -78,7 +77,7 @@ class Conn implements FrameSink, LoadConn {
 
   open(host: string): Promise<string | null> {
     return new Promise((resolve) => {
-      this.readyCb = resolve;
+      this.setup.begin(resolve);
       const s = connect({ host, port: this.spec.port, noDelay: true });
       this.socket = s;
       s.on('connect', () => {
@@ -93,22 +92,19 @@ class Conn implements FrameSink, LoadConn {
         else this.counter.push(chunk);
       });
       s.on('error', (err: NodeJS.ErrnoException) => {
-        if (this.readyCb !== null) this.settle(err.code ?? 'socket_error');
-        else if (!this.closedByUs) countError(err.code ?? 'socket_error');
+        this.setup.lost(err.code ?? 'socket_error', err.code ?? 'socket_error');
       });
       s.on('close', () => {
-        if (this.readyCb !== null) this.settle('closed_during_setup');
-        else if (!this.closedByUs) countError('disconnected');
+        this.setup.lost('closed_during_setup', 'disconnected');
         this.socket = null;
       });
     });
   }
 
+  /** Setup is over (ready or failed): what arrives from now on is counted, not parsed. */
   private settle(err: string | null): void {
-    const cb = this.readyCb;
-    this.readyCb = null;
     this.parser = null;
-    cb?.(err);
+    this.setup.settle(err);
   }
 
   onFrame(body: Buffer): void {
@@ -149,7 +145,7 @@ class Conn implements FrameSink, LoadConn {
   }
 
   close(): void {
-    this.closedByUs = true;
+    this.setup.closedByUs = true;
     this.socket?.destroy();
   }
 }

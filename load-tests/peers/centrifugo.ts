@@ -12,7 +12,7 @@
  * with `{}`.
  */
 import WebSocket from 'ws';
-import type { ConnContext, DeliveryCounter, LoadConn } from '../generator/conn';
+import { ConnSetup, type ConnContext, type DeliveryCounter, type LoadConn } from '../generator/conn';
 import type { ConnSpec } from '../generator/messages';
 import { nowUs } from '../lib/clock';
 import { readTimestamp, type LatencySink } from '../lib/counter';
@@ -113,35 +113,33 @@ export class CentrifugoConn implements LoadConn {
   readonly counter: CentrifugoCounter;
   private ws: WebSocket | null = null;
   private readonly template: FrameTemplate | null;
-  private readyCb: ((err: string | null) => void) | null = null;
-  private closedByUs = false;
+  private readonly setup: ConnSetup;
 
   constructor(
     readonly spec: ConnSpec,
-    private readonly ctx: ConnContext,
+    ctx: ConnContext,
   ) {
     this.counter = new CentrifugoCounter(ctx.hist, ctx.sampleEvery, () => this.ws?.send('{}'));
+    this.setup = new ConnSetup((code) => ctx.countError(code));
     this.template = spec.publish ? new FrameTemplate(centrifugoPublish(spec.room, publishData(ctx.padBytes))) : null;
   }
 
   /** connect, then subscribe to the room's channel: its reply says the subscription is in place. */
   open(host: string): Promise<string | null> {
     return new Promise((resolve) => {
-      this.readyCb = resolve;
+      this.setup.begin(resolve);
       const ws = new WebSocket(`ws://${host}:${this.spec.port}/connection/websocket`, { perMessageDeflate: false, skipUTF8Validation: true, handshakeTimeout: 10_000 });
       this.ws = ws;
       ws.on('open', () => ws.send('{"id":1,"connect":{"name":"switchboard-loadgen"}}'));
       ws.on('message', (data: Buffer) => {
-        if (this.readyCb === null) this.counter.push(data);
+        if (!this.setup.pending) this.counter.push(data);
         else this.onSetupReply(data);
       });
       ws.on('error', (err: NodeJS.ErrnoException) => {
-        if (this.readyCb !== null) this.settle(err.code ?? 'ws_error');
-        else if (!this.closedByUs) this.ctx.countError(err.code ?? 'ws_error');
+        this.setup.lost(err.code ?? 'ws_error', err.code ?? 'ws_error');
       });
       ws.on('close', (code: number) => {
-        if (this.readyCb !== null) this.settle(`closed_during_setup:${code}`);
-        else if (!this.closedByUs) this.ctx.countError(`disconnected:${code}`);
+        this.setup.lost(`closed_during_setup:${code}`, `disconnected:${code}`);
         this.ws = null;
       });
     });
@@ -158,20 +156,14 @@ export class CentrifugoConn implements LoadConn {
       }
       if (r.error !== undefined) return this.fail(`centrifugo_error:${r.error.code} ${r.error.message}`);
       if (r.id === 1) this.ws?.send(`{"id":2,"subscribe":{"channel":${JSON.stringify(this.spec.room)}}}`);
-      else if (r.id === 2) this.settle(null);
+      else if (r.id === 2) this.setup.settle(null);
       else if (line === '{}') this.ws?.send('{}');
     }
   }
 
   private fail(code: string): void {
-    this.settle(code);
+    this.setup.settle(code);
     this.ws?.terminate();
-  }
-
-  private settle(err: string | null): void {
-    const cb = this.readyCb;
-    this.readyCb = null;
-    cb?.(err);
   }
 
   isOpen(): boolean {
@@ -185,7 +177,7 @@ export class CentrifugoConn implements LoadConn {
   }
 
   close(): void {
-    this.closedByUs = true;
+    this.setup.closedByUs = true;
     this.ws?.terminate();
   }
 }

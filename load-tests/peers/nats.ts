@@ -10,7 +10,7 @@
  * send timestamp is read in place. Control lines split over chunks are kept until they end.
  */
 import { connect, type Socket } from 'node:net';
-import type { ConnContext, DeliveryCounter, LoadConn } from '../generator/conn';
+import { ConnSetup, type ConnContext, type DeliveryCounter, type LoadConn } from '../generator/conn';
 import type { ConnSpec } from '../generator/messages';
 import { nowUs } from '../lib/clock';
 import { readTimestamp, type LatencySink } from '../lib/counter';
@@ -148,32 +148,30 @@ export class NatsConn implements LoadConn {
   readonly counter: NatsCounter;
   private socket: Socket | null = null;
   private readonly template: FrameTemplate | null;
-  private readyCb: ((err: string | null) => void) | null = null;
-  private closedByUs = false;
+  private readonly setup: ConnSetup;
 
   constructor(
     readonly spec: ConnSpec,
-    private readonly ctx: ConnContext,
+    ctx: ConnContext,
   ) {
     this.counter = new NatsCounter(ctx.hist, ctx.sampleEvery, (op, text) => this.onControl(op, text));
+    this.setup = new ConnSetup((code) => ctx.countError(code));
     this.template = spec.publish ? new FrameTemplate(natsPublish(spec.room, publishData(ctx.padBytes))) : null;
   }
 
   /** CONNECT, SUB to the room's subject, then PING: the PONG says the server has the subscription. */
   open(host: string): Promise<string | null> {
     return new Promise((resolve) => {
-      this.readyCb = resolve;
+      this.setup.begin(resolve);
       const s = connect({ host, port: this.spec.port, noDelay: true });
       this.socket = s;
       s.on('connect', () => s.write(`${CONNECT}SUB ${this.spec.room} 1\r\nPING\r\n`));
       s.on('data', (chunk: Buffer) => this.counter.push(chunk));
       s.on('error', (err: NodeJS.ErrnoException) => {
-        if (this.readyCb !== null) this.settle(err.code ?? 'socket_error');
-        else if (!this.closedByUs) this.ctx.countError(err.code ?? 'socket_error');
+        this.setup.lost(err.code ?? 'socket_error', err.code ?? 'socket_error');
       });
       s.on('close', () => {
-        if (this.readyCb !== null) this.settle('closed_during_setup');
-        else if (!this.closedByUs) this.ctx.countError('disconnected');
+        this.setup.lost('closed_during_setup', 'disconnected');
         this.socket = null;
       });
     });
@@ -181,17 +179,11 @@ export class NatsConn implements LoadConn {
 
   private onControl(op: NatsControl, text: string): void {
     if (op === 'PING') this.socket?.write('PONG\r\n');
-    else if (op === 'PONG') this.settle(null);
-    else if (op === 'ERR' && this.readyCb !== null) {
-      this.settle(`nats_err:${text}`);
+    else if (op === 'PONG') this.setup.settle(null);
+    else if (op === 'ERR' && this.setup.pending) {
+      this.setup.settle(`nats_err:${text}`);
       this.socket?.destroy();
     }
-  }
-
-  private settle(err: string | null): void {
-    const cb = this.readyCb;
-    this.readyCb = null;
-    cb?.(err);
   }
 
   isOpen(): boolean {
@@ -204,7 +196,7 @@ export class NatsConn implements LoadConn {
   }
 
   close(): void {
-    this.closedByUs = true;
+    this.setup.closedByUs = true;
     this.socket?.destroy();
   }
 }
