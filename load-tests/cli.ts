@@ -44,7 +44,7 @@ Options (defaults in brackets):
                                    cluster, cluster-2bc (2 broadcast workers), switchboard-text (text-mode
                                    clients whatever --mode says), switchboard-traced, switchboard-lz4,
                                    switchboard-zstd, nats, nats-cluster, centrifugo, centrifugo-redis,
-                                   cluster-ref, cluster-2bc-ref (the same, built from LOADTEST_REF_ROOT: before/after in one run)
+                                   switchboard-ref, cluster-ref, cluster-2bc-ref (the same, built from LOADTEST_REF_ROOT: before/after in one run)
   --clients N [500]  --room-size R [50]  --rate N publishes/s  --sweep
   --warmup S [1]  --duration S [4]  --workers N [2]  --mode binary|text [binary]
   --pad BYTES [32]  --sample-every N [8]  --gateways N [2]  --connections K [10000]

@@ -26,6 +26,7 @@ export type TargetKind =
   | 'cluster'
   | 'cluster-2bc'
   | 'cluster-ref'
+  | 'switchboard-ref'
   | 'cluster-2bc-ref'
   | 'switchboard-traced'
   | 'switchboard-lz4'
@@ -37,7 +38,7 @@ const ROOT = join(__dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'services', 'cli.js');
 
 /**
- * `cluster-ref` and `cluster-2bc-ref` are the same clusters built from another checkout: the one
+ * `switchboard-ref`, `cluster-ref` and `cluster-2bc-ref` are the same targets built from another checkout: the one
  * LOADTEST_REF_ROOT names (built, with its own dist/). A before/after comparison then runs both
  * builds step by step in turns in one sweep, on the same machine load, instead of two sweeps
  * minutes apart on a shared machine.
@@ -186,8 +187,8 @@ function spawnListening(args: string[], env: Record<string, string>, name: strin
   });
 }
 
-export async function startSwitchboard(extraEnv: Record<string, string> = {}): Promise<Target> {
-  const s = await spawnListening([CLI, 'standalone'], { ...BENCH_ENV, TCP_PORT: '0', ADMIN_PORT: '0', SHUTDOWN_DRAIN_MS: '500', ...extraEnv }, 'switchboard');
+export async function startSwitchboard(extraEnv: Record<string, string> = {}, cli = CLI): Promise<Target> {
+  const s = await spawnListening([cli, 'standalone'], { ...BENCH_ENV, TCP_PORT: '0', ADMIN_PORT: '0', SHUTDOWN_DRAIN_MS: '500', ...extraEnv }, 'switchboard');
   return { kind: 'switchboard', ports: [s.port], pids: [s.child.pid!], connPids: [s.child.pid!], codec: 'none', protocol: 'switchboard', adminPorts: s.adminPort === null ? [] : [s.adminPort], stop: () => stopChild(s.child) };
 }
 
@@ -336,6 +337,7 @@ export function startTarget(kind: TargetKind, extraEnv: Record<string, string> =
   if (kind === 'baseline') return startBaseline();
   if (kind === 'cluster') return startCluster(gateways, extraEnv);
   if (kind === 'cluster-2bc') return startCluster(gateways, extraEnv, 2, kind);
+  if (kind === 'switchboard-ref') return startSwitchboard(extraEnv, refCli()).then((t) => ({ ...t, kind }));
   if (kind === 'cluster-ref') return startCluster(gateways, extraEnv, 1, kind, refCli());
   if (kind === 'cluster-2bc-ref') return startCluster(gateways, extraEnv, 2, kind, refCli());
   if (kind === 'switchboard-traced') return startTracedSwitchboard(extraEnv);
