@@ -144,6 +144,16 @@ function info(text: string, key: string): number {
   return Number(new RegExp(`^${key}:(\\d+)`, 'm').exec(text)?.[1] ?? 0);
 }
 
+/** `INFO commandstats` as command -> calls. */
+function commandCalls(text: string): Map<string, number> {
+  const calls = new Map<string, number>();
+  for (const m of text.matchAll(/^cmdstat_(\S+):calls=(\d+),usec=(\d+)/gm)) {
+    calls.set(m[1], Number(m[2]));
+    calls.set(`${m[1]} µs`, Number(m[3]));
+  }
+  return calls;
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -197,6 +207,7 @@ async function main(): Promise<void> {
     }
     // Phase 2: bytes and CPU without MONITOR.
     const info0 = await redis.command('INFO', 'stats');
+    const cmd0 = commandCalls(await redis.command('INFO', 'commandstats'));
     const use0 = (target.processes ?? []).map((p) => procUsage([p.pid]));
     const before2 = members.flat().reduce((n, m) => n + m.received, 0);
     const t0 = Date.now();
@@ -204,6 +215,7 @@ async function main(): Promise<void> {
     await settle(members, before2 + sent * size);
     const elapsed = (Date.now() - t0) / 1000;
     const info1 = await redis.command('INFO', 'stats');
+    const cmd1 = commandCalls(await redis.command('INFO', 'commandstats'));
     const use1 = (target.processes ?? []).map((p) => procUsage([p.pid]));
     const cpu0 = use0.map((u) => u.cpuS);
     const cpu1 = use1.map((u) => u.cpuS);
@@ -214,6 +226,13 @@ async function main(): Promise<void> {
       build: values.ref === true ? refRoot : 'this checkout',
       workload: { rooms: nRooms, roomSize: size, connections: nRooms * size, rate, seconds, payloadBytes: 100 },
       commandsPerMessage: Object.fromEntries([...counts].sort((a, b) => b[1] - a[1]).map(([k, v]) => [k, Math.round((v / monitored) * 1000) / 1000])),
+      // At the asked rate (phase 2), by command name, scripts' inner commands included.
+      redisCallsPerMessageAtRate: Object.fromEntries(
+        [...cmd1]
+          .map(([k, v]) => [k, per(v - (cmd0.get(k) ?? 0))] as const)
+          .filter(([k, v]) => v > 0 && !['info', 'client|list', 'monitor'].includes(k))
+          .sort((a, b) => b[1] - a[1]),
+      ),
       redisBytesPerMessage: {
         in: Math.round((info(info1, 'total_net_input_bytes') - info(info0, 'total_net_input_bytes')) / sent),
         out: Math.round((info(info1, 'total_net_output_bytes') - info(info0, 'total_net_output_bytes')) / sent),

@@ -113,6 +113,23 @@ describe('broadcast data path', () => {
     assert.equal(await r.hget(Keys.seq('a1'), 'seq'), '3');
   });
 
+  test('a batch that starts with redelivered entries and goes on with new ones: old seqs for the first, the next seqs for the rest', async () => {
+    await gateway('gw-mix', ['m1'], 2);
+    const w = await worker('w-mix');
+    await r.xgroup('CREATE', Keys.ingress(0), GROUP, '$', 'MKSTREAM').catch(() => undefined);
+    const ids = await publish(0, 'm1', 4);
+    const entry = (id: string, i: number): [string, string[]] => [id, ['r', 'm1', 'f', 'u', 'd', JSON.stringify({ i }), 't', '1']];
+    // A worker applied the first two and died; its successor reclaims them with two it never applied.
+    await w.process(Keys.ingress(0), [entry(ids[0], 0), entry(ids[1], 1)]);
+    await w.process(Keys.ingress(0), ids.map((id, i) => entry(id, i)));
+    const got = await egressOf('gw-mix');
+    assert.deepEqual(got.map((g) => [seqOf(g.json), dataOf(g.json)]), [[1, 0], [2, 1], [1, 0], [2, 1], [3, 2], [4, 3]]);
+    assert.deepEqual(got.slice(2, 4).map((g) => g.json), got.slice(0, 2).map((g) => g.json), 'redelivered: the same bytes');
+    assert.equal(await r.hget(Keys.seq('m1'), 'seq'), '4');
+    assert.equal(await r.hget(Keys.seq('m1'), 'last'), ids[3]);
+    assert.deepEqual((await r.xrange(Keys.history('m1'), '-', '+')).map(([id]) => id), ['1-1', '2-1', '3-1', '4-1']);
+  });
+
   test('a room whose sequence starts again drops the history left without it', async () => {
     await gateway('gw-h', ['h1'], 2);
     // History of a sequence whose position is gone (e.g. evicted): ids up to 50.

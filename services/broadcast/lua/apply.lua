@@ -42,15 +42,16 @@ local seq = tonumber(state[1])
 local last = state[2]
 local epoch = state[3]
 local out = {false, redis.call('SMEMBERS', KEYS[3])}
--- Which entries are new, and the newest of them.
-local fresh = 0
-local newest = nil
-for i = 4, #ARGV, 3 do
-  if not (last and cmp(ARGV[i], last) <= 0) then
-    fresh = fresh + 1
-    newest = ARGV[i]
-  end
+-- Which entries are new: the entries are in id order, so the redelivered ones (id <= last) come
+-- first and everything from the first new one on is new. One comparison per call when nothing is
+-- redelivered, instead of two per entry (string.match in cmp was most of the script's time).
+local first = 4
+if last then
+  while first <= #ARGV and cmp(ARGV[first], last) <= 0 do first = first + 3 end
 end
+local fresh = (#ARGV - first + 1) / 3
+local newest = nil
+if fresh > 0 then newest = ARGV[#ARGV - 2] end
 if fresh > 0 then
   if not seq then
     redis.call('DEL', KEYS[2])
@@ -68,7 +69,7 @@ local mid = ARGV[3] .. out[1]
 local hist = nil
 for i = 4, #ARGV, 3 do
   local id = ARGV[i]
-  if last and cmp(id, last) <= 0 then
+  if i < first then
     hist = hist or redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1000)
     local s, json = 0, false
     for _, e in ipairs(hist) do
