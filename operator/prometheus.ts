@@ -4,6 +4,7 @@
  * timeout) is a MetricsError; "no series" is reported as missing data, not as zero, so the
  * caller never scales down on it.
  */
+import { SERVER_SIDE_CODES } from '../services/protocol/errors';
 import type { SwitchboardSpec } from './api/types';
 
 export class MetricsError extends Error {
@@ -25,7 +26,10 @@ export interface ClusterMetrics {
   p99LatencyMs: number;
   /** Largest resident set of a gateway or broadcast pod. */
   memoryMiB: number;
-  /** Errors per received message. */
+  /**
+   * Server-side errors (internal, unavailable) per received message: client mistakes and slow
+   * clients are not the cluster's health, as in the SwitchboardHighErrorRate alert.
+   */
   errorRate: number;
 }
 
@@ -57,7 +61,7 @@ export function queries(sel: Selector, window: string): Record<keyof ClusterMetr
     connections: `sum(switchboard_connections{${gw}})`,
     p99LatencyMs: `1000 * histogram_quantile(0.99, sum by (le) (rate(switchboard_delivery_latency_seconds_bucket{${gw}}[${window}])))`,
     memoryMiB: `max(process_resident_memory_bytes{${all}}) / 1048576`,
-    errorRate: `sum(rate(switchboard_errors_total{${gw}}[${window}])) / clamp_min(sum(rate(switchboard_messages_received_total{${gw}}[${window}])), 1e-9)`,
+    errorRate: `sum(rate(switchboard_errors_total{${gw},code=~"${SERVER_SIDE_CODES.join('|')}"}[${window}])) / clamp_min(sum(rate(switchboard_messages_received_total{${gw}}[${window}])), 1e-9)`,
   };
 }
 

@@ -77,6 +77,9 @@ export const ErrorInfo: { readonly [C in ErrorCode]: ErrorInfo } = {
 
 export const ALL_ERROR_CODES: readonly ErrorCode[] = Object.values(ErrorCode);
 
+/** The codes of the server's own failures (`serverSide`): what error rates and alerts count. */
+export const SERVER_SIDE_CODES: readonly ErrorCode[] = ALL_ERROR_CODES.filter((c) => ErrorInfo[c].serverSide);
+
 /** An error with a stable protocol code, thrown by handlers and plugins and sent to the client. */
 export class SwitchboardError extends Error {
   readonly code: ErrorCode;

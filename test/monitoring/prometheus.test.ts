@@ -25,6 +25,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { parse } from 'yaml';
 import { OperatorMetrics } from '../../operator/metrics';
+import { queries } from '../../operator/prometheus';
 import { spawnCli, tempDir, type CliProcess } from '../helpers/cli';
 import { freePort } from '../helpers/net';
 import { PrometheusProcess, type Sample } from '../helpers/prometheus';
@@ -307,6 +308,14 @@ describe('dashboards and alerts against a real Prometheus scraping a real gatewa
     );
     assert.deepEqual(rules.map((r) => r.name).sort(), [...expected].sort());
     for (const r of rules) assert.equal(r.health, 'ok', `${r.name}: ${r.lastError}`);
+  });
+
+  test("the operator's error rate counts server-side errors only: a client's unknown_type errors leave it at 0", async () => {
+    const q = queries({ namespace: NAMESPACE, name: 'chat' }, '1m');
+    const [all] = await prom.query(q.errorRate.replace(/,code=~"[^"]*"/, ''));
+    assert.ok(all?.value > 0, `without the code filter the mistaken client's errors would count: ${q.errorRate}`);
+    const [rate] = await prom.query(q.errorRate);
+    assert.equal(rate?.value, 0, q.errorRate);
   });
 
   test('on a healthy gateway the alerts stay quiet, but a tier nobody runs is caught', async () => {
