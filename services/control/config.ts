@@ -8,6 +8,7 @@
  * the CLI turns it into one line on stderr and exit code 2.
  */
 import { readFileSync } from 'node:fs';
+import { parse as parseEnv } from 'dotenv';
 
 export class ConfigError extends Error {
   constructor(
@@ -118,21 +119,14 @@ type ValueOf<S> = S extends { kind: 'port' | 'int' }
  */
 export type Config = { -readonly [S in (typeof SETTINGS_TABLE)[number] as S['field']]: ValueOf<S> };
 
-/** Parse a `.env` file: KEY=value lines, # comments, optional quotes. Keys are upper-cased. */
+/**
+ * Parse a `.env` file with `dotenv`'s parser (KEY=value lines, # comments, quotes, `export`,
+ * multi-line quoted values; it does not touch process.env). Keys are upper-cased, so the origin's
+ * lower-case keys work.
+ */
 export function parseDotEnv(text: string): Map<string, string> {
   const out = new Map<string, string>();
-  for (const raw of text.split(/\r?\n/)) {
-    const line = raw.trim();
-    if (line === '' || line.startsWith('#')) continue;
-    const eq = line.indexOf('=');
-    if (eq <= 0) continue;
-    const key = line.slice(0, eq).trim().replace(/^export\s+/, '').toUpperCase();
-    let value = line.slice(eq + 1).trim();
-    if (value.length >= 2 && (value[0] === '"' || value[0] === "'") && value[value.length - 1] === value[0]) {
-      value = value.slice(1, -1);
-    }
-    out.set(key, value);
-  }
+  for (const [k, v] of Object.entries(parseEnv(text))) out.set(k.toUpperCase(), v);
   return out;
 }
 

@@ -43,11 +43,12 @@ describe('config', () => {
   });
 
   test('parseDotEnv: comments, quotes, export, keys upper-cased', () => {
-    const m = parseDotEnv('# comment\n\ntcp_host=0.0.0.0\nexport TCP_PORT="4100"\nAUTH_SECRET=\'s3cr=t\'\nnot a line\n');
+    const m = parseDotEnv('# comment\n\ntcp_host=0.0.0.0\nexport TCP_PORT="4100"\nAUTH_SECRET=\'s3cr=t\'\nnot a line\nLOG_LEVEL=warn # inline comment\n');
     assert.equal(m.get('TCP_HOST'), '0.0.0.0');
     assert.equal(m.get('TCP_PORT'), '4100');
     assert.equal(m.get('AUTH_SECRET'), 's3cr=t');
-    assert.equal(m.size, 3);
+    assert.equal(m.get('LOG_LEVEL'), 'warn');
+    assert.equal(m.size, 4);
   });
 
   test("the origin's lower-case .env keys work", () => {
