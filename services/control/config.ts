@@ -57,6 +57,7 @@ const SETTINGS_TABLE = [
   { key: 'HELLO_TIMEOUT_MS', field: 'helloTimeoutMs', kind: 'int', default: '10000', min: 100, doc: 'A connection must send hello within this time.' },
   { key: 'RATE_LIMIT_PER_SEC', field: 'rateLimitPerSec', kind: 'int', default: '2000', min: 1, doc: 'Sustained messages per second one connection may send (token bucket).' },
   { key: 'RATE_LIMIT_BURST', field: 'rateLimitBurst', kind: 'int', default: '4000', min: 1, doc: 'Bucket size: messages a connection may send in a burst.' },
+  { key: 'OUTBOUND_BUDGET_BYTES', field: 'outboundBudgetBytes', kind: 'int', default: '268435456', min: 0, doc: 'Output pending for all connections together (each one\'s as MAX_OUTBOUND_BYTES counts it); past it, the connections with the most pending are disconnected as slow consumers until the total is back under three quarters of it. 0: no budget.' },
   { key: 'MAX_OUTBOUND_BYTES', field: 'maxOutboundBytes', kind: 'int', default: '4194304', min: 1024, doc: 'Bytes queued for one connection (ours plus the socket buffer) before it is a slow consumer.' },
   { key: 'SLOW_CONSUMER_POLICY', field: 'slowConsumerPolicy', kind: 'enum', default: 'disconnect', values: ['disconnect', 'drop'], doc: 'disconnect: send slow_consumer and close; drop: drop messages for that client and count them.' },
   { key: 'HISTORY_SIZE', field: 'historySize', kind: 'int', default: '100', min: 0, doc: 'Messages kept per room for `history` and recovery after reconnect.' },

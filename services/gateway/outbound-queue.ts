@@ -78,6 +78,11 @@ export class OutboundQueue implements FrameWaiter {
     this.held = new InOrder((msg) => this.takeCompressed(msg));
   }
 
+  /** Everything pending for the client: queued, waiting for compression, in the sink. */
+  get pendingBytes(): number {
+    return this.queuedBytes + this.heldBytes + this.sink.writableLength;
+  }
+
   /** Bytes waiting to be written: our queue plus the sink's own buffer. */
   get bufferedAmount(): number {
     return this.queuedBytes + this.sink.writableLength;
@@ -122,7 +127,7 @@ export class OutboundQueue implements FrameWaiter {
    *   stops sending requests is past that.
    */
   private admits(size: number, reply: boolean): boolean {
-    const pending = this.queuedBytes + this.heldBytes + this.sink.writableLength;
+    const pending = this.pendingBytes;
     const max = this.limits.maxOutboundBytes;
     if (pending + size <= max || pending === 0) return true;
     return reply && this.limits.slowConsumerPolicy === 'drop' && pending + size <= 2 * max;

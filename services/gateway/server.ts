@@ -77,7 +77,9 @@ export function defaultServerId(): string {
 /** First pause after accept(2) failed for lack of descriptors; doubles up to ACCEPT_BACKOFF_MAX_MS. */
 const ACCEPT_BACKOFF_MIN_MS = 100;
 const ACCEPT_BACKOFF_MAX_MS = 5000;
-/** At most one log line per this long about refused connections. */
+/** How often the pending output of all connections is held against OUTBOUND_BUDGET_BYTES. */
+const OUTBOUND_CHECK_MS = 100;
+/** At most one log line per this long about refused connections (and about the outbound budget). */
 const REFUSAL_LOG_MS = 10_000;
 
 /** History usage of a bus that keeps none in this process (the Redis bus keeps it in Redis). */
@@ -109,8 +111,12 @@ export class GatewayServer implements ConnectionHost {
   private acceptBackoffUntil = 0;
   private acceptBackoffMs = ACCEPT_BACKOFF_MIN_MS;
   private lastRefusalLog = 0;
+  private lastBudgetLog = 0;
+  /** Connections cut by the outbound budget since the last log line about it. */
+  private budgetCuts = 0;
   private sessionSeq = 0;
   private sweepTimer: NodeJS.Timeout | null = null;
+  private budgetTimer: NodeJS.Timeout | null = null;
   private listening = false;
   private draining = false;
   private drained: (() => void) | null = null;
@@ -207,6 +213,7 @@ export class GatewayServer implements ConnectionHost {
         connections_max: this.maxConnections,
         http_connections: this.counters.httpConnections,
         partial_frame_bytes: this.counters.partialFrameBytes,
+        outbound_pending_bytes: this.counters.outboundPendingBytes,
         flags_shed: this.flags.isShedding,
       }),
       ...(opts.stats ?? []),
@@ -361,6 +368,10 @@ export class GatewayServer implements ConnectionHost {
     const sweepMs = Math.max(50, Math.min(1000, Math.floor(Math.min(config.idleTimeoutMs, config.helloTimeoutMs, config.frameTimeoutMs) / 4)));
     this.sweepTimer = setInterval(() => this.sweep(), sweepMs);
     this.sweepTimer.unref();
+    if (config.outboundBudgetBytes > 0) {
+      this.budgetTimer = setInterval(() => this.checkOutboundBudget(), OUTBOUND_CHECK_MS);
+      this.budgetTimer.unref();
+    }
     const addr = this.addresses();
     log.info('listening', { role: this.role, bus: bus.kind, ...addr });
     return addr;
@@ -432,6 +443,45 @@ export class GatewayServer implements ConnectionHost {
     }
   }
 
+  /**
+   * OUTBOUND_BUDGET_BYTES: each connection's pending output is bounded by MAX_OUTBOUND_BYTES, but
+   * thousands of clients that stop reading, each in a room of its own, would hold thousands of
+   * times that. Every OUTBOUND_CHECK_MS the pending output of all connections is summed (a frame
+   * shared by N members counts N times: an upper bound on the memory held); past the budget the
+   * connections furthest behind are disconnected as slow consumers, largest first, until the sum
+   * is under three quarters of it. A client that reads has next to nothing pending and is never
+   * chosen.
+   */
+  private checkOutboundBudget(): void {
+    const budget = this.services.config.outboundBudgetBytes;
+    let total = 0;
+    for (const conn of this.conns) total += conn.session.pendingOutput;
+    this.counters.outboundPendingBytes = total;
+    if (total <= budget) return;
+    const behind: { conn: Connection; pending: number }[] = [];
+    for (const conn of this.conns) {
+      const pending = conn.session.pendingOutput;
+      if (pending > 0 && conn.session.live) behind.push({ conn, pending });
+    }
+    behind.sort((a, b) => b.pending - a.pending);
+    const goal = Math.floor(budget * 0.75);
+    let cut = 0;
+    for (const { conn, pending } of behind) {
+      if (total <= goal) break;
+      conn.session.outboundBudgetExceeded();
+      total -= pending;
+      cut++;
+    }
+    this.counters.outboundPendingBytes = total;
+    this.budgetCuts += cut;
+    const now = Date.now();
+    if (now - this.lastBudgetLog >= REFUSAL_LOG_MS) {
+      this.lastBudgetLog = now;
+      this.services.log.warn('outbound budget spent: disconnected the clients furthest behind', { budget, disconnected: this.budgetCuts, pendingAfter: total });
+      this.budgetCuts = 0;
+    }
+  }
+
   readiness(): { ready: boolean; reasons: string[] } {
     const reasons: string[] = [];
     if (!this.listening) reasons.push('not listening');
@@ -500,6 +550,7 @@ export class GatewayServer implements ConnectionHost {
     for (const socket of this.httpSockets) socket.destroy();
     await closedListener;
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
+    if (this.budgetTimer !== null) clearInterval(this.budgetTimer);
     this.stats.stop();
     this.monitor.stop();
     await new Promise<void>((resolve) => this.sniffedHttp.close(() => resolve()));

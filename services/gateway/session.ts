@@ -460,6 +460,23 @@ export class Session implements HubMember, PluginContext, InboundSink {
     return false;
   }
 
+  /** Output pending for this client (queued, being compressed, in the socket). */
+  get pendingOutput(): number {
+    return this.out.pendingBytes;
+  }
+
+  /**
+   * The server's OUTBOUND_BUDGET_BYTES is spent and this client holds more of it than the others:
+   * a slow consumer, whatever the policy (dropping its pushes would not free what it holds).
+   */
+  outboundBudgetExceeded(): void {
+    const counters = this.host.services.counters;
+    counters.dropped[DropReason.SlowConsumer]++;
+    counters.limitHits[Limit.OutboundBudget]++;
+    this.out.discard();
+    this.fail(undefined, ErrorCode.SlowConsumer, 'the server\'s outbound budget is spent and this client is among the furthest behind');
+  }
+
   private slowConsumer(reply: boolean): void {
     const counters = this.host.services.counters;
     counters.dropped[DropReason.SlowConsumer]++;

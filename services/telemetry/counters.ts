@@ -28,6 +28,7 @@ export const Limit = {
   RoomsTotal: 'MAX_ROOMS_TOTAL',
   RateLimit: 'RATE_LIMIT_PER_SEC',
   OutboundBytes: 'MAX_OUTBOUND_BYTES',
+  OutboundBudget: 'OUTBOUND_BUDGET_BYTES',
   HttpTimeout: 'HTTP_REQUEST_TIMEOUT_MS',
   IdleTimeout: 'IDLE_TIMEOUT_MS',
   HelloTimeout: 'HELLO_TIMEOUT_MS',
@@ -66,6 +67,8 @@ export class Counters {
   httpConnections = 0;
   /** Bytes of incomplete frames held by all connections (PARTIAL_FRAMES_BUDGET_BYTES). */
   partialFrameBytes = 0;
+  /** Output pending for every connection together, as of the last outbound budget check. */
+  outboundPendingBytes = 0;
   /**
    * Server-side errors as the overload monitor counts them: each connection at most once per
    * monitor interval (`epoch`), so that one client cannot make the error rate by itself.

@@ -173,6 +173,7 @@ export class GatewayMetrics {
     new Gauge({ name: `${p}connections_max`, help: 'Connections this process accepts at once (MAX_CONNECTIONS, or derived from the descriptor limit); 0 means no limit.', registers: [reg], collect() { this.set(source.connectionsMax?.() ?? 0); } });
     new Gauge({ name: `${p}http_connections`, help: 'Open HTTP connections (client port and admin port); they count against MAX_CONNECTIONS.', registers: [reg], collect() { this.set(c.httpConnections); } });
     new Gauge({ name: `${p}partial_frame_bytes`, help: 'Bytes of incomplete frames held for all connections (PARTIAL_FRAMES_BUDGET_BYTES).', registers: [reg], collect() { this.set(c.partialFrameBytes); } });
+    new Gauge({ name: `${p}outbound_pending_bytes`, help: 'Output pending for all connections together, each one\'s summed (OUTBOUND_BUDGET_BYTES), as of the last check.', registers: [reg], collect() { this.set(c.outboundPendingBytes); } });
     new Gauge({ name: `${p}rooms`, help: 'Rooms with members on this process (MAX_ROOMS_TOTAL).', registers: [reg], collect() { this.set(source.rooms?.() ?? 0); } });
     new Gauge({ name: `${p}history_bytes`, help: 'Estimated bytes of room history held by this process (HISTORY_ROOM_BYTES, HISTORY_TOTAL_BYTES; 0 in cluster mode, where history is in Redis).', registers: [reg], collect() { this.set(source.history?.().bytes ?? 0); } });
     this.counter(`${p}history_evicted_total`, 'Messages evicted from history because a byte budget (HISTORY_ROOM_BYTES, HISTORY_TOTAL_BYTES) was reached.', () => source.history?.().evicted ?? 0);

@@ -1,7 +1,8 @@
 // Attack class: slow readers. Members of a busy room that never read are cut off as slow
 // consumers once MAX_OUTBOUND_BYTES is pending for them, and cost at most that; a member that
 // reads is never cut off, not even by one frame larger than the bound; under the drop policy
-// pushes are dropped but a request still gets its reply.
+// pushes are dropped but a request still gets its reply. Many clients that stop reading, each
+// below its own bound, are held to OUTBOUND_BUDGET_BYTES together.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { waitFor } from '../helpers/wait';
@@ -101,4 +102,54 @@ test('drop policy: pushes to a deaf member are dropped, its requests still get t
   assert.equal((await deaf.waitFor((m) => m.id === 'q')).type, 'pong');
   assert.equal(deaf.closed, false);
   await assertWitnessServed(witness);
+});
+
+test('many clients that stop reading, each below its own bound: the process-wide OUTBOUND_BUDGET_BYTES cuts the furthest behind', async (t) => {
+  const budget = 4 * 1024 * 1024;
+  // Each deaf client's own bound (32 MiB) is never reached here: only the budget can cut them.
+  const target = await startTarget({ MAX_OUTBOUND_BYTES: String(32 * 1024 * 1024), OUTBOUND_BUDGET_BYTES: String(budget), RATE_LIMIT_PER_SEC: '100000', RATE_LIMIT_BURST: '100000' });
+  t.after(() => target.stop());
+  const witness = await Witness.start(target.port, t);
+  await witness.served(5);
+  const before = await settledRss(target);
+  const open = async (user: string): Promise<RawClient> => {
+    const c = await RawClient.open(target.port);
+    t.after(() => c.destroy());
+    await c.hello(user);
+    return c;
+  };
+  const reader = await open('reader');
+  const deaf: RawClient[] = [];
+  for (let i = 0; i < 8; i++) {
+    const d = await open(`deaf-${i}`);
+    d.socket.pause();
+    deaf.push(d);
+  }
+  const sender = await open('sender');
+  const data = 'd'.repeat(32 * 1024);
+  const perDeaf = 12 * 1024 * 1024; // kernel buffers take a few MB each; the rest waits in the server
+  const rounds = Math.ceil(perDeaf / data.length);
+  const { peak } = await peakRss(target, async () => {
+    for (let i = 0; i < rounds; i++) {
+      for (let k = 0; k < deaf.length; k++) sender.line({ type: 'direct', to: `deaf-${k}`, data });
+      sender.line({ type: 'direct', to: 'reader', data: i });
+      if (i % 8 === 7) await new Promise((r) => setTimeout(r, 5));
+    }
+    await waitFor(async () => (await target.metric('switchboard_errors_total{code="slow_consumer"}')) === deaf.length, 15_000, 'every deaf client to be cut off');
+  });
+  assert.ok(((await target.metric('switchboard_limit_exceeded_total{limit="OUTBOUND_BUDGET_BYTES"}')) ?? 0) >= deaf.length, 'cut by the budget');
+  assert.equal(await target.metric('switchboard_limit_exceeded_total{limit="MAX_OUTBOUND_BYTES"}'), 0, 'no client reached its own bound');
+  // The reader got every message (it reads), the sender is still served, and the pending output
+  // is back within the budget.
+  await waitFor(() => reader.lines.filter((m) => m.type === 'direct').length === rounds, 10_000, 'the reader to get all its messages');
+  assert.equal(reader.closed, false);
+  assert.equal(sender.closed, false);
+  await waitFor(async () => ((await target.stats()).outbound_pending_bytes as number) <= budget, 5000, 'pending output within the budget');
+  // A deaf client that reads at last finds its messages, then slow_consumer, then the close.
+  deaf[0].socket.resume();
+  await deaf[0].waitClosed(5000);
+  const last = deaf[0].lines[deaf[0].lines.length - 1];
+  assert.ok(last === undefined || last.code === 'slow_consumer' || last.type === 'direct', JSON.stringify(last).slice(0, 200));
+  await assertWitnessServed(witness);
+  assertRssWithin(before, peak, undefined, 'peak RSS');
 });
