@@ -19,9 +19,18 @@
  * larger one with RESOURCE_EXHAUSTED before it reaches a handler), `data` nests at most
  * MAX_JSON_DEPTH levels (INVALID_ARGUMENT), and neither a listener error nor a failing stats read
  * on a timer can throw.
+ *
+ * Connections: the listener is ours (node:net), and grpc-js gets each socket through a
+ * connection injector, so that the port is held to the same rules as the others. A connection
+ * counts against MAX_CONNECTIONS (with the gateway's client and HTTP connections); one that has not
+ * sent the HTTP/2 connection preface within HTTP_HEADERS_TIMEOUT_MS is closed (a half-open socket
+ * would otherwise be held for ever); one with no call open for IDLE_TIMEOUT_MS is closed with a
+ * GOAWAY (grpc.max_connection_idle_ms: clients reconnect on their next call); and a connection
+ * opens at most MAX_STREAMS calls at once.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { createServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -38,6 +47,21 @@ import {
   SwitchboardError,
 } from '../protocol';
 import type { Logger } from '../telemetry/log';
+
+/** Calls one API connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
+const MAX_STREAMS = 100;
+/** The HTTP/2 connection preface: what a client sends first. */
+const PREFACE_BYTES = 24;
+/** At most one log line per this long about listener errors. */
+const LISTENER_LOG_MS = 10_000;
+
+function ignoreSocketError(): void {
+  // ECONNRESET and friends: 'close' follows.
+}
+
+function destroySocket(socket: Socket): void {
+  socket.destroy();
+}
 
 /** Where the .proto lives: next to this file in the sources, or under services/api from dist/. */
 export function protoPath(): string {
@@ -116,6 +140,9 @@ export interface ApiServerOptions {
 
 export class ApiServer {
   readonly grpc: grpc.Server;
+  private listener: NetServer | null = null;
+  private injector: grpc.ConnectionInjector | null = null;
+  private lastListenerLog = 0;
   private readonly keyDigest: Buffer | null;
   private readonly watchers = new Set<NodeJS.Timeout>();
   port = -1;
@@ -124,6 +151,8 @@ export class ApiServer {
     this.grpc = new grpc.Server({
       // A request (Publish data and the rest) is bounded like a client frame.
       'grpc.max_receive_message_length': opts.config.maxFrameBytes,
+      'grpc.max_connection_idle_ms': opts.config.idleTimeoutMs,
+      'grpc.max_concurrent_streams': MAX_STREAMS,
     });
     this.keyDigest = opts.config.apiKey === '' ? null : digest(opts.config.apiKey);
     const service = switchboardService().service;
@@ -140,35 +169,63 @@ export class ApiServer {
   /** Bind API_HOST:API_PORT; resolves with the bound port. */
   start(): Promise<number> {
     const { apiHost, apiPort } = this.opts.config;
-    const host = apiHost.includes(':') ? `[${apiHost}]` : apiHost;
+    this.injector = this.grpc.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+    const listener = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    this.listener = listener;
     return new Promise((res, rej) => {
-      this.grpc.bindAsync(`${host}:${apiPort}`, grpc.ServerCredentials.createInsecure(), (err, port) => {
-        if (err !== null) return rej(err);
-        this.port = port;
-        this.guardListeners();
-        res(port);
+      listener.once('error', rej);
+      listener.listen(apiPort, apiHost, () => {
+        listener.removeListener('error', rej);
+        // accept(2) failing (EMFILE when descriptors run out): libuv has dropped that connection.
+        listener.on('error', (err: NodeJS.ErrnoException) => this.listenerError(err));
+        this.port = (listener.address() as AddressInfo).port;
+        res(this.port);
       });
     });
   }
 
   /**
-   * grpc-js removes its own 'error' listener from its HTTP/2 servers once they listen, so an
-   * accept(2) failure (EMFILE when descriptors run out) would be an unhandled 'error' event and
-   * end the process. Handle it: libuv has already dropped that connection.
+   * A new API connection: ours until it has sent the 24-byte HTTP/2 connection preface, then
+   * grpc-js's (the bytes read are put back first). Until then it is a plain socket we can close:
+   * once HTTP/2 owns it, destroying the socket no longer closes the connection.
    */
-  private guardListeners(): void {
-    const servers = (this.grpc as unknown as { http2Servers?: Map<import('node:events').EventEmitter, unknown> }).http2Servers;
-    if (!(servers instanceof Map)) return;
-    for (const server of servers.keys()) {
-      if (server.listenerCount('error') > 0) continue;
-      server.on('error', (err: NodeJS.ErrnoException) => this.opts.log.warn('api listener error', { code: err.code, err: err.message }));
-    }
+  private accept(socket: Socket): void {
+    if (!this.opts.gateway.admitApiConnection(socket)) return;
+    socket.on('error', ignoreSocketError);
+    const timer = setTimeout(destroySocket, this.opts.config.httpHeadersTimeoutMs, socket);
+    timer.unref();
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    const onData = (chunk: Buffer): void => {
+      chunks.push(chunk);
+      bytes += chunk.length;
+      if (bytes < PREFACE_BYTES) return;
+      clearTimeout(timer);
+      socket.removeListener('data', onData);
+      socket.removeListener('close', onClose);
+      socket.pause();
+      socket.unshift(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
+      this.injector!.injectConnection(socket);
+    };
+    const onClose = (): void => clearTimeout(timer);
+    socket.on('data', onData);
+    socket.once('close', onClose);
+  }
+
+  private listenerError(err: NodeJS.ErrnoException): void {
+    const now = Date.now();
+    if (now - this.lastListenerLog < LISTENER_LOG_MS) return;
+    this.lastListenerLog = now;
+    this.opts.log.warn('api listener error', { code: err.code, err: err.message });
   }
 
   /** Stop accepting calls, end watch streams, and wait for calls in flight (bounded). */
   async stop(graceMs = 2000): Promise<void> {
     for (const t of this.watchers) clearInterval(t);
     this.watchers.clear();
+    const listener = this.listener;
+    this.listener = null;
+    if (listener !== null) await new Promise<void>((res) => listener.close(() => res()));
     await new Promise<void>((res) => {
       const timer = setTimeout(() => {
         this.grpc.forceShutdown();

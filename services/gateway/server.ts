@@ -277,6 +277,25 @@ export class GatewayServer implements ConnectionHost {
     });
   }
 
+  /**
+   * A connection to the gRPC API port (HTTP/2): counted against MAX_CONNECTIONS like the HTTP
+   * connections of the other ports, so a flood of sockets there cannot take the descriptors client
+   * connections need. False (and the socket destroyed) when it is refused.
+   */
+  admitApiConnection(socket: Socket): boolean {
+    const max = this.maxConnections;
+    if (this.draining) {
+      this.refuse(socket, RejectReason.Draining);
+      return false;
+    }
+    if (max > 0 && this.totalConnections >= max) {
+      this.refuse(socket, RejectReason.Limit);
+      return false;
+    }
+    this.trackHttp(socket, false);
+    return true;
+  }
+
   /** Admin port: counted like any connection, with a small reserve beyond the limit for probes. */
   private acceptAdmin(socket: Socket): void {
     const max = this.maxConnections;

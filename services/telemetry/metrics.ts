@@ -171,7 +171,7 @@ export class GatewayMetrics {
     const rejectFeeds: CounterFeed[] = Object.values(RejectReason).map((r) => new CounterFeed(rejected.labels(r), () => c.rejected[r]));
     for (const r of Object.values(RejectReason)) rejected.labels(r).inc(0);
     new Gauge({ name: `${p}connections_max`, help: 'Connections this process accepts at once (MAX_CONNECTIONS, or derived from the descriptor limit); 0 means no limit.', registers: [reg], collect() { this.set(source.connectionsMax?.() ?? 0); } });
-    new Gauge({ name: `${p}http_connections`, help: 'Open HTTP connections (client port and admin port); they count against MAX_CONNECTIONS.', registers: [reg], collect() { this.set(c.httpConnections); } });
+    new Gauge({ name: `${p}http_connections`, help: 'Open HTTP connections (client port, admin port and gRPC API port); they count against MAX_CONNECTIONS.', registers: [reg], collect() { this.set(c.httpConnections); } });
     new Gauge({ name: `${p}partial_frame_bytes`, help: 'Bytes of incomplete frames held for all connections (PARTIAL_FRAMES_BUDGET_BYTES).', registers: [reg], collect() { this.set(c.partialFrameBytes); } });
     new Gauge({ name: `${p}outbound_pending_bytes`, help: 'Output pending for all connections together, each one\'s summed (OUTBOUND_BUDGET_BYTES), as of the last check.', registers: [reg], collect() { this.set(c.outboundPendingBytes); } });
     new Gauge({ name: `${p}rooms`, help: 'Rooms with members on this process (MAX_ROOMS_TOTAL).', registers: [reg], collect() { this.set(source.rooms?.() ?? 0); } });

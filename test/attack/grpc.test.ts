@@ -1,12 +1,16 @@
-// Attack class: the gRPC API's payloads. A request larger than MAX_FRAME_BYTES is refused by
-// grpc-js before any handler runs (RESOURCE_EXHAUSTED); `data` nested deeper than MAX_JSON_DEPTH
-// is INVALID_ARGUMENT, never INTERNAL; TCP clients keep being served meanwhile.
+// Attack class: the gRPC API's payloads and sockets. A request larger than MAX_FRAME_BYTES is
+// refused by grpc-js before any handler runs (RESOURCE_EXHAUSTED); `data` nested deeper than
+// MAX_JSON_DEPTH is INVALID_ARGUMENT, never INTERNAL; half-open sockets on the API port are
+// closed at HTTP_HEADERS_TIMEOUT_MS, count against MAX_CONNECTIONS, and idle API connections
+// go at IDLE_TIMEOUT_MS; TCP clients keep being served meanwhile.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { connect, type Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { startApiServer, switchboardService, type ApiServer } from '../../services/api';
 import { silentLogger } from '../../services/telemetry';
 import { startServer } from '../helpers/server';
+import { waitFor } from '../helpers/wait';
 import { helloClient } from '../helpers/wire';
 
 const KEY = 'attack-api-key';
@@ -55,4 +59,45 @@ test('gRPC: payloads over MAX_FRAME_BYTES are RESOURCE_EXHAUSTED, nested data IN
   assert.equal(ok.err, undefined);
   await member.next((m) => m.type === 'message' && JSON.stringify(m.data) === '{"n":[[1],[2]]}', 3000, 'the published message');
   assert.equal((await member.request({ type: 'ping' })).type, 'pong');
+});
+
+test('gRPC port: half-open sockets are closed at the header timeout and count against MAX_CONNECTIONS; idle connections close at IDLE_TIMEOUT_MS', async (t) => {
+  const MAX = 40;
+  const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY, maxConnections: MAX, httpHeadersTimeoutMs: 400, idleTimeoutMs: 1500 });
+  const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
+  const member = await helloClient(srv.port, 'member');
+  const socks: Socket[] = [];
+  t.after(async () => {
+    for (const s of socks) s.destroy();
+    member.destroy();
+    await api.stop();
+    await srv.close();
+  });
+  // 60 sockets that never speak (half of them stop inside the HTTP/2 preface): MAX - 1 are held
+  // (the member has one), the rest are refused at once.
+  let closed = 0;
+  for (let i = 0; i < 60; i++) {
+    const s = connect({ host: '127.0.0.1', port: api.port });
+    s.on('error', () => {});
+    s.on('close', () => closed++);
+    s.on('connect', () => {
+      if (i % 2 === 0) s.write('PRI * HTTP/2.0\r\n');
+    });
+    socks.push(s);
+  }
+  await waitFor(() => closed >= 60 - (MAX - 1), 5000, 'the sockets past MAX_CONNECTIONS to be refused');
+  assert.equal(srv.server.counters.rejected.limit, 60 - (MAX - 1));
+  assert.equal((await member.request({ type: 'ping' })).type, 'pong', 'the TCP member is served');
+  // At the header timeout (400 ms) every half-open socket is closed.
+  await waitFor(() => closed === 60, 5000, 'every half-open socket to be closed');
+  assert.equal(srv.server.counters.httpConnections, 0);
+  // A real client is served, and its connection is closed once idle for IDLE_TIMEOUT_MS; the next
+  // call reconnects.
+  const Ctor = switchboardService();
+  const c = new Ctor(`127.0.0.1:${api.port}`, grpc.credentials.createInsecure()) as unknown as Client;
+  t.after(() => c.close());
+  assert.equal((await call(c, 'Presence', { room: 'lobby' })).err, undefined);
+  assert.equal(srv.server.counters.httpConnections, 1);
+  await waitFor(() => srv.server.counters.httpConnections === 0, 5000, 'the idle API connection to be closed');
+  assert.equal((await call(c, 'Presence', { room: 'lobby' })).err, undefined, 'the client reconnects on its next call');
 });
