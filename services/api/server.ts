@@ -142,6 +142,8 @@ export class ApiServer {
   readonly grpc: grpc.Server;
   private listener: NetServer | null = null;
   private injector: grpc.ConnectionInjector | null = null;
+  /** Accepted sockets that have not sent the preface yet (not grpc-js's to close). */
+  private readonly beforePreface = new Set<Socket>();
   private lastListenerLog = 0;
   private readonly keyDigest: Buffer | null;
   private readonly watchers = new Set<NodeJS.Timeout>();
@@ -194,6 +196,7 @@ export class ApiServer {
     socket.on('error', ignoreSocketError);
     const timer = setTimeout(destroySocket, this.opts.config.httpHeadersTimeoutMs, socket);
     timer.unref();
+    this.beforePreface.add(socket);
     const chunks: Buffer[] = [];
     let bytes = 0;
     const onData = (chunk: Buffer): void => {
@@ -201,13 +204,17 @@ export class ApiServer {
       bytes += chunk.length;
       if (bytes < PREFACE_BYTES) return;
       clearTimeout(timer);
+      this.beforePreface.delete(socket);
       socket.removeListener('data', onData);
       socket.removeListener('close', onClose);
       socket.pause();
       socket.unshift(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
       this.injector!.injectConnection(socket);
     };
-    const onClose = (): void => clearTimeout(timer);
+    const onClose = (): void => {
+      clearTimeout(timer);
+      this.beforePreface.delete(socket);
+    };
     socket.on('data', onData);
     socket.once('close', onClose);
   }
@@ -223,9 +230,12 @@ export class ApiServer {
   async stop(graceMs = 2000): Promise<void> {
     for (const t of this.watchers) clearInterval(t);
     this.watchers.clear();
-    const listener = this.listener;
+    // No new connections; grpc-js closes the ones it has, and those still before the preface go
+    // now. (Not waiting for the listener's close: it waits for every connection it accepted.)
+    this.listener?.close();
     this.listener = null;
-    if (listener !== null) await new Promise<void>((res) => listener.close(() => res()));
+    for (const socket of this.beforePreface) socket.destroy();
+    this.beforePreface.clear();
     await new Promise<void>((res) => {
       const timer = setTimeout(() => {
         this.grpc.forceShutdown();

@@ -101,3 +101,23 @@ test('gRPC port: half-open sockets are closed at the header timeout and count ag
   await waitFor(() => srv.server.counters.httpConnections === 0, 5000, 'the idle API connection to be closed');
   assert.equal((await call(c, 'Presence', { room: 'lobby' })).err, undefined, 'the client reconnects on its next call');
 });
+
+test('gRPC stop: a connected client and a socket still before the preface do not hold it up', async (t) => {
+  const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY });
+  t.after(() => srv.close());
+  const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
+  const Ctor = switchboardService();
+  const c = new Ctor(`127.0.0.1:${api.port}`, grpc.credentials.createInsecure()) as unknown as Client;
+  t.after(() => c.close());
+  assert.equal((await call(c, 'Presence', { room: 'lobby' })).err, undefined);
+  const silent = connect({ host: '127.0.0.1', port: api.port });
+  silent.on('error', () => {});
+  const silentClosed = new Promise((r) => silent.once('close', r));
+  await new Promise((r) => silent.once('connect', r));
+  await waitFor(() => srv.server.counters.httpConnections === 2, 2000, 'both connections to be counted');
+  const t0 = Date.now();
+  await api.stop(1000);
+  assert.ok(Date.now() - t0 < 3000, `stop took ${Date.now() - t0} ms`);
+  await silentClosed;
+  await waitFor(() => srv.server.counters.httpConnections === 0, 3000, 'every API connection to be closed');
+});
