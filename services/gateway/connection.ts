@@ -19,6 +19,8 @@ export interface ConnectionHost extends SessionHost, PartialBudget {
   /** Give an HTTP connection (sniffed on the client port) to the HTTP handler. */
   handOverHttp(socket: Socket, firstBytes: Buffer): void;
   closed(conn: Connection): void;
+  /** The connection's output is piling up in its socket (see OutboundQueue's `backlogged`). */
+  outboundBacklogged(conn: Connection): void;
 }
 
 const CONN = Symbol('switchboard.connection');
@@ -41,6 +43,7 @@ export class Connection implements SessionTransport {
       host.outboundLimits,
       () => hub.markDirty(this.session),
       (bytes) => (counters.bytesSent += bytes),
+      () => host.outboundBacklogged(this),
     );
     this.session = new Session(host, out, this, now);
     this.inbound = new Inbound(socket, this.session, host.inboundLimits, counters, host, (first) => this.handOver(first), now);

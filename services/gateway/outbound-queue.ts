@@ -74,6 +74,11 @@ export class OutboundQueue implements FrameWaiter {
     private readonly becameDirty: () => void,
     /** Bytes handed to the sink, for the counters. */
     private readonly wrote: (bytes: number) => void,
+    /**
+     * A flush left bytes in the sink (the peer does not take them as fast): the server's
+     * OUTBOUND_BUDGET_BYTES check looks only at such queues.
+     */
+    private readonly backlogged: () => void = noBacklogWatch,
   ) {
     this.held = new InOrder((msg) => this.takeCompressed(msg));
   }
@@ -187,6 +192,8 @@ export class OutboundQueue implements FrameWaiter {
       sink.uncork();
     }
     queue.length = 0;
+    // A write the kernel took whole leaves nothing behind (the length drops synchronously).
+    if (sink.writableLength > 0) this.backlogged();
   }
 
   /**
@@ -207,3 +214,5 @@ export class OutboundQueue implements FrameWaiter {
     this.queuedBytes = 0;
   }
 }
+
+function noBacklogWatch(): void {}

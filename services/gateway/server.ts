@@ -117,6 +117,8 @@ export class GatewayServer implements ConnectionHost {
   private sessionSeq = 0;
   private sweepTimer: NodeJS.Timeout | null = null;
   private budgetTimer: NodeJS.Timeout | null = null;
+  /** Connections whose output piled up in their socket since the last budget check. */
+  private readonly backlogged = new Set<Connection>();
   private listening = false;
   private draining = false;
   private drained: (() => void) | null = null;
@@ -431,6 +433,7 @@ export class GatewayServer implements ConnectionHost {
 
   closed(conn: Connection): void {
     this.conns.delete(conn);
+    this.backlogged.delete(conn);
     this.budgetWaiters.delete(conn.inbound);
     if (this.drained !== null && this.conns.size === 0 && this.clientHttp === 0) this.drained();
   }
@@ -462,31 +465,42 @@ export class GatewayServer implements ConnectionHost {
     }
   }
 
+  /** ConnectionHost: a flush left bytes in this connection's socket. */
+  outboundBacklogged(conn: Connection): void {
+    if (this.budgetTimer !== null) this.backlogged.add(conn);
+  }
+
   /**
    * OUTBOUND_BUDGET_BYTES: each connection's pending output is bounded by MAX_OUTBOUND_BYTES, but
    * thousands of clients that stop reading, each in a room of its own, would hold thousands of
-   * times that. Every OUTBOUND_CHECK_MS the pending output of all connections is summed (a frame
-   * shared by N members counts N times: an upper bound on the memory held); past the budget the
+   * times that. Output only stays pending in a socket whose peer does not take it (our own
+   * queues are written every turn), so every OUTBOUND_CHECK_MS the pending output of the
+   * connections a flush left backlogged is summed (a frame shared by N members counts N times:
+   * an upper bound on the memory held); those that caught up leave the set. Past the budget the
    * connections furthest behind are disconnected as slow consumers, largest first, until the sum
-   * is under three quarters of it. A client that reads has next to nothing pending and is never
-   * chosen.
+   * is under three quarters of it. A client that reads has nothing pending and is never chosen.
    */
   private checkOutboundBudget(): void {
-    const budget = this.services.config.outboundBudgetBytes;
     let total = 0;
-    for (const conn of this.conns) total += conn.session.pendingOutput;
-    this.counters.outboundPendingBytes = total;
-    if (total <= budget) return;
     const behind: { conn: Connection; pending: number }[] = [];
-    for (const conn of this.conns) {
+    for (const conn of this.backlogged) {
       const pending = conn.session.pendingOutput;
-      if (pending > 0 && conn.session.live) behind.push({ conn, pending });
+      if (pending === 0 || !conn.session.live) {
+        this.backlogged.delete(conn);
+        continue;
+      }
+      total += pending;
+      behind.push({ conn, pending });
     }
+    this.counters.outboundPendingBytes = total;
+    const budget = this.services.config.outboundBudgetBytes;
+    if (total <= budget) return;
     behind.sort((a, b) => b.pending - a.pending);
     const goal = Math.floor(budget * 0.75);
     let cut = 0;
     for (const { conn, pending } of behind) {
       if (total <= goal) break;
+      this.backlogged.delete(conn);
       conn.session.outboundBudgetExceeded();
       total -= pending;
       cut++;
