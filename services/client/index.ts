@@ -112,6 +112,9 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
   /** Frames being (de)compressed asynchronously (zstd), and the frames waiting behind them. */
   private readonly tx = new InOrder<CodecWork>((w) => this.takeTx(w));
   private readonly rx = new InOrder<CodecWork>((w) => this.takeRx(w));
+  /** `ordered`'s way out for a frame nothing waits before: made once, not per frame. */
+  private readonly receiveNow = (frame: Buffer): void => this.handleFrame(frame);
+  private readonly sendNow = (frame: Buffer): void => void this.socket?.write(frame);
   private readonly opts: Required<Omit<ClientOptions, 'token' | 'helloFields'>> & Pick<ClientOptions, 'token' | 'helloFields'>;
   welcome: Welcome | null = null;
   /** Times this client has (re)connected successfully. */
@@ -295,18 +298,18 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       this.onFrameError(ErrorCode.BadFrame, (err as Error).message);
       return;
     }
-    if (!(out instanceof Promise) && !this.rx.holding) {
-      this.handleFrame(out);
-      return;
-    }
     // zstd decompresses asynchronously: frames after it wait, so messages keep the server's order.
-    this.ordered(this.rx, out);
+    this.ordered(this.rx, out, this.receiveNow);
   }
 
-  /** Put a frame that may still be (de)compressing in order behind the frames before it. */
-  private ordered(queue: InOrder<CodecWork>, frame: Buffer | Promise<Buffer>): void {
+  /**
+   * Put a frame that may still be (de)compressing in order behind the frames before it. A frame
+   * that is ready while nothing waits goes straight to `now`, with no queue item.
+   */
+  private ordered(queue: InOrder<CodecWork>, frame: Buffer | Promise<Buffer>, now: (frame: Buffer) => void): void {
     if (!(frame instanceof Promise)) {
-      queue.push({ frame, error: null, done: true, socket: this.socket });
+      if (!queue.holding) now(frame);
+      else queue.push({ frame, error: null, done: true, socket: this.socket });
       return;
     }
     const work: CodecWork = { frame: null, error: null, done: false, socket: this.socket };
@@ -407,11 +410,8 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       this.socket?.write(encodeBinaryFrame(json));
       return;
     }
-    const socket = this.socket;
-    if (socket === null) return;
-    const frame = encodeFrameMaybeCompressed(this.txCodec, Buffer.from(json), this.opts.compressionThreshold);
-    if (!(frame instanceof Promise) && !this.tx.holding) socket.write(frame);
-    else this.ordered(this.tx, frame);
+    if (this.socket === null) return;
+    this.ordered(this.tx, encodeFrameMaybeCompressed(this.txCodec, Buffer.from(json), this.opts.compressionThreshold), this.sendNow);
   }
 
   async join(room: string): Promise<void> {
