@@ -8,9 +8,11 @@
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { ConnSpec, LoadCodec, WireProtocol } from './generator/messages';
 import { spawnServer, startRedis, stopChild } from './lib/procs';
+import { v8PoolOption } from '../services/control/v8-pool';
 import { isPeerKind, startPeer, type PeerKind } from './peers/servers';
 
 export { freePort, pinServers } from './lib/procs';
@@ -62,7 +64,28 @@ export const BENCH_ENV: Record<string, string> = {
   RATE_LIMIT_BURST: '1000000',
   IDLE_TIMEOUT_MS: '600000',
   LOG_LEVEL: 'info',
+  NODE_OPTIONS: benchNodeOptions(process.env.LOADTEST_NODE_OPTIONS),
 };
+
+/**
+ * NODE_OPTIONS of every Switchboard process a benchmark starts: V8's worker pool sized to this
+ * machine's cores, as the operator sizes it for a pod's CPU (services/control/v8-pool.ts), so the
+ * load tests run the configuration users deploy. `override` (LOADTEST_NODE_OPTIONS; '' for
+ * Node's default) replaces it, to measure the difference.
+ */
+function benchNodeOptions(override: string | undefined): string {
+  return override ?? v8PoolOption(availableParallelism());
+}
+
+/**
+ * The environment of a reference build's process: LOADTEST_REF_NODE_OPTIONS, when set, replaces
+ * NODE_OPTIONS for the `-ref` targets only, so that one run compares the same build with and
+ * without a Node option (LOADTEST_REF_ROOT naming this checkout).
+ */
+function refEnv(extraEnv: Record<string, string>): Record<string, string> {
+  const o = process.env.LOADTEST_REF_NODE_OPTIONS;
+  return o === undefined ? extraEnv : { NODE_OPTIONS: o, ...extraEnv };
+}
 
 export interface ProcUsage {
   /** CPU seconds (user + system) since start, summed over the processes. */
@@ -337,9 +360,9 @@ export function startTarget(kind: TargetKind, extraEnv: Record<string, string> =
   if (kind === 'baseline') return startBaseline();
   if (kind === 'cluster') return startCluster(gateways, extraEnv);
   if (kind === 'cluster-2bc') return startCluster(gateways, extraEnv, 2, kind);
-  if (kind === 'switchboard-ref') return startSwitchboard(extraEnv, refCli()).then((t) => ({ ...t, kind }));
-  if (kind === 'cluster-ref') return startCluster(gateways, extraEnv, 1, kind, refCli());
-  if (kind === 'cluster-2bc-ref') return startCluster(gateways, extraEnv, 2, kind, refCli());
+  if (kind === 'switchboard-ref') return startSwitchboard(refEnv(extraEnv), refCli()).then((t) => ({ ...t, kind }));
+  if (kind === 'cluster-ref') return startCluster(gateways, refEnv(extraEnv), 1, kind, refCli());
+  if (kind === 'cluster-2bc-ref') return startCluster(gateways, refEnv(extraEnv), 2, kind, refCli());
   if (kind === 'switchboard-traced') return startTracedSwitchboard(extraEnv);
   if (kind === 'switchboard-lz4' || kind === 'switchboard-zstd') {
     const codec = kind === 'switchboard-lz4' ? 'lz4' : 'zstd';

@@ -4,7 +4,8 @@
  * client Service and the metrics Service. Names, labels and ports are the contract in
  * docs/operator.md (the chart, dashboards and alerts rely on them).
  */
-import type { V1ConfigMap, V1Container, V1Deployment, V1EnvVar, V1OwnerReference, V1Service } from '@kubernetes/client-node';
+import type { V1ConfigMap, V1Container, V1Deployment, V1EnvVar, V1OwnerReference, V1ResourceRequirements, V1Service } from '@kubernetes/client-node';
+import { cpuQuantity, v8PoolOption } from '../services/control/v8-pool';
 import { API_VERSION, labelsFor, selectorFor, type Switchboard, type Tier } from './api/types';
 
 export const PORTS = { tcp: 4000, admin: 4001, grpc: 4002 } as const;
@@ -50,10 +51,26 @@ function redisEnv(sb: Switchboard): V1EnvVar {
   return { name: 'REDIS_URL', value: r.url };
 }
 
+/** What a tier's pods get when the Switchboard names no resources. */
+export const DEFAULT_RESOURCES: V1ResourceRequirements = { requests: { cpu: '250m', memory: '256Mi' }, limits: { memory: '1Gi' } };
+
+/**
+ * NODE_OPTIONS sizing V8's worker pool to the pod's CPU (services/control/v8-pool.ts): its CPU
+ * limit, or its request when it has no limit (what it is sized for; a burst above it competes with
+ * other pods). None when the pod names no CPU, or when the Switchboard's own env sets
+ * NODE_OPTIONS (the user's choice wins, whole).
+ */
+function nodeOptionsEnv(sb: Switchboard, resources: V1ResourceRequirements): V1EnvVar[] {
+  if ((sb.spec.env ?? []).some((e) => e.name === 'NODE_OPTIONS')) return [];
+  const cpus = cpuQuantity(resources.limits?.cpu) ?? cpuQuantity(resources.requests?.cpu);
+  return cpus === undefined ? [] : [{ name: 'NODE_OPTIONS', value: v8PoolOption(cpus) }];
+}
+
 function container(sb: Switchboard, tier: Tier): V1Container {
   const gateway = tier === 'gateway';
   const ports: NonNullable<V1Container['ports']> = [{ name: 'admin', containerPort: PORTS.admin, protocol: 'TCP' }];
   if (gateway) ports.unshift({ name: 'tcp', containerPort: sb.spec.gateway.port, protocol: 'TCP' }, { name: 'grpc', containerPort: PORTS.grpc, protocol: 'TCP' });
+  const resources = (gateway ? sb.spec.gateway.resources : sb.spec.broadcast.resources) ?? DEFAULT_RESOURCES;
   const c: V1Container = {
     name: 'switchboard',
     image: sb.spec.image,
@@ -63,12 +80,13 @@ function container(sb: Switchboard, tier: Tier): V1Container {
     env: [
       { name: 'SERVER_ID', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
       redisEnv(sb),
+      ...nodeOptionsEnv(sb, resources),
       ...(sb.spec.env ?? []),
     ],
     ports,
     livenessProbe: { httpGet: { path: '/healthz', port: 'admin' }, periodSeconds: 10, failureThreshold: 3 },
     readinessProbe: { httpGet: { path: '/readyz', port: 'admin' }, periodSeconds: 5, failureThreshold: 2 },
-    resources: (gateway ? sb.spec.gateway.resources : sb.spec.broadcast.resources) ?? { requests: { cpu: '250m', memory: '256Mi' }, limits: { memory: '1Gi' } },
+    resources,
     securityContext: {
       runAsNonRoot: true,
       runAsUser: 10001,
