@@ -57,11 +57,12 @@ export const DEFAULT_RESOURCES: V1ResourceRequirements = { requests: { cpu: '250
 /**
  * NODE_OPTIONS sizing V8's worker pool to the pod's CPU (services/control/v8-pool.ts): its CPU
  * limit, or its request when it has no limit (what it is sized for; a burst above it competes with
- * other pods). None when the pod names no CPU, or when the Switchboard's own env sets
- * NODE_OPTIONS (the user's choice wins, whole).
+ * other pods). None when the pod names no CPU, or when the Switchboard sets NODE_OPTIONS itself,
+ * in spec.env or spec.config (the user's choice wins, whole: an env entry would override the
+ * ConfigMap's value).
  */
 function nodeOptionsEnv(sb: Switchboard, resources: V1ResourceRequirements): V1EnvVar[] {
-  if ((sb.spec.env ?? []).some((e) => e.name === 'NODE_OPTIONS')) return [];
+  if ((sb.spec.env ?? []).some((e) => e.name === 'NODE_OPTIONS') || sb.spec.config?.NODE_OPTIONS !== undefined) return [];
   const cpus = cpuQuantity(resources.limits?.cpu) ?? cpuQuantity(resources.requests?.cpu);
   return cpus === undefined ? [] : [{ name: 'NODE_OPTIONS', value: v8PoolOption(cpus) }];
 }

@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { deployment } from '../../operator/resources';
+import { configMap, deployment } from '../../operator/resources';
 import { cpuQuantity, v8PoolSize } from '../../services/control/v8-pool';
 import { sbFixture } from './fixtures';
 
@@ -46,4 +46,8 @@ test('each tier gets a pool sized by its CPU limit, else its request, else none'
 test("the Switchboard's own NODE_OPTIONS is used whole, not merged", () => {
   const sb = sbFixture('chat', 'ns', { env: [{ name: 'NODE_OPTIONS', value: '--max-old-space-size=512' }] });
   assert.equal(nodeOptions(deployment(sb, 'gateway', 1)), '--max-old-space-size=512');
+  // In spec.config it reaches the pod through the ConfigMap (envFrom), which an env entry would override.
+  const viaConfig = sbFixture('chat', 'ns', { config: { NODE_OPTIONS: '--max-old-space-size=512' } });
+  assert.equal(nodeOptions(deployment(viaConfig, 'broadcast', 1)), undefined);
+  assert.equal(configMap(viaConfig).data!.NODE_OPTIONS, '--max-old-space-size=512');
 });
