@@ -14,6 +14,7 @@ import { argsErrorMessage } from '../services/control/args';
 import { GeneratorPool } from './generator/pool';
 import { summarize } from './lib/histogram';
 import { addRatios, newResult, table, writeResult, type ResultFile, type Run } from './report';
+import { repeatOrder, repeatSummary } from './repeat';
 import { buildSpecs, fmt, runChurn, runIdle, runStep, stepLine, sweep, type IdleResult, type LoadParams, type LoadScenario, type StepResult, type SweepResult } from './scenarios';
 import { execFileSync } from 'node:child_process';
 import { killAllServers, stopAllServers } from './lib/procs';
@@ -50,6 +51,8 @@ Options (defaults in brackets):
   --pad BYTES [32]  --sample-every N [8]  --gateways N [2]  --connections K [10000]
   --sweep-start N [2000]  --sweep-factor F [1.5]  --sweep-steps N [10]  --sweep-refine N [2]
   --no-confirm (do not rerun a failed sweep step before believing it)
+  --repeat N [1] (without --sweep: the step N times, the targets' order reversed each time, then
+                  the medians per target and in how many repeats each had the lowest p99)
   --minutes M [10] (soak)  --out FILE [load-tests/results/<command>-<time>.json]
   --tick-ms N [1] (publish timer period: what each publisher owes is written every N ms)
   --pin SERVER_CPUS:GENERATOR_CPUS (e.g. 0:1: servers and generator on separate cores, taskset)
@@ -61,7 +64,7 @@ type Opts = Record<string, string | boolean>;
 /** Options taking a number. */
 const NUMBER_OPTIONS = [
   'clients', 'room-size', 'rate', 'warmup', 'duration', 'workers', 'pad', 'sample-every', 'gateways', 'connections',
-  'sweep-start', 'sweep-factor', 'sweep-steps', 'sweep-refine', 'minutes', 'max-minutes', 'tick-ms',
+  'sweep-start', 'sweep-factor', 'sweep-steps', 'sweep-refine', 'minutes', 'max-minutes', 'tick-ms', 'repeat',
   // suite: the rates of its fixed-rate steps
   'broadcast-rate', 'ingest-rate', 'compression-rate', 'churn-rate',
 ] as const;
@@ -236,11 +239,19 @@ function stopServersOnExit(pool: GeneratorPool): void {
 async function loadCommand(res: ResultFile, pool: GeneratorPool, kinds: TargetKind[], p: LoadParams, o: Opts, name: string): Promise<void> {
   await withTargets(kinds, {}, num(o, 'gateways', 2), async (ts) => {
     if (o.sweep !== true) {
-      for (const t of ts) {
-        const r = await runStep(pool, t, p);
-        log(stepLine(r));
-        res.runs.push(stepRun(name, r));
+      const repeat = num(o, 'repeat', 1);
+      const repeats: Run[][] = [];
+      for (let i = 0; i < repeat; i++) {
+        const runs: Run[] = [];
+        for (const t of repeatOrder(ts, i)) {
+          const r = await runStep(pool, t, p);
+          log(stepLine(r));
+          runs.push(stepRun(name, r));
+        }
+        res.runs.push(...runs);
+        repeats.push(runs);
       }
+      if (repeat > 1) res.runs.push(...repeatSummary(name, repeats));
       return;
     }
     log(`sweep ${name}: ${p.clients} clients, rooms of ${p.scenario === 'broadcast' ? p.clients : p.roomSize}, targets ${kinds.join(', ')}`);

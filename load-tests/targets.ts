@@ -8,11 +8,9 @@
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
-import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { ConnSpec, LoadCodec, WireProtocol } from './generator/messages';
 import { spawnServer, startRedis, stopChild } from './lib/procs';
-import { v8PoolOption } from '../services/control/v8-pool';
 import { isPeerKind, startPeer, type PeerKind } from './peers/servers';
 
 export { freePort, pinServers } from './lib/procs';
@@ -64,27 +62,18 @@ export const BENCH_ENV: Record<string, string> = {
   RATE_LIMIT_BURST: '1000000',
   IDLE_TIMEOUT_MS: '600000',
   LOG_LEVEL: 'info',
-  NODE_OPTIONS: benchNodeOptions(process.env.LOADTEST_NODE_OPTIONS),
 };
 
 /**
- * NODE_OPTIONS of every Switchboard process a benchmark starts: V8's worker pool sized to this
- * machine's cores, as the operator sizes it for a pod's CPU (services/control/v8-pool.ts), so the
- * load tests run the configuration users deploy. `override` (LOADTEST_NODE_OPTIONS; '' for
- * Node's default) replaces it, to measure the difference.
+ * Extra node flags of the cluster's gateway and broadcast processes: none by default. They run
+ * without a CPU quota here, where the operator would set none (operator/resources.ts);
+ * load-tests/gc-quota.sh measures them under one. LOADTEST_CLUSTER_NODE_FLAGS sets them for every
+ * cluster target, LOADTEST_REF_CLUSTER_NODE_FLAGS for the `-ref` ones only, so that one run
+ * compares the same build with and without them (LOADTEST_REF_ROOT naming this checkout).
  */
-function benchNodeOptions(override: string | undefined): string {
-  return override ?? v8PoolOption(availableParallelism());
-}
-
-/**
- * The environment of a reference build's process: LOADTEST_REF_NODE_OPTIONS, when set, replaces
- * NODE_OPTIONS for the `-ref` targets only, so that one run compares the same build with and
- * without a Node option (LOADTEST_REF_ROOT naming this checkout).
- */
-function refEnv(extraEnv: Record<string, string>): Record<string, string> {
-  const o = process.env.LOADTEST_REF_NODE_OPTIONS;
-  return o === undefined ? extraEnv : { NODE_OPTIONS: o, ...extraEnv };
+export function clusterNodeFlags(ref: boolean): string[] {
+  const o = (ref ? process.env.LOADTEST_REF_CLUSTER_NODE_FLAGS : undefined) ?? process.env.LOADTEST_CLUSTER_NODE_FLAGS ?? '';
+  return o.split(' ').filter(Boolean);
 }
 
 export interface ProcUsage {
@@ -319,17 +308,18 @@ export async function startCluster(gateways = 2, extraEnv: Record<string, string
   const redis = await startRedis();
   const children: ChildProcess[] = [redis.child];
   const env = { ...BENCH_ENV, REDIS_URL: `redis://127.0.0.1:${redis.port}`, SHUTDOWN_DRAIN_MS: '500', ...extraEnv };
+  const flags = clusterNodeFlags(kind.endsWith('-ref'));
   try {
     const bcAdmin: number[] = [];
     for (let i = 0; i < broadcasts; i++) {
-      const b = await spawnListening([cli, 'broadcast'], { ...env, ADMIN_PORT: '0', TCP_PORT: '0', SERVER_ID: `bench-bc-${i + 1}` }, `broadcast-${i + 1}`);
+      const b = await spawnListening([...flags, cli, 'broadcast'], { ...env, ADMIN_PORT: '0', TCP_PORT: '0', SERVER_ID: `bench-bc-${i + 1}` }, `broadcast-${i + 1}`);
       children.push(b.child);
       if (b.adminPort !== null) bcAdmin.push(b.adminPort);
     }
     await waitForShardOwners(bcAdmin, Number((env as Record<string, string>).STREAM_SHARDS ?? 8));
     const gws: Spawned[] = [];
     for (let i = 0; i < gateways; i++) {
-      const g = await spawnListening([cli, 'gateway'], { ...env, TCP_PORT: '0', ADMIN_PORT: '0', SERVER_ID: `bench-gw-${i + 1}` }, `gateway-${i + 1}`);
+      const g = await spawnListening([...flags, cli, 'gateway'], { ...env, TCP_PORT: '0', ADMIN_PORT: '0', SERVER_ID: `bench-gw-${i + 1}` }, `gateway-${i + 1}`);
       gws.push(g);
       children.push(g.child);
     }
@@ -360,9 +350,9 @@ export function startTarget(kind: TargetKind, extraEnv: Record<string, string> =
   if (kind === 'baseline') return startBaseline();
   if (kind === 'cluster') return startCluster(gateways, extraEnv);
   if (kind === 'cluster-2bc') return startCluster(gateways, extraEnv, 2, kind);
-  if (kind === 'switchboard-ref') return startSwitchboard(refEnv(extraEnv), refCli()).then((t) => ({ ...t, kind }));
-  if (kind === 'cluster-ref') return startCluster(gateways, refEnv(extraEnv), 1, kind, refCli());
-  if (kind === 'cluster-2bc-ref') return startCluster(gateways, refEnv(extraEnv), 2, kind, refCli());
+  if (kind === 'switchboard-ref') return startSwitchboard(extraEnv, refCli()).then((t) => ({ ...t, kind }));
+  if (kind === 'cluster-ref') return startCluster(gateways, extraEnv, 1, kind, refCli());
+  if (kind === 'cluster-2bc-ref') return startCluster(gateways, extraEnv, 2, kind, refCli());
   if (kind === 'switchboard-traced') return startTracedSwitchboard(extraEnv);
   if (kind === 'switchboard-lz4' || kind === 'switchboard-zstd') {
     const codec = kind === 'switchboard-lz4' ? 'lz4' : 'zstd';

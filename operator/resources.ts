@@ -5,7 +5,7 @@
  * docs/operator.md (the chart, dashboards and alerts rely on them).
  */
 import type { V1ConfigMap, V1Container, V1Deployment, V1EnvVar, V1OwnerReference, V1ResourceRequirements, V1Service } from '@kubernetes/client-node';
-import { cpuQuantity, v8PoolOption } from '../services/control/v8-pool';
+import { cpuQuantity, gcFlags } from '../services/control/gc-threads';
 import { API_VERSION, labelsFor, selectorFor, type Switchboard, type Tier } from './api/types';
 
 export const PORTS = { tcp: 4000, admin: 4001, grpc: 4002 } as const;
@@ -54,17 +54,20 @@ function redisEnv(sb: Switchboard): V1EnvVar {
 /** What a tier's pods get when the Switchboard names no resources. */
 export const DEFAULT_RESOURCES: V1ResourceRequirements = { requests: { cpu: '250m', memory: '256Mi' }, limits: { memory: '1Gi' } };
 
+/** The variable the image's `switchboard` launcher puts on node's command line. */
+export const NODE_FLAGS_ENV = 'SWITCHBOARD_NODE_FLAGS';
+
 /**
- * NODE_OPTIONS sizing V8's worker pool to the pod's CPU (services/control/v8-pool.ts): its CPU
- * limit, or its request when it has no limit (what it is sized for; a burst above it competes with
- * other pods). None when the pod names no CPU, or when the Switchboard sets NODE_OPTIONS itself,
- * in spec.env or spec.config (the user's choice wins, whole: an env entry would override the
- * ConfigMap's value).
+ * Garbage-collector threads matched to the pod's CPU limit (services/control/gc-threads.ts): the
+ * quota the kernel enforces, as Go's automaxprocs reads it. None without a CPU limit (a request
+ * alone lets the pod use idle cores, where Node's own pool is right), or when the Switchboard
+ * sets the variable itself, in spec.env or spec.config (the user's choice wins, whole: an env
+ * entry would override the ConfigMap's value).
  */
-function nodeOptionsEnv(sb: Switchboard, resources: V1ResourceRequirements): V1EnvVar[] {
-  if ((sb.spec.env ?? []).some((e) => e.name === 'NODE_OPTIONS') || sb.spec.config?.NODE_OPTIONS !== undefined) return [];
-  const cpus = cpuQuantity(resources.limits?.cpu) ?? cpuQuantity(resources.requests?.cpu);
-  return cpus === undefined ? [] : [{ name: 'NODE_OPTIONS', value: v8PoolOption(cpus) }];
+function nodeFlagsEnv(sb: Switchboard, resources: V1ResourceRequirements): V1EnvVar[] {
+  if ((sb.spec.env ?? []).some((e) => e.name === NODE_FLAGS_ENV) || sb.spec.config?.[NODE_FLAGS_ENV] !== undefined) return [];
+  const cpus = cpuQuantity(resources.limits?.cpu);
+  return cpus === undefined ? [] : [{ name: NODE_FLAGS_ENV, value: gcFlags(cpus).join(' ') }];
 }
 
 function container(sb: Switchboard, tier: Tier): V1Container {
@@ -81,7 +84,7 @@ function container(sb: Switchboard, tier: Tier): V1Container {
     env: [
       { name: 'SERVER_ID', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
       redisEnv(sb),
-      ...nodeOptionsEnv(sb, resources),
+      ...nodeFlagsEnv(sb, resources),
       ...(sb.spec.env ?? []),
     ],
     ports,

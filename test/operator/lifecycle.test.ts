@@ -73,7 +73,7 @@ test('a Switchboard gets its Deployments, Services and ConfigMap; deleting it re
   assert.equal(c.lifecycle.preStop.sleep.seconds, 5, 'gateway pods leave the endpoints before SIGTERM drains them');
   assert.ok(pod.terminationGracePeriodSeconds >= 5 + 10, 'grace period covers preStop plus SHUTDOWN_DRAIN_MS');
   assert.deepEqual(c.resources, { requests: { cpu: '100m' } });
-  assert.equal(c.env.find((e: { name: string }) => e.name === 'NODE_OPTIONS').value, '--v8-pool-size=1', "V8's pool sized to the pod's CPU");
+  assert.equal(c.env.find((e: { name: string }) => e.name === 'SWITCHBOARD_NODE_FLAGS'), undefined, 'no CPU limit: Node keeps its own GC threads');
   assert.deepEqual(c.env.find((e: { name: string }) => e.name === 'AUTH_SECRET').valueFrom, { secretKeyRef: { name: 'chat-auth', key: 'secret' } });
   assert.equal(c.env.find((e: { name: string }) => e.name === 'REDIS_URL').value, redis.url);
   assert.deepEqual(bc.spec.template.spec.containers[0].args, ['broadcast']);
