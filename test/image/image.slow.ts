@@ -287,6 +287,16 @@ test('switchboard --help runs in the image', { skip }, async () => {
   assert.match(r.stdout, /^Usage: switchboard/);
 });
 
+test("SWITCHBOARD_NODE_FLAGS goes on node's command line (the operator's GC flags)", { skip }, async () => {
+  const ok = await runToEnd([...(config.Entrypoint ?? []), '--help'], { SWITCHBOARD_NODE_FLAGS: '--single-threaded-gc' });
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.match(ok.stdout, /^Usage: switchboard/);
+  // A flag node does not know makes node itself refuse to start: the variable really reaches it.
+  const bad = await runToEnd([...(config.Entrypoint ?? []), '--help'], { SWITCHBOARD_NODE_FLAGS: '--no-such-node-flag' });
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /bad option: --no-such-node-flag/);
+});
+
 test('runs as 10001 with no other groups, /tmp writable; the harness root is really read-only', { skip }, async () => {
   const r = await runToEnd(['/bin/sh', '-c', 'id -u; id -g; id -G; touch /tmp/x && echo tmp-ok']);
   assert.equal(r.code, 0, r.stderr);
