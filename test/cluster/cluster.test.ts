@@ -187,10 +187,8 @@ describe('cluster mode', () => {
   });
 
   test('Redis Cluster with 3 masters: chat and flags across two gateways', async () => {
-    const ports = [await freePort(), await freePort(), await freePort()];
-    const nodes = await Promise.all(
-      ports.map((p) => new RedisProcess(p, ['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${p}.conf`, '--cluster-node-timeout', '2000']).start()),
-    );
+    const nodes = await Promise.all([0, 1, 2].map(() => RedisProcess.startClusterNode()));
+    const ports = nodes.map((n) => n.port);
     redisCli(ports[0], '--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes');
     await waitFor(() => ports.every((p) => redisCli(p, 'cluster', 'info').includes('cluster_state:ok')), 15_000, 'cluster state ok', PROBE);
     const { gws, bcs } = await cluster(`redis://127.0.0.1:${ports[0]}`, 2, 1, { REDIS_CLUSTER: 'true' });

@@ -6,7 +6,7 @@
  * the test process exits is killed then.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { freePort } from './net';
+import { freePort, freePortPair } from './net';
 import { hasExited, ProcessGroup, stopChild } from './process';
 import { waitFor } from './wait';
 
@@ -37,9 +37,25 @@ export class RedisProcess {
     this.dir = group.tempDir('sb-redis-');
   }
 
-  /** Start a redis-server on a free port; `extraArgs` are appended to its command line. */
+  /**
+   * Start a redis-server on a free port; `extraArgs` are appended to its command line. The port is
+   * only known free a moment before the server binds it: if another process took it meanwhile,
+   * start again on another one (a few times).
+   */
   static async start(extraArgs: string[] = []): Promise<RedisProcess> {
-    return new RedisProcess(await freePort(), extraArgs).start();
+    return startOnFreePort(async () => new RedisProcess(await freePort(), extraArgs));
+  }
+
+  /**
+   * Start a Redis Cluster node (cluster mode on, its own nodes file): on a port whose cluster-bus
+   * port (+10000) is free too, and on another pair if the one chosen was taken before the server
+   * bound it (both ports are only known free a moment before), a few times.
+   */
+  static async startClusterNode(nodeTimeoutMs = 2000): Promise<RedisProcess> {
+    return startOnFreePort(async () => {
+      const port = await freePortPair(10_000);
+      return new RedisProcess(port, ['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', String(nodeTimeoutMs)]);
+    });
   }
 
   get url(): string {
@@ -84,6 +100,21 @@ export class RedisProcess {
     this.proc = null;
     await stopChild(p, 'SIGTERM');
   }
+}
+
+/** Start what `make` returns, on a new port each try, up to 5 tries. */
+async function startOnFreePort(make: () => Promise<RedisProcess>): Promise<RedisProcess> {
+  let last: unknown;
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const r = await make();
+    try {
+      return await r.start();
+    } catch (err) {
+      last = err;
+      await r.stop();
+    }
+  }
+  throw last;
 }
 
 /** Kill every redis-server still running (SIGKILL) and remove their directories. */
