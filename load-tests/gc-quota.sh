@@ -18,7 +18,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"; for d in "$root"/sb-gcq-*; do [ -d "$d" ] && rmdir "$d" 2>/dev/null; done; true' EXIT
 
 run() { # $1 flags, $2 output file
-  LOADTEST_CLUSTER_NODE_FLAGS="$1" node dist/load-tests/cli.js cluster --targets cluster --rate "$RATE" \
+  LOADTEST_SERVER_NODE_ARGS="$1" node dist/load-tests/cli.js cluster --targets cluster --rate "$RATE" \
     --warmup 3 --duration 8 --out "$2" >/dev/null 2>&1 &
   local cli=$! pids="" n=0
   for _ in $(seq 1 100); do # the roles start within seconds; poll, bounded

@@ -65,16 +65,16 @@ export const BENCH_ENV: Record<string, string> = {
 };
 
 /**
- * Extra node flags of the cluster's gateway and broadcast processes: none by default. They run
- * without a CPU quota here, where the operator would set none (operator/resources.ts);
- * load-tests/gc-quota.sh measures them under one. LOADTEST_CLUSTER_NODE_FLAGS sets them for every
- * cluster target, LOADTEST_REF_CLUSTER_NODE_FLAGS for the `-ref` ones only, so that one run
- * compares the same build with and without them (LOADTEST_REF_ROOT naming this checkout).
+ * Node flags of the Switchboard processes a target starts: LOADTEST_SERVER_NODE_ARGS (profiling,
+ * GC traces, GC flags; none by default, as `npm start` and pods without a CPU limit run).
+ * LOADTEST_REF_SERVER_NODE_ARGS, when set, replaces it for the `-ref` targets, so that one run
+ * compares the same build with and without a flag (LOADTEST_REF_ROOT naming this checkout).
  */
-export function clusterNodeFlags(ref: boolean): string[] {
-  const o = (ref ? process.env.LOADTEST_REF_CLUSTER_NODE_FLAGS : undefined) ?? process.env.LOADTEST_CLUSTER_NODE_FLAGS ?? '';
+function serverNodeArgs(ref: boolean): string[] {
+  const o = (ref ? process.env.LOADTEST_REF_SERVER_NODE_ARGS : undefined) ?? process.env.LOADTEST_SERVER_NODE_ARGS ?? '';
   return o.split(' ').filter(Boolean);
 }
+
 
 export interface ProcUsage {
   /** CPU seconds (user + system) since start, summed over the processes. */
@@ -160,9 +160,9 @@ interface Spawned {
 }
 
 /** Spawn a node process and wait for its JSON "listening" log line on stderr. */
-function spawnListening(args: string[], env: Record<string, string>, name: string, timeoutMs = 20_000): Promise<Spawned> {
+function spawnListening(args: string[], env: Record<string, string>, name: string, ref = false, timeoutMs = 20_000): Promise<Spawned> {
   return new Promise((resolve, reject) => {
-    const nodeArgs = (process.env.LOADTEST_SERVER_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const nodeArgs = serverNodeArgs(ref);
     const out = serverStdout();
     const child = nodeServer([...nodeArgs, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', out, 'pipe'] });
     if (typeof out === 'number') closeSync(out); // the child has its own copy
@@ -199,8 +199,8 @@ function spawnListening(args: string[], env: Record<string, string>, name: strin
   });
 }
 
-export async function startSwitchboard(extraEnv: Record<string, string> = {}, cli = CLI): Promise<Target> {
-  const s = await spawnListening([cli, 'standalone'], { ...BENCH_ENV, TCP_PORT: '0', ADMIN_PORT: '0', SHUTDOWN_DRAIN_MS: '500', ...extraEnv }, 'switchboard');
+export async function startSwitchboard(extraEnv: Record<string, string> = {}, cli = CLI, ref = false): Promise<Target> {
+  const s = await spawnListening([cli, 'standalone'], { ...BENCH_ENV, TCP_PORT: '0', ADMIN_PORT: '0', SHUTDOWN_DRAIN_MS: '500', ...extraEnv }, 'switchboard', ref);
   return { kind: 'switchboard', ports: [s.port], pids: [s.child.pid!], connPids: [s.child.pid!], codec: 'none', protocol: 'switchboard', adminPorts: s.adminPort === null ? [] : [s.adminPort], stop: () => stopChild(s.child) };
 }
 
@@ -308,18 +308,17 @@ export async function startCluster(gateways = 2, extraEnv: Record<string, string
   const redis = await startRedis();
   const children: ChildProcess[] = [redis.child];
   const env = { ...BENCH_ENV, REDIS_URL: `redis://127.0.0.1:${redis.port}`, SHUTDOWN_DRAIN_MS: '500', ...extraEnv };
-  const flags = clusterNodeFlags(kind.endsWith('-ref'));
   try {
     const bcAdmin: number[] = [];
     for (let i = 0; i < broadcasts; i++) {
-      const b = await spawnListening([...flags, cli, 'broadcast'], { ...env, ADMIN_PORT: '0', TCP_PORT: '0', SERVER_ID: `bench-bc-${i + 1}` }, `broadcast-${i + 1}`);
+      const b = await spawnListening([cli, 'broadcast'], { ...env, ADMIN_PORT: '0', TCP_PORT: '0', SERVER_ID: `bench-bc-${i + 1}` }, `broadcast-${i + 1}`, kind.endsWith('-ref'));
       children.push(b.child);
       if (b.adminPort !== null) bcAdmin.push(b.adminPort);
     }
     await waitForShardOwners(bcAdmin, Number((env as Record<string, string>).STREAM_SHARDS ?? 8));
     const gws: Spawned[] = [];
     for (let i = 0; i < gateways; i++) {
-      const g = await spawnListening([...flags, cli, 'gateway'], { ...env, TCP_PORT: '0', ADMIN_PORT: '0', SERVER_ID: `bench-gw-${i + 1}` }, `gateway-${i + 1}`);
+      const g = await spawnListening([cli, 'gateway'], { ...env, TCP_PORT: '0', ADMIN_PORT: '0', SERVER_ID: `bench-gw-${i + 1}` }, `gateway-${i + 1}`, kind.endsWith('-ref'));
       gws.push(g);
       children.push(g.child);
     }
@@ -350,7 +349,7 @@ export function startTarget(kind: TargetKind, extraEnv: Record<string, string> =
   if (kind === 'baseline') return startBaseline();
   if (kind === 'cluster') return startCluster(gateways, extraEnv);
   if (kind === 'cluster-2bc') return startCluster(gateways, extraEnv, 2, kind);
-  if (kind === 'switchboard-ref') return startSwitchboard(extraEnv, refCli()).then((t) => ({ ...t, kind }));
+  if (kind === 'switchboard-ref') return startSwitchboard(extraEnv, refCli(), true).then((t) => ({ ...t, kind }));
   if (kind === 'cluster-ref') return startCluster(gateways, extraEnv, 1, kind, refCli());
   if (kind === 'cluster-2bc-ref') return startCluster(gateways, extraEnv, 2, kind, refCli());
   if (kind === 'switchboard-traced') return startTracedSwitchboard(extraEnv);

@@ -48,7 +48,7 @@ test('a Switchboard gets its Deployments, Services and ConfigMap; deleting it re
   await cp.apply(switchboard('chat', {
     redis: { url: redis.url },
     gateway: { minReplicas: 2, maxReplicas: 6, service: { type: 'NodePort' }, resources: { requests: { cpu: '100m' } } },
-    broadcast: { minReplicas: 1, maxReplicas: 2, shards: 8 },
+    broadcast: { minReplicas: 1, maxReplicas: 2, shards: 8, resources: { limits: { cpu: '500m' } } },
     config: { LOG_LEVEL: 'debug', HISTORY_SIZE: '500' },
     env: [{ name: 'AUTH_SECRET', valueFrom: { secretKeyRef: { name: 'chat-auth', key: 'secret' } } }],
   }), { namespace: ns });
@@ -78,6 +78,8 @@ test('a Switchboard gets its Deployments, Services and ConfigMap; deleting it re
   assert.equal(c.env.find((e: { name: string }) => e.name === 'REDIS_URL').value, redis.url);
   assert.deepEqual(bc.spec.template.spec.containers[0].args, ['broadcast']);
   assert.equal(bc.spec.template.spec.containers[0].lifecycle, undefined);
+  const bcFlags = bc.spec.template.spec.containers[0].env.find((e: { name: string }) => e.name === 'SWITCHBOARD_NODE_FLAGS');
+  assert.equal(bcFlags?.value, '--single-threaded-gc', "a 500m CPU limit: the collector on the main thread");
 
   const cm = await waitFor(() => getObject<Obj & { data: Record<string, string> }>(cp, `/api/v1/namespaces/${ns}/configmaps/chat-config`), 10_000, 'configmap', 100);
   assert.equal(cm.data.LOG_LEVEL, 'debug');
