@@ -11,3 +11,5 @@ export const HEARTBEAT_LUA = lua('heartbeat.lua');
 export const RENEW_LUA = lua('renew.lua');
 /** Release a lease only if we hold it. */
 export const RELEASE_LUA = lua('release.lua');
+/** Take a shard's entries (new ones, or a predecessor's pending ones) only while holding its lease. */
+export const READ_LUA = lua('read.lua');

@@ -1,20 +1,37 @@
 /**
  * The consuming loop of one ingress shard that this worker owns: reclaim what a predecessor left
  * pending, then read batches on the shard's own blocking connection and hand them to the worker
- * to route (worker.ts), acknowledging each batch once it is routed. Processes a batch only while
- * the lease is surely still ours (docs/cluster.md, "Shard ownership").
+ * to route (worker.ts), acknowledging each batch once it is routed. Entries are taken only
+ * through read.lua, which checks the lease in the same step (a fence: a worker that lost the
+ * lease is never handed an entry), and a batch is processed only while the lease is surely still
+ * ours (docs/cluster.md, "Shard ownership").
  */
 import { GROUP, Keys } from '../bus/keys';
 import { createRedis, isReady, type RedisClient, type StreamEntry } from '../bus/redis-conn';
+import { READ_LUA } from './scripts';
 import type { BroadcastWorker } from './worker';
+
+type ReaderClient = RedisClient & {
+  /** read.lua: lease, ingress; owner, group, mode, count[, cursor]. */
+  sbRead(lease: string, key: string, owner: string, group: string, mode: 'read' | 'claim', count: number, cursor?: string): Promise<unknown>;
+};
+
+/** How long the reader's XREAD waits for a new entry before it looks again. */
+const BLOCK_MS = 1000;
+
+/** read.lua refused: the lease is not ours (any more). */
+const isNotOwner = (err: unknown) => err instanceof Error && err.message.startsWith('NOTOWNER');
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** The consuming loop of one owned shard, on its own (blocking) connection. */
 export class ShardLoop {
   private running = true;
-  private readonly reader: RedisClient;
+  private readonly reader: ReaderClient;
   private readonly key: string;
+  private readonly lease: string;
+  /** XREAD waits for entries after this id: every entry up to it has been handed out. */
+  private after = '0-0';
   readonly done: Promise<void>;
   private needReclaim = true;
   /**
@@ -30,8 +47,10 @@ export class ShardLoop {
     private readonly worker: BroadcastWorker,
   ) {
     this.key = Keys.ingress(shard);
+    this.lease = Keys.lease(shard);
     const o = worker.opts;
-    this.reader = createRedis({ url: o.url, cluster: o.cluster, name: `sb-bc-${o.workerId}-s${shard}`, log: o.log, autoPipelining: false });
+    this.reader = createRedis({ url: o.url, cluster: o.cluster, name: `sb-bc-${o.workerId}-s${shard}`, log: o.log, autoPipelining: false }) as ReaderClient;
+    this.reader.defineCommand('sbRead', { numberOfKeys: 2, lua: READ_LUA });
     this.done = this.run();
   }
 
@@ -58,6 +77,9 @@ export class ShardLoop {
           await this.ackNow();
           await this.reclaim();
           this.needReclaim = false;
+          // Entries after the reclaimed ones may have been handed out before (and acknowledged):
+          // the first read finds where the undelivered ones start.
+          this.after = '0-0';
           continue;
         }
         const entries = await this.read();
@@ -70,6 +92,14 @@ export class ShardLoop {
         this.unacked = entries.map((e) => e[0]);
       } catch (err) {
         if (!this.running) break;
+        if (isNotOwner(err)) {
+          // The lease went (expired, taken, or lost with Redis' data) before our clock said so:
+          // read nothing more until a renewal proves it ours again (the tick stops this loop
+          // when it does not).
+          this.validUntil = 0;
+          this.needReclaim = true;
+          continue;
+        }
         this.worker.counters.failures++;
         this.worker.opts.log.warn('shard batch failed; will retry from pending', { shard: this.shard, err: (err as Error).message });
         this.needReclaim = true;
@@ -81,35 +111,31 @@ export class ShardLoop {
   }
 
   /**
-   * XREADGROUP the next batch; the previous batch's XACK and XTRIM go in the same write (one
-   * round trip instead of three). Redis runs them before the read blocks.
+   * The next batch, in one write: the previous batch's XACK and XTRIM, an XREAD that blocks until
+   * an entry newer than `after` exists (it assigns nothing), then read.lua, which Redis runs right
+   * after the XREAD returns and which hands out the entries only if we hold the lease. One round
+   * trip per batch, as a blocking XREADGROUP would be, but fenced by the lease.
    */
   private async read(): Promise<StreamEntry[] | null> {
     const { workerId, batch } = this.worker.opts;
     const ack = this.unacked;
-    let res: [string, StreamEntry[]][] | null;
-    if (ack === null) {
-      res = (await this.reader.call('XREADGROUP', 'GROUP', GROUP, workerId, 'COUNT', batch, 'BLOCK', 1000, 'STREAMS', this.key, '>')) as typeof res;
-    } else {
-      this.unacked = null;
-      const replies = (await this.reader
-        .pipeline()
-        .call('XACK', this.key, GROUP, ...ack)
-        .call('XTRIM', this.key, 'MINID', '~', ack[ack.length - 1])
-        .call('XREADGROUP', 'GROUP', GROUP, workerId, 'COUNT', batch, 'BLOCK', 1000, 'STREAMS', this.key, '>')
-        .exec()
-        .catch((err: unknown) => {
-          // The connection failed: the XACK may not have reached Redis. Acknowledge again
-          // before reclaiming (harmless if it did), or these entries would be routed twice.
-          this.unacked = ack;
-          throw err;
-        })) as [Error | null, unknown][] | null;
-      if (replies === null) throw new Error('pipeline discarded');
-      if (replies[0][0] !== null) this.unacked = ack;
-      for (const [err] of replies) if (err !== null) throw err;
-      res = replies[2][1] as typeof res;
-    }
-    return res === null ? null : res[0][1];
+    this.unacked = null;
+    const p = this.reader.pipeline();
+    if (ack !== null) p.call('XACK', this.key, GROUP, ...ack).call('XTRIM', this.key, 'MINID', '~', ack[ack.length - 1]);
+    p.call('XREAD', 'COUNT', 1, 'BLOCK', BLOCK_MS, 'STREAMS', this.key, this.after);
+    (p as unknown as ReaderClient).sbRead(this.lease, this.key, workerId, GROUP, 'read', batch);
+    const replies = (await p.exec().catch((err: unknown) => {
+      // The connection failed: the XACK may not have reached Redis. Acknowledge again before
+      // reclaiming (harmless if it did), or these entries would be routed twice.
+      this.unacked = ack;
+      throw err;
+    })) as [Error | null, unknown][] | null;
+    if (replies === null) throw new Error('pipeline discarded');
+    if (ack !== null && replies[0][0] !== null) this.unacked = ack;
+    for (const [err] of replies) if (err !== null) throw err;
+    const [after, entries] = replies[replies.length - 1][1] as [string, StreamEntry[]];
+    this.after = after;
+    return entries.length === 0 ? null : entries;
   }
 
   /** Acknowledge the routed batch now (no read follows soon); best effort, it is pending otherwise. */
@@ -138,7 +164,7 @@ export class ShardLoop {
     const { workerId, batch } = this.worker.opts;
     let cursor = '0-0';
     do {
-      const res = (await this.worker.cmd.call('XAUTOCLAIM', this.key, GROUP, workerId, 0, cursor, 'COUNT', batch)) as [string, StreamEntry[], ...unknown[]];
+      const res = (await this.reader.sbRead(this.lease, this.key, workerId, GROUP, 'claim', batch, cursor)) as [string, StreamEntry[], ...unknown[]];
       cursor = res[0];
       const entries = res[1].filter((e) => e !== null && e[1] !== null);
       if (entries.length > 0) {
