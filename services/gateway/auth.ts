@@ -5,10 +5,10 @@
  * time and in canonical form (the decoded bytes, and only the one base64url spelling of them: a
  * signature with altered padding bits or other non-canonical text is refused, so a token has one
  * accepted form), checks `exp` and `nbf` with a small clock skew, optionally requires `exp`, and
- * requires `sub` (the user id).
+ * requires `sub` (the user id: a name, at most 128 characters of well-formed UTF-16).
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { ErrorCode, SwitchboardError } from '../protocol';
+import { ErrorCode, isWellFormedName, MAX_NAME_LENGTH, SwitchboardError } from '../protocol';
 
 const CLOCK_SKEW_S = 30;
 /** HMAC-SHA256 output: 32 bytes, 43 characters of unpadded base64url. */
@@ -68,7 +68,10 @@ export function verifyHs256(token: string, secret: string, nowMs = Date.now(), o
   if (payload.exp === undefined && opts.requireExp === true) fail('exp is required');
   if (payload.exp !== undefined && (typeof payload.exp !== 'number' || payload.exp + CLOCK_SKEW_S < now)) fail('expired');
   if (payload.nbf !== undefined && (typeof payload.nbf !== 'number' || payload.nbf - CLOCK_SKEW_S > now)) fail('not yet valid');
-  if (typeof payload.sub !== 'string' || payload.sub.length === 0 || payload.sub.length > 128) fail('missing sub');
+  if (typeof payload.sub !== 'string' || payload.sub.length === 0 || payload.sub.length > MAX_NAME_LENGTH) fail('missing sub');
+  // `sub` is the user's name: held to the rules of names (a "\ud800" escape in the JSON would
+  // otherwise give one).
+  if (!isWellFormedName(payload.sub as string)) fail('sub is not well-formed Unicode (a lone UTF-16 surrogate)');
   return { sub: payload.sub as string, exp: payload.exp as number | undefined, claims: payload };
 }
 

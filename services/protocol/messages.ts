@@ -63,6 +63,28 @@ export interface DirectMessage {
 
 export const MAX_NAME_LENGTH = 128;
 
+declare global {
+  interface String {
+    /** ES2024, in Node since 20 (V8 11.1); not in the ES2022 lib this project compiles against. */
+    isWellFormed(): boolean;
+  }
+}
+
+/**
+ * Whether a name is well-formed UTF-16, i.e. has no lone surrogate. A lone surrogate has no UTF-8
+ * form: in cluster mode, where names travel through Redis as UTF-8, it would become U+FFFD, so
+ * "r\ud800" would be another room than the one its members joined, and the same room as
+ * "r\ufffd". Refused everywhere, standalone too, so a name means the same in both modes.
+ */
+export function isWellFormedName(name: string): boolean {
+  return name.isWellFormed();
+}
+
+/** The message for a name refused by isWellFormedName. */
+export function malformedNameMessage(field: string): string {
+  return `field "${field}" must be well-formed Unicode (it contains a lone UTF-16 surrogate)`;
+}
+
 /** Validate the envelope of a parsed JSON value. */
 export function asInbound(value: unknown): InboundMessage {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
@@ -89,7 +111,7 @@ export function requestIdOf(value: unknown): RequestId | undefined {
   return isRequestId(id) ? id : undefined;
 }
 
-/** A required identifier field (room, user): non-empty string of at most 128 characters. */
+/** A required identifier field (room, user): a non-empty, well-formed string of at most 128 characters. */
 export function nameField(msg: InboundMessage, field: string): string {
   const v = msg[field];
   if (typeof v !== 'string' || v.length === 0) {
@@ -98,6 +120,7 @@ export function nameField(msg: InboundMessage, field: string): string {
   if (v.length > MAX_NAME_LENGTH) {
     throw new SwitchboardError(ErrorCode.BadRequest, `field "${field}" must be at most ${MAX_NAME_LENGTH} characters`);
   }
+  if (!isWellFormedName(v)) throw new SwitchboardError(ErrorCode.BadRequest, malformedNameMessage(field));
   return v;
 }
 

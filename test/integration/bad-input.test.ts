@@ -98,6 +98,41 @@ describe('bad input', () => {
     }
   });
 
+  // In cluster mode names go through Redis as UTF-8, where a lone surrogate becomes U+FFFD: a
+  // message to "r\ud800" reached nobody, and a member of "club\ud800" could post into
+  // "club\ufffd". Refused in every mode.
+  test('names with a lone UTF-16 surrogate: bad_request naming the field; surrogate pairs are fine', async () => {
+    const c = await WireClient.connect(srv.port);
+    open.push(c);
+    for (const user of ['eve\ud800', '\udc00eve', 'eve\udc00\ud83d']) {
+      const e = await c.request({ type: 'hello', user });
+      assert.equal(e.code, 'bad_request', JSON.stringify(user));
+      assert.match(String(e.message), /"user".*lone UTF-16 surrogate/);
+    }
+    const eve = 'eve\u{1F600}';
+    assert.equal((await c.request({ type: 'hello', user: eve })).user, eve);
+    for (const [msg, field] of [
+      [{ type: 'join_room', room: 'club\ud800' }, 'room'],
+      [{ type: 'send_chat', room: 'club\ud800', data: 'x' }, 'room'],
+      [{ type: 'presence', room: 'club\udfff' }, 'room'],
+      [{ type: 'history', room: '\ud800' }, 'room'],
+      [{ type: 'direct', to: 'bystander\ud800', data: 'x' }, 'to'],
+    ] as const) {
+      const e = await c.request(msg);
+      assert.equal(e.code, 'bad_request', JSON.stringify(msg));
+      assert.match(String(e.message), new RegExp(`"${field}"`));
+    }
+    // An astral character (a surrogate pair) in a room name: joined, sent to, received.
+    const room = 'club\u{1F3B5}';
+    assert.equal((await c.request({ type: 'join_room', room })).type, 'ok');
+    assert.equal(typeof (await c.request({ type: 'send_chat', room, data: 'la' })).seq, 'number');
+    const m = await c.next((x) => x.type === 'message' && x.room === room);
+    assert.equal(m.from, eve);
+    // And a direct message to a user named with one.
+    assert.equal((await by.a.request({ type: 'direct', to: eve, data: 'hi' })).type, 'ok');
+    assert.equal((await c.next((x) => x.type === 'direct')).data, 'hi');
+  });
+
   test('unknown types: unknown_type, the connection stays', async () => {
     const c = await abuser();
     const e = await c.request({ type: 'launch_rockets' });

@@ -29,6 +29,9 @@ describe('verifyHs256', () => {
     rejects('x'.repeat(9000), /malformed/);
   });
   test('missing sub', () => rejects(signHs256({ name: 'ada' }, SECRET), /missing sub/));
+  // "\ud800" in the JSON gives a lone surrogate: no UTF-8 form, so not a name (docs/protocol.md).
+  test('a sub with a lone surrogate', () => rejects(signHs256({ sub: 'ada\ud800' }, SECRET), /sub is not well-formed/));
+  test('a sub with a surrogate pair is a name like any other', () => assert.equal(verifyHs256(signHs256({ sub: 'ada\u{1F600}' }, SECRET), SECRET).sub, 'ada\u{1F600}'));
   test('alg none and other algorithms are refused', () => {
     const enc = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
     rejects(`${enc({ alg: 'none' })}.${enc({ sub: 'ada' })}.`, /unsupported algorithm/);
