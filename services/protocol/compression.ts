@@ -7,7 +7,9 @@
  * when it is above the threshold and compression made it smaller; the frame flags say which.
  *
  * Decompression bombs: a frame whose output would exceed the frame limit is refused before the
- * output is produced. lz4 states its output size up front, and lz4-napi never writes past it.
+ * output is produced. lz4 states its output size up front, and lz4-napi never writes past it; a
+ * stated size the block cannot reach (more than 255 bytes per byte of block) is refused too,
+ * since lz4-napi allocates it before decoding.
  * zstd output is bounded by walking the frame's block headers without decompressing: raw and RLE
  * blocks state their size, a compressed block yields at most min(window, 128 KiB). A frame whose
  * bound is above the limit plus one block is refused; the decompressed length is checked again
@@ -139,6 +141,27 @@ export function zstdOutputBound(buf: Buffer): { bound: number; window: number } 
   return { bound: Math.max(bound, contentSize), window };
 }
 
+/** lz4-napi's body: the decompressed size as u32 little-endian, then one LZ4 block. */
+const LZ4_SIZE_PREFIX = 4;
+/**
+ * How far an LZ4 block can expand, from the block format. A sequence is a token (two 4-bit
+ * lengths), its literals (L of them, plus a length byte per 255 past 14), a 2-byte offset, and for
+ * a match of 19 bytes or more k match-length bytes (255 each but the last, at most 254): it
+ * yields at most L + 4 + 15 + 255(k - 1) + 254 = L + 18 + 255k bytes from 3 + L + k bytes, under
+ * 255 per byte; a sequence without length bytes yields at most 18 + L from 3 + L; the last
+ * sequence is literals only (one byte out per byte in). So a block of n bytes yields less than
+ * 255n. The slack is one sequence's worth from its token alone (minimum match 4 + nibble 14 = 18
+ * bytes): not needed by the arithmetic above, it keeps the bound safe against an encoder's edge
+ * cases at no cost (a lying frame still cannot claim more than 255 bytes per byte sent).
+ */
+const LZ4_MAX_RATIO = 255;
+const LZ4_BOUND_SLACK = 18;
+
+/** The most bytes an LZ4 block of `blockBytes` bytes can decompress to. */
+export function lz4OutputBound(blockBytes: number): number {
+  return LZ4_MAX_RATIO * Math.max(0, blockBytes) + LZ4_BOUND_SLACK;
+}
+
 /**
  * Decompress an inbound body, refusing output above `maxBytes`. lz4 completes synchronously,
  * zstd returns a promise. Failures are CompressionErrors (thrown, or as the promise's rejection).
@@ -148,6 +171,10 @@ export function decompressBody(codec: Codec, body: Buffer, maxBytes: number): Bu
     if (body.length < 4) throw new CompressionError('corrupt lz4 frame: shorter than its size prefix');
     const declared = body.readUInt32LE(0);
     if (declared > maxBytes) throw new CompressionError(`lz4 frame declares ${declared} bytes, above the maximum frame size of ${maxBytes}`);
+    // A size the block cannot reach is a lie, and believing it would have us allocate that much
+    // for a few bytes of input (lz4-napi allocates the declared size before decoding).
+    const reachable = lz4OutputBound(body.length - LZ4_SIZE_PREFIX);
+    if (declared > reachable) throw new CompressionError(`corrupt lz4 frame: declares ${declared} bytes, more than ${body.length - LZ4_SIZE_PREFIX} bytes of LZ4 block can hold (${reachable})`);
     try {
       return lz4Uncompress(body);
     } catch (err) {

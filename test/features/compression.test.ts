@@ -16,6 +16,7 @@ import {
   compressBody,
   CompressionError,
   decompressBody,
+  lz4OutputBound,
   negotiateCodec,
   Outbound,
   zstdOutputBound,
@@ -84,6 +85,30 @@ test('bombs: output over the frame limit is refused before it is produced', asyn
   await assert.rejects(async () => decompressBody(Codec.Zstd, over, MIB), CompressionError);
 });
 
+// A 26-byte lz4 body whose size prefix said 1 MiB had the server allocate 1 MiB for it, frame
+// after frame: CPU and memory amplification at no cost to the sender.
+test('lz4: a declared size the block cannot reach is refused before decompressing; highly repetitive data still passes', () => {
+  const ping = lz4Compress(Buffer.from('{"type":"ping"}'));
+  const lie = Buffer.from(ping);
+  lie.writeUInt32LE(MIB, 0);
+  assert.throws(() => decompressBody(Codec.Lz4, lie, MIB), (e: unknown) => e instanceof CompressionError && /more than \d+ bytes of LZ4 block can hold/.test(e.message));
+  // At the bound (255 bytes per byte of block, plus 18) it goes to the decoder, which finds the
+  // stated size wrong or not.
+  const block = ping.length - 4;
+  assert.equal(lz4OutputBound(block), 255 * block + 18);
+  lie.writeUInt32LE(lz4OutputBound(block) + 1, 0);
+  assert.throws(() => decompressBody(Codec.Lz4, lie, MIB), /can hold/);
+  // The best ratio an encoder reaches: 1 MiB of one byte, and a 60 KiB run, decompress.
+  for (const n of [MIB, 60 * 1024]) {
+    const packed = lz4Compress(Buffer.alloc(n, 0x61));
+    assert.ok(n / (packed.length - 4) > 240, `ratio ${n / (packed.length - 4)}`);
+    assert.ok(lz4OutputBound(packed.length - 4) >= n);
+    const out = decompressBody(Codec.Lz4, packed, MIB) as Buffer;
+    assert.equal(out.length, n);
+    assert.ok(out.every((b) => b === 0x61));
+  }
+});
+
 test('corrupt bodies are CompressionErrors, never crashes', async () => {
   const good = await zstdCompress(compressible(10_000), 3);
   const cases: Buffer[] = [
@@ -130,6 +155,13 @@ test('Outbound compresses once per codec and only when smaller', async () => {
 });
 
 /** A raw binary-mode socket that records each frame's flags and body (decompressing nothing). */
+/** lz4 of `text` with its size prefix replaced by `declared`. */
+function lz4SizeLie(text: string, declared: number): Buffer {
+  const body = Buffer.from(lz4Compress(Buffer.from(text)));
+  body.writeUInt32LE(declared, 0);
+  return body;
+}
+
 class RawBinary {
   frames: { flags: number; body: Buffer }[] = [];
   closed = false;
@@ -247,6 +279,7 @@ test('a corrupt compressed frame or a bomb gets bad_frame and closes that connec
     ['corrupt lz4', Buffer.concat([Buffer.from([100, 0, 0, 0]), Buffer.alloc(40, 0xff)]), Codec.Lz4, 'corrupt lz4'],
     ['corrupt zstd', Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), randomBytes(300)]), Codec.Zstd, 'zstd'],
     ['lz4 bomb', lz4Compress(zeros), Codec.Lz4, 'above the maximum frame size'],
+    ['lz4 declaring more than its block can hold', lz4SizeLie('{"type":"ping"}', 60 * 1024), Codec.Lz4, 'can hold'],
     ['zstd bomb', await zstdCompress(zeros, 19), Codec.Zstd, 'above the maximum frame size'],
   ];
   for (const [name, body, codec, why] of attacks) {
