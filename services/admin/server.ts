@@ -8,8 +8,9 @@
  * createTimedHttpServer and counts their sockets against MAX_CONNECTIONS itself; the broadcast
  * and operator roles run an AdminServer.
  */
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { createAdminHandler, type AdminEndpoints, type AdminHandler } from './handler';
 
 export interface HttpTimeouts {
@@ -33,6 +34,17 @@ export interface TimedServerHooks {
 const HTTP_408 = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
 const HTTP_431 = 'HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
 const HTTP_400 = 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+const HTTP_405 = 'HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+
+function refuseConnect(_req: IncomingMessage, socket: Duplex): void {
+  socket.on('error', ignoreSocketError);
+  // Closed once written: the HTTP timeouts no longer cover a socket Node has handed over.
+  socket.end(HTTP_405, () => socket.destroy());
+}
+
+function ignoreSocketError(): void {
+  // The peer went away before the 405: nothing to answer.
+}
 
 /** An HTTP server for `handler` with the timeouts enforced and client errors answered. */
 export function createTimedHttpServer(handler: AdminHandler, timeouts: HttpTimeouts, hooks: TimedServerHooks = {}): Server {
@@ -55,6 +67,9 @@ export function createTimedHttpServer(handler: AdminHandler, timeouts: HttpTimeo
     if (socket.writable && socket.bytesWritten === 0) socket.write(timedOut ? HTTP_408 : err.code === 'HPE_HEADER_OVERFLOW' ? HTTP_431 : HTTP_400);
     socket.destroy();
   });
+  // CONNECT never reaches the handler: Node emits 'connect' for it and, with no listener,
+  // destroys the socket without an answer. It gets the 405 every other method we do not serve gets.
+  server.on('connect', refuseConnect);
   server.on('error', (err: NodeJS.ErrnoException) => hooks.onListenerError?.(err));
   return server;
 }

@@ -1,6 +1,7 @@
 // Attack class: HTTP on the client port (sniffed) and on the admin port. Half-open requests are
-// timed out (408, close) on both ports, HTTP connections count against MAX_CONNECTIONS, and
-// /metrics is served on the admin port only unless METRICS_ON_CLIENT_PORT says otherwise.
+// timed out (408, close) on both ports, HTTP connections count against MAX_CONNECTIONS, CONNECT
+// is answered 405 like other methods not served, and /metrics is served on the admin port only
+// unless METRICS_ON_CLIENT_PORT says otherwise.
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import { waitFor } from '../helpers/wait';
@@ -94,6 +95,32 @@ test('HTTP connections of both ports count against MAX_CONNECTIONS; the admin po
   t.after(() => late.destroy());
   await late.hello('late');
   await assertWitnessServed(witness);
+});
+
+// Node hands a CONNECT request to 'connect' listeners and, with none, closed the socket with no
+// answer at all.
+test('CONNECT on the client and admin ports is answered 405 and closed, like other methods not served', async (t) => {
+  const target = await startTarget();
+  t.after(() => target.stop());
+  const witness = await Witness.start(target.port, t);
+  for (const port of [target.port, target.adminPort]) {
+    for (const request of ['CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n', 'CONNECT 127.0.0.1:22 HTTP/1.0\r\n\r\nSSH-2.0-x\r\n']) {
+      const a = await RawClient.open(port);
+      t.after(() => a.destroy());
+      a.write(request);
+      await a.waitClosed(3000);
+      assert.match(a.raw, /^HTTP\/1\.1 405 Method Not Allowed\r\n/, `port ${port === target.port ? 'client' : 'admin'}: ${JSON.stringify(a.raw)}`);
+      assert.match(a.raw, /\r\nAllow: GET, HEAD\r\n/);
+    }
+  }
+  // Other methods get the same status from the handler; the sockets are gone from the count.
+  const post = await RawClient.open(target.adminPort);
+  t.after(() => post.destroy());
+  post.write('DELETE /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+  await post.waitClosed(3000);
+  assert.match(post.raw, /^HTTP\/1\.1 405 /);
+  await waitFor(async () => (await target.stats()).http_connections === 1, 3000, 'only the scrape to be left');
+  await assertWitnessServed(witness, 50);
 });
 
 test('/metrics is on the admin port only, unless METRICS_ON_CLIENT_PORT; /stats is on both', async (t) => {
