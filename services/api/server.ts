@@ -18,7 +18,11 @@
  * Bounded like client input: a request message is at most MAX_FRAME_BYTES (grpc-js refuses a
  * larger one with RESOURCE_EXHAUSTED before it reaches a handler), `data` nests at most
  * MAX_JSON_DEPTH levels (INVALID_ARGUMENT), and neither a listener error nor a failing stats read
- * on a timer can throw.
+ * on a timer can throw. WatchStats streams are bounded too: at most MAX_WATCHERS at once per
+ * process (RESOURCE_EXHAUSTED past it), an interval within [WATCH_MIN_MS, WATCH_MAX_MS], one stats
+ * snapshot shared by every watcher per STATS_SHARE_MS, and nothing written to a stream whose
+ * previous message has not drained (a client that does not read gets fewer snapshots, and the
+ * server holds at most grpc-js's buffer for it).
  *
  * Connections: the listener is ours (node:net), and grpc-js gets each socket through a
  * connection injector, so that the port is held to the same rules as the others. A connection
@@ -42,7 +46,9 @@ import {
   ErrorCode,
   ErrorInfo,
   isSwitchboardError,
+  isWellFormedName,
   jsonTextDepthExceeds,
+  malformedNameMessage,
   MAX_NAME_LENGTH,
   SwitchboardError,
 } from '../protocol';
@@ -54,6 +60,17 @@ const MAX_STREAMS = 100;
 const PREFACE_BYTES = 24;
 /** At most one log line per this long about listener errors. */
 const LISTENER_LOG_MS = 10_000;
+/** WatchStats streams open at once per process; past it a call ends with RESOURCE_EXHAUSTED. */
+export const MAX_WATCHERS = 256;
+/**
+ * WatchStats intervals are clamped to this range: below it a watcher would cost more than the
+ * stats are worth; above it Node would turn the timer into 1 ms (a delay over 2^31-1 ms).
+ */
+export const WATCH_MIN_MS = 100;
+export const WATCH_MAX_MS = 3_600_000;
+const WATCH_DEFAULT_MS = 1000;
+/** Watchers ticking within this long of each other get the same snapshot (built once). */
+const STATS_SHARE_MS = 100;
 
 function ignoreSocketError(): void {
   // ECONNRESET and friends: 'close' follows.
@@ -105,6 +122,7 @@ interface WatchStatsRequest {
 function name(value: string, field: string): string {
   if (value === '') throw new SwitchboardError(ErrorCode.BadRequest, `field "${field}" must be a non-empty string`);
   if (value.length > MAX_NAME_LENGTH) throw new SwitchboardError(ErrorCode.BadRequest, `field "${field}" must be at most ${MAX_NAME_LENGTH} characters`);
+  if (!isWellFormedName(value)) throw new SwitchboardError(ErrorCode.BadRequest, malformedNameMessage(field));
   return value;
 }
 
@@ -147,6 +165,9 @@ export class ApiServer {
   private lastListenerLog = 0;
   private readonly keyDigest: Buffer | null;
   private readonly watchers = new Set<NodeJS.Timeout>();
+  /** The stats snapshot watchers share, and when it was built. */
+  private shared: Record<string, unknown> | null = null;
+  private sharedAt = 0;
   port = -1;
 
   constructor(private readonly opts: ApiServerOptions) {
@@ -350,6 +371,16 @@ export class ApiServer {
     };
   }
 
+  /** The stats for watchers: built at most once per STATS_SHARE_MS however many there are. */
+  private sharedStats(): Record<string, unknown> {
+    const now = Date.now();
+    if (this.shared === null || now - this.sharedAt >= STATS_SHARE_MS) {
+      this.shared = this.stats();
+      this.sharedAt = now;
+    }
+    return this.shared;
+  }
+
   private watchStats(call: grpc.ServerWritableStream<WatchStatsRequest, unknown>): void {
     try {
       this.authenticate(call.metadata);
@@ -357,11 +388,21 @@ export class ApiServer {
       call.emit('error', toGrpcError(err));
       return;
     }
-    const every = Math.max(100, call.request.interval_ms || 1000);
+    if (this.watchers.size >= MAX_WATCHERS) {
+      // No protocol code fits a per-process cap of streams: the status alone says it.
+      const message = `at most ${MAX_WATCHERS} WatchStats streams may be open at once on this server`;
+      call.emit('error', Object.assign(new Error(message), { code: grpc.status.RESOURCE_EXHAUSTED, details: message }));
+      return;
+    }
+    const every = Math.min(WATCH_MAX_MS, Math.max(WATCH_MIN_MS, call.request.interval_ms || WATCH_DEFAULT_MS));
+    // Stats are snapshots: one is only worth sending once the previous one has gone. A client
+    // that does not read skips ticks instead of having every tick buffered for it. (Stricter than
+    // write()'s return, which in object mode stays true until 16 messages are queued.)
     // On a timer: a failure to build the stats must not throw (skip that tick instead).
     const tick = () => {
+      if (call.writableLength > 0) return;
       try {
-        call.write(this.stats());
+        call.write(this.sharedStats());
       } catch (err) {
         this.opts.log.warn('api: stats not available', { err: err instanceof Error ? err.message : String(err) });
       }

@@ -1,17 +1,23 @@
 // Attack class: the gRPC API's payloads and sockets. A request larger than MAX_FRAME_BYTES is
 // refused by grpc-js before any handler runs (RESOURCE_EXHAUSTED); `data` nested deeper than
-// MAX_JSON_DEPTH is INVALID_ARGUMENT, never INTERNAL; half-open sockets on the API port are
+// MAX_JSON_DEPTH is INVALID_ARGUMENT (bad_request: our handlers never answer INTERNAL for a
+// client's input; a request that is not valid protobuf is refused by grpc-js itself, with
+// INTERNAL "Error deserializing request", as grpc-go does); half-open sockets on the API port are
 // closed at HTTP_HEADERS_TIMEOUT_MS, count against MAX_CONNECTIONS, and idle API connections
-// go at IDLE_TIMEOUT_MS; TCP clients keep being served meanwhile.
+// go at IDLE_TIMEOUT_MS; WatchStats streams that are never read hold bounded memory, at most
+// MAX_WATCHERS of them at once, at an interval clamped to [100 ms, 1 h]; TCP clients keep being
+// served meanwhile.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { connect, type Socket } from 'node:net';
+import { connect as http2Connect, type ClientHttp2Session } from 'node:http2';
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
-import { startApiServer, switchboardService, type ApiServer } from '../../services/api';
+import { MAX_WATCHERS, startApiServer, switchboardService, type ApiServer } from '../../services/api';
 import { silentLogger } from '../../services/telemetry';
 import { startServer } from '../helpers/server';
 import { waitFor } from '../helpers/wait';
 import { helloClient } from '../helpers/wire';
+import { assertRssWithin, assertWitnessServed, peakRss, startTarget, Witness, type Target } from './harness';
 
 const KEY = 'attack-api-key';
 type Client = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
@@ -24,7 +30,7 @@ function call(c: Client, method: string, req: Record<string, unknown>): Promise<
   });
 }
 
-test('gRPC: payloads over MAX_FRAME_BYTES are RESOURCE_EXHAUSTED, nested data INVALID_ARGUMENT, never INTERNAL', async (t) => {
+test('gRPC: payloads over MAX_FRAME_BYTES are RESOURCE_EXHAUSTED, nested data INVALID_ARGUMENT (bad_request), not INTERNAL', async (t) => {
   const MAX = 64 * 1024;
   const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY, maxFrameBytes: MAX });
   const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
@@ -120,4 +126,182 @@ test('gRPC stop: a connected client and a socket still before the preface do not
   assert.ok(Date.now() - t0 < 3000, `stop took ${Date.now() - t0} ms`);
   await silentClosed;
   await waitFor(() => srv.server.counters.httpConnections === 0, 3000, 'every API connection to be closed');
+});
+
+/** A TCP proxy to `port` that, once stall() is called, no longer reads what the server sends. */
+class StallingProxy {
+  private readonly server: Server;
+  private readonly upstreams: Socket[] = [];
+  private readonly sockets: Socket[] = [];
+
+  constructor(port: number) {
+    this.server = createServer((client) => {
+      const up = connect({ host: '127.0.0.1', port });
+      for (const s of [client, up]) {
+        s.on('error', () => {});
+        this.sockets.push(s);
+      }
+      client.pipe(up);
+      up.pipe(client);
+      this.upstreams.push(up);
+    });
+  }
+
+  async listen(): Promise<number> {
+    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  stall(): void {
+    for (const up of this.upstreams) {
+      up.unpipe();
+      up.pause();
+    }
+  }
+
+  close(): void {
+    for (const s of this.sockets) s.destroy();
+    this.server.close();
+  }
+}
+
+/** A gRPC message: the 5-byte length prefix, then the protobuf. */
+function grpcMessage(protobuf: Buffer): Buffer {
+  const head = Buffer.alloc(5);
+  head.writeUInt32BE(protobuf.length, 1);
+  return Buffer.concat([head, protobuf]);
+}
+
+/** WatchStatsRequest { interval_ms = 1 } as protobuf (field 1, varint). */
+function watchRequest(intervalMs: number): Buffer {
+  const bytes = [0x08];
+  let n = intervalMs;
+  do {
+    bytes.push((n & 0x7f) | (n > 0x7f ? 0x80 : 0));
+    n = Math.floor(n / 128);
+  } while (n > 0);
+  return grpcMessage(Buffer.from(bytes));
+}
+
+/**
+ * RSS once it has stopped rising: four readings 500 ms apart within 1 MiB of each other, or the
+ * last reading after `timeoutMs` (RSS that keeps rising is for the caller's assertion to report).
+ */
+async function rssPlateau(target: Target, timeoutMs = 10_000): Promise<number> {
+  const readings: number[] = [];
+  await waitFor(
+    () => {
+      readings.push(target.rssBytes());
+      const last = readings.slice(-4);
+      return last.length === 4 && Math.max(...last) - Math.min(...last) < 1048576;
+    },
+    timeoutMs,
+    'RSS to stop rising',
+    { intervalMs: 500 },
+  ).catch(() => undefined);
+  return target.rssBytes();
+}
+
+/** A WatchStats stream through grpc-js: the messages it got, and its error if it ended with one. */
+function watch(c: Client, intervalMs: number): { got: number; err?: grpc.ServiceError; stream: grpc.ClientReadableStream<unknown> } {
+  const md = new grpc.Metadata();
+  md.set('x-api-key', KEY);
+  const stream = c.WatchStats({ interval_ms: intervalMs }, md) as grpc.ClientReadableStream<unknown>;
+  const w: { got: number; err?: grpc.ServiceError; stream: grpc.ClientReadableStream<unknown> } = { got: 0, stream };
+  stream.on('data', () => w.got++);
+  stream.on('error', (err: grpc.ServiceError) => (w.err = err));
+  return w;
+}
+
+// Every stream of a client that never read was written to on every tick: the server buffered
+// each watcher's stats without bound (17 MB/s of RSS with 500 streams).
+test('WatchStats streams that are never read: memory stays bounded, past MAX_WATCHERS the call is RESOURCE_EXHAUSTED, TCP clients are served', async (t) => {
+  const target = await startTarget({ API_PORT: '0', API_KEY: KEY });
+  t.after(() => target.stop());
+  const apiPort = (await waitFor(() => target.logs().find((r) => r.msg === 'api listening'), 10_000, 'the API to listen')).port as number;
+  const witness = await Witness.start(target.port, t);
+  await witness.served(5);
+
+  // MAX_WATCHERS streams at interval 100 on three connections (at most 100 calls each), through
+  // a proxy that stops reading from the server once every stream has answered: a client that
+  // does not read its TCP connection at all.
+  const proxy = new StallingProxy(apiPort);
+  t.after(() => proxy.close());
+  const proxyPort = await proxy.listen();
+  const sessions: ClientHttp2Session[] = [];
+  t.after(() => {
+    for (const s of sessions) s.destroy();
+  });
+  let answered = 0;
+  for (let i = 0; i < MAX_WATCHERS; i++) {
+    if (i % 100 === 0) {
+      const s = http2Connect(`http://127.0.0.1:${proxyPort}`, { settings: { initialWindowSize: 65535 } });
+      s.on('error', () => {});
+      sessions.push(s);
+    }
+    const stream = sessions[sessions.length - 1].request({
+      ':method': 'POST',
+      ':path': '/switchboard.v1.Switchboard/WatchStats',
+      'content-type': 'application/grpc',
+      te: 'trailers',
+      'x-api-key': KEY,
+    });
+    stream.on('error', () => {});
+    // Headers are not flow-controlled: they arrive with the first message however little is read.
+    stream.once('response', () => answered++);
+    stream.end(watchRequest(100));
+    stream.pause();
+  }
+  await waitFor(() => answered === MAX_WATCHERS, 10_000, `${MAX_WATCHERS} WatchStats streams to be answered`);
+  proxy.stall();
+
+  // One more is refused while they are open.
+  const Ctor = switchboardService();
+  const c = new Ctor(`127.0.0.1:${apiPort}`, grpc.credentials.createInsecure()) as unknown as Client;
+  t.after(() => c.close());
+  const extra = watch(c, 100);
+  await waitFor(() => extra.err, 5000, 'the call past MAX_WATCHERS to end');
+  assert.equal(extra.err?.code, grpc.status.RESOURCE_EXHAUSTED, String(extra.err?.details));
+  assert.equal(extra.got, 0);
+
+  // For the first seconds RSS rises (what HTTP/2 and the sockets take before the client's
+  // windows close), then it stays flat: each stream holds one unsent snapshot at most, not one
+  // per tick (RSS grew by 2 MB/s here before, without end). Measured over the next 800 witness
+  // pings (8 s at least: 80 ticks of every stream) once it has stopped rising; it grew by about
+  // 1 MiB.
+  await witness.served(200, 30_000);
+  const before = await rssPlateau(target);
+  const { peak } = await peakRss(target, () => witness.served(800, 40_000));
+  t.diagnostic(`RSS ${(before / 1048576).toFixed(1)} MiB at the plateau, peak ${(peak / 1048576).toFixed(1)} MiB`);
+  assertRssWithin(before, peak, 6, `peak RSS while ${MAX_WATCHERS} WatchStats streams are not read`);
+  await assertWitnessServed(witness);
+
+  // Once the streams' connections go, their places are free again.
+  proxy.close();
+  const again = watch(c, 100);
+  t.after(() => again.stream.cancel());
+  await waitFor(() => again.got > 0 || again.err, 5000, 'a WatchStats stream after the others went', { intervalMs: 20 });
+  assert.equal(again.err, undefined, String(again.err?.details));
+});
+
+// Node turns a timer over 2^31-1 ms into 1 ms: interval_ms = 2^32-1 streamed stats every 1 ms.
+test('WatchStats: an interval above an hour is clamped to an hour, not turned into 1 ms', async (t) => {
+  const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY });
+  const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
+  const Ctor = switchboardService();
+  const c = new Ctor(`127.0.0.1:${api.port}`, grpc.credentials.createInsecure()) as unknown as Client;
+  const fast = watch(c, 100);
+  const huge = watch(c, 2 ** 32 - 1);
+  const over = watch(c, 2 ** 31);
+  t.after(async () => {
+    for (const w of [fast, huge, over]) w.stream.cancel();
+    c.close();
+    await api.stop();
+    await srv.close();
+  });
+  // Five ticks of the 100 ms stream: the long-interval streams have had their first message only.
+  await waitFor(() => fast.got >= 5, 5000, 'five messages at interval 100', { intervalMs: 20 });
+  for (const w of [huge, over, fast]) assert.equal(w.err, undefined, String(w.err?.details));
+  assert.equal(huge.got, 1, 'interval_ms 2^32-1: one message (the first), then one an hour');
+  assert.equal(over.got, 1, 'interval_ms 2^31: one message');
 });
