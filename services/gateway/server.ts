@@ -519,7 +519,7 @@ export class GatewayServer implements ConnectionHost {
     const reasons: string[] = [];
     if (!this.listening) reasons.push('not listening');
     if (this.draining) reasons.push('draining');
-    if (!this.services.bus.ready) reasons.push(`${this.services.bus.kind} bus not connected`);
+    if (!this.services.bus.ready) reasons.push(`${this.services.bus.kind} bus not connected or not answering`);
     for (const check of this.readinessChecks) {
       const r = check();
       if (r !== null) reasons.push(r);
