@@ -55,6 +55,7 @@ const SETTINGS_TABLE = [
   { key: 'MAX_JSON_DEPTH', field: 'maxJsonDepth', kind: 'int', default: '64', min: 1, doc: 'Deepest nesting of objects and arrays a message may have; deeper is `bad_request`.' },
   { key: 'IDLE_TIMEOUT_MS', field: 'idleTimeoutMs', kind: 'int', default: '60000', min: 100, doc: 'A connection that sends no frame for this long is closed (reason idle_timeout).' },
   { key: 'HELLO_TIMEOUT_MS', field: 'helloTimeoutMs', kind: 'int', default: '10000', min: 100, doc: 'A connection must send hello within this time.' },
+  { key: 'INFLATE_BYTES_PER_SEC', field: 'inflateBytesPerSec', kind: 'int', default: '4194304', min: 0, doc: 'Bytes per second one connection\'s compressed frames may decompress to (a few bytes of zstd can stand for a megabyte); past it the connection is read no faster. 0: no budget.' },
   { key: 'RATE_LIMIT_PER_SEC', field: 'rateLimitPerSec', kind: 'int', default: '2000', min: 1, doc: 'Sustained messages per second one connection may send (token bucket).' },
   { key: 'RATE_LIMIT_BURST', field: 'rateLimitBurst', kind: 'int', default: '4000', min: 1, doc: 'Bucket size: messages a connection may send in a burst.' },
   { key: 'OUTBOUND_BUDGET_BYTES', field: 'outboundBudgetBytes', kind: 'int', default: '268435456', min: 0, doc: 'Output pending for all connections together (each one\'s as MAX_OUTBOUND_BYTES counts it); past it, the connections with the most pending are disconnected as slow consumers until the total is back under three quarters of it. 0: no budget.' },

@@ -46,6 +46,8 @@ export interface InboundLimits {
   readonly rateLimitBurst: number;
   /** Partial-frame bytes of all connections together; 0: no budget. */
   readonly partialFramesBudgetBytes: number;
+  /** Bytes per second this connection's compressed frames may decompress to; 0: no budget. */
+  readonly inflateBytesPerSec: number;
 }
 
 /** Where validated messages and refusals go: the session. */
@@ -86,6 +88,8 @@ const Pause = {
   Rate: 4,
   /** A large frame was handled: the rest of this event-loop turn belongs to the others. */
   Turn: 8,
+  /** The connection's frames decompressed to more than INFLATE_BYTES_PER_SEC allows. */
+  InflateBudget: 16,
 } as const;
 
 /**
@@ -131,6 +135,12 @@ export class Inbound implements FrameSink {
   private yieldTurn = false;
   private readonly bucket: TokenBucket;
   private readonly order: InOrder<HeldFrame>;
+  /**
+   * Decompressed bytes this connection may still produce (INFLATE_BYTES_PER_SEC, at most one
+   * second's worth); below 0 it is in debt, and compressed frames wait until the debt is repaid.
+   */
+  private inflateTokens: number;
+  private inflateAt: number;
 
   constructor(
     private readonly input: Readable,
@@ -146,6 +156,8 @@ export class Inbound implements FrameSink {
     this.chunkAt = now;
     this.bucket = new TokenBucket(limits.rateLimitPerSec, limits.rateLimitBurst, now);
     this.order = new InOrder((f) => this.takeFrame(f));
+    this.inflateTokens = limits.inflateBytesPerSec;
+    this.inflateAt = now;
   }
 
   push(chunk: Buffer): void {
@@ -247,6 +259,37 @@ export class Inbound implements FrameSink {
     this.unpause(Pause.Rate);
   }
 
+  /** @internal timer: the decompression debt is repaid: go on with the frame waiting for it. */
+  inflateRefilled(): void {
+    this.unpause(Pause.InflateBudget);
+    this.order.drain();
+  }
+
+  /**
+   * Whether a compressed frame may be decompressed now (INFLATE_BYTES_PER_SEC). A few bytes of
+   * zstd can stand for a megabyte (RLE blocks), and then the server, not the sender, pays for
+   * the megabyte: decompressing, scanning and parsing it. So the bytes frames decompress to are
+   * charged to a per-connection bucket; in debt, the frame waits at the head (frames behind it
+   * wait too, in order), the socket is not read, and a timer resumes once the debt is repaid.
+   * Nothing is dropped: a sender past the budget is slowed down, as TCP would slow it.
+   */
+  private inflateAllowed(f: HeldFrame): boolean {
+    const rate = this.limits.inflateBytesPerSec;
+    if (rate === 0) return true;
+    const now = Date.now();
+    if (this.inflateTokens < rate) this.inflateTokens = Math.min(rate, this.inflateTokens + ((now - this.inflateAt) * rate) / 1000);
+    this.inflateAt = now;
+    if (this.inflateTokens > 0) return true;
+    if ((this.paused & Pause.InflateBudget) === 0 && !this.stopped) {
+      this.counters.limitHits[Limit.InflateBytes]++;
+      this.pause(Pause.InflateBudget);
+      setTimeout(onInflateRefilled, Math.ceil((-this.inflateTokens * 1000) / rate) + 1, this).unref();
+    }
+    // It waits in the queue: its body must outlive the parser's chunk.
+    f.body = Buffer.from(f.body);
+    return false;
+  }
+
   /**
    * After a push: account the incomplete frame the parser holds (bytes against the process-wide
    * budget, and when it began, for the frame timeout). A frame completed during the push means
@@ -318,6 +361,10 @@ export class Inbound implements FrameSink {
           this.sink.fail(undefined, ErrorCode.BadFrame, `compressed frame (${codecName(codec)}), but that codec was not negotiated in hello`);
           return true;
         }
+        if (!this.inflateAllowed(f)) {
+          f.stage = RAW;
+          return false;
+        }
         let out: Buffer | Promise<Buffer>;
         try {
           out = decompressBody(codec, f.body, this.limits.maxFrameBytes);
@@ -337,6 +384,7 @@ export class Inbound implements FrameSink {
           );
           return false;
         }
+        this.inflateTokens -= out.length;
         f.body = out;
       }
     }
@@ -346,6 +394,7 @@ export class Inbound implements FrameSink {
 
   /** A frame's decompression ended: handle it (or skip it, refused) and the frames held behind it. */
   private inflated(f: HeldFrame, body: Buffer, stage: typeof READY | typeof REFUSED): void {
+    if (stage === READY) this.inflateTokens -= body.length;
     f.body = body;
     f.stage = stage;
     this.order.drain();
@@ -423,4 +472,8 @@ function onNextTurn(inbound: Inbound): void {
 
 function onRateRefilled(inbound: Inbound): void {
   inbound.rateRefilled();
+}
+
+function onInflateRefilled(inbound: Inbound): void {
+  inbound.inflateRefilled();
 }

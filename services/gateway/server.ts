@@ -161,6 +161,7 @@ export class GatewayServer implements ConnectionHost {
       rateLimitPerSec: config.rateLimitPerSec,
       rateLimitBurst: config.rateLimitBurst,
       partialFramesBudgetBytes: config.partialFramesBudgetBytes,
+      inflateBytesPerSec: config.inflateBytesPerSec,
     };
     this.outboundLimits = {
       maxOutboundBytes: config.maxOutboundBytes,

@@ -154,7 +154,6 @@ test('Outbound compresses once per codec and only when smaller', async () => {
   assert.equal(small.binaryFor(Codec.Lz4, 512), small.binary(), 'below the threshold: sent plain');
 });
 
-/** A raw binary-mode socket that records each frame's flags and body (decompressing nothing). */
 /** lz4 of `text` with its size prefix replaced by `declared`. */
 function lz4SizeLie(text: string, declared: number): Buffer {
   const body = Buffer.from(lz4Compress(Buffer.from(text)));
@@ -162,6 +161,7 @@ function lz4SizeLie(text: string, declared: number): Buffer {
   return body;
 }
 
+/** A raw binary-mode socket that records each frame's flags and body (decompressing nothing). */
 class RawBinary {
   frames: { flags: number; body: Buffer }[] = [];
   closed = false;

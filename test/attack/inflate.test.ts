@@ -1,0 +1,66 @@
+// Attack class: compression amplification. A 78-byte zstd frame can stand for a megabyte (RLE
+// blocks), well within MAX_FRAME_BYTES and every format bound: the sender pays 78 bytes, the
+// server decompresses, scans and parses a megabyte. INFLATE_BYTES_PER_SEC bounds what one
+// connection's frames may decompress to per second: past it the frames wait, in order, and the
+// socket is not read. Nothing is dropped, the sender is slowed, everyone else is served.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { compress as zstdCompress } from '@mongodb-js/zstd';
+import { Codec } from '../../services/protocol';
+import { waitFor } from '../helpers/wait';
+import { binaryFrame, WireClient } from '../helpers/wire';
+import { assertWitnessServed, startTarget, Witness } from './harness';
+
+const MIB = 1024 * 1024;
+
+test('zstd frames that decompress 10,000-fold are slowed to INFLATE_BYTES_PER_SEC, in order, none lost; others are served', async (t) => {
+  const RATE = 2 * MIB;
+  const target = await startTarget({ INFLATE_BYTES_PER_SEC: String(RATE) });
+  t.after(() => target.stop());
+  const witness = await Witness.start(target.port, t);
+  await witness.served(5);
+
+  const bomber = await WireClient.connect(target.port, 'binary');
+  t.after(() => bomber.destroy());
+  const welcome = await bomber.request({ type: 'hello', user: 'bomber', codecs: ['zstd'] });
+  assert.equal(welcome.codec, 'zstd');
+  const FRAMES = 12;
+  const frames: Buffer[] = [];
+  for (let i = 0; i < FRAMES; i++) {
+    const body = await zstdCompress(Buffer.from(JSON.stringify({ type: 'ping', id: i, pad: ' '.repeat(MIB - 64) })), 3);
+    assert.ok(body.length < 200, `frame ${i} is ${body.length} bytes compressed`);
+    frames.push(binaryFrame(body, Codec.Zstd));
+  }
+  const pongs = () => bomber.all.filter((m) => m.type === 'pong' && typeof m.id === 'number');
+  // Each frame's JSON is a little under a MiB; the pad makes it MIB - 64 + ~30 bytes.
+  const SIZE = MIB - 64;
+  const sentAt = Date.now();
+  bomber.writeRaw(Buffer.concat(frames));
+  // When each pong arrived (polled): every frame is handled in the end, in the order sent.
+  const arrived: number[] = [];
+  await waitFor(
+    () => {
+      const n = pongs().length;
+      while (arrived.length < n) arrived.push(Date.now() - sentAt);
+      return n === FRAMES;
+    },
+    20_000,
+    `all ${FRAMES} pongs`,
+    { intervalMs: 5 },
+  );
+  assert.deepEqual(
+    pongs().map((m) => m.id),
+    Array.from({ length: FRAMES }, (_, i) => i),
+  );
+  // The bucket holds a second's worth and is full when they are sent; frame k may start only
+  // once k frames' bytes fit in it: (k x SIZE - RATE) / RATE seconds after they were sent at the
+  // earliest (a slower machine only makes it later). Without the budget all 12 were answered
+  // within a second.
+  for (let k = 0; k < FRAMES; k++) {
+    const earliest = ((k * SIZE - RATE) / RATE) * 1000 - 20;
+    assert.ok(arrived[k] >= earliest, `frame ${k} answered ${arrived[k]} ms after sending; the budget allows ${earliest.toFixed(0)} ms at the earliest`);
+  }
+  assert.equal(bomber.closed, false);
+  assert.ok(((await target.metric('switchboard_limit_exceeded_total{limit="INFLATE_BYTES_PER_SEC"}')) ?? 0) > 0);
+  await assertWitnessServed(witness);
+});
