@@ -261,8 +261,12 @@ export class Inbound implements FrameSink {
 
   /** @internal timer: the decompression debt is repaid: go on with the frame waiting for it. */
   inflateRefilled(): void {
+    // First: a frame that has to wait again sets it again (with a new timer).
     this.unpause(Pause.InflateBudget);
     this.order.drain();
+    // The frame that waited may have been decompressed at once (lz4): nothing else would end
+    // an Inflate pause left from an earlier zstd frame.
+    if (!this.order.holding) this.unpause(Pause.Inflate);
   }
 
   /**

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { compress as zstdCompress } from '@mongodb-js/zstd';
+import { compressSync as lz4Compress } from 'lz4-napi';
 import { Codec } from '../../services/protocol';
 import { waitFor } from '../helpers/wait';
 import { binaryFrame, WireClient } from '../helpers/wire';
@@ -63,4 +64,34 @@ test('zstd frames that decompress 10,000-fold are slowed to INFLATE_BYTES_PER_SE
   assert.equal(bomber.closed, false);
   assert.ok(((await target.metric('switchboard_limit_exceeded_total{limit="INFLATE_BYTES_PER_SEC"}')) ?? 0) > 0);
   await assertWitnessServed(witness);
+});
+
+// Regression (found in review): a frame that waited for the budget and was then decompressed
+// synchronously (lz4) left the socket paused for good when a zstd frame had paused it before.
+test('mixed codecs past the budget: zstd, lz4 and plain frames are all answered, in order', async (t) => {
+  const target = await startTarget({ INFLATE_BYTES_PER_SEC: String(MIB) });
+  t.after(() => target.stop());
+  const c = await WireClient.connect(target.port, 'binary');
+  t.after(() => c.destroy());
+  const welcome = await c.request({ type: 'hello', user: 'mixed', codecs: ['zstd', 'lz4'] });
+  assert.ok(welcome.type === 'welcome', JSON.stringify(welcome));
+  const ping = (id: number) => Buffer.from(JSON.stringify({ type: 'ping', id, pad: ' '.repeat((3 * MIB) / 4) }));
+  // Three quarters of a MiB each against 1 MiB/s: the second zstd frame puts the connection in
+  // debt, and the lz4 frame behind it waits.
+  const kinds = ['zstd', 'zstd', 'lz4', 'plain'] as const;
+  const frames: Buffer[] = [];
+  for (const [id, kind] of kinds.entries()) {
+    if (kind === 'zstd') frames.push(binaryFrame(await zstdCompress(ping(id), 3), Codec.Zstd));
+    else if (kind === 'lz4') frames.push(binaryFrame(lz4Compress(ping(id)), Codec.Lz4));
+    else frames.push(binaryFrame(JSON.stringify({ type: 'ping', id })));
+  }
+  c.writeRaw(Buffer.concat(frames));
+  const pongs = () => c.all.filter((m) => m.type === 'pong' && typeof m.id === 'number');
+  await waitFor(() => pongs().length === kinds.length, 20_000, `all ${kinds.length} pongs`);
+  assert.deepEqual(
+    pongs().map((m) => m.id),
+    kinds.map((_, i) => i),
+  );
+  // And the connection is read again afterwards.
+  assert.equal((await c.request({ type: 'ping' }, 5000)).type, 'pong');
 });
