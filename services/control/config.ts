@@ -15,10 +15,23 @@ export class ConfigError extends Error {
     readonly key: string,
     readonly expected: string,
     readonly value: string,
+    /** What the message shows of the value (a URL's credentials masked). */
+    shown = value,
   ) {
-    super(`invalid ${key}=${JSON.stringify(value)}: expected ${expected}`);
+    super(`invalid ${key}=${JSON.stringify(shown)}: expected ${expected}`);
     this.name = 'ConfigError';
   }
+}
+
+/**
+ * A URL with whatever precedes its last `@` masked: the credentials, even when the password holds
+ * an `@` itself (URL parsing splits at the last one) or the scheme is missing. For logs and errors.
+ */
+export function redactUrl(url: string): string {
+  const at = url.lastIndexOf('@');
+  if (at === -1) return url;
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(url);
+  return `${scheme === null || scheme[0].length > at ? '' : scheme[0]}<redacted>${url.slice(at)}`;
 }
 
 type Kind = 'port' | 'int' | 'string' | 'enum' | 'bool' | 'url' | 'list';
@@ -183,9 +196,14 @@ function parseValue(s: Setting, value: string): string | number | boolean | stri
     case 'bool':
       if (!/^(true|false|1|0)$/i.test(value)) throw new ConfigError(s.key, 'true or false', value);
       return /^(true|1)$/i.test(value);
-    case 'url':
-      if (value !== '' && !/^rediss?:\/\/[^\s]+$/.test(value)) throw new ConfigError(s.key, 'a redis:// or rediss:// URL', value);
-      return value;
+    case 'url': {
+      // Surrounding whitespace is not part of a URL: a Secret made with `echo` or --from-file
+      // ends in a newline (the operator trims it too). The value may hold a password: an error
+      // shows it masked.
+      const url = value.trim();
+      if (url !== '' && !/^rediss?:\/\/[^\s]+$/.test(url)) throw new ConfigError(s.key, 'a redis:// or rediss:// URL', value, redactUrl(value));
+      return url;
+    }
     case 'list':
       return parseList(s, value);
     default:
@@ -231,7 +249,7 @@ export function redactedConfig(cfg: Config): Record<string, unknown> {
     ...cfg,
     authSecret: cfg.authSecret ? '<set>' : '',
     apiKey: cfg.apiKey ? '<set>' : '',
-    redisUrl: cfg.redisUrl.replace(/\/\/([^@/]*)@/, '//<redacted>@'),
+    redisUrl: redactUrl(cfg.redisUrl),
   };
 }
 

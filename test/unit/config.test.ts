@@ -79,6 +79,24 @@ describe('config', () => {
     assert.doesNotMatch(JSON.stringify(r), /pw|top/);
   });
 
+  // Regression: an invalid REDIS_URL was echoed whole, password included, into the pod's log;
+  // a Secret made with `echo` (a trailing newline) was enough to make it invalid.
+  test('REDIS_URL: surrounding whitespace is trimmed; an invalid one is reported with its credentials masked', () => {
+    assert.equal(loadConfig({ env: { REDIS_URL: 'redis://:hunter2@r:1\n' }, dotEnvPath: null }).redisUrl, 'redis://:hunter2@r:1');
+    for (const bad of ['redis://:hunter2@r 1', ':hunter2@r:1', 'http://u:hunter2@r', 'redis://:pa@hunter2@r x']) {
+      assert.throws(
+        () => loadConfig({ env: { REDIS_URL: bad }, dotEnvPath: null }),
+        (err: unknown) => err instanceof ConfigError && /^invalid REDIS_URL=/.test(err.message) && !err.message.includes('hunter2'),
+        bad,
+      );
+    }
+  });
+
+  test('redactedConfig masks a password holding an @ (URL parsing splits at the last one)', () => {
+    const c = loadConfig({ env: { REDIS_URL: 'redis://:pa55@hunter2@127.0.0.1:1' }, dotEnvPath: null });
+    assert.equal(redactedConfig(c).redisUrl, 'redis://<redacted>@127.0.0.1:1');
+  });
+
   const invalid: [Record<string, string>, string, RegExp][] = [
     [{ TCP_PORT: 'abc' }, 'TCP_PORT', /port number 0-65535/],
     [{ TCP_PORT: '70000' }, 'TCP_PORT', /port number/],
