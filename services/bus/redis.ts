@@ -81,6 +81,18 @@ export class RedisBus implements Bus {
   private readonly health: RedisHealth;
   private readonly ingress: IngressWriter;
   private resyncing: Promise<void> | null = null;
+  /**
+   * A membership write (join, leave, room empty, user on/offline, a rollback) failed: what Redis
+   * holds for this gateway may differ from what the hub holds (a user who left still in presence
+   * and reachable by `direct`, or one who joined missing). The next heartbeat registers again what
+   * the hub holds and removes the rest, as after Redis lost its data.
+   */
+  private stale = false;
+  /** `.catch` of membership writes: mark the registration stale, and fail as unavailable. */
+  private readonly membershipFailed = (err: unknown): never => {
+    this.stale = true;
+    return unavailable(err);
+  };
   /** Duplicates dropped (at-least-once redelivery). */
   duplicates = 0;
   /** Times this gateway found its registration gone and registered everything again. */
@@ -148,15 +160,18 @@ export class RedisBus implements Bus {
     }
     // No previous heartbeat: Redis lost its data, or our registration was removed as dead. Either
     // way the routing of every room we hold is gone, and messages to them would reach no one.
-    if (previous === null && this.running) await this.resync();
+    if ((previous === null || this.stale) && this.running) await this.resync(previous === null ? 'gone' : 'stale');
   }
 
   /** Register again every room, presence entry and user the hub holds; at most one at a time. */
-  private resync(): Promise<void> {
+  private resync(why: 'gone' | 'stale'): Promise<void> {
     if (this.resyncing !== null) return this.resyncing;
-    this.resyncing = this.resyncUnguarded()
+    // Failures from here on are not covered by this pass: they mark it stale again.
+    this.stale = false;
+    this.resyncing = this.resyncUnguarded(why)
       .catch((err: unknown) => {
         // Half done is still better than nothing; the next beat finds no heartbeat and retries.
+        this.stale = true;
         this.opts.log.warn('re-registration failed; retrying with the next heartbeat', { err: (err as Error).message });
         return this.cmd.del(Keys.gateway(this.gw)).then(noop, noop);
       })
@@ -164,7 +179,7 @@ export class RedisBus implements Bus {
     return this.resyncing;
   }
 
-  private async resyncUnguarded(): Promise<void> {
+  private async resyncUnguarded(why: 'gone' | 'stale'): Promise<void> {
     const sink = this.sink;
     if (sink === null) return;
     const { rooms, users } = sink.registrations();
@@ -202,7 +217,8 @@ export class RedisBus implements Bus {
     // A gateway's first heartbeat finds no previous one too; with nothing held, nothing was lost.
     if (nRooms === 0 && nUsers === 0 && stale.length === 0) return;
     this.resyncs++;
-    this.opts.log.warn('registration was gone from Redis: registered every room and user again', { rooms: nRooms, users: nUsers });
+    if (why === 'gone') this.opts.log.warn('registration was gone from Redis: registered every room and user again', { rooms: nRooms, users: nUsers });
+    else this.opts.log.info('a membership write had failed: registered every room and user again', { rooms: nRooms, users: nUsers, removed: stale.length });
   }
 
   /** Remove everything this gateway registered (graceful shutdown). */
@@ -268,7 +284,7 @@ export class RedisBus implements Bus {
   }
 
   join(room: string, user: string): Promise<void> {
-    return this.joinUnguarded(room, user).catch(unavailable);
+    return this.joinUnguarded(room, user).catch(this.membershipFailed);
   }
 
   private async joinUnguarded(room: string, user: string): Promise<void> {
@@ -280,7 +296,7 @@ export class RedisBus implements Bus {
   }
 
   leave(room: string, user: string): Promise<void> {
-    return this.leaveUnguarded(room, user).catch(unavailable);
+    return this.leaveUnguarded(room, user).catch(this.membershipFailed);
   }
 
   private async leaveUnguarded(room: string, user: string): Promise<void> {
@@ -289,7 +305,7 @@ export class RedisBus implements Bus {
 
   /** Called by the hub when the last local member of a room left. */
   roomEmpty(room: string): Promise<void> {
-    return this.roomEmptyUnguarded(room).catch(unavailable);
+    return this.roomEmptyUnguarded(room).catch(this.membershipFailed);
   }
 
   private async roomEmptyUnguarded(room: string): Promise<void> {
@@ -297,7 +313,7 @@ export class RedisBus implements Bus {
   }
 
   userOnline(user: string): Promise<void> {
-    return this.userOnlineUnguarded(user).catch(unavailable);
+    return this.userOnlineUnguarded(user).catch(this.membershipFailed);
   }
 
   private async userOnlineUnguarded(user: string): Promise<void> {
@@ -305,7 +321,7 @@ export class RedisBus implements Bus {
   }
 
   userOffline(user: string): Promise<void> {
-    return this.userOfflineUnguarded(user).catch(unavailable);
+    return this.userOfflineUnguarded(user).catch(this.membershipFailed);
   }
 
   private async userOfflineUnguarded(user: string): Promise<void> {

@@ -214,6 +214,44 @@ describe('cluster under faults', () => {
     await redis.stop();
   });
 
+  // Regression: a user who disconnected while the gateway's Redis connection was being cut had
+  // the cleanup of its presence and user entry fail; it was only logged, so the user stayed in
+  // presence for good and `direct` to it was answered ok and reached nobody.
+  test('membership writes that fail while the connection is cut are repaired: presence and direct follow the users who left', async () => {
+    const redis = await RedisProcess.start();
+    // A long heartbeat TTL: the cut must not expire the registration (that repairs it another way).
+    const env = { REDIS_URL: redis.url, ...FAST, HEARTBEAT_MS: '3000' };
+    const gws = [await spawnRole('gateway', env), await spawnRole('gateway', env)];
+    const bc = await spawnRole('broadcast', env);
+    for (const p of [...gws, bc]) await waitFor(() => ready(p), 15_000, 'ready', PROBE);
+    const watcher = await helloClient(gws[1].port, 'watcher');
+    await watcher.join('stale');
+    const leavers: WireClient[] = [];
+    for (let i = 0; i < 30; i++) {
+      const c = await helloClient(gws[0].port, `leaver-${i}`);
+      await c.join('stale');
+      leavers.push(c);
+    }
+    const presence = async () => ((await watcher.request({ type: 'presence', room: 'stale' }, 5000)).users as string[]).length;
+    await waitFor(async () => (await presence()) === 31, 5000, 'everyone in presence', PROBE);
+    // Cut every client connection of Redis again and again while the users disconnect: the
+    // gateway's cleanup commands fail (they are not resent).
+    const until = Date.now() + 1200;
+    let i = 0;
+    while (Date.now() < until) {
+      redis.cli('client', 'kill', 'type', 'normal');
+      if (i < leavers.length) leavers[i++].destroy();
+    }
+    for (; i < leavers.length; i++) leavers[i].destroy();
+    await waitFor(async () => (await presence().catch(() => -1)) === 1, 10_000, 'presence without the users who left', PROBE);
+    const r = await watcher.request({ type: 'direct', to: 'leaver-0', data: 'hello?' }, 5000);
+    assert.equal(r.code, 'user_offline', JSON.stringify(r));
+    alive(...gws, bc);
+    watcher.destroy();
+    for (const p of [bc, ...gws]) await p.kill('SIGTERM');
+    await redis.stop();
+  });
+
   // Regression: after Redis came back empty, gateways never registered their rooms and users
   // again: messages acknowledged with ok reached no one while every /readyz said 200, and the
   // room sequence restarted from 0 with nothing telling clients.
