@@ -46,6 +46,10 @@ export interface RedisBusOptions {
  * Redis did not answer within REDIS_TIMEOUT_MS, so the command may still be applied when Redis
  * wakes up (a retried publish may then be delivered twice: docs/reliability.md).
  */
+/** Egress entries one read takes at most, and how long it waits for one. */
+const EGRESS_COUNT = 1000;
+const EGRESS_BLOCK_MS = 1000;
+
 function unavailable(err: unknown): never {
   const message = isRedisTimeout(err) ? 'Redis did not answer in time: the request may still take effect' : 'the message bus (Redis) is unavailable';
   throw new SwitchboardError(ErrorCode.Unavailable, message, { cause: err });
@@ -97,6 +101,13 @@ export class RedisBus implements Bus {
   duplicates = 0;
   /** Times this gateway found its registration gone and registered everything again. */
   resyncs = 0;
+  /** Times members were sent `position` because routed messages may have missed this gateway. */
+  positionNotices = 0;
+  /** The reader's next read also asks whether the stream was trimmed past it (set by the beat). */
+  private trimCheckDue = false;
+  /** Egress entries read, and entries found trimmed before they were read (already announced). */
+  private egressRead = 0;
+  private egressLost = 0;
 
   constructor(private readonly opts: RedisBusOptions) {
     this.gw = opts.gatewayId;
@@ -161,6 +172,30 @@ export class RedisBus implements Bus {
     // No previous heartbeat: Redis lost its data, or our registration was removed as dead. Either
     // way the routing of every room we hold is gone, and messages to them would reach no one.
     if ((previous === null || this.stale) && this.running) await this.resync(previous === null ? 'gone' : 'stale');
+    // The reader checks, once per beat, whether its stream was trimmed past what it had read.
+    this.trimCheckDue = true;
+  }
+
+  /**
+   * Tell the members of every room held here the room's current position (`position` push), after
+   * routed messages may have missed this gateway: a member whose last seq is below it (or in
+   * another epoch) recovers with `history` (docs/protocol.md, "Positions and recovery"), even in
+   * a room where no later message would show it the gap.
+   */
+  private async announcePositions(why: 'gone' | 'trimmed'): Promise<void> {
+    const sink = this.sink;
+    if (sink === null || sink.pushRoom === undefined) return;
+    const rooms = [...sink.registrations().rooms].map(([room]) => room);
+    if (rooms.length === 0) return;
+    const positions = await Promise.all(rooms.map((room) => this.positionUnguarded(room).catch(() => null)));
+    let n = 0;
+    for (let i = 0; i < rooms.length; i++) {
+      const pos = positions[i];
+      if (pos === null) continue;
+      n += sink.pushRoom(rooms[i], Outbound.of({ type: 'position', room: rooms[i], seq: pos.seq, epoch: pos.epoch }));
+    }
+    this.positionNotices++;
+    this.opts.log.warn(why === 'gone' ? 'this gateway was taken for dead: members told where their rooms are' : 'egress stream trimmed past what this gateway had read: members told where their rooms are', { rooms: rooms.length, members: n });
   }
 
   /** Register again every room, presence entry and user the hub holds; at most one at a time. */
@@ -217,6 +252,8 @@ export class RedisBus implements Bus {
     // A gateway's first heartbeat finds no previous one too; with nothing held, nothing was lost.
     if (nRooms === 0 && nUsers === 0 && stale.length === 0) return;
     this.resyncs++;
+    // Messages routed while this gateway was not registered never reached it.
+    if (why === 'gone' && nRooms > 0) await this.announcePositions('gone');
     if (why === 'gone') this.opts.log.warn('registration was gone from Redis: registered every room and user again', { rooms: nRooms, users: nUsers });
     else this.opts.log.info('a membership write had failed: registered every room and user again', { rooms: nRooms, users: nUsers, removed: stale.length });
   }
@@ -241,17 +278,58 @@ export class RedisBus implements Bus {
         continue;
       }
       let res: [Buffer, [Buffer, Buffer[]][]][] | null;
+      const issuedAt = Date.now();
       try {
-        res = (await this.reader.callBuffer('XREAD', 'COUNT', '1000', 'BLOCK', '1000', 'STREAMS', key, last)) as [Buffer, [Buffer, Buffer[]][]][] | null;
+        if (!this.trimCheckDue) {
+          res = (await this.reader.callBuffer('XREAD', 'COUNT', EGRESS_COUNT, 'BLOCK', EGRESS_BLOCK_MS, 'STREAMS', key, last)) as [Buffer, [Buffer, Buffer[]][]][] | null;
+        } else {
+          // XINFO just before the XREAD on the same connection: it sees what was deleted up to
+          // the moment this read starts after `last`, which everything read so far precedes.
+          this.trimCheckDue = false;
+          const replies = (await this.reader.pipeline().call('XINFO', 'STREAM', key).callBuffer('XREAD', 'COUNT', EGRESS_COUNT, 'BLOCK', EGRESS_BLOCK_MS, 'STREAMS', key, last).exec()) as [Error | null, unknown][] | null;
+          if (replies === null || replies[1][0] !== null) throw replies?.[1][0] ?? new Error('pipeline discarded');
+          if (replies[0][0] === null) this.checkTrim(replies[0][1] as unknown[], last); // an error: no stream yet
+          res = replies[1][1] as typeof res;
+        }
       } catch {
         if (this.running) await new Promise((r) => setTimeout(r, 50));
         continue;
       }
+      // A read that took well over its block (this process was stopped or starved) or came back
+      // full means this gateway may be far behind: look for a trim before the next read, while
+      // `last` is still short of what a trim may have taken.
+      if (Date.now() - issuedAt > EGRESS_BLOCK_MS + 250) this.trimCheckDue = true;
       if (res === null) continue;
       const entries = res[0][1];
       for (let i = 0; i < entries.length; i++) this.deliver(entries[i]);
       last = entries[entries.length - 1][0].toString();
+      this.egressRead += entries.length;
+      if (entries.length >= EGRESS_COUNT) this.trimCheckDue = true;
     }
+  }
+
+  /**
+   * Whether the egress stream was trimmed past what this gateway had read (it lagged more than
+   * EGRESS_MAXLEN behind). Trimming removes the oldest entries; Redis 7 counts every entry ever
+   * added (`entries-added`). When the oldest entry left is after `last`, everything this gateway
+   * read is gone and everything left is unread, so added - read - left is how many entries it
+   * never got. Those messages were acknowledged and routed here, and a member of a quiet room
+   * would never see a later message that shows the gap: tell every member where its rooms are.
+   */
+  private checkTrim(info: unknown[], last: string): void {
+    const field = (name: string): unknown => {
+      const i = info.indexOf(name);
+      return i === -1 || i % 2 !== 0 ? undefined : info[i + 1];
+    };
+    const added = field('entries-added');
+    const first = field('recorded-first-entry-id');
+    const left = field('length');
+    if (added === undefined || first === undefined || left === undefined) return; // Redis before 7.0
+    if (compareIds(String(first), last) <= 0) return; // nothing after `last` was trimmed
+    const lost = Number(added) - this.egressRead - Number(left);
+    if (lost <= this.egressLost) return;
+    this.egressLost = lost;
+    this.announcePositions('trimmed').catch((err: unknown) => this.opts.log.warn('position notices failed', { err: (err as Error).message }));
   }
 
   /** Egress entries go through the wire module; messages already seen are dropped. */
@@ -453,6 +531,18 @@ async function removePresenceOf(redis: RedisClient, room: string, gw: string): P
 }
 
 function noop(): void {}
+
+/** Order of two stream ids (`ms-seq`). */
+function compareIds(a: string, b: string): number {
+  const da = a.indexOf('-');
+  const db = b.indexOf('-');
+  const ma = Number(a.slice(0, da));
+  const mb = Number(b.slice(0, db));
+  if (ma !== mb) return ma < mb ? -1 : 1;
+  const sa = Number(a.slice(da + 1));
+  const sb = Number(b.slice(db + 1));
+  return sa === sb ? 0 : sa < sb ? -1 : 1;
+}
 
 const NO_RESULT: PublishResult = Object.freeze({});
 function noResult(): PublishResult {

@@ -28,6 +28,11 @@ export interface BusSink {
   registrations(): { rooms: Iterable<readonly [string, Iterable<string>]>; users: Iterable<string> };
   /** The bus dropped a message it had delivered already (switchboard_dropped_total{reason="duplicate"}). */
   duplicate?(): void;
+  /**
+   * A push for every local member of a room that is not a room message (a `position` notice);
+   * not counted as a delivery. Returns how many got it.
+   */
+  pushRoom?(room: string, msg: Outbound): number;
 }
 
 export interface PublishRequest {

@@ -208,28 +208,47 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
    */
   private async rejoin(): Promise<void> {
     if (this.connects <= 1 || this.joined.size === 0) return;
-    for (const [room, pos] of this.joined) {
-      // Live messages of the room that arrive before the history reply are held and merged, or
-      // the first of them would mark everything missed before it as already seen.
-      const live: RoomMessage[] = [];
-      this.recovering.set(room, live);
-      try {
-        await this.request({ type: 'join_room', room });
-        let count = 0;
-        let recovered = true;
-        for (let page = 0; page < 1000; page++) {
-          const h = (await this.request({ type: 'history', room, since: pos.seq, epoch: pos.epoch })) as unknown as HistoryReply;
-          if (h.epoch !== undefined && h.epoch !== pos.epoch) this.epochChanged(room, pos, h.epoch);
-          recovered &&= h.recovered !== false;
-          for (const m of h.messages) count += this.accept(pos, m) ? 1 : 0;
-          if (h.more !== true || h.messages.length === 0) break;
-        }
-        for (const m of live.sort((a, b) => a.seq - b.seq)) count += this.accept(pos, m) ? 1 : 0;
-        this.emit('recovered', { room, count, recovered });
-      } finally {
-        this.recovering.delete(room);
+    for (const [room, pos] of this.joined) await this.recover(room, pos, true);
+  }
+
+  /**
+   * Fetch what was missed in a room since the last seq, page by page (after joining it again
+   * when `join`), merging live messages that arrive meanwhile.
+   */
+  private async recover(room: string, pos: { seq: number; epoch: string }, join: boolean): Promise<void> {
+    // Live messages of the room that arrive before the history reply are held and merged, or
+    // the first of them would mark everything missed before it as already seen.
+    const live: RoomMessage[] = [];
+    this.recovering.set(room, live);
+    try {
+      if (join) await this.request({ type: 'join_room', room });
+      let count = 0;
+      let recovered = true;
+      for (let page = 0; page < 1000; page++) {
+        const h = (await this.request({ type: 'history', room, since: pos.seq, epoch: pos.epoch })) as unknown as HistoryReply;
+        if (h.epoch !== undefined && h.epoch !== pos.epoch) this.epochChanged(room, pos, h.epoch);
+        recovered &&= h.recovered !== false;
+        for (const m of h.messages) count += this.accept(pos, m) ? 1 : 0;
+        if (h.more !== true || h.messages.length === 0) break;
       }
+      for (const m of live.sort((a, b) => a.seq - b.seq)) count += this.accept(pos, m) ? 1 : 0;
+      this.emit('recovered', { room, count, recovered });
+    } finally {
+      this.recovering.delete(room);
     }
+  }
+
+  /**
+   * The server says where a room is (`position` push: routed messages may have missed this
+   * connection's gateway). Behind it, or in another epoch: recover through history now, since no
+   * later message may come to show the gap.
+   */
+  private position(msg: Json): void {
+    const room = String(msg.room);
+    const pos = this.joined.get(room);
+    if (pos === undefined || this.recovering.has(room)) return;
+    if (msg.epoch === pos.epoch && typeof msg.seq === 'number' && msg.seq <= pos.seq) return;
+    this.recover(room, pos, false).catch((err: unknown) => this.emit('error', err));
   }
 
   /** Emit a room message unless already seen; follows an epoch change. */
@@ -366,6 +385,10 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       clearTimeout(p.timer);
       if (type === 'error') p.reject(new ClientError(String(msg.code), String(msg.message)));
       else p.resolve(msg);
+      return;
+    }
+    if (type === 'position') {
+      this.position(msg);
       return;
     }
     if (type === 'direct') this.emit('direct', msg);

@@ -131,6 +131,15 @@ export class Hub {
     return n;
   }
 
+  /** A notice for the local members of a room (not a room message: no delivery counted). */
+  pushRoom(room: string, msg: Outbound): number {
+    const r = this.rooms.get(room);
+    if (r === undefined) return 0;
+    let n = 0;
+    for (const m of r.members) if (m.enqueue(msg)) n++;
+    return n;
+  }
+
   deliverUser(user: string, msg: Outbound): number {
     const set = this.users.get(user);
     if (set === undefined) return 0;

@@ -11,6 +11,7 @@ import { hasExited } from '../helpers/process';
 import { RedisProcess } from '../helpers/redis';
 import { waitFor } from '../helpers/wait';
 import { helloClient, type Json, type WireClient } from '../helpers/wire';
+import { SwitchboardClient, type RoomMessage } from '../../services/client';
 import { httpGet, PROBE, spawnRole, stopAll, type RoleProcess } from './harness';
 
 const SHARDS = 8;
@@ -251,6 +252,68 @@ describe('cluster under faults', () => {
     for (const p of [bc, ...gws]) await p.kill('SIGTERM');
     await redis.stop();
   });
+
+  // Regression: a gateway the cluster took for dead (stopped past three heartbeats) registered
+  // again when it came back, but the messages routed meanwhile never reached it; a gateway whose
+  // egress stream was trimmed past what it had read lost them the same way. A member of a room
+  // that then went quiet stayed connected, saw no gap and never got them. Now the gateway pushes
+  // `position` for each of its rooms, and the client recovers through history.
+  for (const fault of ['taken for dead', 'egress trimmed'] as const) {
+    test(`gateway ${fault}: its members are told the room's position and the client recovers what it missed`, async () => {
+      const redis = await RedisProcess.start();
+      const trimmed = fault === 'egress trimmed';
+      // Trimmed: a long heartbeat TTL, so only the trim can lose messages; EGRESS_MAXLEN at its floor.
+      const env = { REDIS_URL: redis.url, ...FAST, ...(trimmed ? { HEARTBEAT_MS: '5000', EGRESS_MAXLEN: '100' } : {}) };
+      const gws = [await spawnRole('gateway', { ...env, SERVER_ID: 'gw-stopped' }), await spawnRole('gateway', env)];
+      const bc = await spawnRole('broadcast', env);
+      for (const p of [...gws, bc]) await waitFor(() => ready(p), 15_000, 'ready', PROBE);
+      const raw = await helloClient(gws[0].port, 'raw');
+      await raw.join('quiet');
+      await raw.join('busy');
+      const member = new SwitchboardClient({ servers: [{ host: '127.0.0.1', port: gws[0].port }], user: 'member', initialBackoffMs: 20, maxBackoffMs: 200, requestTimeoutMs: 5000 });
+      const got: RoomMessage[] = [];
+      member.on('message', (m: RoomMessage) => got.push(m));
+      try {
+        await member.connect();
+        await member.join('quiet');
+        const sender = await helloClient(gws[1].port, 'sender');
+        await sender.join('quiet');
+        await sender.join('busy');
+        assert.equal((await sender.request({ type: 'send_chat', room: 'quiet', data: 'before' })).type, 'ok');
+        await waitFor(() => got.length === 1, 5000, 'the first message', PROBE);
+        const pid = gws[0].proc.pid!;
+        process.kill(pid, 'SIGSTOP');
+        try {
+          if (trimmed) {
+            // Enough entries for gateway 0 to push its stream past EGRESS_MAXLEN while it is stopped.
+            for (let i = 0; i < 400; i++) assert.equal((await sender.request({ type: 'send_chat', room: 'busy', data: i })).type, 'ok');
+          } else {
+            // Its heartbeat key (the id is SERVER_ID plus a random suffix) expires: it is taken for dead.
+            await waitFor(() => redis.cli('keys', 'sb:gw:*gw-stopped-*') === '', 10_000, 'gateway 0 taken for dead', PROBE);
+          }
+          for (const data of ['missed-1', 'missed-2', 'missed-3']) assert.equal((await sender.request({ type: 'send_chat', room: 'quiet', data })).type, 'ok');
+        } finally {
+          process.kill(pid, 'SIGCONT');
+        }
+        // Nothing more is sent to the quiet room: only the notice can show the member its gap.
+        const notice = await raw.next((m) => m.type === 'position' && m.room === 'quiet', 10_000, 'a position notice for the quiet room');
+        assert.equal(notice.seq, 4);
+        await waitFor(() => got.length === 4, 10_000, 'the client to recover the missed messages', PROBE);
+        assert.deepEqual(
+          got.map((m) => [m.seq, m.data]),
+          [[1, 'before'], [2, 'missed-1'], [3, 'missed-2'], [4, 'missed-3']],
+        );
+        alive(...gws, bc);
+        raw.destroy();
+        sender.destroy();
+      } finally {
+        // Its reconnect loop would keep the test process alive.
+        await member.close();
+      }
+      for (const p of [bc, ...gws]) await p.kill('SIGTERM');
+      await redis.stop();
+    });
+  }
 
   // Regression: after Redis came back empty, gateways never registered their rooms and users
   // again: messages acknowledged with ok reached no one while every /readyz said 200, and the
