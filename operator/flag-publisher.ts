@@ -1,8 +1,12 @@
 /**
  * Publishes FeatureFlags to the Redis of each Switchboard (the `sb:flags` hash plus a message on
  * `sb:flags:changed`, the same writes as `switchboard flags set`), so every gateway applies a
- * change within a second. One connection per Redis URL, reused across reconciles. A URL held in
- * a Secret is read when needed and never logged.
+ * change within a second. A URL held in a Secret is read when needed and never logged.
+ *
+ * One connection per Switchboard (namespace/name), reused across reconciles while its URL stays
+ * the same. A connection whose URL changed (a rotated password, another Redis) is closed when the
+ * new one is made, and a deleted Switchboard's on `forget`: a client kept for a URL nobody uses
+ * any more would reconnect, with old credentials, for as long as the operator runs.
  */
 import { deleteFlag, writeFlag } from '../services/control';
 import type { FeatureFlag as ServerFlag } from '../services/control';
@@ -10,12 +14,20 @@ import { flagsRedis, type FlagsRedis } from '../services/control/flags-redis';
 import type { Logger } from '../services/telemetry/log';
 import type { Switchboard } from './api/types';
 import type { Kube } from './kube/client';
+import { keyString, type ObjectKey } from './kube/key';
+
+interface Connection {
+  /** What it was made for: a change of either means a new connection. */
+  readonly url: string;
+  readonly cluster: boolean;
+  readonly redis: FlagsRedis;
+}
 
 export class FlagPublisher {
-  private readonly conns = new Map<string, FlagsRedis>();
+  private readonly conns = new Map<string, Connection>();
 
   constructor(
-    private readonly kube: Kube,
+    private readonly kube: Pick<Kube, 'core'>,
     private readonly log: Logger,
   ) {}
 
@@ -27,21 +39,50 @@ export class FlagPublisher {
     await deleteFlag(await this.redisFor(sb), name);
   }
 
+  /** The Switchboards it holds a connection for, as namespace/name. */
+  get connected(): string[] {
+    return [...this.conns.keys()].sort();
+  }
+
+  /** Close the connection of a Switchboard that is gone (deleted, or being deleted). */
+  forget(key: ObjectKey): void {
+    this.drop(keyString(key));
+  }
+
+  /** Close the connections of every Switchboard not in `live` (a backstop for a missed delete). */
+  retain(live: readonly ObjectKey[]): void {
+    const keep = new Set(live.map(keyString));
+    for (const k of [...this.conns.keys()]) {
+      if (!keep.has(k)) this.drop(k);
+    }
+  }
+
   async close(): Promise<void> {
-    for (const c of this.conns.values()) c.disconnect();
+    for (const c of this.conns.values()) c.redis.disconnect();
     this.conns.clear();
   }
 
   private async redisFor(sb: Switchboard): Promise<FlagsRedis> {
     const url = await this.urlOf(sb);
-    let c = this.conns.get(url);
-    if (c === undefined) {
-      c = flagsRedis(url, 'switchboard-operator', sb.spec.config?.REDIS_CLUSTER === 'true');
-      c.on('error', () => undefined); // failures surface on the commands; logged by the caller
-      this.conns.set(url, c);
-      this.log.info('redis connection for flags', { switchboard: `${sb.metadata.namespace}/${sb.metadata.name}` });
-    }
-    return c;
+    const cluster = sb.spec.config?.REDIS_CLUSTER === 'true';
+    // Synchronous from here: two reconciles that read the URL at once share one connection.
+    const key = keyString(sb.metadata);
+    const held = this.conns.get(key);
+    if (held !== undefined && held.url === url && held.cluster === cluster) return held.redis;
+    if (held !== undefined) held.redis.disconnect();
+    const redis = flagsRedis(url, 'switchboard-operator', cluster);
+    redis.on('error', () => undefined); // failures surface on the commands; logged by the caller
+    this.conns.set(key, { url, cluster, redis });
+    this.log.info(held === undefined ? 'redis connection for flags' : 'redis connection for flags replaced (its URL changed)', { switchboard: key });
+    return redis;
+  }
+
+  private drop(k: string): void {
+    const c = this.conns.get(k);
+    if (c === undefined) return;
+    this.conns.delete(k);
+    c.redis.disconnect();
+    this.log.info('redis connection for flags closed', { switchboard: k });
   }
 
   private async urlOf(sb: Switchboard): Promise<string> {

@@ -82,6 +82,7 @@ export class Operator {
       get: (k) => this.switchboards.get(k.name, k.namespace),
       flagsIn: (n) => this.flags.list(n),
       enqueueFlag: (k) => this.ffQueue.add(k),
+      forgetRedis: (k) => this.publisher.forget(k),
     });
     this.ffController = new FeatureFlagController({
       kube: this.kube, log, publisher: this.publisher,
@@ -194,6 +195,9 @@ export class Operator {
     this.sbQueue.start();
     this.ffQueue.start();
     const all = () => {
+      // A flag reconcile that was publishing while its Switchboard was deleted may have connected
+      // again after the delete closed the connection: whatever is not a Switchboard now goes.
+      if (this.switchboards.hasSynced) this.publisher.retain(this.switchboards.list().map(keyOf));
       for (const sb of this.switchboards.list()) this.sbQueue.add(keyOf(sb));
       for (const ff of this.flags.list()) this.ffQueue.add(keyOf(ff));
     };
@@ -208,8 +212,9 @@ export class Operator {
     this.metrics.isLeader.set(0);
     if (this.resync) clearInterval(this.resync);
     await Promise.all([this.sbQueue.stop(), this.ffQueue.stop()]);
-    // After the queues: a reconcile still running would otherwise start a loop again.
+    // After the queues: a reconcile still running would otherwise start a loop again (or connect).
     this.scale.stopAll();
+    await this.publisher.close(); // a follower publishes nothing
   }
 
   private async listenAdmin(): Promise<void> {

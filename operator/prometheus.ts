@@ -3,6 +3,10 @@
  * (docs/operations.md), for one Switchboard's pods. Any failure (unreachable, HTTP error, query error,
  * timeout) is a MetricsError; "no series" is reported as missing data, not as zero, so the
  * caller never scales down on it.
+ *
+ * A MetricsError's message reaches the MetricsUnavailable condition, a Warning Event and the log,
+ * so credentials in a URL (http://user:pass@host, which fetch refuses, quoting the URL whole) are
+ * masked first; the CRD refuses such a URL, this covers objects stored before that rule.
  */
 import { SERVER_SIDE_CODES } from '../services/protocol/errors';
 import type { SwitchboardSpec } from './api/types';
@@ -12,6 +16,21 @@ export class MetricsError extends Error {
     super(message, options);
     this.name = 'MetricsError';
   }
+}
+
+/** Every `scheme://userinfo@` in a text, with the userinfo masked (as services/control's redactUrl). */
+export function redactCredentials(text: string): string {
+  return text.replace(/([a-z][a-z0-9+.-]*:\/\/)[^\s/?#]*@/gi, '$1<redacted>@');
+}
+
+/** An error as a cause that is safe to show: the same error unless its message held credentials. */
+function redactedCause(err: unknown): unknown {
+  if (!(err instanceof Error)) return err;
+  const message = redactCredentials(err.message);
+  if (message === err.message) return err;
+  const safe = new Error(message);
+  safe.name = err.name;
+  return safe;
 }
 
 export interface ClusterMetrics {
@@ -84,7 +103,8 @@ export class PrometheusClient {
     try {
       res = await fetch(url, { signal: AbortSignal.timeout(this.timeoutMs) });
     } catch (err) {
-      throw new MetricsError(`prometheus unreachable at ${this.baseUrl}: ${(err as Error).message}`, { cause: err });
+      const reason = redactCredentials((err as Error)?.message ?? String(err));
+      throw new MetricsError(`prometheus unreachable at ${redactCredentials(this.baseUrl)}: ${reason}`, { cause: redactedCause(err) });
     }
     let body: ApiAnswer;
     try {

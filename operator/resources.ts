@@ -1,8 +1,11 @@
 /**
  * The objects a Switchboard owns, as pure functions of its spec and the replicas the scaling
  * loop chose: one ConfigMap of server settings, the gateway and broadcast Deployments, the
- * client Service and the metrics Service. Names, labels and ports are the contract in
- * docs/operator.md (the chart, dashboards and alerts rely on them).
+ * client Service, the gRPC API Service and the metrics Service. Names, labels and ports are the
+ * contract in docs/operator.md (the chart, dashboards and alerts rely on them).
+ *
+ * The gRPC API (one static API_KEY that may publish as anyone) has its own ClusterIP Service:
+ * the client Service may be a LoadBalancer or NodePort, and whatever is on it faces the internet.
  */
 import type { V1ConfigMap, V1Container, V1Deployment, V1EnvVar, V1OwnerReference, V1ResourceRequirements, V1Service } from '@kubernetes/client-node';
 import { cpuQuantity, gcFlags } from '../services/control/gc-threads';
@@ -18,6 +21,7 @@ export const names = {
   config: (sb: string) => `${sb}-config`,
   deployment: (sb: string, tier: Tier) => `${sb}-${tier}`,
   gatewayService: (sb: string) => `${sb}-gateway`,
+  apiService: (sb: string) => `${sb}-api`,
   metricsService: (sb: string) => `${sb}-metrics`,
 };
 
@@ -134,17 +138,34 @@ export function deployment(sb: Switchboard, tier: Tier, replicas: number): V1Dep
   };
 }
 
+/** The client Service: the client TCP port only, of the type the spec asks for. */
 export function gatewayService(sb: Switchboard): V1Service {
   const svc = sb.spec.gateway.service ?? { type: 'ClusterIP' };
   const tcp: NonNullable<V1Service['spec']>['ports'] = [
     { name: 'tcp', port: sb.spec.gateway.port, targetPort: 'tcp', protocol: 'TCP', ...(svc.nodePort ? { nodePort: svc.nodePort } : {}) },
-    { name: 'grpc', port: PORTS.grpc, targetPort: 'grpc', protocol: 'TCP' },
   ];
   return {
     apiVersion: 'v1',
     kind: 'Service',
     metadata: { ...meta(sb, names.gatewayService(sb.metadata.name), 'gateway'), annotations: svc.annotations },
     spec: { type: svc.type, selector: selectorFor(sb.metadata.name, 'gateway'), ports: tcp },
+  };
+}
+
+/**
+ * The gateways' gRPC API port, always ClusterIP whatever spec.gateway.service says: callers
+ * inside the cluster (or a port-forward) only.
+ */
+export function apiService(sb: Switchboard): V1Service {
+  return {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: meta(sb, names.apiService(sb.metadata.name), 'gateway'),
+    spec: {
+      type: 'ClusterIP',
+      selector: selectorFor(sb.metadata.name, 'gateway'),
+      ports: [{ name: 'grpc', port: PORTS.grpc, targetPort: 'grpc', protocol: 'TCP' }],
+    },
   };
 }
 

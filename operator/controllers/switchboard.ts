@@ -5,9 +5,9 @@
  *   1. get the Switchboard from the informer cache;
  *   2. not found -> done (forget what the scale handler kept about it);
  *   3. being deleted -> done (no finalizer: every child has an ownerReference, so the garbage
- *      collector removes them); its metrics loop stops;
+ *      collector removes them); its metrics loop stops, its flags' Redis connection closes;
  *   4. compute (the scale handler's decision, bounded by the spec) and server-side apply the
- *      ConfigMap, the Deployments and the Services;
+ *      ConfigMap, the Deployments and the Services (client, gRPC API, metrics);
  *   5. conditions: a step of 4 that failed is Ready=False with that step's reason and the
  *      API server's answer as the message;
  *   6. events, with the reason constants of api/types.ts: a failure is a Warning Event;
@@ -26,7 +26,7 @@ import {
 import { apply, describe, isNotFound, patchStatus, type Kube } from '../kube/client';
 import { keyOf, keyString, type ObjectKey } from '../kube/key';
 import type { OperatorMetrics } from '../metrics';
-import { configMap, deployment, gatewayService, metricsService, names } from '../resources';
+import { apiService, configMap, deployment, gatewayService, metricsService, names } from '../resources';
 import { TIERS, type EventSink, type ScaleHandler, type ScaleState } from '../scaling/handler';
 
 export interface SwitchboardControllerDeps {
@@ -39,6 +39,8 @@ export interface SwitchboardControllerDeps {
   /** FeatureFlags in a namespace (to report shed flags and to requeue them). */
   readonly flagsIn: (namespace: string) => readonly FeatureFlag[];
   readonly enqueueFlag: (key: ObjectKey) => void;
+  /** The Switchboard is gone or going: close the flag publisher's connection to its Redis. */
+  readonly forgetRedis: (key: ObjectKey) => void;
 }
 
 /** Reasons of a failed reconcile: Ready is False with one of them until a reconcile succeeds. */
@@ -78,7 +80,10 @@ export class SwitchboardController {
     // 2. not found -> done
     if (sb === undefined) return this.forget(key);
     // 3. being deleted -> the garbage collector takes the children
-    if (sb.metadata.deletionTimestamp) return this.d.scale.delete(key);
+    if (sb.metadata.deletionTimestamp) {
+      this.d.scale.delete(key);
+      return this.d.forgetRedis(key); // no flag is published to a Switchboard being deleted
+    }
     // 4. compute and apply
     const outcome = await this.compute(sb);
     // 5. conditions
@@ -94,6 +99,7 @@ export class SwitchboardController {
 
   private forget(key: ObjectKey): void {
     this.d.scale.delete(key);
+    this.d.forgetRedis(key);
     this.d.metrics.forget(key.namespace, key.name);
     for (const ff of this.d.flagsIn(key.namespace)) this.d.enqueueFlag(keyOf(ff));
   }
@@ -118,6 +124,7 @@ export class SwitchboardController {
         broadcast: await applied(deployment(sb, 'broadcast', state.desired.broadcast)),
       };
       await applied(gatewayService(sb));
+      await applied(apiService(sb));
       await applied(metricsService(sb));
       // The state as it is now: a metrics round may have ended while the applies ran (one that
       // changed the replicas has asked for another reconcile, which applies them).

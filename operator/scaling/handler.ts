@@ -15,12 +15,26 @@ import { describe } from '../kube/client';
 import type { EventTarget } from '../kube/events';
 import { keyString, type ObjectKey } from '../kube/key';
 import type { OperatorMetrics } from '../metrics';
-import { MetricsError, PrometheusClient, type ClusterMetrics } from '../prometheus';
+import { MetricsError, PrometheusClient, redactCredentials, type ClusterMetrics } from '../prometheus';
 import { decide, type MetricSample, type Recommendation } from './policy';
 
 export const TIERS: readonly Tier[] = ['gateway', 'broadcast'];
 
 export type MetricsState = 'unknown' | 'available' | 'unavailable';
+
+/**
+ * The metrics loop's period is clamped to this range. Below the minimum a loop costs more than it
+ * tells; above the maximum Node's timers overflow (a delay over 2^31-1 ms, about 24.8 days, fires
+ * after 1 ms), so a spec.prometheus.interval of 597h would query Prometheus every millisecond.
+ * The CRD refuses an interval above an hour; this covers objects stored before that rule.
+ */
+export const LOOP_INTERVAL_MS = { min: 100, max: 3_600_000 } as const;
+
+/** The loop's period for a spec.prometheus.interval in ms (default 15 s), within LOOP_INTERVAL_MS. */
+export function loopInterval(ms: number | undefined): number {
+  if (ms === undefined || !Number.isFinite(ms)) return ms === undefined ? 15_000 : LOOP_INTERVAL_MS.max;
+  return clamp(ms, LOOP_INTERVAL_MS.min, LOOP_INTERVAL_MS.max);
+}
 
 /** What the handler decided and saw for one Switchboard (a copy: changing it changes nothing). */
 export interface ScaleState {
@@ -127,13 +141,13 @@ export class MetricsScaleHandler implements ScaleHandler {
     }
     e.sb = sb;
     for (const tier of TIERS) e.desired[tier] = clamp(e.desired[tier], sb.spec[tier].minReplicas, sb.spec[tier].maxReplicas);
-    const ms = sb.spec.prometheus ? parseDuration(sb.spec.prometheus.interval) : 15_000;
+    const ms = loopInterval(sb.spec.prometheus ? parseDuration(sb.spec.prometheus.interval) : undefined);
     const loopKey = `${sb.spec.prometheus?.url ?? ''}|${ms}`;
     if (e.cancel === null || e.loopKey !== loopKey) {
       e.cancel?.();
       e.loopKey = loopKey;
       const k: ObjectKey = { namespace: sb.metadata.namespace, name: sb.metadata.name };
-      e.cancel = this.every(() => void this.poll(k), Math.max(100, ms));
+      e.cancel = this.every(() => void this.poll(k), ms);
       void this.poll(k);
     }
     return snapshot(e);
@@ -252,7 +266,8 @@ export class MetricsScaleHandler implements ScaleHandler {
       if (m === null) return { metrics: null, state: 'unavailable', message: 'Prometheus has no data for this Switchboard\'s pods' };
       return { metrics: m, state: 'available', message: 'metrics queried' };
     } catch (err) {
-      return { metrics: null, state: 'unavailable', message: err instanceof MetricsError ? err.message : `metrics query failed: ${describe(err)}` };
+      // Masked again: a query other than PrometheusClient's may quote its URL too.
+      return { metrics: null, state: 'unavailable', message: redactCredentials(err instanceof MetricsError ? err.message : `metrics query failed: ${describe(err)}`) };
     }
   }
 

@@ -138,3 +138,54 @@ test('printer columns show the flag state', async (t) => {
   assert.deepEqual(header, ['NAME', 'ENABLED', 'ROLLOUT', 'EFFECTIVE', 'REASON', 'AGE']);
   assert.deepEqual(row.slice(0, 3), ['columns', 'true', '25']);
 });
+
+test('prometheus.interval above 1h is refused: a timer past 2^31-1 ms (597h) would query every 1 ms', async (t) => {
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  const prometheus = (interval: string) => ({ prometheus: { url: 'http://prometheus:9090', interval } });
+  for (const [i, interval] of ['597h', '61m', '1h1s', '3601s'].entries()) {
+    const err = await rejection(ns, switchboard(`slow-${i}`, prometheus(interval)));
+    assert.equal(err.status, 422, interval);
+    assert.match(err.message, /spec\.prometheus\.interval: Invalid value.*prometheus\.interval must be at most 1h/, interval);
+  }
+  for (const [i, interval] of ['1h', '59m59s', '500ms'].entries()) {
+    const [ok] = await cp.apply(switchboard(`ok-${i}`, prometheus(interval)), { namespace: ns });
+    assert.equal((ok.spec as { prometheus: { interval: string } }).prometheus.interval, interval);
+  }
+});
+
+test('spec.config refuses AUTH_SECRET, API_KEY and REDIS_URL: the ConfigMap is plain text', async (t) => {
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  for (const key of ['AUTH_SECRET', 'API_KEY', 'REDIS_URL']) {
+    const err = await rejection(ns, switchboard(`secret-${key.toLowerCase().replace(/_/g, '-')}`, { config: { LOG_LEVEL: 'debug', [key]: 'hunter2' } }));
+    assert.equal(err.status, 422, key);
+    assert.match(err.message, /spec\.config: Invalid value.*config must not hold AUTH_SECRET, API_KEY or REDIS_URL.*valueFrom\.secretKeyRef.*redis\.secretRef/, key);
+  }
+  const [ok] = await cp.apply(switchboard('plain', {
+    config: { LOG_LEVEL: 'debug', REDIS_CLUSTER: 'false' },
+    env: [{ name: 'AUTH_SECRET', valueFrom: { secretKeyRef: { name: 'chat', key: 'auth-secret' } } }],
+  }), { namespace: ns });
+  assert.deepEqual((ok.spec as { config: unknown }).config, { LOG_LEVEL: 'debug', REDIS_CLUSTER: 'false' });
+});
+
+test('gateway.port 4001 or 4002 is refused: the admin and gRPC API listeners are there', async (t) => {
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  for (const port of [4001, 4002]) {
+    const err = await rejection(ns, switchboard(`port-${port}`, { gateway: { port } }));
+    assert.equal(err.status, 422, String(port));
+    assert.match(err.message, /spec\.gateway\.port: Invalid value.*gateway\.port must not be 4001 or 4002/, String(port));
+  }
+  const [ok] = await cp.apply(switchboard('port-4003', { gateway: { port: 4003 } }), { namespace: ns });
+  assert.equal((ok.spec as { gateway: { port: number } }).gateway.port, 4003);
+});
+
+test('prometheus.url with credentials is refused: fetch rejects it and its error would quote them', async (t) => {
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  for (const [i, url] of ['http://user:pass@prometheus:9090', 'https://token@prometheus', 'http://user:p@ss@prometheus:9090/'].entries()) {
+    const err = await rejection(ns, switchboard(`creds-${i}`, { prometheus: { url } }));
+    assert.equal(err.status, 422, url);
+    assert.match(err.message, /spec\.prometheus\.url: Invalid value.*prometheus\.url must not hold credentials/, url);
+  }
+  // An @ after the host is not userinfo.
+  const [ok] = await cp.apply(switchboard('at-in-path', { prometheus: { url: 'http://prometheus:9090/prom@eu' } }), { namespace: ns });
+  assert.equal((ok.spec as { prometheus: { url: string } }).prometheus.url, 'http://prometheus:9090/prom@eu');
+});

@@ -89,8 +89,12 @@ test('a Switchboard gets its Deployments, Services and ConfigMap; deleting it re
 
   const svc = await waitFor(() => getObject<Obj>(cp, `/api/v1/namespaces/${ns}/services/chat-gateway`), 10_000, 'gateway service', 100);
   assert.equal(svc.spec.type, 'NodePort');
-  assert.deepEqual(svc.spec.ports.map((p: { name: string; port: number }) => `${p.name}:${p.port}`), ['tcp:4000', 'grpc:4002']);
+  assert.deepEqual(svc.spec.ports.map((p: { name: string; port: number }) => `${p.name}:${p.port}`), ['tcp:4000'], 'the gRPC API is not on the client Service');
   assert.equal(svc.spec.selector['app.kubernetes.io/component'], 'gateway');
+  const api = await waitFor(() => getObject<Obj>(cp, `/api/v1/namespaces/${ns}/services/chat-api`), 10_000, 'api service', 100);
+  assert.equal(api.spec.type, 'ClusterIP', 'the gRPC API stays inside the cluster whatever the client Service is');
+  assert.deepEqual(api.spec.ports.map((p: { name: string; port: number }) => `${p.name}:${p.port}`), ['grpc:4002']);
+  assert.deepEqual(api.spec.selector, svc.spec.selector);
   const metrics = await waitFor(() => getObject<Obj>(cp, `/api/v1/namespaces/${ns}/services/chat-metrics`), 10_000, 'metrics service', 100);
   assert.deepEqual(metrics.spec.ports.map((p: { name: string; port: number }) => `${p.name}:${p.port}`), ['admin:4001']);
 
@@ -110,9 +114,28 @@ test('a Switchboard gets its Deployments, Services and ConfigMap; deleting it re
   await waitFor(async () => (await getObject<Obj>(cp, `${base}/chat-gateway`))?.spec.replicas === 2, 20_000, 'replicas restored to the operator\'s decision', 100);
 
   await cp.client.request('DELETE', sbPath);
-  for (const p of [`${base}/chat-gateway`, `${base}/chat-broadcast`, `/api/v1/namespaces/${ns}/services/chat-gateway`, `/api/v1/namespaces/${ns}/configmaps/chat-config`]) {
+  for (const p of [`${base}/chat-gateway`, `${base}/chat-broadcast`, `/api/v1/namespaces/${ns}/services/chat-gateway`, `/api/v1/namespaces/${ns}/services/chat-api`, `/api/v1/namespaces/${ns}/configmaps/chat-config`]) {
     await waitFor(async () => (await getObject(cp, p)) === undefined, 60_000, `${p} to be garbage-collected`, 200);
   }
+});
+
+test('upgrading the operator takes the gRPC API port off a client Service an older one made', async (t) => {
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  // What an older operator applied: the API port on the client Service, which may face the internet.
+  await cp.apply({
+    apiVersion: 'v1', kind: 'Service', metadata: { name: 'old-gateway', namespace: ns },
+    spec: {
+      type: 'NodePort',
+      selector: { 'app.kubernetes.io/name': 'switchboard', 'app.kubernetes.io/instance': 'old', 'app.kubernetes.io/component': 'gateway' },
+      ports: [{ name: 'tcp', port: 4000, targetPort: 'tcp', protocol: 'TCP' }, { name: 'grpc', port: 4002, targetPort: 'grpc', protocol: 'TCP' }],
+    },
+  }, { namespace: ns, fieldManager: 'switchboard-operator' });
+  await cp.apply(switchboard('old', { redis: { url: redis.url }, gateway: { service: { type: 'NodePort' } } }), { namespace: ns });
+  const ports = (o: Obj | undefined) => o?.spec.ports.map((p: { name: string; port: number }) => `${p.name}:${p.port}`).join(',');
+  await waitFor(async () => ports(await getObject<Obj>(cp, `/api/v1/namespaces/${ns}/services/old-gateway`)) === 'tcp:4000', 30_000, 'the grpc port gone from old-gateway', 100);
+  const api = await waitFor(() => getObject<Obj>(cp, `/api/v1/namespaces/${ns}/services/old-api`), 10_000, 'old-api', 100);
+  assert.equal(api.spec.type, 'ClusterIP');
+  assert.equal(ports(api), 'grpc:4002');
 });
 
 test('the operator\'s admin port answers like the server roles\': /healthz, /readyz, /stats, /metrics', async () => {
@@ -222,6 +245,13 @@ test('a FeatureFlag is published to the Switchboard\'s Redis and removed when de
   await cp.client.request('DELETE', ffPath);
   await waitFor(() => read() === '', 20_000, 'the flag removed from sb:flags', 100);
   await waitFor(async () => (await getObject(cp, ffPath)) === undefined, 20_000, 'the FeatureFlag gone after its finalizer', 100);
+
+  // The Switchboard deleted: the operator closes its connection to that Redis (it used to keep
+  // one per URL for as long as it ran, reconnecting with the old credentials).
+  const operatorClients = () => redis.cli('client', 'list').split('\n').filter((l) => /\bname=switchboard-operator\b/.test(l)).length;
+  assert.equal(operatorClients(), 1, 'the operator publishes through one connection');
+  await cp.client.request('DELETE', `/apis/switchboard.dev/v1alpha1/namespaces/${ns}/switchboards/chat`);
+  await waitFor(() => operatorClients() === 0, 20_000, 'the operator\'s Redis connection closed', 100);
 });
 
 test('the operator\'s ServiceAccount is granted exactly what it uses', async () => {
@@ -242,7 +272,6 @@ test('the operator\'s ServiceAccount is granted exactly what it uses', async () 
     ['patch', 'switchboards.switchboard.dev', '--subresource=status', '-n', 'default'],
     ['create', 'deployments.apps', '-n', 'default'],
     ['patch', 'services', '-n', 'default'],
-    ['get', 'secrets', '-n', 'default'],
     ['create', 'events', '-n', 'default'],
     ['update', 'leases.coordination.k8s.io/switchboard-operator', '-n', OPERATOR_NS],
     ['delete', 'leases.coordination.k8s.io/switchboard-operator', '-n', OPERATOR_NS],
@@ -251,7 +280,13 @@ test('the operator\'s ServiceAccount is granted exactly what it uses', async () 
   ];
   const denied: string[][] = [
     ['delete', 'deployments.apps', '-n', 'default'],
+    // Secrets only where a Role grants them (the chart's operator.secretNamespaces; the example
+    // overlay's namespace), never cluster-wide; and no verb the operator does not call.
+    ['get', 'secrets', '-n', 'default'],
     ['list', 'secrets', '-n', 'default'],
+    ['get', 'switchboards.switchboard.dev', '-n', 'default'],
+    ['update', 'switchboards.switchboard.dev', '--subresource=status', '-n', 'default'],
+    ['patch', 'events', '-n', 'default'],
     ['create', 'pods', '-n', 'default'],
     ['patch', 'switchboards.switchboard.dev', '-n', 'default'],
     ['update', 'leases.coordination.k8s.io', '-n', 'default'],

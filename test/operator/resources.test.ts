@@ -1,10 +1,11 @@
 /**
- * The operator's pods get garbage-collector threads matched to their CPU
- * (services/control/gc-threads.ts): pure functions of the Switchboard, no API server needed.
+ * The objects the operator makes, as pure functions of the Switchboard (no API server needed):
+ * pods get garbage-collector threads matched to their CPU (services/control/gc-threads.ts), and
+ * the gRPC API port is never on the client Service, which may face the internet.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { configMap, deployment, NODE_FLAGS_ENV } from '../../operator/resources';
+import { apiService, configMap, deployment, gatewayService, NODE_FLAGS_ENV, PORTS } from '../../operator/resources';
 import { cpuQuantity, gcFlags } from '../../services/control/gc-threads';
 import { sbFixture } from './fixtures';
 
@@ -56,4 +57,22 @@ test("the Switchboard's own node flags are used whole, not merged", () => {
   const viaConfig = sbFixture('chat', 'ns', { broadcast: { resources: { limits: { cpu: '1' } } }, config: { [NODE_FLAGS_ENV]: '' } });
   assert.equal(nodeFlags(deployment(viaConfig, 'broadcast', 1)), undefined);
   assert.equal(configMap(viaConfig).data![NODE_FLAGS_ENV], '');
+});
+
+test('the gRPC API port is on its own ClusterIP Service, never on a LoadBalancer or NodePort client Service', () => {
+  for (const type of ['ClusterIP', 'NodePort', 'LoadBalancer'] as const) {
+    const sb = sbFixture('chat', 'ns', { gateway: { port: 5000, service: { type, ...(type === 'ClusterIP' ? {} : { nodePort: 30500 }) } } });
+    const client = gatewayService(sb);
+    assert.equal(client.metadata!.name, 'chat-gateway');
+    assert.equal(client.spec!.type, type);
+    assert.deepEqual(client.spec!.ports!.map((p) => `${p.name}:${p.port}`), ['tcp:5000'], `${type}: the client port only`);
+
+    const api = apiService(sb);
+    assert.equal(api.metadata!.name, 'chat-api');
+    assert.equal(api.spec!.type, 'ClusterIP', `${type}: the API stays inside the cluster`);
+    assert.deepEqual(api.spec!.ports, [{ name: 'grpc', port: PORTS.grpc, targetPort: 'grpc', protocol: 'TCP' }]);
+    assert.deepEqual(api.spec!.selector, client.spec!.selector, 'the same gateway pods');
+    assert.equal(api.metadata!.annotations, undefined, "the client Service's annotations (load balancer settings) are not copied");
+    assert.equal(api.metadata!.ownerReferences![0].name, 'chat');
+  }
 });

@@ -3,7 +3,7 @@
 // the Events it records and the reconciles it asks for (issue 15 item 4).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { MetricsScaleHandler, breachesOf, nextOverload, scalingInputs, type MetricsScaleHandlerDeps } from '../../operator/scaling/handler';
+import { LOOP_INTERVAL_MS, MetricsScaleHandler, breachesOf, loopInterval, nextOverload, scalingInputs, type MetricsScaleHandlerDeps } from '../../operator/scaling/handler';
 import { keyString, type ObjectKey } from '../../operator/kube/key';
 import { OperatorMetrics } from '../../operator/metrics';
 import { MetricsError, type ClusterMetrics } from '../../operator/prometheus';
@@ -203,4 +203,30 @@ test('a failing round is logged, never thrown', async () => {
   h.handle(sbFixture(), {});
   await h.poll(KEY); // resolves
   await h.poll(KEY);
+});
+
+test('an interval of 597h or more runs the loop hourly, not every millisecond (a timer past 2^31-1 ms fires at once)', async () => {
+  assert.equal(loopInterval(undefined), 15_000, 'no spec.prometheus: the CRD default');
+  assert.equal(loopInterval(15_000), 15_000);
+  assert.equal(loopInterval(0), LOOP_INTERVAL_MS.min);
+  assert.equal(loopInterval(3_600_000), 3_600_000);
+  assert.equal(loopInterval(3_600_001), LOOP_INTERVAL_MS.max);
+  assert.equal(loopInterval(597 * 3_600_000), LOOP_INTERVAL_MS.max, 'past 2^31-1 ms');
+  assert.equal(loopInterval(Number.POSITIVE_INFINITY), LOOP_INTERVAL_MS.max);
+
+  const manual = harness(() => metricsFixture());
+  manual.h.handle(sbFixture('chat', 'ns', { prometheus: { interval: '597h' } }), {});
+  manual.h.handle(sbFixture('other', 'ns', { prometheus: { interval: '10ms' } }), {});
+  assert.deepEqual(manual.timers.started.map((t) => t.ms), [3_600_000, 100]);
+  manual.h.stopAll();
+
+  // With the real timer: the round handle() starts, then nothing for an hour.
+  const real = harness(() => metricsFixture(), { every: undefined });
+  real.h.handle(sbFixture('chat', 'ns', { prometheus: { interval: '600h' } }), {});
+  try {
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(real.queries, ['ns/chat'], 'one query, not one a millisecond');
+  } finally {
+    real.h.stopAll();
+  }
 });
