@@ -78,12 +78,15 @@ export function flattenRules(rules: readonly PolicyRule[]): string[] {
 export interface RbacContract {
   /** The ClusterRole (or per-namespace Role) table. */
   readonly operator: PolicyRule[];
+  /** The Secrets Role table: granted only in the namespaces the operator reads Secrets in. */
+  readonly secrets: PolicyRule[];
   /** The leader-election Role table. */
   readonly leader: PolicyRule[];
 }
 
 /**
- * The two RBAC tables of docs/operator.md ("RBAC"), parsed: rows of
+ * The three RBAC tables of docs/operator.md ("RBAC"), in this order: operator, secrets, leader.
+ * Parsed from rows of
  * | `group` | `res`, `res` | verb, verb (comment) |, or, in a table whose header has a
  * resourceNames column, | `group` | `res` | `name` (comment) | verb, verb (comment) | (no name:
  * any object).
@@ -124,8 +127,8 @@ export function rbacContract(): RbacContract {
     }
     current.push(rule);
   }
-  assert.equal(tables.length, 2, 'docs/operator.md has two RBAC tables (operator, leader)');
-  return { operator: tables[0], leader: tables[1] };
+  assert.equal(tables.length, 3, 'docs/operator.md has three RBAC tables (operator, secrets, leader)');
+  return { operator: tables[0], secrets: tables[1], leader: tables[2] };
 }
 
 const ALL_VERBS = ['get', 'list', 'watch', 'create', 'update', 'patch', 'delete', 'deletecollection'];
@@ -170,6 +173,8 @@ export interface PermissionCheck {
   readonly workNamespaces: readonly string[];
   /** Namespaces where it must have none of the operator table (watchNamespace mode). */
   readonly foreignNamespaces: readonly string[];
+  /** Namespaces where it may read Secrets (the secrets table); everywhere else it may not. */
+  readonly secretNamespaces: readonly string[];
   /** The operator's own namespace (leader Lease). */
   readonly ownNamespace: string;
   /** True when the operator table is granted cluster-wide. */
@@ -179,23 +184,31 @@ export interface PermissionCheck {
 /**
  * Checks, as the token's identity, that every verb of docs/operator.md's tables is allowed where
  * the operator needs it, and that every other verb on those resources, the same verbs elsewhere
- * and a few powerful permissions are denied.
+ * (Secrets cluster-wide and outside secretNamespaces included) and a few powerful permissions
+ * are denied.
  */
 export async function checkOperatorPermissions(client: KubeClient, check: PermissionCheck): Promise<void> {
   const contract = rbacContract();
   const expectAllowed: Access[] = [];
   const expectDenied: Access[] = [];
   // What each place should grant: the operator table where it works (or everywhere, cluster-wide),
-  // plus the leader table in its own namespace. Every verb on every resource either table
+  // the secrets table where it reads Secrets, plus the leader table in its own namespace. Every verb on every resource either table
   // mentions is checked there, for no name, each name a rule is limited to, and another name.
   const places: Array<{ namespace?: string; rules: PolicyRule[] }> = [
     { namespace: undefined, rules: check.clusterWide ? contract.operator : [] },
   ];
-  for (const ns of new Set([...check.workNamespaces, ...check.foreignNamespaces, check.ownNamespace])) {
+  for (const ns of new Set([...check.workNamespaces, ...check.foreignNamespaces, ...check.secretNamespaces, check.ownNamespace])) {
     const works = check.clusterWide || check.workNamespaces.includes(ns);
-    places.push({ namespace: ns, rules: [...(works ? contract.operator : []), ...(ns === check.ownNamespace ? contract.leader : [])] });
+    places.push({
+      namespace: ns,
+      rules: [
+        ...(works ? contract.operator : []),
+        ...(check.secretNamespaces.includes(ns) ? contract.secrets : []),
+        ...(ns === check.ownNamespace ? contract.leader : []),
+      ],
+    });
   }
-  const all = [...contract.operator, ...contract.leader];
+  const all = [...contract.operator, ...contract.secrets, ...contract.leader];
   const targets = new Map<string, { group: string; resource: string; names: Set<string | undefined> }>();
   for (const rule of all) {
     for (const group of rule.apiGroups) {

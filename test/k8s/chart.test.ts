@@ -50,12 +50,18 @@ const GATEWAY_SELECTOR = (sb: string): Labels => ({
   'app.kubernetes.io/name': 'switchboard', 'app.kubernetes.io/instance': sb, 'app.kubernetes.io/component': 'gateway',
 });
 
+/** AUTH_SECRET from a Secret: what an exposed (NodePort, LoadBalancer) gateway needs. */
+const AUTH_SECRET_ENV = [{ name: 'AUTH_SECRET', valueFrom: { secretKeyRef: { name: 'switchboard-auth', key: 'secret' } } }];
+
 /** Value sets every structural test renders; a function of the release namespace. */
 const VALUE_SETS: Record<string, (ns: string) => Record<string, unknown>> = {
   default: () => ({}),
-  nodePort: () => ({ switchboard: { gateway: { service: { type: 'NodePort', nodePort: 30400 } } } }),
+  nodePort: () => ({ switchboard: { gateway: { service: { type: 'NodePort', nodePort: 30400 } }, env: AUTH_SECRET_ENV } }),
   loadBalancer: () => ({
-    switchboard: { gateway: { service: { type: 'LoadBalancer', annotations: { 'service.beta.kubernetes.io/aws-load-balancer-type': 'nlb' } } } },
+    switchboard: {
+      gateway: { service: { type: 'LoadBalancer', annotations: { 'service.beta.kubernetes.io/aws-load-balancer-type': 'nlb' } } },
+      env: AUTH_SECRET_ENV,
+    },
   }),
   existingSecret: () => ({ redis: { embedded: { enabled: false }, existingSecret: { name: 'redis', key: 'redis-url' } } }),
   externalUrl: () => ({ redis: { embedded: { enabled: false }, url: 'rediss://redis.example.com:6380/0' } }),
@@ -129,6 +135,29 @@ function deepMerge(base: Spec, over: Spec): Spec {
   return out;
 }
 
+interface LabelSelector {
+  matchLabels?: Labels;
+  matchExpressions?: { key: string; operator: string; values?: string[] }[];
+}
+interface NetworkPolicy extends KubeObject {
+  spec: {
+    podSelector: LabelSelector;
+    policyTypes: string[];
+    ingress: { ports: { port: number; protocol: string }[]; from?: { podSelector?: LabelSelector; namespaceSelector?: LabelSelector }[] }[];
+  };
+}
+
+/** Whether a label selector (matchLabels, and In / NotIn / Exists expressions) selects labels. */
+function selects(sel: LabelSelector, labels: Labels): boolean {
+  return Object.entries(sel.matchLabels ?? {}).every(([k, v]) => labels[k] === v) &&
+    (sel.matchExpressions ?? []).every((e) => {
+      if (e.operator === 'In') return e.values!.includes(labels[e.key]);
+      if (e.operator === 'NotIn') return !e.values!.includes(labels[e.key]);
+      if (e.operator === 'Exists') return e.key in labels;
+      throw new Error(`selector operator ${e.operator}`);
+    });
+}
+
 function env(c: Container): Record<string, EnvVar> {
   return Object.fromEntries((c.env ?? []).map((e) => [e.name, e]));
 }
@@ -154,6 +183,8 @@ test('helm install: CRDs Established, operator, RBAC and Switchboard created; th
   assert.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: 'switchboard-operator', namespace: ns }]);
   await cp.client.get(`/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/roles/switchboard-operator-leader`);
   await cp.client.get(`/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/rolebindings/switchboard-operator-leader`);
+  const secretsRole = await cp.client.get<Role>(`/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/roles/switchboard-operator-secrets`);
+  assert.deepEqual(flattenRules(secretsRole.rules), flattenRules(rbacContract().secrets));
   await cp.client.get(`/apis/apps/v1/namespaces/${ns}/deployments/sb-switchboard-redis`);
   await cp.client.get(`/apis/policy/v1/namespaces/${ns}/poddisruptionbudgets/sb-switchboard-gateway`);
 
@@ -175,13 +206,16 @@ test('helm install: CRDs Established, operator, RBAC and Switchboard created; th
   const other = await cp.createNamespace(namespaceFor(`${t.name} elsewhere`));
   const token = await cp.mintServiceAccountToken(ns, 'switchboard-operator');
   await checkOperatorPermissions(cp.clientFor({ token }), {
-    workNamespaces: [ns, other], foreignNamespaces: [], ownNamespace: ns, clusterWide: true,
+    workNamespaces: [ns, other], foreignNamespaces: [], secretNamespaces: [ns], ownNamespace: ns, clusterWide: true,
   });
   // The same through kubectl, as an operator's author would check it.
   const kubeconfig = await cp.writeKubeconfig(`operator-${ns}`, { token });
   const yes = await cp.kubectl(['auth', 'can-i', 'patch', 'deployments.apps', '--namespace', other], kubeconfig);
   assert.equal(yes.stdout.trim(), 'yes');
   await assert.rejects(cp.kubectl(['auth', 'can-i', 'delete', 'deployments.apps', '--namespace', other], kubeconfig), /no/);
+  // Secrets: its own namespace's only, never another's.
+  assert.equal((await cp.kubectl(['auth', 'can-i', 'get', 'secrets', '--namespace', ns], kubeconfig)).stdout.trim(), 'yes');
+  await assert.rejects(cp.kubectl(['auth', 'can-i', 'get', 'secrets', '--namespace', other], kubeconfig), /no/);
 
   await cp.helm(['uninstall', 'sb', '--namespace', ns]);
   const gone = await cp.client.request('GET', '/apis/rbac.authorization.k8s.io/v1/clusterroles/switchboard-operator');
@@ -207,7 +241,7 @@ test('helm install with operator.watchNamespace: the operator may act in that na
 
   const token = await cp.mintServiceAccountToken(ns, 'switchboard-operator');
   await checkOperatorPermissions(cp.clientFor({ token }), {
-    workNamespaces: [watched], foreignNamespaces: [ns, other], ownNamespace: ns, clusterWide: false,
+    workNamespaces: [watched], foreignNamespaces: [ns, other], secretNamespaces: [watched], ownNamespace: ns, clusterWide: false,
   });
 });
 
@@ -265,8 +299,9 @@ test('default values: the operator Deployment (image, args, env, probes, pod sec
   assert.deepEqual(svc.spec.selector, deploy.spec.selector.matchLabels);
   for (const [k, v] of Object.entries(deploy.spec.selector.matchLabels)) assert.equal(deploy.spec.template.metadata.labels[k], v);
 
-  // Off by default.
-  for (const kind of ['NetworkPolicy', 'ServiceMonitor', 'PrometheusRule', 'ConfigMap']) {
+  // Off by default (but for the embedded Redis's NetworkPolicy, which is always there).
+  assert.deepEqual(kinds(objects.filter((o) => o.kind === 'NetworkPolicy')), ['NetworkPolicy/sb-switchboard-redis']);
+  for (const kind of ['ServiceMonitor', 'PrometheusRule', 'ConfigMap']) {
     assert.equal(objects.filter((o) => o.kind === kind).length, 0, `${kind} is off by default`);
   }
 });
@@ -284,10 +319,42 @@ test('default values: RBAC is exactly the tables of docs/operator.md', async (t)
   assert.deepEqual(flattenRules(leader.rules), flattenRules(contract.leader));
   const leaderBinding = find<Binding>(objects, 'RoleBinding', 'switchboard-operator-leader');
   assert.deepEqual(leaderBinding.subjects, [{ kind: 'ServiceAccount', name: 'switchboard-operator', namespace: ns }]);
+  const secrets = find<Role>(objects, 'Role', 'switchboard-operator-secrets');
+  assert.equal(secrets.metadata.namespace, ns);
+  assert.deepEqual(flattenRules(secrets.rules), flattenRules(contract.secrets));
+  const secretsBinding = find<Binding>(objects, 'RoleBinding', 'switchboard-operator-secrets');
+  assert.deepEqual(secretsBinding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'switchboard-operator-secrets' });
+  assert.deepEqual(secretsBinding.subjects, [{ kind: 'ServiceAccount', name: 'switchboard-operator', namespace: ns }]);
   assert.deepEqual(kinds(objects).filter((k) => /Role/.test(k)), [
     'ClusterRole/switchboard-operator', 'ClusterRoleBinding/switchboard-operator',
-    'Role/switchboard-operator-leader', 'RoleBinding/switchboard-operator-leader',
+    'Role/switchboard-operator-leader', 'Role/switchboard-operator-secrets',
+    'RoleBinding/switchboard-operator-leader', 'RoleBinding/switchboard-operator-secrets',
   ]);
+});
+
+test('the operator reads Secrets only in operator.secretNamespaces, never through its ClusterRole', async (t) => {
+  const secretRules = (o: KubeObject): string[] => flattenRules((o as Role).rules).filter((r) => r.startsWith('core secrets '));
+  const { ns, objects } = await render(t, {});
+  assert.deepEqual(secretRules(find(objects, 'ClusterRole', 'switchboard-operator')), [], 'no Secrets in the ClusterRole');
+  const secretRoles = (objs: KubeObject[]): string[] => objs.filter((o) => o.kind === 'Role' && secretRules(o).length > 0)
+    .map((o) => `${o.metadata.namespace}/${o.metadata.name}: ${secretRules(o).join(', ')}`).sort();
+  assert.deepEqual(secretRoles(objects), [`${ns}/switchboard-operator-secrets: core secrets get`], 'default: the release namespace');
+
+  const listed = await render(t, { operator: { secretNamespaces: ['chat', 'games'] } });
+  assert.deepEqual(secretRoles(listed.objects), ['chat/switchboard-operator-secrets: core secrets get', 'games/switchboard-operator-secrets: core secrets get']);
+  for (const b of listed.objects.filter((o) => o.kind === 'RoleBinding' && o.metadata.name === 'switchboard-operator-secrets') as Binding[]) {
+    assert.deepEqual(b.subjects, [{ kind: 'ServiceAccount', name: 'switchboard-operator', namespace: listed.ns }], b.metadata.namespace);
+  }
+  const none = await render(t, { operator: { secretNamespaces: [] } });
+  assert.deepEqual(secretRoles(none.objects), [], '[]: no Secrets anywhere');
+  assert.equal(none.objects.filter((o) => o.metadata.name === 'switchboard-operator-secrets').length, 0);
+
+  // Watching one namespace: the Switchboards, so the Secrets, are there.
+  const { objects: away } = await renderChart(cp, {
+    namespace: ns, values: { operator: { watchNamespace: 'chat' }, switchboard: { enabled: false } },
+  });
+  assert.deepEqual(secretRoles(away), ['chat/switchboard-operator-secrets: core secrets get']);
+  assert.deepEqual(secretRules(find(away, 'Role', 'switchboard-operator')), []);
 });
 
 test('default values: a Switchboard on the embedded Redis, and a PodDisruptionBudget for its gateways', async (t) => {
@@ -312,6 +379,74 @@ test('default values: a Switchboard on the embedded Redis, and a PodDisruptionBu
   const minPdb = find<KubeObject & { spec: Record<string, unknown> }>(min.objects, 'PodDisruptionBudget', 'sb-switchboard-gateway');
   assert.equal(minPdb.spec.minAvailable, '50%');
   assert.equal(minPdb.spec.maxUnavailable, undefined);
+});
+
+test('the embedded Redis (no password) admits only the Switchboard pods and the operator, whatever networkPolicy.enabled says', async (t) => {
+  for (const [what, values] of [['default values', {}], ['networkPolicy.enabled', { networkPolicy: { enabled: true } }]] as const) {
+    const { objects } = await render(t, values);
+    const policy = find<NetworkPolicy>(objects, 'NetworkPolicy', 'sb-switchboard-redis');
+    const redisPod = find<Deployment>(objects, 'Deployment', 'sb-switchboard-redis').spec.template.metadata.labels;
+    const operatorPod = find<Deployment>(objects, 'Deployment', 'switchboard-operator').spec.template.metadata.labels;
+    assert.ok(selects(policy.spec.podSelector, redisPod), `${what}: the policy selects the Redis pod`);
+    assert.deepEqual(policy.spec.policyTypes, ['Ingress']);
+    assert.equal(policy.spec.ingress.length, 1, what);
+    const [rule] = policy.spec.ingress;
+    assert.deepEqual(rule.ports, [{ port: 6379, protocol: 'TCP' }]);
+    assert.ok(rule.from && rule.from.length > 0, `${what}: a from list (none would admit everyone)`);
+    assert.ok(rule.from.every((p) => p.podSelector && !p.namespaceSelector), `${what}: pods of the release namespace only`);
+    const admitted = (labels: Labels): boolean => rule.from!.some((p) => selects(p.podSelector!, labels));
+    // The labels the operator gives the Switchboard's pods (docs/operator.md).
+    const sbPod = (component: string): Labels => ({
+      'app.kubernetes.io/name': 'switchboard', 'app.kubernetes.io/instance': 'sb-switchboard',
+      'app.kubernetes.io/managed-by': 'switchboard-operator', 'app.kubernetes.io/component': component,
+    });
+    assert.ok(admitted(sbPod('gateway')), `${what}: gateway pods`);
+    assert.ok(admitted(sbPod('broadcast')), `${what}: broadcast pods`);
+    assert.ok(admitted(operatorPod), `${what}: the operator`);
+    assert.ok(!admitted({ app: 'anything' }), `${what}: another pod`);
+    assert.ok(!admitted({ ...sbPod('gateway'), 'app.kubernetes.io/instance': 'another' }), `${what}: another Switchboard's gateway`);
+    assert.ok(!admitted(redisPod), `${what}: the Redis pod itself`);
+  }
+  // The switch still governs the other policies; without the embedded Redis there is none.
+  const { objects } = await render(t, VALUE_SETS.externalUrl(''));
+  assert.deepEqual(objects.filter((o) => o.kind === 'NetworkPolicy'), []);
+});
+
+test('an exposed gateway (NodePort, LoadBalancer) needs AUTH_SECRET, or switchboard.allowUnauthenticated', async (t) => {
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  const exposed = (type: string, extra: Record<string, unknown> = {}): Record<string, unknown> =>
+    ({ switchboard: { gateway: { service: { type } }, ...extra } });
+  const refused = /switchboard\.gateway\.service\.type is (NodePort|LoadBalancer), which exposes the gateway outside the cluster, but no AUTH_SECRET is set[\s\S]*switchboard\.allowUnauthenticated=true/;
+  for (const type of ['NodePort', 'LoadBalancer']) {
+    await assert.rejects(renderChart(cp, { namespace: ns, values: exposed(type) }), refused, type);
+    await assert.rejects(renderChart(cp, { namespace: ns, values: exposed(type, { env: [{ name: 'AUTH_SECRET', value: '' }] }) }), refused,
+      `${type}: an empty AUTH_SECRET is none`);
+    await assert.rejects(renderChart(cp, { namespace: ns, values: exposed(type, { env: [{ name: 'API_KEY', value: 'k' }] }) }), refused,
+      `${type}: another variable`);
+    await assert.rejects(renderChart(cp, { namespace: ns, values: exposed(type, { config: { AUTH_SECRET: 's3cret' } }) }),
+      /switchboard\.config\.AUTH_SECRET: config goes into a plain-text ConfigMap/, `${type}: AUTH_SECRET in config`);
+    for (const [how, extra] of [
+      ['AUTH_SECRET from a Secret', { env: AUTH_SECRET_ENV }],
+      ['AUTH_SECRET as a value', { env: [{ name: 'AUTH_SECRET', value: 's3cret' }] }],
+      ['allowUnauthenticated', { allowUnauthenticated: true }],
+    ] as const) {
+      const { objects } = await renderChart(cp, { namespace: ns, values: exposed(type, extra) });
+      const sb = find<Switchboard>(objects, 'Switchboard', 'sb-switchboard');
+      assert.equal((sb.spec.gateway as { service: { type: string } }).service.type, type, `${type}, ${how}`);
+      assert.equal(JSON.stringify(sb.spec).includes('allowUnauthenticated'), false, 'a chart value, not a spec field');
+    }
+  }
+  // Inside the cluster only, development mode stays the default.
+  await renderChart(cp, { namespace: ns, values: {} });
+
+  // The release notes say so (helm template prints no notes: a client-side dry-run install does).
+  const notes = async (values: Record<string, unknown>): Promise<string> =>
+    (await cp.helm(['install', 'sb', CHART_DIR, '--namespace', ns, '--dry-run=client', '--values', await writeValues(cp, values)])).stdout;
+  assert.match(await notes(exposed('LoadBalancer', { allowUnauthenticated: true })),
+    /WARNING: the gateway is reachable from outside the cluster WITHOUT AUTHENTICATION/);
+  assert.match(await notes({}), /No AUTH_SECRET: the gateway runs in development mode and trusts hello\.user as given/);
+  const authed = await notes(exposed('LoadBalancer', { env: AUTH_SECRET_ENV }));
+  assert.doesNotMatch(authed, /AUTHENTICATION|No AUTH_SECRET/);
 });
 
 test('the gateway Service type, node port and annotations reach spec.gateway.service', async (t) => {
@@ -429,7 +564,7 @@ test('values.switchboard.* are the CRD spec fields, with the CRD bounds, and ren
     spec: { versions: { schema: { openAPIV3Schema: Schema } }[] };
   };
   const crdSpec = crd.spec.versions[0].schema.openAPIV3Schema.properties!.spec;
-  const chartOnly = new Set(['enabled', 'name']);
+  const chartOnly = new Set(['enabled', 'name', 'allowUnauthenticated']);
   const mismatches: string[] = [];
   const compare = (values: Schema, crdNode: Schema | undefined, at: string): void => {
     if (!crdNode) return void mismatches.push(`${at}: not a field of the Switchboard spec`);
@@ -501,6 +636,10 @@ test('bad values fail helm template with a message that says what to change', as
     ['a Switchboard the operator would not watch', ['--set', 'operator.watchNamespace=elsewhere'],
       /operator\.watchNamespace is "elsewhere" but the chart's Switchboard goes into the release namespace/],
     ['both PDB settings', ['--set', 'podDisruptionBudget.minAvailable=1'], /set one of maxUnavailable and minAvailable, not both/],
+    ['a LoadBalancer gateway without AUTH_SECRET', ['--set', 'switchboard.gateway.service.type=LoadBalancer'],
+      /no AUTH_SECRET is set[\s\S]*set switchboard\.allowUnauthenticated=true/],
+    ['a secret in config', ['--set', 'switchboard.config.API_KEY=k'],
+      /switchboard\.config\.API_KEY: config goes into a plain-text ConfigMap[\s\S]*switchboard\.env with valueFrom\.secretKeyRef/],
     ['a config key in lower case', ['--set', 'switchboard.config.log_level=debug'],
       /invalid propertyName 'log_level'[\s\S]*does not match pattern '\^\[A-Z\]\[A-Z0-9_\]\*\$'/],
   ];

@@ -10,11 +10,12 @@ import { parse } from 'yaml';
 import {
   namespaceFor, parseYamlObjects, projectCrdsYaml, repoRoot, startControlPlane, waitFor, type ControlPlane, type KubeObject,
 } from './harness';
-import { CHART_DIR, checkOperatorPermissions, find, flattenRules, kinds, rbacContract, renderChart, type PolicyRule } from './chart-support';
+import { CHART_DIR, canI, checkOperatorPermissions, find, flattenRules, kinds, rbacContract, renderChart, type PolicyRule } from './chart-support';
 
 const K8S = path.join(repoRoot(), 'k8s');
 const OPERATOR_NS = 'switchboard-system';
 
+type Labels = Record<string, string>;
 interface Role extends KubeObject { rules: PolicyRule[] }
 interface Binding extends KubeObject { roleRef: unknown; subjects: unknown[] }
 interface Workload extends KubeObject { spec: { replicas?: number; selector: unknown; template: { spec: unknown } } }
@@ -77,6 +78,7 @@ test('k8s/rbac has exactly the rules of docs/operator.md, the same as the chart 
   const clusterRole = find<Role>(objects, 'ClusterRole', 'switchboard-operator');
   const leader = find<Role>(objects, 'Role', 'switchboard-operator-leader');
   assert.deepEqual(flattenRules(clusterRole.rules), flattenRules(contract.operator));
+  assert.deepEqual(flattenRules(clusterRole.rules).filter((r) => r.startsWith('core secrets ')), [], 'no Secrets cluster-wide');
   assert.deepEqual(flattenRules(leader.rules), flattenRules(contract.leader));
   assert.equal(leader.metadata.namespace, OPERATOR_NS);
   const subject = [{ kind: 'ServiceAccount', name: 'switchboard-operator', namespace: OPERATOR_NS }];
@@ -88,6 +90,10 @@ test('k8s/rbac has exactly the rules of docs/operator.md, the same as the chart 
   const { objects: chart } = await renderChart(cp, { release: 'switchboard', namespace: OPERATOR_NS });
   assert.deepEqual(find<Role>(chart, 'ClusterRole', 'switchboard-operator').rules, clusterRole.rules);
   assert.deepEqual(find<Role>(chart, 'Role', 'switchboard-operator-leader').rules, leader.rules);
+  // The Secrets Role is per namespace: the overlay's (k8s/overlays/example) and the chart's agree.
+  const overlaySecrets = find<Role>(await kustomize('overlays/example'), 'Role', 'switchboard-operator-secrets');
+  assert.deepEqual(flattenRules(overlaySecrets.rules), flattenRules(contract.secrets));
+  assert.deepEqual(find<Role>(chart, 'Role', 'switchboard-operator-secrets').rules, overlaySecrets.rules);
   for (const [kind, name] of [['ClusterRoleBinding', 'switchboard-operator'], ['RoleBinding', 'switchboard-operator-leader']]) {
     const ours = find<Binding>(objects, kind, name);
     const theirs = find<Binding>(chart, kind, name);
@@ -135,14 +141,15 @@ test('kubectl apply -k k8s/base: CRDs Established, operator created, its Service
   const work = await cp.createNamespace(namespaceFor(t.name));
   const token = await cp.mintServiceAccountToken(OPERATOR_NS, 'switchboard-operator');
   await checkOperatorPermissions(cp.clientFor({ token }), {
-    workNamespaces: [work, OPERATOR_NS], foreignNamespaces: [], ownNamespace: OPERATOR_NS, clusterWide: true,
+    workNamespaces: [work, OPERATOR_NS], foreignNamespaces: [], secretNamespaces: [], ownNamespace: OPERATOR_NS, clusterWide: true,
   });
 });
 
 test('kubectl apply -k k8s/overlays/example: Switchboard chat, its Redis and a FeatureFlag in namespace chat', async () => {
   const objects = await kustomize('overlays/example');
   assert.deepEqual(kinds(objects), [
-    'Deployment/redis', 'FeatureFlag/typing-indicators', 'Namespace/chat', 'Service/redis', 'Switchboard/chat',
+    'Deployment/redis', 'FeatureFlag/typing-indicators', 'Namespace/chat', 'NetworkPolicy/redis', 'Role/switchboard-operator-secrets',
+    'RoleBinding/switchboard-operator-secrets', 'Service/redis', 'Switchboard/chat',
   ]);
   for (const o of objects) if (o.kind !== 'Namespace') assert.equal(o.metadata.namespace, 'chat', `${o.kind}/${o.metadata.name}`);
   const sb = find<KubeObject & { spec: { redis: { url: string } } }>(objects, 'Switchboard', 'chat');
@@ -168,4 +175,43 @@ test('kubectl apply -k k8s/overlays/example: Switchboard chat, its Redis and a F
   assert.deepEqual([ff.spec.flagName, ff.spec.rolloutPercent], ['typing_indicators', 25]);
   const ns = await cp.client.get<{ metadata: { labels: Record<string, string> } }>('/api/v1/namespaces/chat');
   assert.equal(ns.metadata.labels['pod-security.kubernetes.io/enforce'], 'restricted');
+
+  // The operator may read Secrets in chat (spec.redis.secretRef), and nowhere else.
+  const operator = cp.clientFor({ token: await cp.mintServiceAccountToken(OPERATOR_NS, 'switchboard-operator') });
+  await waitFor('the operator to read Secrets in chat', 15_000, () => canI(operator, { verb: 'get', group: '', resource: 'secrets', namespace: 'chat' }));
+  for (const [verb, namespace] of [['list', 'chat'], ['watch', 'chat'], ['get', OPERATOR_NS], ['get', 'default'], ['get', undefined]] as const) {
+    assert.equal(await canI(operator, { verb, group: '', resource: 'secrets', namespace }), false, `${verb} secrets in ${namespace ?? 'the cluster'}`);
+  }
+});
+
+test('k8s/overlays/example: its Redis (no password) admits only Switchboard chat\'s pods and the operator', async () => {
+  type Selector = { matchLabels?: Labels; matchExpressions?: { key: string; operator: string; values: string[] }[] };
+  type Peer = { podSelector?: Selector; namespaceSelector?: Selector };
+  type Policy = KubeObject & { spec: { podSelector: Selector; policyTypes: string[]; ingress: { ports: { port: number }[]; from?: Peer[] }[] } };
+  const selects = (sel: Selector, labels: Labels): boolean =>
+    Object.entries(sel.matchLabels ?? {}).every(([k, v]) => labels[k] === v) &&
+    (sel.matchExpressions ?? []).every((e) => e.operator === 'In' && e.values.includes(labels[e.key]));
+  const objects = await kustomize('overlays/example');
+  const policy = find<Policy>(objects, 'NetworkPolicy', 'redis');
+  const redis = find<Workload & { spec: { template: { metadata: { labels: Labels } } } }>(objects, 'Deployment', 'redis');
+  assert.ok(selects(policy.spec.podSelector, redis.spec.template.metadata.labels), 'selects the Redis pod');
+  assert.deepEqual(policy.spec.policyTypes, ['Ingress']);
+  assert.equal(policy.spec.ingress.length, 1);
+  const [rule] = policy.spec.ingress;
+  assert.deepEqual(rule.ports.map((p) => p.port), [6379]);
+  assert.ok(rule.from && rule.from.length > 0, 'a from list (none would admit everyone)');
+  // A peer without namespaceSelector is the policy's namespace, chat.
+  const admitted = (namespace: string, labels: Labels): boolean => rule.from!.some((p) =>
+    (p.namespaceSelector ? selects(p.namespaceSelector, { 'kubernetes.io/metadata.name': namespace }) : namespace === 'chat') &&
+    (p.podSelector === undefined || selects(p.podSelector, labels)));
+  const chatPod = (component: string): Labels => ({
+    'app.kubernetes.io/name': 'switchboard', 'app.kubernetes.io/instance': 'chat',
+    'app.kubernetes.io/managed-by': 'switchboard-operator', 'app.kubernetes.io/component': component,
+  });
+  const operator = find<Workload & { spec: { template: { metadata: { labels: Labels } } } }>(await kustomize('operator'), 'Deployment', 'switchboard-operator');
+  assert.ok(admitted('chat', chatPod('gateway')) && admitted('chat', chatPod('broadcast')), 'gateway and broadcast pods');
+  assert.ok(admitted(OPERATOR_NS, operator.spec.template.metadata.labels), 'the operator');
+  assert.ok(!admitted('chat', { app: 'anything' }), 'another pod in chat');
+  assert.ok(!admitted('elsewhere', chatPod('gateway')), 'a look-alike in another namespace');
+  assert.ok(!admitted('elsewhere', operator.spec.template.metadata.labels), 'an operator look-alike in another namespace');
 });

@@ -68,6 +68,19 @@ app.kubernetes.io/instance: {{ include "switchboard.switchboardName" . }}
 {{- end }}
 {{- end }}
 
+{{/*
+Namespaces where the operator may read Secrets (spec.redis.secretRef), as a JSON list:
+operator.secretNamespaces, or when unset the namespace its Switchboards are in (watchNamespace,
+else the release namespace). [] grants none.
+*/}}
+{{- define "switchboard.secretNamespaces" -}}
+{{- $ns := .Values.operator.secretNamespaces }}
+{{- if kindIs "invalid" $ns }}
+{{- $ns = list (default .Release.Namespace .Values.operator.watchNamespace) }}
+{{- end }}
+{{- $ns | uniq | toJson }}
+{{- end }}
+
 {{- define "switchboard.redisName" -}}
 {{- printf "%s-redis" (include "switchboard.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -75,6 +88,24 @@ app.kubernetes.io/instance: {{ include "switchboard.switchboardName" . }}
 {{/* Whether the embedded Redis is rendered: only for the chart's own Switchboard. */}}
 {{- define "switchboard.embeddedRedis" -}}
 {{- if and .Values.switchboard.enabled .Values.redis.embedded.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when the Switchboard's pods get an AUTH_SECRET: a switchboard.env entry with a value or
+valueFrom (a Secret). Without it the gateway runs in development mode and trusts hello.user as
+given. switchboard.config cannot hold it (plain text: see switchboard.validate).
+*/}}
+{{- define "switchboard.authSecretSet" -}}
+{{- $set := false }}
+{{- range .Values.switchboard.env }}
+{{- if and (eq .name "AUTH_SECRET") (or .value .valueFrom) }}{{ $set = true }}{{ end }}
+{{- end }}
+{{- if $set }}true{{ end }}
+{{- end }}
+
+{{/* The gateway Service is reachable from outside the cluster: NodePort or LoadBalancer. */}}
+{{- define "switchboard.gatewayExposed" -}}
+{{- if has (default "ClusterIP" .Values.switchboard.gateway.service.type) (list "NodePort" "LoadBalancer") }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -125,6 +156,14 @@ templates/validate.yaml, so both `helm install` and `helm template` run them.
   {{- end }}
   {{- if and $gw.service $gw.service.nodePort (eq (default "ClusterIP" $gw.service.type) "ClusterIP") }}
     {{- fail "switchboard.gateway.service.nodePort needs switchboard.gateway.service.type NodePort or LoadBalancer" }}
+  {{- end }}
+  {{- range $key := list "AUTH_SECRET" "API_KEY" "REDIS_URL" }}
+    {{- if hasKey (default dict $v.switchboard.config) $key }}
+      {{- fail (printf "switchboard.config.%s: config goes into a plain-text ConfigMap (and the Switchboard CRD refuses it there). Put AUTH_SECRET and API_KEY in switchboard.env with valueFrom.secretKeyRef, and the Redis URL in redis.existingSecret" $key) }}
+    {{- end }}
+  {{- end }}
+  {{- if and (include "switchboard.gatewayExposed" .) (not (include "switchboard.authSecretSet" .)) (not $v.switchboard.allowUnauthenticated) }}
+    {{- fail (printf "switchboard.gateway.service.type is %s, which exposes the gateway outside the cluster, but no AUTH_SECRET is set: the gateway would run in development mode and trust hello.user as given, so any client could act as any user. Give it a secret, e.g. switchboard.env=[{name: AUTH_SECRET, valueFrom: {secretKeyRef: {name: switchboard-auth, key: secret}}}], or, to expose it without authentication anyway, set switchboard.allowUnauthenticated=true" $gw.service.type) }}
   {{- end }}
   {{- $bc := $v.switchboard.broadcast }}
   {{- if and (hasKey $bc "minReplicas") (hasKey $bc "maxReplicas") (gt (int $bc.minReplicas) (int $bc.maxReplicas)) }}
