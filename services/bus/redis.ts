@@ -101,8 +101,6 @@ export class RedisBus implements Bus {
   duplicates = 0;
   /** Times this gateway found its registration gone and registered everything again. */
   resyncs = 0;
-  /** Times members were sent `position` because routed messages may have missed this gateway. */
-  positionNotices = 0;
   /** The reader's next read also asks whether the stream was trimmed past it (set by the beat). */
   private trimCheckDue = false;
   /** Egress entries read, and entries found trimmed before they were read (already announced). */
@@ -194,7 +192,6 @@ export class RedisBus implements Bus {
       if (pos === null) continue;
       n += sink.pushRoom(rooms[i], Outbound.of({ type: 'position', room: rooms[i], seq: pos.seq, epoch: pos.epoch }));
     }
-    this.positionNotices++;
     this.opts.log.warn(why === 'gone' ? 'this gateway was taken for dead: members told where their rooms are' : 'egress stream trimmed past what this gateway had read: members told where their rooms are', { rooms: rooms.length, members: n });
   }
 

@@ -137,10 +137,9 @@ export class Inbound implements FrameSink {
   private readonly order: InOrder<HeldFrame>;
   /**
    * Decompressed bytes this connection may still produce (INFLATE_BYTES_PER_SEC, at most one
-   * second's worth); below 0 it is in debt, and compressed frames wait until the debt is repaid.
+   * second's worth); in debt, compressed frames wait until it is repaid. Null: no budget.
    */
-  private inflateTokens: number;
-  private inflateAt: number;
+  private readonly inflateBudget: TokenBucket | null;
 
   constructor(
     private readonly input: Readable,
@@ -156,8 +155,7 @@ export class Inbound implements FrameSink {
     this.chunkAt = now;
     this.bucket = new TokenBucket(limits.rateLimitPerSec, limits.rateLimitBurst, now);
     this.order = new InOrder((f) => this.takeFrame(f));
-    this.inflateTokens = limits.inflateBytesPerSec;
-    this.inflateAt = now;
+    this.inflateBudget = limits.inflateBytesPerSec > 0 ? new TokenBucket(limits.inflateBytesPerSec, limits.inflateBytesPerSec, now) : null;
   }
 
   push(chunk: Buffer): void {
@@ -278,16 +276,12 @@ export class Inbound implements FrameSink {
    * Nothing is dropped: a sender past the budget is slowed down, as TCP would slow it.
    */
   private inflateAllowed(f: HeldFrame): boolean {
-    const rate = this.limits.inflateBytesPerSec;
-    if (rate === 0) return true;
-    const now = Date.now();
-    if (this.inflateTokens < rate) this.inflateTokens = Math.min(rate, this.inflateTokens + ((now - this.inflateAt) * rate) / 1000);
-    this.inflateAt = now;
-    if (this.inflateTokens > 0) return true;
+    const budget = this.inflateBudget;
+    if (budget === null || budget.positive(Date.now())) return true;
     if ((this.paused & Pause.InflateBudget) === 0 && !this.stopped) {
       this.counters.limitHits[Limit.InflateBytes]++;
       this.pause(Pause.InflateBudget);
-      setTimeout(onInflateRefilled, Math.ceil((-this.inflateTokens * 1000) / rate) + 1, this).unref();
+      setTimeout(onInflateRefilled, budget.debtMs, this).unref();
     }
     // It waits in the queue: its body must outlive the parser's chunk.
     f.body = Buffer.from(f.body);
@@ -388,7 +382,7 @@ export class Inbound implements FrameSink {
           );
           return false;
         }
-        this.inflateTokens -= out.length;
+        this.inflateBudget?.spend(out.length);
         f.body = out;
       }
     }
@@ -398,7 +392,7 @@ export class Inbound implements FrameSink {
 
   /** A frame's decompression ended: handle it (or skip it, refused) and the frames held behind it. */
   private inflated(f: HeldFrame, body: Buffer, stage: typeof READY | typeof REFUSED): void {
-    if (stage === READY) this.inflateTokens -= body.length;
+    if (stage === READY) this.inflateBudget?.spend(body.length);
     f.body = body;
     f.stage = stage;
     this.order.drain();

@@ -1,5 +1,7 @@
 /**
- * The per-connection rate limit (RATE_LIMIT_PER_SEC sustained, RATE_LIMIT_BURST at once): a token
+ * A per-connection budget refilled over time: the rate limit (RATE_LIMIT_PER_SEC sustained,
+ * RATE_LIMIT_BURST at once, a token per frame) and the inflate budget (INFLATE_BYTES_PER_SEC,
+ * metered in decompressed bytes with positive() and spend()). A token
  * bucket refilled lazily from the time of the frame being counted, so it costs no timer and no
  * clock read of its own. A full bucket only moves its refill time; the arithmetic runs only once
  * a client has spent some tokens.
@@ -34,5 +36,25 @@ export class TokenBucket {
   /** How long until the next token, at the most (ms, at least 1). */
   get refillMs(): number {
     return Math.max(1, Math.ceil(1000 / this.perSec));
+  }
+
+  /**
+   * Metered use (bytes, not messages): whether anything is left at time `now`. What is used is
+   * charged after the fact with spend(), so one use may leave the bucket in debt.
+   */
+  positive(now: number): boolean {
+    if (this.tokens < this.burst) this.tokens = Math.min(this.burst, this.tokens + ((now - this.refilledAt) * this.perSec) / 1000);
+    this.refilledAt = now;
+    return this.tokens > 0;
+  }
+
+  /** Charge `n` tokens (possibly into debt). */
+  spend(n: number): void {
+    this.tokens -= n;
+  }
+
+  /** How long until the debt is repaid (ms, at least 1). */
+  get debtMs(): number {
+    return Math.max(1, Math.ceil((-this.tokens * 1000) / this.perSec) + 1);
   }
 }

@@ -162,3 +162,17 @@ test('TokenBucket: a burst, then the sustained rate', () => {
   assert.equal(b.take(10_000), false);
   assert.equal(b.refillMs, 100);
 });
+
+test('TokenBucket metered: spending leaves it in debt, and it is positive again once the debt is repaid', () => {
+  const b = new TokenBucket(1000, 1000, 0); // 1000 a second, a second's worth held
+  assert.equal(b.positive(0), true);
+  b.spend(2500); // one use may take more than is left
+  assert.equal(b.positive(0), false);
+  assert.equal(b.debtMs, 1501);
+  assert.equal(b.positive(1000), false); // 500 still owed
+  assert.equal(b.positive(1501), true);
+  b.spend(1);
+  assert.equal(b.positive(100_000), true); // refilled to the cap, not beyond
+  b.spend(1001);
+  assert.equal(b.positive(100_000), false);
+});
