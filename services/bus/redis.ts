@@ -92,11 +92,17 @@ export class RedisBus implements Bus {
    * the hub holds and removes the rest, as after Redis lost its data.
    */
   private stale = false;
-  /** `.catch` of membership writes: mark the registration stale, and fail as unavailable. */
-  private readonly membershipFailed = (err: unknown): never => {
+  /** Rooms and users whose membership write failed: what the repair looks at beyond the sets. */
+  private staleRooms = new Set<string>();
+  private staleUsers = new Set<string>();
+
+  /** A membership write failed: mark it for the repair, and fail as unavailable. */
+  private membershipFailed(err: unknown, room: string | null, user: string | null): never {
     this.stale = true;
+    if (room !== null) this.staleRooms.add(room);
+    if (user !== null) this.staleUsers.add(user);
     return unavailable(err);
-  };
+  }
   /** Duplicates dropped (at-least-once redelivery). */
   duplicates = 0;
   /** Times this gateway found its registration gone and registered everything again. */
@@ -200,10 +206,16 @@ export class RedisBus implements Bus {
     if (this.resyncing !== null) return this.resyncing;
     // Failures from here on are not covered by this pass: they mark it stale again.
     this.stale = false;
-    this.resyncing = this.resyncUnguarded(why)
+    const rooms = this.staleRooms;
+    const users = this.staleUsers;
+    this.staleRooms = new Set();
+    this.staleUsers = new Set();
+    this.resyncing = this.resyncUnguarded(why, rooms, users)
       .catch((err: unknown) => {
         // Half done is still better than nothing; the next beat finds no heartbeat and retries.
         this.stale = true;
+        for (const r of rooms) this.staleRooms.add(r);
+        for (const u of users) this.staleUsers.add(u);
         this.opts.log.warn('re-registration failed; retrying with the next heartbeat', { err: (err as Error).message });
         return this.cmd.del(Keys.gateway(this.gw)).then(noop, noop);
       })
@@ -211,10 +223,13 @@ export class RedisBus implements Bus {
     return this.resyncing;
   }
 
-  private async resyncUnguarded(why: 'gone' | 'stale'): Promise<void> {
+  private async resyncUnguarded(why: 'gone' | 'stale', staleRooms: ReadonlySet<string>, staleUsers: ReadonlySet<string>): Promise<void> {
     const sink = this.sink;
     if (sink === null) return;
-    const { rooms, users } = sink.registrations();
+    const snapshot = sink.registrations();
+    // Taken whole: the hub hands out iterators, and the comparison below walks them again.
+    const rooms = [...snapshot.rooms].map(([room, members]) => [room, [...members]] as const);
+    const users = [...snapshot.users];
     const ops: Promise<unknown>[] = [];
     let nRooms = 0;
     for (const [room, members] of rooms) {
@@ -244,7 +259,15 @@ export class RedisBus implements Bus {
       if (h === undefined) continue;
       for (const user of members) if (!h.has(user)) stale.push(this.cmd.hdel(Keys.presence(room), `${this.gw}|${user}`));
     }
-    for (const user of regUsers) if (!heldUsers.has(user)) stale.push(this.cmd.srem(Keys.user(user), this.gw), this.cmd.srem(Keys.gatewayUsers(this.gw), user));
+    // Where a write failed halfway (the room's set updated, its presence not), the sets above do
+    // not show it: look at those rooms' presence and users' entries themselves.
+    for (const room of staleRooms) {
+      const h = held.get(room);
+      if (h === undefined) stale.push(this.cmd.srem(Keys.room(room), this.gw), this.cmd.srem(Keys.gatewayRooms(this.gw), room), removePresenceOf(this.cmd, room, this.gw));
+      else stale.push(removePresenceOf(this.cmd, room, this.gw, h));
+    }
+    const gone = new Set([...regUsers, ...staleUsers]);
+    for (const user of gone) if (!heldUsers.has(user)) stale.push(this.cmd.srem(Keys.user(user), this.gw), this.cmd.srem(Keys.gatewayUsers(this.gw), user));
     await Promise.all(stale);
     // A gateway's first heartbeat finds no previous one too; with nothing held, nothing was lost.
     if (nRooms === 0 && nUsers === 0 && stale.length === 0) return;
@@ -359,7 +382,7 @@ export class RedisBus implements Bus {
   }
 
   join(room: string, user: string): Promise<void> {
-    return this.joinUnguarded(room, user).catch(this.membershipFailed);
+    return this.joinUnguarded(room, user).catch((err: unknown) => this.membershipFailed(err, room, null));
   }
 
   private async joinUnguarded(room: string, user: string): Promise<void> {
@@ -371,7 +394,7 @@ export class RedisBus implements Bus {
   }
 
   leave(room: string, user: string): Promise<void> {
-    return this.leaveUnguarded(room, user).catch(this.membershipFailed);
+    return this.leaveUnguarded(room, user).catch((err: unknown) => this.membershipFailed(err, room, null));
   }
 
   private async leaveUnguarded(room: string, user: string): Promise<void> {
@@ -380,7 +403,7 @@ export class RedisBus implements Bus {
 
   /** Called by the hub when the last local member of a room left. */
   roomEmpty(room: string): Promise<void> {
-    return this.roomEmptyUnguarded(room).catch(this.membershipFailed);
+    return this.roomEmptyUnguarded(room).catch((err: unknown) => this.membershipFailed(err, room, null));
   }
 
   private async roomEmptyUnguarded(room: string): Promise<void> {
@@ -388,7 +411,7 @@ export class RedisBus implements Bus {
   }
 
   userOnline(user: string): Promise<void> {
-    return this.userOnlineUnguarded(user).catch(this.membershipFailed);
+    return this.userOnlineUnguarded(user).catch((err: unknown) => this.membershipFailed(err, null, user));
   }
 
   private async userOnlineUnguarded(user: string): Promise<void> {
@@ -396,7 +419,7 @@ export class RedisBus implements Bus {
   }
 
   userOffline(user: string): Promise<void> {
-    return this.userOfflineUnguarded(user).catch(this.membershipFailed);
+    return this.userOfflineUnguarded(user).catch((err: unknown) => this.membershipFailed(err, null, user));
   }
 
   private async userOfflineUnguarded(user: string): Promise<void> {
@@ -516,13 +539,14 @@ export async function removeGateway(redis: RedisClient, gw: string): Promise<voi
   ]);
 }
 
-async function removePresenceOf(redis: RedisClient, room: string, gw: string): Promise<void> {
+/** Remove gateway `gw`'s presence entries in a room, but for the users in `keep`. */
+async function removePresenceOf(redis: RedisClient, room: string, gw: string, keep?: ReadonlySet<string>): Promise<void> {
   const key = Keys.presence(room);
   let cursor = '0';
   do {
     const [next, fields] = (await redis.call('HSCAN', key, cursor, 'MATCH', `${gw}|*`, 'COUNT', 200)) as [string, string[]];
     cursor = next;
-    const names = fields.filter((_, i) => i % 2 === 0);
+    const names = fields.filter((name, i) => i % 2 === 0 && (keep === undefined || !keep.has(name.slice(gw.length + 1))));
     if (names.length > 0) await redis.hdel(key, ...names);
   } while (cursor !== '0');
 }
