@@ -51,11 +51,12 @@ async function ownership(redis: RedisProcess, workers: RoleProcess[]): Promise<s
   return null;
 }
 
-async function cluster(redis: RedisProcess, gateways: number, workers: number) {
-  const env = { REDIS_URL: redis.url, ...FAST };
+/** A cluster on `redis`, every role ready; `extra` overrides FAST, `firstGateway` goes to gateway 0 only. */
+async function cluster(redis: RedisProcess, gateways: number, workers: number, extra: Record<string, string> = {}, firstGateway: Record<string, string> = {}) {
+  const env = { REDIS_URL: redis.url, ...FAST, ...extra };
   const gws: RoleProcess[] = [];
   const bcs: RoleProcess[] = [];
-  for (let i = 0; i < gateways; i++) gws.push(await spawnRole('gateway', env));
+  for (let i = 0; i < gateways; i++) gws.push(await spawnRole('gateway', i === 0 ? { ...env, ...firstGateway } : env));
   for (let i = 0; i < workers; i++) bcs.push(await spawnRole('broadcast', env));
   for (const p of [...gws, ...bcs]) await waitFor(() => ready(p), 15_000, 'ready', PROBE);
   return { gws, bcs, env };
@@ -85,6 +86,14 @@ async function roundTrip(from: WireClient, all: WireClient[], rooms: string[], l
     }
   }
   return got;
+}
+
+/** Check no role crashed, close the clients, stop the roles (workers first), then Redis. */
+async function shutdown(redis: RedisProcess, gws: RoleProcess[], bcs: RoleProcess[], clients: { destroy(): void }[] = []): Promise<void> {
+  alive(...gws, ...bcs);
+  for (const c of clients) c.destroy();
+  for (const p of [...bcs, ...gws]) await p.kill('SIGTERM');
+  await redis.stop();
 }
 
 function alive(...ps: RoleProcess[]): void {
@@ -209,10 +218,7 @@ describe('cluster under faults', () => {
       }
     }
     await waitFor(async () => (await ownership(redis, bcs)) === null, 4 * LEASE_MS + 2000, 'one owner per shard again', PROBE);
-    alive(...gws, ...bcs);
-    for (const c of cs) c.destroy();
-    for (const p of [...bcs, ...gws]) await p.kill('SIGTERM');
-    await redis.stop();
+    await shutdown(redis, gws, bcs, cs);
   });
 
   // Regression: a user who disconnected while the gateway's Redis connection was being cut had
@@ -221,10 +227,7 @@ describe('cluster under faults', () => {
   test('membership writes that fail while the connection is cut are repaired: presence and direct follow the users who left', async () => {
     const redis = await RedisProcess.start();
     // A long heartbeat TTL: the cut must not expire the registration (that repairs it another way).
-    const env = { REDIS_URL: redis.url, ...FAST, HEARTBEAT_MS: '3000' };
-    const gws = [await spawnRole('gateway', env), await spawnRole('gateway', env)];
-    const bc = await spawnRole('broadcast', env);
-    for (const p of [...gws, bc]) await waitFor(() => ready(p), 15_000, 'ready', PROBE);
+    const { gws, bcs } = await cluster(redis, 2, 1, { HEARTBEAT_MS: '3000' });
     const watcher = await helloClient(gws[1].port, 'watcher');
     await watcher.join('stale');
     const leavers: WireClient[] = [];
@@ -247,10 +250,7 @@ describe('cluster under faults', () => {
     await waitFor(async () => (await presence().catch(() => -1)) === 1, 10_000, 'presence without the users who left', PROBE);
     const r = await watcher.request({ type: 'direct', to: 'leaver-0', data: 'hello?' }, 5000);
     assert.equal(r.code, 'user_offline', JSON.stringify(r));
-    alive(...gws, bc);
-    watcher.destroy();
-    for (const p of [bc, ...gws]) await p.kill('SIGTERM');
-    await redis.stop();
+    await shutdown(redis, gws, bcs, [watcher]);
   });
 
   // Regression: a gateway the cluster took for dead (stopped past three heartbeats) registered
@@ -263,10 +263,7 @@ describe('cluster under faults', () => {
       const redis = await RedisProcess.start();
       const trimmed = fault === 'egress trimmed';
       // Trimmed: a long heartbeat TTL, so only the trim can lose messages; EGRESS_MAXLEN at its floor.
-      const env = { REDIS_URL: redis.url, ...FAST, ...(trimmed ? { HEARTBEAT_MS: '5000', EGRESS_MAXLEN: '100' } : {}) };
-      const gws = [await spawnRole('gateway', { ...env, SERVER_ID: 'gw-stopped' }), await spawnRole('gateway', env)];
-      const bc = await spawnRole('broadcast', env);
-      for (const p of [...gws, bc]) await waitFor(() => ready(p), 15_000, 'ready', PROBE);
+      const { gws, bcs } = await cluster(redis, 2, 1, trimmed ? { HEARTBEAT_MS: '5000', EGRESS_MAXLEN: '100' } : {}, { SERVER_ID: 'gw-stopped' });
       const raw = await helloClient(gws[0].port, 'raw');
       await raw.join('quiet');
       await raw.join('busy');
@@ -303,15 +300,14 @@ describe('cluster under faults', () => {
           got.map((m) => [m.seq, m.data]),
           [[1, 'before'], [2, 'missed-1'], [3, 'missed-2'], [4, 'missed-3']],
         );
-        alive(...gws, bc);
+        alive(...gws, ...bcs);
         raw.destroy();
         sender.destroy();
       } finally {
         // Its reconnect loop would keep the test process alive.
         await member.close();
       }
-      for (const p of [bc, ...gws]) await p.kill('SIGTERM');
-      await redis.stop();
+      await shutdown(redis, gws, bcs);
     });
   }
 
