@@ -12,7 +12,7 @@
  * together by PARTIAL_FRAMES_BUDGET_BYTES) and in time (FRAME_TIMEOUT_MS, enforced by the
  * server's sweep from `partialSince`); every frame, a rejected one included, takes a token, and
  * past the limit the socket is read no faster than the bucket refills; nesting is bounded
- * (MAX_JSON_DEPTH) so that no input reaches `internal`; a large frame yields the event-loop turn.
+ * (MAX_JSON_DEPTH) so that no input reaches `internal`; every 64 KiB of frames yields the event-loop turn.
  */
 import {
   asInbound,
@@ -86,19 +86,21 @@ const Pause = {
   Budget: 2,
   /** The rate-limit bucket is empty: read no more than one chunk per refill. */
   Rate: 4,
-  /** A large frame was handled: the rest of this event-loop turn belongs to the others. */
+  /** TURN_BYTES were handled: the rest of this event-loop turn belongs to the others. */
   Turn: 8,
   /** The connection's frames decompressed to more than INFLATE_BYTES_PER_SEC allows. */
   InflateBudget: 16,
 } as const;
 
 /**
- * A frame at least this large makes its connection yield the rest of the event-loop turn (it is
- * read again from the next one): handling a frame near MAX_FRAME_BYTES takes milliseconds, and
- * libuv reads up to 2 MB from one socket per turn, so a sender of large frames would otherwise
- * take whole turns from everyone else.
+ * After handling this many bytes of frames a connection yields the rest of the event-loop turn
+ * (it is read again from the next one). libuv reads up to 32 chunks (2 MB) from one socket per
+ * turn, and handling that much takes tens of milliseconds whatever the frames' size (one frame
+ * near MAX_FRAME_BYTES, or sixty of 32 kB), so one fast sender would otherwise take whole turns
+ * from everyone else. A yield costs a pause and a resume; at 64 kB it is well under 1% of the
+ * work of the frames before it.
  */
-const LARGE_FRAME_BYTES = 64 * 1024;
+const TURN_BYTES = 64 * 1024;
 
 const CODEC_NONE = Codec.None;
 
@@ -131,7 +133,9 @@ export class Inbound implements FrameSink {
   private stopped = false;
   /** A `rate_limited` error without id was sent since the bucket last had a token. */
   private rateNoticeSent = false;
-  /** A large frame was handled in this chunk (LARGE_FRAME_BYTES): yield after it. */
+  /** Frame bytes handled since the connection last yielded its turn (TURN_BYTES). */
+  private turnBytes = 0;
+  /** TURN_BYTES were reached in this chunk: yield after it. */
   private yieldTurn = false;
   private readonly bucket: TokenBucket;
   private readonly order: InOrder<HeldFrame>;
@@ -242,6 +246,7 @@ export class Inbound implements FrameSink {
 
   private yieldRestOfTurn(): void {
     this.yieldTurn = false;
+    this.turnBytes = 0;
     if (this.stopped || (this.paused & Pause.Turn) !== 0) return;
     this.pause(Pause.Turn);
     setImmediate(onNextTurn, this);
@@ -409,7 +414,7 @@ export class Inbound implements FrameSink {
    */
   private handleBody(body: Buffer): void {
     const counters = this.counters;
-    if (body.length >= LARGE_FRAME_BYTES) this.yieldTurn = true;
+    if ((this.turnBytes += body.length) >= TURN_BYTES) this.yieldTurn = true;
     if (!this.bucket.take(this.lastSeen)) {
       this.rateLimited(topLevelId(body));
       return;
