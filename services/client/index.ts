@@ -82,7 +82,11 @@ type Json = Record<string, unknown>;
  * Events: 'welcome' (Welcome), 'message' (RoomMessage), 'direct' (DirectMessage),
  * 'push' (any other server push), 'error' (an error push without id, or a transport error),
  * 'reconnect' (the server's reconnect push), 'connected', 'disconnected', 'recovered'
- * ({room, count}).
+ * ({room, count, recovered}), 'epoch_changed' ({room, previous, epoch}).
+ *
+ * Room messages are emitted once each, in `seq` order: after a reconnect, a `position` push, or a
+ * live message whose `seq` skips some in the same epoch, the client fetches what it missed
+ * through `history` and merges it with the live messages that arrive meanwhile.
  */
 /** The reply to `history`. */
 export interface HistoryReply {
@@ -374,8 +378,14 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
         return;
       }
       const pos = this.joined.get(m.room);
-      if (pos !== undefined) this.accept(pos, m);
-      else this.emit('message', m);
+      if (pos === undefined) this.emit('message', m);
+      else if (m.seq > pos.seq + 1 && m.epoch === pos.epoch && pos.epoch !== '') {
+        // A gap in the same epoch: messages before this one missed this connection (dropped for
+        // a slow reader, or lost on their way to its gateway). Recover them through history;
+        // this one is held and merged like any live message during a recovery.
+        this.recover(m.room, pos, false).catch((err: unknown) => this.emit('error', err));
+        this.recovering.get(m.room)!.push(m);
+      } else this.accept(pos, m);
       return;
     }
     const id = msg.id as RequestId | undefined;
