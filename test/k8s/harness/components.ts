@@ -1,12 +1,12 @@
 // How the local control plane's processes are started: the flags of etcd, kube-apiserver and
 // kube-controller-manager, free ports, and waiting (bounded) until each one is up.
 import { execFile } from 'node:child_process';
-import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { CertFiles, Pki } from './pki';
 import { ManagedProcess } from './process';
 import type { Tools } from './tools';
+import { freePort } from '../../helpers/net';
 
 const run = promisify(execFile);
 
@@ -166,15 +166,10 @@ export async function waitReady(processes: readonly ManagedProcess[], what: stri
   }
 }
 
-/** n distinct ports that were free a moment ago (listen on port 0, note it, close). */
+/** n distinct ports that were free a moment ago (test/helpers/net: below the ephemeral range). */
 export async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(Array.from({ length: n }, () => new Promise<net.Server>((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => resolve(s));
-  })));
-  const ports = servers.map((s) => (s.address() as net.AddressInfo).port);
-  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  const ports: number[] = [];
+  for (let i = 0; i < n; i++) ports.push(await freePort());
   return ports;
 }
 
