@@ -70,6 +70,12 @@ export class ClientError extends Error {
   }
 }
 
+/** A request waiting for the client to be connected. */
+interface Waiter {
+  go(): void;
+  fail(err: Error): void;
+}
+
 interface Pending {
   resolve(v: Record<string, unknown>): void;
   reject(e: Error): void;
@@ -100,7 +106,6 @@ export interface HistoryReply {
 
 export class SwitchboardClient extends EventEmitter implements FrameSink {
   private socket: Socket | null = null;
-  private parser: TextParser | BinaryParser | null = null;
   private nextId = 1;
   private readonly pending = new Map<RequestId, Pending>();
   /** room -> where this client stands in it: the last seq seen and its epoch */
@@ -109,8 +114,15 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
   private readonly recovering = new Map<string, RoomMessage[]>();
   private serverIndex = 0;
   private attempts = 0;
+  /** close() was called, or the server said not to come back: no reconnect. */
   private closedByUser = false;
   private reconnectTimer: NodeJS.Timeout | null = null;
+  /** The connect in progress (connect() or a reconnect): a second call shares it. */
+  private connecting: Promise<Welcome> | null = null;
+  /** Welcomed and the rooms rejoined: requests go out at once. */
+  private ready = false;
+  /** Requests made while (re)connecting, waiting for `ready`. */
+  private readonly waiters = new Set<Waiter>();
   /** Codec for frames we send, from welcome; frames we receive name theirs in the flags. */
   private txCodec: Codec = Codec.None;
   /** Frames being (de)compressed asynchronously (zstd), and the frames waiting behind them. */
@@ -142,14 +154,40 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
     this.on('error', () => {});
   }
 
-  /** Connect and say hello; resolves with the welcome. */
+  /**
+   * Connect and say hello; resolves with the welcome. While a connect or a reconnect is in
+   * progress this is that one; when connected, the current welcome. A first connect that fails
+   * rejects and does not retry; once connected, the client reconnects by itself (`reconnect`).
+   */
   connect(): Promise<Welcome> {
     this.closedByUser = false;
-    return this.open();
+    if (this.ready && this.welcome !== null) return Promise.resolve(this.welcome);
+    if (this.connecting !== null) return this.connecting;
+    if (this.reconnectTimer !== null) {
+      clearTimeout(this.reconnectTimer);
+      this.reconnectTimer = null;
+    }
+    return this.startOpen();
   }
 
+  /** Welcomed, with every room rejoined and recovered: requests are sent at once. */
   get connected(): boolean {
-    return this.welcome !== null && this.socket !== null;
+    return this.ready;
+  }
+
+  /** The token for the next hello (after `token_expired` or `unauthorized`, then connect()). */
+  setToken(token: string): void {
+    this.opts.token = token;
+  }
+
+  private startOpen(): Promise<Welcome> {
+    const p = this.open();
+    this.connecting = p;
+    const done = () => {
+      if (this.connecting === p) this.connecting = null;
+    };
+    p.then(done, done);
+    return p;
   }
 
   /** Rooms this client is in, with the last sequence number seen in each and its epoch. */
@@ -159,50 +197,77 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
 
   private open(): Promise<Welcome> {
     const addr = this.opts.servers[this.serverIndex % this.opts.servers.length];
+    // One socket at a time: a previous one (there should be none) is let go first.
+    if (this.socket !== null) this.onClose(this.socket, true);
     return new Promise<Welcome>((resolve, reject) => {
       const socket = netConnect({ host: addr.host, port: addr.port, noDelay: true });
       this.socket = socket;
       this.txCodec = Codec.None;
-      this.parser = this.opts.mode === 'binary' ? new BinaryParser(this, this.opts.maxFrameBytes) : new TextParser(this, this.opts.maxFrameBytes);
+      const parser = this.opts.mode === 'binary' ? new BinaryParser(this, this.opts.maxFrameBytes) : new TextParser(this, this.opts.maxFrameBytes);
       let settled = false;
+      const fail = (err: Error) => {
+        if (settled) return;
+        settled = true;
+        reject(err);
+      };
       socket.once('connect', () => {
+        if (socket !== this.socket) return;
         if (this.opts.mode === 'binary') socket.write(BINARY_PREAMBLE);
         const hello: Json = { type: 'hello', user: this.opts.user, ...this.opts.helloFields };
         if (this.opts.mode === 'binary' && this.opts.codecs.length > 0) hello.codecs = this.opts.codecs;
         if (this.opts.token !== undefined) hello.token = this.opts.token;
-        this.request(hello).then(
+        this.sendRequest(hello).then(
           async (w) => {
+            if (socket !== this.socket) return fail(new ClientError(ErrorCode.Unavailable, 'connection closed'));
             this.welcome = w as unknown as Welcome;
             this.txCodec = w.codec === 'lz4' ? Codec.Lz4 : w.codec === 'zstd' ? Codec.Zstd : Codec.None;
             this.attempts = 0;
             this.connects++;
+            await this.rejoin(socket);
+            // Closed while rejoining: no welcome for a connection that is gone (the reconnect
+            // that follows rejoins again).
+            if (socket !== this.socket) return fail(new ClientError(ErrorCode.Unavailable, 'connection closed'));
             settled = true;
-            try {
-              await this.rejoin();
-            } catch (err) {
-              this.emit('error', err);
-            }
+            this.ready = true;
             this.emit('welcome', this.welcome);
             this.emit('connected', addr);
             resolve(this.welcome);
+            for (const w of this.waiters) w.go();
+            this.waiters.clear();
           },
           (err: Error) => {
-            settled = true;
-            reject(err);
+            // A refused hello (bad or expired token) would be refused again: no reconnect with
+            // it. setToken() and connect() start again.
+            if (err instanceof ClientError && (err.code === ErrorCode.Unauthorized || err.code === ErrorCode.TokenExpired)) this.giveUp(err);
+            fail(err);
             socket.destroy();
           },
         );
       });
-      socket.on('data', (chunk: Buffer) => this.parser?.push(chunk));
+      socket.on('data', (chunk: Buffer) => {
+        if (socket === this.socket) parser.push(chunk);
+      });
       socket.on('error', (err) => {
-        if (!settled) {
-          settled = true;
-          reject(err);
-        }
+        fail(err);
         this.emit('error', err);
       });
-      socket.on('close', () => this.onClose(socket));
+      socket.on('close', () => {
+        fail(new ClientError(ErrorCode.Unavailable, 'connection closed'));
+        this.onClose(socket);
+      });
     });
+  }
+
+  /** No more reconnects: requests waiting for one fail with `err`, and it is emitted. */
+  private giveUp(err: Error): void {
+    this.closedByUser = true;
+    this.emit('error', err);
+    this.rejectWaiters(err);
+  }
+
+  private rejectWaiters(err: Error): void {
+    for (const w of this.waiters) w.fail(err);
+    this.waiters.clear();
   }
 
   /**
@@ -210,9 +275,13 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
    * page. When the room's epoch changed (the server lost the room's state), what was missed is
    * gone: the client says so with an `epoch_changed` event and starts over in the new epoch.
    */
-  private async rejoin(): Promise<void> {
+  private async rejoin(socket: Socket): Promise<void> {
     if (this.connects <= 1 || this.joined.size === 0) return;
-    for (const [room, pos] of this.joined) await this.recover(room, pos, true);
+    for (const [room, pos] of this.joined) {
+      if (socket !== this.socket) return;
+      // One room that fails (too_many_rooms, a flag turned off) does not keep the others out.
+      await this.recover(room, pos, true).catch((err: unknown) => this.emit('error', err));
+    }
   }
 
   /**
@@ -225,11 +294,11 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
     const live: RoomMessage[] = [];
     this.recovering.set(room, live);
     try {
-      if (join) await this.request({ type: 'join_room', room });
+      if (join) await this.sendRequest({ type: 'join_room', room });
       let count = 0;
       let recovered = true;
       for (let page = 0; page < 1000; page++) {
-        const h = (await this.request({ type: 'history', room, since: pos.seq, epoch: pos.epoch })) as unknown as HistoryReply;
+        const h = (await this.sendRequest({ type: 'history', room, since: pos.seq, epoch: pos.epoch })) as unknown as HistoryReply;
         if (h.epoch !== undefined && h.epoch !== pos.epoch) this.epochChanged(room, pos, h.epoch);
         recovered &&= h.recovered !== false;
         for (const m of h.messages) count += this.accept(pos, m) ? 1 : 0;
@@ -272,19 +341,29 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
     if (previous !== '') this.emit('epoch_changed', { room, previous, epoch });
   }
 
-  private onClose(socket: Socket): void {
+  /**
+   * The current socket closed (or is `replaced` by a new one): its requests fail with
+   * `unavailable`. A client that had been connected reconnects (unless closed or told not to);
+   * a first connect that failed does not: its caller has the rejection.
+   */
+  private onClose(socket: Socket, replaced = false): void {
     if (socket !== this.socket) return;
     this.socket = null;
-    this.parser = null;
+    this.ready = false;
     const wasConnected = this.welcome !== null;
     this.welcome = null;
+    if (replaced) socket.destroy();
     for (const [id, p] of this.pending) {
       clearTimeout(p.timer);
       p.reject(new ClientError(ErrorCode.Unavailable, 'connection closed'));
       this.pending.delete(id);
     }
     if (wasConnected) this.emit('disconnected');
-    if (this.closedByUser || !this.opts.reconnect) return;
+    if (replaced) return;
+    if (this.closedByUser || !this.opts.reconnect || this.connects === 0) {
+      this.rejectWaiters(new ClientError(ErrorCode.Unavailable, 'not connected'));
+      return;
+    }
     this.scheduleReconnect();
   }
 
@@ -296,9 +375,9 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
     const delay = Math.random() * cap;
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
-      if (this.closedByUser) return;
-      this.open().catch(() => {
-        if (this.socket === null || this.socket.destroyed) this.scheduleReconnect();
+      if (this.closedByUser || this.connecting !== null) return;
+      this.startOpen().catch(() => {
+        if (!this.closedByUser && (this.socket === null || this.socket.destroyed)) this.scheduleReconnect();
       });
     }, delay);
   }
@@ -411,12 +490,49 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
     else this.emit('push', msg);
   }
 
-  /** Send a message and wait for its reply (`ok`, a typed reply, or an error -> ClientError). */
+  /**
+   * Send a message and wait for its reply (`ok`, a typed reply, or an error -> ClientError).
+   * While the client (re)connects, the request waits until it is welcomed and has rejoined its
+   * rooms (within `requestTimeoutMs`); with no connection and none coming it fails at once with
+   * `unavailable`. A message larger than the server's `maxFrameBytes` fails with `too_large`
+   * and is not sent (the server would close the connection for it).
+   */
   request(msg: Json): Promise<Json> {
+    if (this.ready) return this.sendRequest(msg);
+    if (this.closedByUser || (this.connecting === null && this.reconnectTimer === null)) {
+      return Promise.reject(new ClientError(ErrorCode.Unavailable, 'not connected'));
+    }
+    return new Promise<Json>((resolve, reject) => {
+      const waiter: Waiter = {
+        go: () => {
+          clearTimeout(timer);
+          this.sendRequest(msg).then(resolve, reject);
+        },
+        fail: (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      };
+      const timer = setTimeout(() => {
+        this.waiters.delete(waiter);
+        reject(new ClientError('timeout', `not connected within ${this.opts.requestTimeoutMs} ms to send ${String(msg.type)}`));
+      }, this.opts.requestTimeoutMs);
+      this.waiters.add(waiter);
+    });
+  }
+
+  /** Write a request on the current connection and wait for its reply (no waiting for ready). */
+  private sendRequest(msg: Json): Promise<Json> {
     const id = this.nextId++;
     return new Promise<Json>((resolve, reject) => {
       if (this.socket === null) {
         reject(new ClientError(ErrorCode.Unavailable, 'not connected'));
+        return;
+      }
+      const json = JSON.stringify({ ...msg, id });
+      const max = this.welcome?.limits.maxFrameBytes;
+      if (max !== undefined && json.length > max / 3 && Buffer.byteLength(json) > max) {
+        reject(new ClientError(ErrorCode.TooLarge, `${String(msg.type)} is ${Buffer.byteLength(json)} bytes, over the server's maxFrameBytes of ${max}`));
         return;
       }
       const timer = setTimeout(() => {
@@ -424,7 +540,7 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
         reject(new ClientError('timeout', `no reply to ${String(msg.type)} within ${this.opts.requestTimeoutMs} ms`));
       }, this.opts.requestTimeoutMs);
       this.pending.set(id, { resolve, reject, timer });
-      this.write({ ...msg, id });
+      this.writeJson(json);
     });
   }
 
@@ -434,7 +550,10 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
   }
 
   private write(msg: Json): void {
-    const json = JSON.stringify(msg);
+    this.writeJson(JSON.stringify(msg));
+  }
+
+  private writeJson(json: string): void {
     if (this.opts.mode !== 'binary') {
       this.socket?.write(encodeTextFrame(json));
       return;
@@ -490,12 +609,17 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
     this.closedByUser = true;
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
+    this.rejectWaiters(new ClientError(ErrorCode.Unavailable, 'client closed'));
     const s = this.socket;
     if (s === null || s.destroyed) return Promise.resolve();
     return new Promise((resolve) => {
       s.once('close', () => resolve());
-      s.end();
-      setTimeout(() => s.destroy(), 1000).unref();
+      // Not welcomed yet: nothing to finish, and a hello written after end() would fail.
+      if (this.welcome === null) s.destroy();
+      else {
+        s.end();
+        setTimeout(() => s.destroy(), 1000).unref();
+      }
     });
   }
 }

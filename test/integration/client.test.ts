@@ -176,6 +176,93 @@ describe('SwitchboardClient', () => {
     assert.ok(recoveries.length >= 1 && recoveries.every((r) => r.recovered), JSON.stringify(recoveries));
   });
 
+  test('connect() while a reconnect is pending shares it: one socket, large messages intact and in order', async (t) => {
+    const bus = new MemoryBus({ historySize: 100 });
+    let srv: TestServer = await startServer({}, { bus });
+    const port = srv.port;
+    t.after(() => srv.close());
+    const c = client(port, 'bot');
+    const w = client(port, 'writer');
+    t.after(() => Promise.all([c.close(), w.close()]));
+    const got = collect(c);
+    // The usual bot: connect again whenever disconnected, on top of the client's own reconnect.
+    c.on('disconnected', () => void c.connect().catch(() => {}));
+    await c.connect();
+    await c.join('r');
+    await srv.close();
+    srv = await startServer({ tcpPort: port }, { bus });
+    await Promise.all([c.connect(), c.connect(), w.connect()]);
+    await w.join('r');
+    await waitFor(() => c.connected, 5000, 'the bot back in its room');
+    assert.equal(srv.server.connectionCount, 2, 'one connection per client');
+    const big = 'b'.repeat(200 * 1024);
+    for (let i = 1; i <= 20; i++) await w.send('r', { i, big });
+    await waitFor(() => got.length === 20, 5000, 'twenty messages');
+    assert.deepEqual(got.map((m) => (m.data as { i: number }).i), Array.from({ length: 20 }, (_, k) => k + 1));
+    assert.ok(got.every((m) => (m.data as { big: string }).big === big));
+  });
+
+  test('requests made while connecting wait for the welcome (and the rejoin) instead of going out before hello', async (t) => {
+    const srv = await startServer();
+    t.after(() => srv.close());
+    const c = client(srv.port, 'eager');
+    t.after(() => c.close());
+    const connected = c.connect();
+    // A join before hello would be refused as unauthorized, and the connection closed.
+    const joined = c.join('lobby');
+    await joined;
+    assert.equal((await connected).user, 'eager');
+    assert.deepEqual(await c.presence('lobby'), ['eager']);
+    assert.equal(c.connects, 1);
+    // With no connection and none coming, a request fails at once.
+    const idle = client(srv.port, 'idle');
+    await assert.rejects(idle.request({ type: 'ping' }), (e: unknown) => e instanceof ClientError && e.code === 'unavailable');
+  });
+
+  test('a hello refused as unauthorized is not retried; a first connect that fails is not retried either', async (t) => {
+    const srv = await startServer({ authSecret: 'a-secret-of-at-least-32-bytes-long!!' });
+    t.after(() => srv.close());
+    const c = client(srv.port, 'mallory', { token: 'not-a-token' });
+    t.after(() => c.close());
+    const errors: unknown[] = [];
+    c.on('error', (e) => errors.push(e));
+    await assert.rejects(c.connect(), (e: unknown) => e instanceof ClientError && e.code === 'unauthorized');
+    // No reconnect is coming: a request fails at once instead of waiting for one.
+    await assert.rejects(c.request({ type: 'ping' }), (e: unknown) => e instanceof ClientError && e.code === 'unavailable');
+    assert.ok(errors.some((e) => e instanceof ClientError && e.code === 'unauthorized'), 'the refusal is emitted');
+
+    const closedPort = srv.port;
+    await srv.close();
+    const nobody = client(closedPort, 'early');
+    t.after(() => nobody.close());
+    await assert.rejects(nobody.connect());
+    await assert.rejects(nobody.request({ type: 'ping' }), (e: unknown) => e instanceof ClientError && e.code === 'unavailable');
+  });
+
+  test('a request larger than the server\'s maxFrameBytes fails with too_large and is not sent; the connection stays', async (t) => {
+    const srv = await startServer({ maxFrameBytes: 64 * 1024 });
+    t.after(() => srv.close());
+    const c = client(srv.port, 'big');
+    t.after(() => c.close());
+    await c.connect();
+    await c.join('r');
+    await assert.rejects(c.send('r', 'x'.repeat(64 * 1024)), (e: unknown) => e instanceof ClientError && e.code === 'too_large');
+    assert.equal(c.connected, true);
+    assert.equal(await c.send('r', 'x'.repeat(32 * 1024)), 1, 'the next message is the room\'s first');
+    assert.equal(c.connects, 1, 'never disconnected');
+  });
+
+  test('close() while the hello is pending resolves at once; the connect rejects with unavailable', async (t) => {
+    const srv = await startServer();
+    t.after(() => srv.close());
+    const c = client(srv.port, 'quick');
+    const connecting = c.connect();
+    const closed = c.close();
+    await assert.rejects(connecting, (e: unknown) => e instanceof ClientError && e.code === 'unavailable');
+    await closed;
+    assert.equal(c.connected, false);
+  });
+
   test('reconnect: false is honoured: no reconnect after the server goes away', async (t) => {
     const srv = await startServer();
     t.after(() => srv.close());
