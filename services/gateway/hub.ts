@@ -18,6 +18,8 @@ export interface HubMember {
   readonly user: string;
   /** Queue a frame; returns false when the connection dropped it (closed or slow). */
   enqueue(msg: Outbound): boolean;
+  /** A message of `room` was dropped for this member (it may have to be told the room's position). */
+  missedRoom(room: string): void;
   /** Write everything queued (called by the flush). */
   flush(): void;
 }
@@ -118,7 +120,10 @@ export class Hub {
     const r = this.rooms.get(room);
     if (r === undefined) return 0;
     let n = 0;
-    for (const m of r.members) if (m.enqueue(msg)) n++;
+    for (const m of r.members) {
+      if (m.enqueue(msg)) n++;
+      else m.missedRoom(room);
+    }
     if (n > 0) {
       this.latTs.push(ts);
       this.latN.push(n);

@@ -441,7 +441,8 @@ export class GatewayServer implements ConnectionHost {
 
   /**
    * Close connections that said nothing for too long, never said hello, hold a frame begun too
-   * long ago (FRAME_TIMEOUT_MS), or whose token expired. Partial frames are not activity.
+   * long ago (FRAME_TIMEOUT_MS), or whose token expired. Partial frames are not activity. A client
+   * that messages were dropped for (SLOW_CONSUMER_POLICY=drop) and has caught up gets `position`.
    */
   private sweep(): void {
     const cfg = this.services.config;
@@ -450,6 +451,7 @@ export class GatewayServer implements ConnectionHost {
     for (const conn of this.conns) {
       const { session, inbound } = conn;
       if (!session.live) continue;
+      if (session.caughtUpAfterDrops) session.announceMissed();
       if (inbound.partialSince !== 0 && now - inbound.partialSince > cfg.frameTimeoutMs) {
         inbound.frameTimedOut(cfg.frameTimeoutMs);
       } else if (session.state <= SessionState.AwaitingHello && now - session.openedAt > cfg.helloTimeoutMs) {

@@ -16,7 +16,7 @@
  * The outbound queue only measures; the policy is applied here: a full queue drops the push
  * under SLOW_CONSUMER_POLICY=drop, and otherwise ends the session with `slow_consumer`.
  */
-import type { MaybePromise } from '../bus';
+import type { MaybePromise, RoomPosition } from '../bus';
 import {
   Codec,
   codecName,
@@ -153,6 +153,12 @@ export class Session implements HubMember, PluginContext, InboundSink {
   /** Bit (1 << codec) for each codec the client may send compressed frames in. */
   inboundCodecs = 0;
   private roomSet: Set<string> | null = null;
+  /**
+   * SLOW_CONSUMER_POLICY=drop: rooms whose messages were dropped for this client. Once it has
+   * caught up (nothing pending, the server's sweep), it gets a `position` push for each, so that
+   * it recovers them even if the room has gone quiet and no later message shows the gap.
+   */
+  private missed: Set<string> | null = null;
   private readonly replies = new InOrder<ReplySlot>((slot) => this.takeReply(slot));
 
   constructor(
@@ -458,6 +464,41 @@ export class Session implements HubMember, PluginContext, InboundSink {
     if (verdict === VERDICT_QUEUED) return true;
     if (verdict === Verdict.Full) this.slowConsumer(reply);
     return false;
+  }
+
+  /** The hub dropped a room message for this client (a slow consumer under `drop`). */
+  missedRoom(room: string): void {
+    if (this.state === SessionState.Closed || this.host.sessionLimits.slowConsumerPolicy !== 'drop') return;
+    (this.missed ??= new Set()).add(room);
+  }
+
+  /** Messages were dropped for this client and it has caught up since: time to say where its rooms are. */
+  get caughtUpAfterDrops(): boolean {
+    return this.missed !== null && this.out.pendingBytes === 0;
+  }
+
+  /** A `position` push for every room whose messages this client missed (and is still in). */
+  announceMissed(): void {
+    const rooms = this.missed;
+    this.missed = null;
+    if (rooms === null) return;
+    const bus = this.host.services.bus;
+    for (const room of rooms) {
+      if (this.roomSet?.has(room) !== true) continue;
+      let pos: MaybePromise<RoomPosition>;
+      try {
+        pos = bus.position(room);
+      } catch {
+        this.missedRoom(room); // the bus is down: try again at the next sweep
+        continue;
+      }
+      if (pos instanceof Promise) pos.then((p) => this.pushPosition(room, p), () => this.missedRoom(room));
+      else this.pushPosition(room, pos);
+    }
+  }
+
+  private pushPosition(room: string, p: RoomPosition): void {
+    if (!this.enqueue(Outbound.of({ type: 'position', room, seq: p.seq, epoch: p.epoch }))) this.missedRoom(room);
   }
 
   /** Output pending for this client (queued, being compressed, in the socket). */

@@ -136,45 +136,52 @@ describe('SwitchboardClient', () => {
     await waitFor(() => got.some((m) => m.data === 'new-1'), 2000, 'the first message after the restart');
   });
 
-  test('a live seq gap (pushes dropped for a slow reader) is recovered through history: every message once, in order', async (t) => {
-    // SLOW_CONSUMER_POLICY=drop: a member too far behind loses pushes but stays connected, so
-    // nothing but the gap in seq tells it what it missed.
-    const srv = await startServer({ slowConsumerPolicy: 'drop', maxOutboundBytes: 64 * 1024, historySize: 20_000, historyRoomBytes: 1 << 30, historyTotalBytes: 1 << 30 });
-    t.after(() => srv.close());
-    const reader = client(srv.port, 'reader');
-    const talker = client(srv.port, 'talker');
-    t.after(() => Promise.all([reader.close(), talker.close()]));
-    const got = collect(reader);
-    const recoveries: { count: number; recovered: boolean }[] = [];
-    reader.on('recovered', (r: { count: number; recovered: boolean }) => recoveries.push(r));
-    await reader.connect();
-    await talker.connect();
-    await reader.join('r');
-    await talker.join('r');
-    const socket = (reader as unknown as { socket: import('node:net').Socket }).socket;
-    socket.pause();
-    const data = 'g'.repeat(8192);
-    // Send in batches until pushes are dropped (the kernel's socket buffers take a few MB first),
-    // then one batch more.
-    const counters = srv.server.services.counters;
-    let n = 0;
-    let extra = -1;
-    while (extra !== 0 && n < 20_000) {
-      const sent: Promise<number | undefined>[] = [];
-      for (let k = 0; k < 50; k++) sent.push(talker.send('r', { i: ++n, data }));
-      assert.equal((await Promise.all(sent))[49], n, 'every message accepted');
-      if (counters.dropped[DropReason.SlowConsumer] > 0) extra = extra < 0 ? 1 : extra - 1;
-    }
-    assert.ok(counters.dropped[DropReason.SlowConsumer] > 0, 'pushes to the reader were dropped');
-    socket.resume();
-    const dropped = counters.dropped[DropReason.SlowConsumer];
-    await waitFor(() => got.length === n - dropped, 10_000, 'the messages that were not dropped');
-    // The reader has read its backlog: the next message reaches it and shows the gap.
-    await talker.send('r', { i: n + 1, data });
-    await waitFor(() => got.length === n + 1, 10_000, 'every message').catch((e: Error) => { throw new Error(`${e.message}: got ${got.length} of ${n + 1}, last ${JSON.stringify(got.at(-1)?.seq)}, recoveries ${JSON.stringify(recoveries)}, dropped ${counters.dropped[DropReason.SlowConsumer]}`); });
-    assert.deepEqual(got.map((m) => (m.data as { i: number }).i), Array.from({ length: n + 1 }, (_, k) => k + 1));
-    assert.ok(recoveries.length >= 1 && recoveries.every((r) => r.recovered), JSON.stringify(recoveries));
-  });
+  for (const quiet of [false, true]) {
+    test(quiet ? 'messages dropped for a slow reader in a room that then goes quiet: the position push after it caught up recovers them' : 'a live seq gap (pushes dropped for a slow reader) is recovered through history: every message once, in order', async (t) => {
+      // SLOW_CONSUMER_POLICY=drop: a member too far behind loses pushes but stays connected, so
+      // nothing but the gap in seq tells it what it missed.
+      const srv = await startServer({ slowConsumerPolicy: 'drop', maxOutboundBytes: 64 * 1024, historySize: 20_000, historyRoomBytes: 1 << 30, historyTotalBytes: 1 << 30 });
+      t.after(() => srv.close());
+      const reader = client(srv.port, 'reader');
+      const talker = client(srv.port, 'talker');
+      t.after(() => Promise.all([reader.close(), talker.close()]));
+      const got = collect(reader);
+      const recoveries: { count: number; recovered: boolean }[] = [];
+      reader.on('recovered', (r: { count: number; recovered: boolean }) => recoveries.push(r));
+      await reader.connect();
+      await talker.connect();
+      await reader.join('r');
+      await talker.join('r');
+      const socket = (reader as unknown as { socket: import('node:net').Socket }).socket;
+      socket.pause();
+      const data = 'g'.repeat(8192);
+      // Send in batches until pushes are dropped (the kernel's socket buffers take a few MB first),
+      // then one batch more.
+      const counters = srv.server.services.counters;
+      let n = 0;
+      let extra = -1;
+      while (extra !== 0 && n < 20_000) {
+        const sent: Promise<number | undefined>[] = [];
+        for (let k = 0; k < 50; k++) sent.push(talker.send('r', { i: ++n, data }));
+        assert.equal((await Promise.all(sent))[49], n, 'every message accepted');
+        if (counters.dropped[DropReason.SlowConsumer] > 0) extra = extra < 0 ? 1 : extra - 1;
+      }
+      assert.ok(counters.dropped[DropReason.SlowConsumer] > 0, 'pushes to the reader were dropped');
+      socket.resume();
+      if (!quiet) {
+        const dropped = counters.dropped[DropReason.SlowConsumer];
+        await waitFor(() => got.length === n - dropped, 10_000, 'the messages that were not dropped');
+        // The reader has read its backlog: the next message reaches it and shows the gap.
+        await talker.send('r', { i: ++n, data });
+      }
+      // Quiet: nothing more is sent, and only the server's position push shows the gap.
+      await waitFor(() => got.length === n, 10_000, 'every message').catch((e: Error) => {
+        throw new Error(`${e.message}: got ${got.length} of ${n}, recoveries ${JSON.stringify(recoveries)}, dropped ${counters.dropped[DropReason.SlowConsumer]}`);
+      });
+      assert.deepEqual(got.map((m) => (m.data as { i: number }).i), Array.from({ length: n }, (_, k) => k + 1));
+      assert.ok(recoveries.length >= 1 && recoveries.every((r) => r.recovered), JSON.stringify(recoveries));
+    });
+  }
 
   test('connect() while a reconnect is pending shares it: one socket, large messages intact and in order', async (t) => {
     const bus = new MemoryBus({ historySize: 100 });

@@ -151,4 +151,18 @@ describe('slow consumers', () => {
     assert.ok(got < sent, `slow got ${got} of ${sent}`);
     assert.equal(fast.all.filter((m) => m.type === 'message' && m.data !== 'probe').length, sent);
   });
+
+  test('policy drop, then the room goes quiet: once the client has caught up it gets a position push with the last seq', async (t) => {
+    const { srv, slow, fast, sender, counters } = await slowConsumerRoom(t, { slowConsumerPolicy: 'drop' });
+    const sent = await flood(srv, sender, fast, () => counters.dropped.slow_consumer > 5);
+    // Nothing more is sent to the room: no later message would show the slow client its gap.
+    slow.socket.resume();
+    const position = await slow.next((m) => m.type === 'position', 5000, 'the position push');
+    assert.deepEqual({ room: position.room, seq: position.seq }, { room: 'fire', seq: sent });
+    const last = fast.all.filter((m) => m.type === 'message').at(-1)!;
+    assert.equal(position.epoch, last.epoch);
+    const got = slow.all.filter((m) => m.type === 'message');
+    assert.ok(got.length < sent, `slow got ${got.length} of ${sent}`);
+    assert.equal(slow.closed, false);
+  });
 });

@@ -20,6 +20,7 @@ class FakeMember implements HubMember {
     this.queued.push(msg);
     return true;
   }
+  missedRoom(): void {}
   flush(): void {
     this.flushes.push(this.queued);
     this.queued = [];
