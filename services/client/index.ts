@@ -476,6 +476,8 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       else p.resolve(msg);
       return;
     }
+    // The reply to a request that already timed out (its caller has the `timeout`): not a push.
+    if (typeof id === 'number' && id < this.nextId) return;
     if (type === 'position') {
       this.position(msg);
       return;
