@@ -121,6 +121,11 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
   private connecting: Promise<Welcome> | null = null;
   /** Welcomed and the rooms rejoined: requests go out at once. */
   private ready = false;
+  /**
+   * Welcomed at least once since the last connect() or close(): only then does a close lead to
+   * reconnects (a connect() that fails is the caller's to handle).
+   */
+  private established = false;
   /** Requests made while (re)connecting, waiting for `ready`. */
   private readonly waiters = new Set<Waiter>();
   /** Codec for frames we send, from welcome; frames we receive name theirs in the flags. */
@@ -155,19 +160,40 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
   }
 
   /**
-   * Connect and say hello; resolves with the welcome. While a connect or a reconnect is in
-   * progress this is that one; when connected, the current welcome. A first connect that fails
-   * rejects and does not retry; once connected, the client reconnects by itself (`reconnect`).
+   * Connect and say hello; resolves with the welcome. It tries each server of the list once, in
+   * turn, and rejects with the last failure (at once on a refused hello). While a connect or a
+   * reconnect is in progress this is that one; when connected, the current welcome. A connect()
+   * that fails does not retry; once connected, the client reconnects by itself (`reconnect`).
    */
   connect(): Promise<Welcome> {
     this.closedByUser = false;
     if (this.ready && this.welcome !== null) return Promise.resolve(this.welcome);
     if (this.connecting !== null) return this.connecting;
     if (this.reconnectTimer !== null) {
+      // A reconnect was coming: it happens now. If it fails, the reconnects go on.
       clearTimeout(this.reconnectTimer);
       this.reconnectTimer = null;
+      return this.startOpen();
     }
-    return this.startOpen();
+    this.established = false;
+    const p = this.connectAny();
+    this.connecting = p;
+    const done = () => {
+      if (this.connecting === p) this.connecting = null;
+    };
+    p.then(done, done);
+    return p;
+  }
+
+  private async connectAny(): Promise<Welcome> {
+    for (let tried = 1; ; tried++) {
+      try {
+        return await this.open();
+      } catch (err) {
+        if (this.closedByUser || tried >= this.opts.servers.length || this.established) throw err;
+        this.serverIndex++;
+      }
+    }
   }
 
   /** Welcomed, with every room rejoined and recovered: requests are sent at once. */
@@ -221,19 +247,24 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
             if (socket !== this.socket) return fail(new ClientError(ErrorCode.Unavailable, 'connection closed'));
             this.welcome = w as unknown as Welcome;
             this.txCodec = w.codec === 'lz4' ? Codec.Lz4 : w.codec === 'zstd' ? Codec.Zstd : Codec.None;
-            this.attempts = 0;
             this.connects++;
+            this.established = true;
             await this.rejoin(socket);
             // Closed while rejoining: no welcome for a connection that is gone (the reconnect
             // that follows rejoins again).
             if (socket !== this.socket) return fail(new ClientError(ErrorCode.Unavailable, 'connection closed'));
             settled = true;
             this.ready = true;
+            // The backoff starts over only for a connection that got this far (a server that
+            // welcomes and then drops every connection is not reconnected to in a loop).
+            this.attempts = 0;
+            // Requests that waited go first, in the order they were made, before anything the
+            // application sends from its 'connected' handler.
+            for (const w of this.waiters) w.go();
+            this.waiters.clear();
             this.emit('welcome', this.welcome);
             this.emit('connected', addr);
             resolve(this.welcome);
-            for (const w of this.waiters) w.go();
-            this.waiters.clear();
           },
           (err: Error) => {
             // A refused hello (bad or expired token) would be refused again: no reconnect with
@@ -292,6 +323,7 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
     // Live messages of the room that arrive before the history reply are held and merged, or
     // the first of them would mark everything missed before it as already seen.
     const live: RoomMessage[] = [];
+    const socket = this.socket;
     this.recovering.set(room, live);
     try {
       if (join) await this.sendRequest({ type: 'join_room', room });
@@ -306,6 +338,11 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       }
       for (const m of live.sort((a, b) => a.seq - b.seq)) count += this.accept(pos, m) ? 1 : 0;
       this.emit('recovered', { room, count, recovered });
+    } catch (err) {
+      // No answer in time: this connection cannot be trusted to recover the room. Close it; the
+      // reconnect rejoins every room from its last seq, the held live messages included.
+      if (err instanceof ClientError && err.code === 'timeout' && socket !== null && socket === this.socket) socket.destroy();
+      throw err;
     } finally {
       this.recovering.delete(room);
     }
@@ -349,8 +386,8 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
   private onClose(socket: Socket, replaced = false): void {
     if (socket !== this.socket) return;
     this.socket = null;
+    const wasConnected = this.ready;
     this.ready = false;
-    const wasConnected = this.welcome !== null;
     this.welcome = null;
     if (replaced) socket.destroy();
     for (const [id, p] of this.pending) {
@@ -358,13 +395,13 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       p.reject(new ClientError(ErrorCode.Unavailable, 'connection closed'));
       this.pending.delete(id);
     }
-    if (wasConnected) this.emit('disconnected');
-    if (replaced) return;
-    if (this.closedByUser || !this.opts.reconnect || this.connects === 0) {
-      this.rejectWaiters(new ClientError(ErrorCode.Unavailable, 'not connected'));
-      return;
+    if (!replaced) {
+      // The reconnect is scheduled before 'disconnected' is emitted, so that a request or a
+      // connect() from its handler sees it coming (connect() then takes its place).
+      if (this.closedByUser || !this.opts.reconnect || !this.established) this.rejectWaiters(new ClientError(ErrorCode.Unavailable, 'not connected'));
+      else this.scheduleReconnect();
     }
-    this.scheduleReconnect();
+    if (wasConnected) this.emit('disconnected');
   }
 
   private scheduleReconnect(): void {
@@ -375,7 +412,7 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
     const delay = Math.random() * cap;
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
-      if (this.closedByUser || this.connecting !== null) return;
+      if (this.closedByUser || this.connecting !== null || this.ready) return;
       this.startOpen().catch(() => {
         if (!this.closedByUser && (this.socket === null || this.socket.destroyed)) this.scheduleReconnect();
       });
@@ -488,7 +525,13 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       if (msg.reconnect === false) this.closedByUser = true;
       this.emit('reconnect', msg);
     }
-    else if (type === 'error') this.emit('error', new ClientError(String(msg.code), String(msg.message)));
+    else if (type === 'error') {
+      const err = new ClientError(String(msg.code), String(msg.message));
+      // The session's token is no longer good: coming back with it would be refused (or end the
+      // same way). setToken() and connect() start again.
+      if (err.code === ErrorCode.TokenExpired || err.code === ErrorCode.Unauthorized) this.giveUp(err);
+      else this.emit('error', err);
+    }
     else this.emit('push', msg);
   }
 
@@ -609,9 +652,15 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
   /** Close for good (no reconnect). Resolves when the socket is closed. */
   close(): Promise<void> {
     this.closedByUser = true;
+    this.established = false;
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
     this.rejectWaiters(new ClientError(ErrorCode.Unavailable, 'client closed'));
+    // Not connected from now on: a connect() right after this one starts a new connection.
+    if (this.ready) {
+      this.ready = false;
+      this.emit('disconnected');
+    }
     const s = this.socket;
     if (s === null || s.destroyed) return Promise.resolve();
     return new Promise((resolve) => {

@@ -1,6 +1,7 @@
 // The TypeScript client against a real server: the request API, events, and reconnect with
 // backoff, rejoin and history recovery against a server restarted on the same port.
 import assert from 'node:assert/strict';
+import { createServer, connect as connectTcp, type AddressInfo, type Server, type Socket } from 'node:net';
 import { describe, test } from 'node:test';
 import { MemoryBus } from '../../services/bus';
 import { ClientError, SwitchboardClient, type RoomMessage } from '../../services/client';
@@ -16,6 +17,53 @@ function collect(c: SwitchboardClient): RoomMessage[] {
   const got: RoomMessage[] = [];
   c.on('message', (m: RoomMessage) => got.push(m));
   return got;
+}
+
+/**
+ * A TCP proxy in front of a server: `cut()` closes every connection through it (the server and
+ * the client each see theirs close) while it keeps accepting; `mute` makes the next connection
+ * pass the server's bytes only up to its welcome (a server that stops answering).
+ */
+class CutProxy {
+  readonly server: Server;
+  connections = 0;
+  muteNext = false;
+  private readonly open = new Set<Socket>();
+  constructor(target: number) {
+    this.server = createServer((client) => {
+      this.connections++;
+      const upstream = connectTcp({ host: '127.0.0.1', port: target });
+      const mute = this.muteNext;
+      this.muteNext = false;
+      let welcomed = false;
+      for (const s of [client, upstream]) {
+        this.open.add(s);
+        s.on('error', () => {});
+        s.on('close', () => {
+          this.open.delete(s);
+          client.destroy();
+          upstream.destroy();
+        });
+      }
+      client.on('data', (d: Buffer) => upstream.write(d));
+      upstream.on('data', (d: Buffer) => {
+        if (mute && welcomed) return;
+        client.write(d);
+        if (d.includes('"welcome"')) welcomed = true;
+      });
+    });
+  }
+  async listen(): Promise<number> {
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
+    return (this.server.address() as AddressInfo).port;
+  }
+  cut(): void {
+    for (const s of this.open) s.destroy();
+  }
+  close(): Promise<void> {
+    this.cut();
+    return new Promise((r) => this.server.close(() => r()));
+  }
 }
 
 describe('SwitchboardClient', () => {
@@ -268,6 +316,72 @@ describe('SwitchboardClient', () => {
     await assert.rejects(connecting, (e: unknown) => e instanceof ClientError && e.code === 'unavailable');
     await closed;
     assert.equal(c.connected, false);
+  });
+
+  test('connect() and requests from the disconnected handler: one new connection, the request waits for it, no flapping', async (t) => {
+    const srv = await startServer();
+    t.after(() => srv.close());
+    const proxy = new CutProxy(srv.port);
+    t.after(() => proxy.close());
+    // A backoff long enough that a reconnect timer left armed would fire after connect() succeeded.
+    const c = client(await proxy.listen(), 'bot', { initialBackoffMs: 300, maxBackoffMs: 300 });
+    t.after(() => c.close());
+    const events: string[] = [];
+    let pong: Promise<unknown> | null = null;
+    c.on('connected', () => events.push('connected'));
+    c.on('disconnected', () => {
+      events.push('disconnected');
+      void c.connect().catch(() => {});
+      pong ??= c.request({ type: 'ping' });
+    });
+    await c.connect();
+    await c.join('r');
+    proxy.cut();
+    await waitFor(() => events.length === 3, 3000, 'disconnected, then connected');
+    assert.equal(((await pong!) as { type: string }).type, 'pong', 'the request made while disconnected waited for the reconnect');
+    // A timer left armed would replace the new connection within 300 ms: give it twice that.
+    await assert.rejects(waitFor(() => proxy.connections > 2 || events.length > 3, 600, 'a second reconnect'));
+    assert.deepEqual(events, ['connected', 'disconnected', 'connected']);
+    assert.equal(proxy.connections, 2);
+    assert.deepEqual(await c.presence('r'), ['bot'], 'rejoined');
+  });
+
+  test('the first connect tries each server of the list in turn', async (t) => {
+    const srv = await startServer();
+    t.after(() => srv.close());
+    const down = await startServer();
+    const downPort = down.port;
+    await down.close();
+    const c = new SwitchboardClient({ servers: [{ host: '127.0.0.1', port: downPort }, { host: '127.0.0.1', port: srv.port }], user: 'ha' });
+    t.after(() => c.close());
+    assert.equal((await c.connect()).user, 'ha');
+    assert.equal(c.connected, true);
+  });
+
+  test('a recovery that gets no answer closes the connection; the reconnect recovers every message', async (t) => {
+    const bus = new MemoryBus({ historySize: 100 });
+    const srv = await startServer({}, { bus });
+    t.after(() => srv.close());
+    const proxy = new CutProxy(srv.port);
+    t.after(() => proxy.close());
+    const c = client(await proxy.listen(), 'patient', { requestTimeoutMs: 500 });
+    const w = client(srv.port, 'writer');
+    t.after(() => Promise.all([c.close(), w.close()]));
+    const got = collect(c);
+    await c.connect();
+    await w.connect();
+    await c.join('r');
+    await w.join('r');
+    await w.send('r', 1);
+    await waitFor(() => got.length === 1, 2000, 'the first message');
+    // The next connection is welcomed, then hears nothing: its rejoin's history times out.
+    proxy.muteNext = true;
+    proxy.cut();
+    for (let i = 2; i <= 5; i++) await w.send('r', i);
+    // The room stays quiet: only the recovery can bring messages 2-5.
+    await waitFor(() => got.length === 5, 10_000, 'the messages sent while away');
+    assert.deepEqual(got.map((m) => m.data), [1, 2, 3, 4, 5]);
+    assert.ok(proxy.connections >= 3, `the muted connection was given up (${proxy.connections} connections)`);
   });
 
   test('reconnect: false is honoured: no reconnect after the server goes away', async (t) => {
