@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { createServer, connect as connectTcp, type AddressInfo, type Server, type Socket } from 'node:net';
 import { describe, test } from 'node:test';
 import { MemoryBus } from '../../services/bus';
+import { signHs256 } from '../../services/gateway';
 import { ClientError, SwitchboardClient, type RoomMessage } from '../../services/client';
 import { DropReason } from '../../services/telemetry/counters';
 import { startServer, type TestServer } from '../helpers/server';
@@ -382,6 +383,25 @@ describe('SwitchboardClient', () => {
     await waitFor(() => got.length === 5, 10_000, 'the messages sent while away');
     assert.deepEqual(got.map((m) => m.data), [1, 2, 3, 4, 5]);
     assert.ok(proxy.connections >= 3, `the muted connection was given up (${proxy.connections} connections)`);
+  });
+
+  test('a session ended by token_expired is not reconnected with the same token; setToken() and connect() start again', async (t) => {
+    const secret = 'a-secret-of-at-least-32-bytes-long!!';
+    const srv = await startServer({ authSecret: secret });
+    t.after(() => srv.close());
+    const sec = () => Math.floor(Date.now() / 1000);
+    const c = client(srv.port, 'ada', { token: signHs256({ sub: 'ada', exp: sec() + 1 }, secret) });
+    t.after(() => c.close());
+    const errors: string[] = [];
+    c.on('error', (e: unknown) => errors.push(e instanceof ClientError ? e.code : String(e)));
+    await c.connect();
+    await waitFor(() => !c.connected, 5000, 'the session to end at exp');
+    assert.ok(errors.includes('token_expired'), errors.join());
+    // No reconnect is coming with that token: a request fails at once.
+    await assert.rejects(c.request({ type: 'ping' }), (e: unknown) => e instanceof ClientError && e.code === 'unavailable');
+    assert.equal(c.connects, 1);
+    c.setToken(signHs256({ sub: 'ada', exp: sec() + 3600 }, secret));
+    assert.equal((await c.connect()).user, 'ada');
   });
 
   test('reconnect: false is honoured: no reconnect after the server goes away', async (t) => {
