@@ -173,16 +173,10 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       // A reconnect was coming: it happens now. If it fails, the reconnects go on.
       clearTimeout(this.reconnectTimer);
       this.reconnectTimer = null;
-      return this.startOpen();
+      return this.track(this.open());
     }
     this.established = false;
-    const p = this.connectAny();
-    this.connecting = p;
-    const done = () => {
-      if (this.connecting === p) this.connecting = null;
-    };
-    p.then(done, done);
-    return p;
+    return this.track(this.connectAny());
   }
 
   private async connectAny(): Promise<Welcome> {
@@ -206,8 +200,8 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
     this.opts.token = token;
   }
 
-  private startOpen(): Promise<Welcome> {
-    const p = this.open();
+  /** The connect in progress is `p` until it settles. */
+  private track(p: Promise<Welcome>): Promise<Welcome> {
     this.connecting = p;
     const done = () => {
       if (this.connecting === p) this.connecting = null;
@@ -413,7 +407,7 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
       if (this.closedByUser || this.connecting !== null || this.ready) return;
-      this.startOpen().catch(() => {
+      this.track(this.open()).catch(() => {
         if (!this.closedByUser && (this.socket === null || this.socket.destroyed)) this.scheduleReconnect();
       });
     }, delay);

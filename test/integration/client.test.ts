@@ -2,7 +2,7 @@
 // backoff, rejoin and history recovery against a server restarted on the same port.
 import assert from 'node:assert/strict';
 import { createServer, connect as connectTcp, type AddressInfo, type Server, type Socket } from 'node:net';
-import { describe, test } from 'node:test';
+import { describe, test, type TestContext } from 'node:test';
 import { MemoryBus } from '../../services/bus';
 import { signHs256 } from '../../services/gateway';
 import { ClientError, SwitchboardClient, type RoomMessage } from '../../services/client';
@@ -67,6 +67,25 @@ class CutProxy {
   }
 }
 
+/**
+ * A server whose bus outlives it, as Redis does in cluster mode: stop() and start() again on the
+ * same port. Closed when the test ends.
+ */
+async function restartableServer(t: TestContext) {
+  const bus = new MemoryBus({ historySize: 100 });
+  let srv: TestServer = await startServer({}, { bus });
+  t.after(() => srv.close());
+  return {
+    bus,
+    port: srv.port,
+    server: () => srv.server,
+    stop: () => srv.close(),
+    start: async () => {
+      srv = await startServer({ tcpPort: srv.port }, { bus });
+    },
+  };
+}
+
 describe('SwitchboardClient', () => {
   for (const mode of ['text', 'binary'] as const) {
     test(`${mode}: connect, hello, join, send, onMessage, direct, presence, history, errors`, async (t) => {
@@ -98,11 +117,8 @@ describe('SwitchboardClient', () => {
   }
 
   test('reconnect with backoff after a restart on the same port: rejoin and recover what was missed', async (t) => {
-    // The bus outlives the gateway, as Redis does in cluster mode.
-    const bus = new MemoryBus({ historySize: 100 });
-    let srv: TestServer = await startServer({}, { bus });
-    const port = srv.port;
-    t.after(() => srv.close());
+    const restartable = await restartableServer(t);
+    const { bus, port } = restartable;
     const c = client(port, 'roamer');
     t.after(() => c.close());
     const got = collect(c);
@@ -113,14 +129,14 @@ describe('SwitchboardClient', () => {
     for (let i = 1; i <= 3; i++) await c.send('r', i);
     await waitFor(() => got.length === 3, 2000, 'three messages');
 
-    await srv.close();
+    await restartable.stop();
     assert.deepEqual(reconnects, [{ type: 'reconnect', reason: 'shutdown', reconnect: true }]);
     // While the client is away, three more messages are accepted in the room.
     for (let i = 4; i <= 6; i++) bus.publish({ room: 'r', from: 'other', dataJson: String(i), ts: Date.now() });
     await new Promise((r) => setTimeout(r, 100)); // let a few reconnect attempts fail against the closed port
     const recovered: { room: string; count: number }[] = [];
     c.on('recovered', (r: { room: string; count: number }) => recovered.push(r));
-    srv = await startServer({ tcpPort: port }, { bus });
+    await restartable.start();
     await waitFor(() => recovered.length === 1, 5000, 'the client to reconnect and recover');
     assert.deepEqual(recovered, [{ room: 'r', count: 3, recovered: true }]);
     assert.deepEqual(got.map((m) => m.data), [1, 2, 3, 4, 5, 6]);
@@ -132,10 +148,8 @@ describe('SwitchboardClient', () => {
   });
 
   test('regression: a live message arriving during recovery does not hide the missed ones', async (t) => {
-    const bus = new MemoryBus({ historySize: 100 });
-    let srv: TestServer = await startServer({}, { bus });
-    const port = srv.port;
-    t.after(() => srv.close());
+    const restartable = await restartableServer(t);
+    const { bus, port } = restartable;
     const c = client(port, 'racer');
     t.after(() => c.close());
     const got = collect(c);
@@ -143,7 +157,7 @@ describe('SwitchboardClient', () => {
     await c.join('r');
     await c.send('r', 1);
     await waitFor(() => got.length === 1, 2000, 'first message');
-    await srv.close();
+    await restartable.stop();
     for (let i = 2; i <= 4; i++) bus.publish({ room: 'r', from: 'other', dataJson: String(i), ts: Date.now() });
     // The first history request sees another message accepted just before it: it reaches the
     // client live, ahead of the history reply.
@@ -156,7 +170,7 @@ describe('SwitchboardClient', () => {
       }
       return history(room, q);
     };
-    srv = await startServer({ tcpPort: port }, { bus });
+    await restartable.start();
     await waitFor(() => got.length >= 5, 5000, 'five messages');
     assert.ok(raced);
     assert.deepEqual(got.map((m) => m.data), [1, 2, 3, 4, 5], 'nothing lost, in order');
@@ -233,10 +247,8 @@ describe('SwitchboardClient', () => {
   }
 
   test('connect() while a reconnect is pending shares it: one socket, large messages intact and in order', async (t) => {
-    const bus = new MemoryBus({ historySize: 100 });
-    let srv: TestServer = await startServer({}, { bus });
-    const port = srv.port;
-    t.after(() => srv.close());
+    const restartable = await restartableServer(t);
+    const { port } = restartable;
     const c = client(port, 'bot');
     const w = client(port, 'writer');
     t.after(() => Promise.all([c.close(), w.close()]));
@@ -245,12 +257,12 @@ describe('SwitchboardClient', () => {
     c.on('disconnected', () => void c.connect().catch(() => {}));
     await c.connect();
     await c.join('r');
-    await srv.close();
-    srv = await startServer({ tcpPort: port }, { bus });
+    await restartable.stop();
+    await restartable.start();
     await Promise.all([c.connect(), c.connect(), w.connect()]);
     await w.join('r');
     await waitFor(() => c.connected, 5000, 'the bot back in its room');
-    assert.equal(srv.server.connectionCount, 2, 'one connection per client');
+    assert.equal(restartable.server().connectionCount, 2, 'one connection per client');
     const big = 'b'.repeat(200 * 1024);
     for (let i = 1; i <= 20; i++) await w.send('r', { i, big });
     await waitFor(() => got.length === 20, 5000, 'twenty messages');
