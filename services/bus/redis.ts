@@ -22,8 +22,16 @@ import type { Logger } from '../telemetry/log';
 import { Keys, shardOf } from './keys';
 import { createRedis, isReady, isRedisTimeout, RedisHealth, type RedisClient, type StreamEntry } from './redis-conn';
 import { IngressWriter } from './ingress';
+import { loadLua } from './lua';
 import { directEntry, gatewayHeartbeat, ingressFields, readEgress, type EgressHandler } from './wire';
 import type { Bus, BusSink, HistoryPage, HistoryQuery, PublishRequest, PublishResult, RoomPosition } from './types';
+
+const HISTORY_LUA = loadLua(__dirname, 'bus', 'history.lua');
+
+type GatewayClient = RedisClient & {
+  /** history.lua: history key; '' or the first id, limit, byte budget -> [more, entries]. */
+  sbHistory(key: string, from: string, limit: number, maxBytes: number): Promise<unknown>;
+};
 
 export interface RedisBusOptions {
   url: string;
@@ -74,7 +82,7 @@ class RecentIds {
 
 export class RedisBus implements Bus {
   readonly kind = 'redis';
-  private readonly cmd: RedisClient;
+  private readonly cmd: GatewayClient;
   private readonly reader: RedisClient;
   private sink: BusSink | null = null;
   private running = false;
@@ -116,7 +124,8 @@ export class RedisBus implements Bus {
   constructor(private readonly opts: RedisBusOptions) {
     this.gw = opts.gatewayId;
     const timeout = opts.timeoutMs ?? 2000;
-    this.cmd = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}`, log: opts.log, commandTimeoutMs: timeout });
+    this.cmd = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}`, log: opts.log, commandTimeoutMs: timeout }) as GatewayClient;
+    this.cmd.defineCommand('sbHistory', { numberOfKeys: 1, lua: HISTORY_LUA });
     this.reader = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}-egress`, log: opts.log, autoPipelining: false });
     this.health = new RedisHealth(this.cmd, timeout);
     this.ingress = new IngressWriter(this.cmd, opts.ingressMaxLen, opts.cluster);
@@ -459,33 +468,28 @@ export class RedisBus implements Bus {
   }
 
   private async historyUnguarded(room: string, q: HistoryQuery): Promise<HistoryPage> {
-    const [[seqText, epochText], entries] = await Promise.all([this.cmd.hmget(Keys.seq(room), 'seq', 'epoch'), this.readHistory(room, q.since, q.limit)]);
+    const [[seqText, epochText], entries] = await Promise.all([this.cmd.hmget(Keys.seq(room), 'seq', 'epoch'), this.readHistory(room, q.since, q.limit, q.maxBytes ?? Number.MAX_SAFE_INTEGER)]);
     const seq = Number(seqText ?? 0);
     const epoch = epochText ?? '';
     if (q.epoch !== undefined && q.epoch !== epoch) {
       // Another epoch: the client's seq means nothing here. Start it at the current one's oldest.
-      const fresh = await this.readHistory(room, 0, q.limit);
+      const fresh = await this.readHistory(room, 0, q.limit, q.maxBytes ?? Number.MAX_SAFE_INTEGER);
       return { seq, epoch, recovered: false, ...fresh };
     }
     const oldest = entries.first ?? seq + 1;
     return { seq, epoch, recovered: q.since === undefined || oldest <= q.since + 1, messages: entries.messages, more: entries.more };
   }
 
-  /** History entries (ids `<seq>-1`): after `since` oldest first, or the newest `limit`. */
-  private async readHistory(room: string, since: number | undefined, limit: number): Promise<{ messages: Outbound[]; more: boolean; first: number | undefined }> {
+  /**
+   * History entries (ids `<seq>-1`): after `since` oldest first, or the newest `limit`; at most
+   * `maxBytes` of messages (history.lua), so a page of large messages is never built whole.
+   */
+  private async readHistory(room: string, since: number | undefined, limit: number, maxBytes: number): Promise<{ messages: Outbound[]; more: boolean; first: number | undefined }> {
     if (limit <= 0) return { messages: [], more: false, first: undefined };
-    const key = Keys.history(room);
-    let entries: StreamEntry[];
-    let more = false;
-    if (since === undefined) {
-      entries = ((await this.cmd.call('XREVRANGE', key, '+', '-', 'COUNT', limit)) as StreamEntry[]).reverse();
-    } else {
-      entries = (await this.cmd.call('XRANGE', key, `${since + 1}-0`, '+', 'COUNT', limit + 1)) as StreamEntry[];
-      if (entries.length > limit) {
-        more = true;
-        entries.length = limit;
-      }
-    }
+    const [moreFlag, entries] = (await this.cmd.sbHistory(Keys.history(room), since === undefined ? '' : `${since + 1}-0`, limit, maxBytes)) as [number, StreamEntry[]];
+    // Read backwards for the newest: a page is oldest first. Only a forward page says `more`.
+    if (since === undefined) entries.reverse();
+    const more = since !== undefined && moreFlag === 1;
     const messages: Outbound[] = [];
     for (const [, f] of entries) {
       const m = f.indexOf('m');

@@ -82,6 +82,11 @@ export interface HistoryQuery {
   epoch?: string;
   /** At most this many messages. */
   limit: number;
+  /**
+   * At most about this many bytes of messages (the first is always included): a bus that reads
+   * history from a store stops fetching there, instead of building a page the reply cuts anyway.
+   */
+  maxBytes?: number;
 }
 
 export interface Bus {

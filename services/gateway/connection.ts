@@ -61,6 +61,10 @@ export class Connection implements SessionTransport {
     this.inbound.stop();
   }
 
+  holdInput(hold: boolean): void {
+    this.inbound.holdRequests(hold);
+  }
+
   end(): void {
     this.socket.end();
   }

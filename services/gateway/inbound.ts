@@ -90,6 +90,8 @@ const Pause = {
   Turn: 8,
   /** The connection's frames decompressed to more than INFLATE_BYTES_PER_SEC allows. */
   InflateBudget: 16,
+  /** The session has as many requests in flight as it takes (Session, MAX_HISTORY_IN_FLIGHT). */
+  Requests: 32,
 } as const;
 
 /**
@@ -183,6 +185,13 @@ export class Inbound implements FrameSink {
     this.parser?.stop();
     this.order.clear();
     this.releasePartial();
+  }
+
+  /** The session takes no more requests for now (true) or again (false): backpressure in TCP. */
+  holdRequests(hold: boolean): void {
+    if (hold) {
+      if (!this.stopped) this.pause(Pause.Requests);
+    } else this.unpause(Pause.Requests);
   }
 
   /** The server's budget wait is over: read again (unless something else holds the input). */

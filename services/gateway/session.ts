@@ -88,6 +88,8 @@ export interface SessionHost {
 export interface SessionTransport {
   /** Stop reading input for good (the session is ending). */
   stopInput(): void;
+  /** Stop reading input for now (true), or read again (false). */
+  holdInput(hold: boolean): void;
   /** End the stream once the queued bytes are written. */
   end(): void;
   /** The session is ending: destroy the stream if it has not gone within `graceMs`. */
@@ -97,6 +99,14 @@ export interface SessionTransport {
 
 /** How long a closing connection may take to flush its last frames before it is destroyed. */
 export const CLOSE_GRACE_MS = 2000;
+
+/**
+ * `history` requests one connection may have in flight at once (a store read, each reply up to
+ * half of MAX_OUTBOUND_BYTES). Later ones wait, in order, and the connection is not read until
+ * one finishes: a client that pipelines history requests waits in TCP instead of having the
+ * gateway fetch and hold every page at once (docs/operations.md, "Limits").
+ */
+export const MAX_HISTORY_IN_FLIGHT = 4;
 
 const reconnectFrames = new Map<DisconnectReason, Outbound>();
 /**
@@ -133,6 +143,10 @@ const VERDICT_QUEUED = Verdict.Queued;
 
 /** A reply waiting for the replies of earlier requests (async handlers). */
 interface ReplySlot {
+  /** A `history` request waiting for a place (MAX_HISTORY_IN_FLIGHT); null once it runs. */
+  waiting: { msg: InboundMessage; plugin: MessageProcessor } | null;
+  /** It counts against MAX_HISTORY_IN_FLIGHT: a history request running asynchronously. */
+  history: boolean;
   done: boolean;
   id: RequestId | undefined;
   result: ProcessResult;
@@ -160,6 +174,9 @@ export class Session implements HubMember, PluginContext, InboundSink {
    */
   private missed: Set<string> | null = null;
   private readonly replies = new InOrder<ReplySlot>((slot) => this.takeReply(slot));
+  /** `history` requests running (asynchronously), and those waiting for a place, in order. */
+  private historyRunning = 0;
+  private historyWaiting: ReplySlot[] | null = null;
 
   constructor(
     private readonly host: SessionHost,
@@ -244,24 +261,64 @@ export class Session implements HubMember, PluginContext, InboundSink {
 
   /** Run a core type (plugin null: hello, refresh) or a plugin; reply now or when it settles. */
   private execute(msg: InboundMessage, plugin: MessageProcessor | null): void {
+    const history = plugin !== null && msg.type === 'history';
+    if (history && this.historyRunning >= MAX_HISTORY_IN_FLIGHT) {
+      // Its reply keeps its place in the order; the request runs once another one finishes.
+      const slot: ReplySlot = { waiting: { msg, plugin }, history: false, done: false, id: msg.id, result: undefined, error: undefined, failed: false };
+      this.replies.hold(slot);
+      (this.historyWaiting ??= []).push(slot);
+      this.transport.holdInput(true);
+      return;
+    }
+    this.run(msg, plugin, null, history);
+  }
+
+  /** Run a request; `slot`: its reply's place, already held (it waited for a history place). */
+  private run(msg: InboundMessage, plugin: MessageProcessor | null, slot: ReplySlot | null, history: boolean): void {
     let result: MaybePromise<ProcessResult>;
     try {
       result = plugin !== null ? plugin.process(msg, this) : msg.type === 'hello' ? this.hello(msg) : this.refresh(msg);
     } catch (err) {
-      this.replyInOrder(msg.id, undefined, err, true);
+      if (slot !== null) this.settle(slot, undefined, err, true);
+      else this.replyInOrder(msg.id, undefined, err, true);
       return;
     }
     if (result instanceof Promise) {
       // Replies leave in request order even when handlers finish out of order (cluster mode).
-      const slot: ReplySlot = { done: false, id: msg.id, result: undefined, error: undefined, failed: false };
-      this.replies.hold(slot);
+      if (slot === null) {
+        slot = { waiting: null, history: false, done: false, id: msg.id, result: undefined, error: undefined, failed: false };
+        this.replies.hold(slot);
+      }
+      if (history) {
+        slot.history = true;
+        this.historyRunning++;
+      }
+      const s = slot;
       result.then(
-        (r) => this.settle(slot, r, undefined, false),
-        (err: unknown) => this.settle(slot, undefined, err, true),
+        (r) => this.settle(s, r, undefined, false),
+        (err: unknown) => this.settle(s, undefined, err, true),
       );
       return;
     }
-    this.replyInOrder(msg.id, result, undefined, false);
+    if (slot !== null) this.settle(slot, result, undefined, false);
+    else this.replyInOrder(msg.id, result, undefined, false);
+  }
+
+  /** A history request finished: start the next waiting one, or read the connection again. */
+  private historyDone(): void {
+    this.historyRunning--;
+    const waiting = this.historyWaiting;
+    while (waiting !== null && waiting.length > 0 && this.historyRunning < MAX_HISTORY_IN_FLIGHT) {
+      const slot = waiting.shift()!;
+      const w = slot.waiting!;
+      slot.waiting = null;
+      if (!this.live) {
+        this.settle(slot, undefined, undefined, false);
+        continue;
+      }
+      this.run(w.msg, w.plugin, slot, true);
+    }
+    if (waiting !== null && waiting.length === 0 && this.live) this.transport.holdInput(false);
   }
 
   /** A result ready now: sent at once unless replies of earlier requests are still pending. */
@@ -271,7 +328,7 @@ export class Session implements HubMember, PluginContext, InboundSink {
       else this.reply(id, result);
       return;
     }
-    this.replies.hold({ done: true, id, result, error, failed });
+    this.replies.hold({ waiting: null, history: false, done: true, id, result, error, failed });
   }
 
   private settle(slot: ReplySlot, result: ProcessResult, error: unknown, failed: boolean): void {
@@ -280,6 +337,10 @@ export class Session implements HubMember, PluginContext, InboundSink {
     slot.error = error;
     slot.failed = failed;
     this.replies.drain();
+    if (slot.history) {
+      slot.history = false;
+      this.historyDone();
+    }
   }
 
   /** InOrder: the reply at the head, once its handler finished. */

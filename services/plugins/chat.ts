@@ -99,7 +99,7 @@ export const chatPlugin: MessageProcessor = {
         const { historySize, maxOutboundBytes } = ctx.services.config;
         const limit = Math.min(optionalCountField(msg, 'limit') ?? historySize, historySize);
         const budget = Math.max(1, Math.floor(maxOutboundBytes / 2));
-        return then(ctx.services.bus.history(room, { since, epoch, limit }), (page) => historyReply(msg.id, room, page, budget));
+        return then(ctx.services.bus.history(room, { since, epoch, limit, maxBytes: budget }), (page) => historyReply(msg.id, room, page, budget));
       }
       default:
         throw new SwitchboardError(ErrorCode.UnknownType, `chat cannot handle "${msg.type}"`);

@@ -11,8 +11,15 @@
  * it on), and whoever finishes work calls `drain`.
  *
  * Nothing is allocated while nothing waits: `push` of a ready item on an empty queue hands it
- * straight to `take`. The queue is an array with a moving head, compacted when it empties.
+ * straight to `take`. The queue is an array with a moving head: an item that left is let go at
+ * once, and the array is compacted when it empties, or when the items that left are most of it
+ * (a client that always has a request in flight never lets it empty: without that, every reply it
+ * ever got stayed referenced).
  */
+
+/** Compact once at least this many items have left and they are at least half the array. */
+const COMPACT_AFTER = 64;
+
 export class InOrder<T> {
   private items: T[] = [];
   private head = 0;
@@ -53,14 +60,24 @@ export class InOrder<T> {
     try {
       const items = this.items;
       while (this.head < items.length) {
-        if (!this.take(items[this.head])) return;
+        if (!this.take(items[this.head])) break;
         if (this.items !== items) return; // cleared while sending on
+        (items as (T | undefined)[])[this.head] = undefined;
         this.head++;
       }
-      this.reset();
+      if (this.head === items.length) this.reset();
+      else if (this.head >= COMPACT_AFTER && this.head * 2 >= items.length) {
+        this.items = items.slice(this.head);
+        this.head = 0;
+      }
     } finally {
       this.draining = false;
     }
+  }
+
+  /** Length of the array behind the queue (items waiting, and left ones not compacted away yet). */
+  get retained(): number {
+    return this.items.length;
   }
 
   /** Forget every waiting item (the connection closed). */

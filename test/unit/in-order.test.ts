@@ -176,3 +176,24 @@ test('TokenBucket metered: spending leaves it in debt, and it is positive again 
   b.spend(1001);
   assert.equal(b.positive(100_000), false);
 });
+
+test('InOrder: a queue that never empties (a client always one request ahead) does not keep what left', () => {
+  let taken = 0;
+  const q = new InOrder<Work>((w) => {
+    if (!w.done) return false;
+    taken++;
+    return true;
+  });
+  let pending: Work = { name: '0', done: false };
+  q.hold(pending);
+  for (let i = 1; i <= 10_000; i++) {
+    const next = { name: String(i), done: false };
+    q.hold(next);
+    pending.done = true;
+    q.drain();
+    pending = next;
+  }
+  assert.equal(taken, 10_000);
+  assert.equal(q.size, 1);
+  assert.ok(q.retained <= 2 * 64 + 2, `${q.retained} slots kept for 1 waiting item`);
+});
