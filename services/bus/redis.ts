@@ -93,6 +93,8 @@ export class RedisBus implements Bus {
   private readonly health: RedisHealth;
   private readonly ingress: IngressWriter;
   private resyncing: Promise<void> | null = null;
+  /** The registration was found gone while a pass ran: another whole pass follows it. */
+  private goneDuringResync = false;
   /**
    * A membership write (join, leave, room empty, user on/offline, a rollback) failed: what Redis
    * holds for this gateway may differ from what the hub holds (a user who left still in presence
@@ -210,9 +212,16 @@ export class RedisBus implements Bus {
     this.opts.log.warn(why === 'gone' ? 'this gateway was taken for dead: members told where their rooms are' : 'egress stream trimmed past what this gateway had read: members told where their rooms are', { rooms: rooms.length, members: n });
   }
 
-  /** Register again every room, presence entry and user the hub holds; at most one at a time. */
+  /**
+   * Register again every room, presence entry and user the hub holds; at most one pass at a time.
+   * A registration found gone while a pass runs gets a whole pass of its own afterwards: the one
+   * running may have re-added its entries before the janitor removed them.
+   */
   private resync(why: 'gone' | 'stale'): Promise<void> {
-    if (this.resyncing !== null) return this.resyncing;
+    if (this.resyncing !== null) {
+      if (why === 'gone') this.goneDuringResync = true;
+      return this.resyncing;
+    }
     // Failures from here on are not covered by this pass: they mark it stale again.
     this.stale = false;
     const rooms = this.staleRooms;
@@ -221,15 +230,40 @@ export class RedisBus implements Bus {
     this.staleUsers = new Set();
     this.resyncing = this.resyncUnguarded(why, rooms, users)
       .catch((err: unknown) => {
-        // Half done is still better than nothing; the next beat finds no heartbeat and retries.
+        // Half done is still better than nothing; the next beat retries.
         this.stale = true;
         for (const r of rooms) this.staleRooms.add(r);
         for (const u of users) this.staleUsers.add(u);
         this.opts.log.warn('re-registration failed; retrying with the next heartbeat', { err: (err as Error).message });
-        return this.cmd.del(Keys.gateway(this.gw)).then(noop, noop);
+        // A registration that was gone stays "gone" for the next beat (which then tells members
+        // where their rooms are); a failed repair of one write is only retried, not escalated.
+        if (why === 'gone') return this.cmd.del(Keys.gateway(this.gw)).then(noop, noop);
       })
-      .finally(() => (this.resyncing = null));
+      .finally(() => {
+        this.resyncing = null;
+        if (this.goneDuringResync && this.running) {
+          this.goneDuringResync = false;
+          void this.resync('gone');
+        }
+      });
     return this.resyncing;
+  }
+
+  /**
+   * What the hub holds at this moment, for decisions made right after a Redis reply: anything a
+   * join or leave changes later is written after the commands decided here, on the same connection.
+   */
+  private heldNow(): { rooms: Map<string, ReadonlySet<string>>; users: ReadonlySet<string> } {
+    const reg = this.sink!.registrations();
+    const rooms = new Map<string, ReadonlySet<string>>();
+    for (const [room, members] of reg.rooms) rooms.set(room, new Set(members));
+    return { rooms, users: new Set(reg.users) };
+  }
+
+  /** The users the hub holds in `room` at this moment (see heldNow). */
+  private heldIn(room: string): ReadonlySet<string> {
+    for (const [r, members] of this.sink!.registrations().rooms) if (r === room) return new Set(members);
+    return EMPTY;
   }
 
   private async resyncUnguarded(why: 'gone' | 'stale', staleRooms: ReadonlySet<string>, staleUsers: ReadonlySet<string>): Promise<void> {
@@ -253,15 +287,15 @@ export class RedisBus implements Bus {
     }
     await Promise.all(ops);
     // Joins and leaves went on meanwhile: drop what the hub no longer holds (a leave that ran
-    // before our re-add, or a registration left over from before the outage).
-    const now = sink.registrations();
-    const held = new Map<string, ReadonlySet<string>>();
-    for (const [room, members] of now.rooms) held.set(room, new Set(members));
-    const heldUsers = new Set(now.users);
+    // before our re-add, or a registration left over from before the outage). Every decision is
+    // taken against the hub as it is when the reply it needs has come: a member who joined while
+    // a reply was on its way is kept (a snapshot from before would remove it for good).
     const [regRooms, regUsers] = await Promise.all([this.cmd.smembers(Keys.gatewayRooms(this.gw)), this.cmd.smembers(Keys.gatewayUsers(this.gw))]);
+    const { rooms: held, users: heldUsers } = this.heldNow();
+    const keepOf = (room: string) => () => this.heldIn(room);
     const stale: Promise<unknown>[] = [];
     for (const room of regRooms) {
-      if (!held.has(room)) stale.push(this.cmd.srem(Keys.room(room), this.gw), this.cmd.srem(Keys.gatewayRooms(this.gw), room), removePresenceOf(this.cmd, room, this.gw));
+      if (!held.has(room)) stale.push(this.cmd.srem(Keys.room(room), this.gw), this.cmd.srem(Keys.gatewayRooms(this.gw), room), removePresenceOf(this.cmd, room, this.gw, keepOf(room)));
     }
     for (const [room, members] of rooms) {
       const h = held.get(room);
@@ -271,9 +305,8 @@ export class RedisBus implements Bus {
     // Where a write failed halfway (the room's set updated, its presence not), the sets above do
     // not show it: look at those rooms' presence and users' entries themselves.
     for (const room of staleRooms) {
-      const h = held.get(room);
-      if (h === undefined) stale.push(this.cmd.srem(Keys.room(room), this.gw), this.cmd.srem(Keys.gatewayRooms(this.gw), room), removePresenceOf(this.cmd, room, this.gw));
-      else stale.push(removePresenceOf(this.cmd, room, this.gw, h));
+      if (!held.has(room)) stale.push(this.cmd.srem(Keys.room(room), this.gw), this.cmd.srem(Keys.gatewayRooms(this.gw), room));
+      stale.push(removePresenceOf(this.cmd, room, this.gw, keepOf(room)));
     }
     const gone = new Set([...regUsers, ...staleUsers]);
     for (const user of gone) if (!heldUsers.has(user)) stale.push(this.cmd.srem(Keys.user(user), this.gw), this.cmd.srem(Keys.gatewayUsers(this.gw), user));
@@ -544,16 +577,24 @@ export async function removeGateway(redis: RedisClient, gw: string): Promise<voi
 }
 
 /** Remove gateway `gw`'s presence entries in a room, but for the users in `keep`. */
-async function removePresenceOf(redis: RedisClient, room: string, gw: string, keep?: ReadonlySet<string>): Promise<void> {
+/**
+ * Remove gateway `gw`'s presence entries of `room`, except the users `keep()` returns; `keep` is
+ * asked after each scan reply, right before the HDEL it decides (a user who joined meanwhile is
+ * kept). Without `keep`, every entry of the gateway goes.
+ */
+async function removePresenceOf(redis: RedisClient, room: string, gw: string, keep?: () => ReadonlySet<string>): Promise<void> {
   const key = Keys.presence(room);
   let cursor = '0';
   do {
     const [next, fields] = (await redis.call('HSCAN', key, cursor, 'MATCH', `${gw}|*`, 'COUNT', 200)) as [string, string[]];
     cursor = next;
-    const names = fields.filter((name, i) => i % 2 === 0 && (keep === undefined || !keep.has(name.slice(gw.length + 1))));
+    const kept = keep?.();
+    const names = fields.filter((name, i) => i % 2 === 0 && (kept === undefined || !kept.has(name.slice(gw.length + 1))));
     if (names.length > 0) await redis.hdel(key, ...names);
   } while (cursor !== '0');
 }
+
+const EMPTY: ReadonlySet<string> = new Set();
 
 function noop(): void {}
 
