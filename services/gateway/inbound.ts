@@ -14,6 +14,7 @@
  * past the limit the socket is read no faster than the bucket refills; nesting is bounded
  * (MAX_JSON_DEPTH) so that no input reaches `internal`; every 64 KiB of frames yields the event-loop turn.
  */
+import { isUtf8 } from 'node:buffer';
 import {
   asInbound,
   BinaryParser,
@@ -434,6 +435,12 @@ export class Inbound implements FrameSink {
       counters.countReceived('invalid');
       counters.limitHits[Limit.MaxJsonDepth]++;
       this.sink.fail(topLevelId(body), ErrorCode.BadRequest, `the message nests objects and arrays deeper than ${maxDepth} levels`);
+      return;
+    }
+    if (!isUtf8(body)) {
+      // Decoding would turn each bad byte into U+FFFD: different names would become one.
+      counters.countReceived('invalid');
+      this.sink.fail(undefined, ErrorCode.BadJson, 'frame is not valid UTF-8');
       return;
     }
     let value: unknown;

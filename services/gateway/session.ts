@@ -394,8 +394,8 @@ export class Session implements HubMember, PluginContext, InboundSink {
     let user: string;
     let expiresAt = 0;
     if (secret !== '') {
-      const token = optionalStringField(msg, 'token');
-      if (token === undefined) throw new SwitchboardError(ErrorCode.Unauthorized, 'a token is required');
+      if (typeof msg.token !== 'string') throw new SwitchboardError(ErrorCode.Unauthorized, msg.token === undefined ? 'a token is required' : 'the token must be a string');
+      const token = msg.token;
       const verified = verifyHs256(token, secret, Date.now(), { requireExp: limits.authRequireExp });
       user = verified.sub;
       expiresAt = tokenDeadline(verified.exp);
@@ -434,8 +434,10 @@ export class Session implements HubMember, PluginContext, InboundSink {
   private refresh(msg: InboundMessage): ProcessResult {
     const limits = this.host.sessionLimits;
     if (limits.authSecret === '') throw new SwitchboardError(ErrorCode.BadRequest, 'this server uses no tokens (no AUTH_SECRET): nothing to refresh');
-    const token = optionalStringField(msg, 'token');
-    if (token === undefined) throw new SwitchboardError(ErrorCode.BadRequest, 'field "token" is required');
+    if (msg.token === undefined) throw new SwitchboardError(ErrorCode.BadRequest, 'field "token" is required');
+    // A token of another type is a token that does not verify, as in hello.
+    if (typeof msg.token !== 'string') throw new SwitchboardError(ErrorCode.Unauthorized, 'the token must be a string');
+    const token = msg.token;
     const verified = verifyHs256(token, limits.authSecret, Date.now(), { requireExp: limits.authRequireExp });
     if (verified.sub !== this.user) throw new SwitchboardError(ErrorCode.Unauthorized, 'the token is for another user');
     this.tokenExpiresAt = tokenDeadline(verified.exp);

@@ -97,7 +97,10 @@ export const chatPlugin: MessageProcessor = {
         const since = optionalCountField(msg, 'since');
         const epoch = optionalStringField(msg, 'epoch');
         const { historySize, maxOutboundBytes } = ctx.services.config;
-        const limit = Math.min(optionalCountField(msg, 'limit') ?? historySize, historySize);
+        const asked = optionalCountField(msg, 'limit');
+        // A page of none would say `more` for ever: a client paging on it would never progress.
+        if (asked === 0) throw new SwitchboardError(ErrorCode.BadRequest, 'field "limit" must be at least 1');
+        const limit = Math.min(asked ?? historySize, historySize);
         const budget = Math.max(1, Math.floor(maxOutboundBytes / 2));
         return then(ctx.services.bus.history(room, { since, epoch, limit, maxBytes: budget }), (page) => historyReply(msg.id, room, page, budget));
       }

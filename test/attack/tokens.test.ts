@@ -61,6 +61,20 @@ test('refresh: another user, a bad token or no token at all are refused; refresh
   assert.equal((await d.request({ type: 'refresh', token: 'x' })).code, 'bad_request');
 });
 
+test('a token that is not a string is unauthorized and closes, in hello and in refresh', async (t) => {
+  const srv = await startServer({ authSecret: SECRET });
+  t.after(() => srv.close());
+  for (const token of [42, { sub: 'ada' }, ['x'], null, true]) {
+    const c = await WireClient.connect(srv.port);
+    t.after(() => c.destroy());
+    const e = await c.request({ type: 'hello', token });
+    assert.equal(e.code, 'unauthorized', JSON.stringify(token));
+    assert.equal(await c.waitClosed(), true, `closed after hello with token ${JSON.stringify(token)}`);
+  }
+  const s = await session(srv.port, { sub: 'ada', exp: now() + 3600 }, t);
+  assert.equal((await s.request({ type: 'refresh', token: 7 })).code, 'unauthorized');
+});
+
 test('AUTH_REQUIRE_EXP: a token without exp is unauthorized', async (t) => {
   const srv = await startServer({ authSecret: SECRET, authRequireExp: true });
   t.after(() => srv.close());

@@ -46,6 +46,19 @@ describe('bad input', () => {
     assert.equal((await c.request({ type: 'ping' })).type, 'pong');
   });
 
+  test('invalid UTF-8 inside valid JSON (a room name of bytes FF FE): bad_json, nothing joined', async () => {
+    for (const mode of ['text', 'binary'] as const) {
+      const c = await abuser(mode);
+      const frame = Buffer.concat([Buffer.from('{"type":"join_room","room":"'), Buffer.from([0xff, 0xfe]), Buffer.from('","id":7}')]);
+      c.writeRaw(mode === 'text' ? Buffer.concat([frame, Buffer.from('\n')]) : binaryFrame(frame));
+      const e = await c.nextOfType('error');
+      assert.equal(e.code, 'bad_json', mode);
+      assert.match(String(e.message), /UTF-8/);
+      // Had it been decoded, the room would be U+FFFD U+FFFD, and this would be allowed.
+      assert.equal((await c.request({ type: 'presence', room: '\ufffd\ufffd' })).code, 'not_in_room', mode);
+    }
+  });
+
   for (const [name, value] of [
     ['an array', '[1,2,3]'],
     ['a string', '"hello"'],

@@ -129,6 +129,8 @@ describe('chat', () => {
     assert.deepEqual((limited.messages as { seq: number }[]).map((m) => m.seq), [14, 15]);
     assert.equal((await a.request({ type: 'history', room: 'hist', since: -1 })).code, 'bad_request');
     assert.equal((await a.request({ type: 'history', room: 'hist', since: 'x' })).code, 'bad_request');
+    // A page of none would say `more` for ever: a client paging on it would never progress.
+    assert.equal((await a.request({ type: 'history', room: 'hist', since: 3, limit: 0 })).code, 'bad_request');
   });
 
   test('a reader who joins late catches up through history', async () => {
