@@ -70,6 +70,13 @@ export class ClientError extends Error {
   }
 }
 
+/**
+ * Errors of a recovery's requests that a new connection may not get: the connection is closed and
+ * the reconnect recovers the room (a recovery that failed otherwise would leave its gap for good,
+ * with nothing to retry it in a quiet room).
+ */
+const RETRY_RECOVERY: ReadonlySet<string> = new Set(['timeout', 'unavailable', 'rate_limited', 'overloaded']);
+
 /** A request waiting for the client to be connected. */
 interface Waiter {
   go(): void;
@@ -333,9 +340,16 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       for (const m of live.sort((a, b) => a.seq - b.seq)) count += this.accept(pos, m) ? 1 : 0;
       this.emit('recovered', { room, count, recovered });
     } catch (err) {
-      // No answer in time: this connection cannot be trusted to recover the room. Close it; the
-      // reconnect rejoins every room from its last seq, the held live messages included.
-      if (err instanceof ClientError && err.code === 'timeout' && socket !== null && socket === this.socket) socket.destroy();
+      if (err instanceof ClientError && RETRY_RECOVERY.has(err.code) && socket !== null && socket === this.socket) {
+        // No answer in time, or the server could not answer now: this connection cannot be
+        // trusted to recover the room. Close it; the reconnect rejoins every room from its last
+        // seq, the held live messages included.
+        socket.destroy();
+      } else {
+        // The server will not give this room's history (a flag off, not in the room): what came
+        // live is still better delivered than lost.
+        for (const m of live.sort((a, b) => a.seq - b.seq)) this.accept(pos, m);
+      }
       throw err;
     } finally {
       this.recovering.delete(room);

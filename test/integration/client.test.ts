@@ -29,6 +29,8 @@ class CutProxy {
   readonly server: Server;
   connections = 0;
   muteNext = false;
+  /** Text mode: the next connection's first `history` request is answered `unavailable` here. */
+  failHistoryNext = false;
   private readonly open = new Set<Socket>();
   constructor(target: number) {
     this.server = createServer((client) => {
@@ -46,7 +48,20 @@ class CutProxy {
           upstream.destroy();
         });
       }
-      client.on('data', (d: Buffer) => upstream.write(d));
+      let failHistory = this.failHistoryNext;
+      this.failHistoryNext = false;
+      client.on('data', (d: Buffer) => {
+        if (!failHistory || !d.includes('"history"')) return void upstream.write(d);
+        const lines = d.toString('utf8').split('\n');
+        const kept = lines.filter((line) => {
+          if (!failHistory || !line.includes('"type":"history"')) return true;
+          failHistory = false;
+          const id = (JSON.parse(line) as { id: unknown }).id;
+          client.write(JSON.stringify({ type: 'error', id, code: 'unavailable', message: 'injected by the test proxy' }) + '\n');
+          return false;
+        });
+        upstream.write(kept.join('\n'));
+      });
       upstream.on('data', (d: Buffer) => {
         if (mute && welcomed) return;
         client.write(d);
@@ -395,6 +410,32 @@ describe('SwitchboardClient', () => {
     await waitFor(() => got.length === 5, 10_000, 'the messages sent while away');
     assert.deepEqual(got.map((m) => m.data), [1, 2, 3, 4, 5]);
     assert.ok(proxy.connections >= 3, `the muted connection was given up (${proxy.connections} connections)`);
+  });
+
+  test('a recovery refused as unavailable closes the connection; the reconnect recovers every message', async (t) => {
+    const bus = new MemoryBus({ historySize: 100 });
+    const srv = await startServer({}, { bus });
+    t.after(() => srv.close());
+    const proxy = new CutProxy(srv.port);
+    t.after(() => proxy.close());
+    const c = client(await proxy.listen(), 'unlucky', { mode: 'text' });
+    const w = client(srv.port, 'writer');
+    t.after(() => Promise.all([c.close(), w.close()]));
+    const got = collect(c);
+    await c.connect();
+    await w.connect();
+    await c.join('r');
+    await w.join('r');
+    await w.send('r', 1);
+    await waitFor(() => got.length === 1, 2000, 'the first message');
+    // The next connection's rejoin asks for history and is told `unavailable` (Redis was down).
+    proxy.failHistoryNext = true;
+    proxy.cut();
+    for (let i = 2; i <= 5; i++) await w.send('r', i);
+    // The room stays quiet: only another recovery can bring messages 2-5.
+    await waitFor(() => got.length === 5, 10_000, 'the messages sent while away');
+    assert.deepEqual(got.map((m) => m.data), [1, 2, 3, 4, 5]);
+    assert.ok(proxy.connections >= 3, `the refused recovery's connection was given up (${proxy.connections} connections)`);
   });
 
   test('a session ended by token_expired is not reconnected with the same token; setToken() and connect() start again', async (t) => {
