@@ -27,8 +27,17 @@ import { directEntry, gatewayHeartbeat, ingressFields, readEgress, type EgressHa
 import type { Bus, BusSink, HistoryPage, HistoryQuery, PublishRequest, PublishResult, RoomPosition } from './types';
 
 const HISTORY_LUA = loadLua(__dirname, 'bus', 'history.lua');
+const TRIMMED_LUA = loadLua(__dirname, 'bus', 'trimmed.lua');
+
+/**
+ * A read of this many egress entries may have jumped a trimmed gap: trimming always leaves at
+ * least this many (wire.ts, egressTrim), all of them unread when a gap is behind them.
+ */
+const TRIM_FLOOR = 100;
 
 type GatewayClient = RedisClient & {
+  /** trimmed.lua, replies as Buffers: [entries-added or -1, the entries after `last`]. */
+  sbTrimmedBuffer(key: string, last: string, count: number): Promise<[number, [Buffer, Buffer[]][]]>;
   /** history.lua: history key; '' or the first id, limit, byte budget -> [more, entries]. */
   sbHistory(key: string, from: string, limit: number, maxBytes: number): Promise<unknown>;
 };
@@ -83,7 +92,7 @@ class RecentIds {
 export class RedisBus implements Bus {
   readonly kind = 'redis';
   private readonly cmd: GatewayClient;
-  private readonly reader: RedisClient;
+  private readonly reader: GatewayClient;
   private sink: BusSink | null = null;
   private running = false;
   private heartbeat: NodeJS.Timeout | null = null;
@@ -117,18 +126,21 @@ export class RedisBus implements Bus {
   duplicates = 0;
   /** Times this gateway found its registration gone and registered everything again. */
   resyncs = 0;
-  /** The reader's next read also asks whether the stream was trimmed past it (set by the beat). */
+  /** The reader's next read first asks whether entries were trimmed before it read them. */
   private trimCheckDue = false;
   /** Egress entries read, and entries found trimmed before they were read (already announced). */
   private egressRead = 0;
   private egressLost = 0;
+  /** The registration was found gone (and so, maybe, the stream): counting starts again. */
+  private egressRecreated = false;
 
   constructor(private readonly opts: RedisBusOptions) {
     this.gw = opts.gatewayId;
     const timeout = opts.timeoutMs ?? 2000;
     this.cmd = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}`, log: opts.log, commandTimeoutMs: timeout }) as GatewayClient;
     this.cmd.defineCommand('sbHistory', { numberOfKeys: 1, lua: HISTORY_LUA });
-    this.reader = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}-egress`, log: opts.log, autoPipelining: false });
+    this.reader = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}-egress`, log: opts.log, autoPipelining: false }) as GatewayClient;
+    this.reader.defineCommand('sbTrimmed', { numberOfKeys: 1, lua: TRIMMED_LUA });
     this.health = new RedisHealth(this.cmd, timeout);
     this.ingress = new IngressWriter(this.cmd, opts.ingressMaxLen, opts.cluster);
     // After every reconnect, beat at once: if Redis lost our registration, it comes back now.
@@ -315,6 +327,10 @@ export class RedisBus implements Bus {
     if (nRooms === 0 && nUsers === 0 && stale.length === 0) return;
     this.resyncs++;
     // Messages routed while this gateway was not registered never reached it.
+    if (why === 'gone') {
+      this.egressRecreated = true;
+      this.trimCheckDue = true;
+    }
     if (why === 'gone' && nRooms > 0) await this.announcePositions('gone');
     if (why === 'gone') this.opts.log.warn('registration was gone from Redis: registered every room and user again', { rooms: nRooms, users: nUsers });
     else this.opts.log.info('a membership write had failed: registered every room and user again', { rooms: nRooms, users: nUsers, removed: stale.length });
@@ -339,56 +355,54 @@ export class RedisBus implements Bus {
         await new Promise((r) => setTimeout(r, 50));
         continue;
       }
-      let res: [Buffer, [Buffer, Buffer[]][]][] | null;
       const issuedAt = Date.now();
+      let entries: [Buffer, Buffer[]][];
       try {
         if (!this.trimCheckDue) {
-          res = (await this.reader.callBuffer('XREAD', 'COUNT', EGRESS_COUNT, 'BLOCK', EGRESS_BLOCK_MS, 'STREAMS', key, last)) as [Buffer, [Buffer, Buffer[]][]][] | null;
+          const res = (await this.reader.callBuffer('XREAD', 'COUNT', EGRESS_COUNT, 'BLOCK', EGRESS_BLOCK_MS, 'STREAMS', key, last)) as [Buffer, [Buffer, Buffer[]][]][] | null;
+          entries = res === null ? [] : res[0][1];
         } else {
-          // XINFO just before the XREAD on the same connection: it sees what was deleted up to
-          // the moment this read starts after `last`, which everything read so far precedes.
+          // Instead of this read: the same entries, and in the same step how many were ever added.
           this.trimCheckDue = false;
-          const replies = (await this.reader.pipeline().call('XINFO', 'STREAM', key).callBuffer('XREAD', 'COUNT', EGRESS_COUNT, 'BLOCK', EGRESS_BLOCK_MS, 'STREAMS', key, last).exec()) as [Error | null, unknown][] | null;
-          if (replies === null || replies[1][0] !== null) throw replies?.[1][0] ?? new Error('pipeline discarded');
-          if (replies[0][0] === null) this.checkTrim(replies[0][1] as unknown[], last); // an error: no stream yet
-          res = replies[1][1] as typeof res;
+          const [added, next] = await this.reader.sbTrimmedBuffer(key, last, EGRESS_COUNT);
+          entries = next;
+          if (next.length < EGRESS_COUNT) this.checkTrim(Number(added), next.length);
+          else this.trimCheckDue = true; // more unread than one read: count after the next
         }
       } catch {
         if (this.running) await new Promise((r) => setTimeout(r, 50));
         continue;
       }
-      // A read that took well over its block (this process was stopped or starved) or came back
-      // full means this gateway may be far behind: look for a trim before the next read, while
-      // `last` is still short of what a trim may have taken.
-      if (Date.now() - issuedAt > EGRESS_BLOCK_MS + 250) this.trimCheckDue = true;
-      if (res === null) continue;
-      const entries = res[0][1];
+      // A read that took well over its block (this process was stopped or starved), or that
+      // brought as many entries as a trim leaves, may have jumped a trimmed gap: count at the next
+      // read rather than at the next beat.
+      if (Date.now() - issuedAt > EGRESS_BLOCK_MS + 250 || entries.length >= TRIM_FLOOR) this.trimCheckDue = true;
+      if (entries.length === 0) continue;
       for (let i = 0; i < entries.length; i++) this.deliver(entries[i]);
       last = entries[entries.length - 1][0].toString();
       this.egressRead += entries.length;
-      if (entries.length >= EGRESS_COUNT) this.trimCheckDue = true;
     }
   }
 
   /**
-   * Whether the egress stream was trimmed past what this gateway had read (it lagged more than
-   * EGRESS_MAXLEN behind). Trimming removes the oldest entries; Redis 7 counts every entry ever
-   * added (`entries-added`). When the oldest entry left is after `last`, everything this gateway
-   * read is gone and everything left is unread, so added - read - left is how many entries it
-   * never got. Those messages were acknowledged and routed here, and a member of a quiet room
-   * would never see a later message that shows the gap: tell every member where its rooms are.
+   * Whether the egress stream lost entries before this gateway read them (it lagged more than
+   * EGRESS_MAXLEN behind): of `added` entries ever, `egressRead` were read and `unread` wait after
+   * the reader's position, so the rest were trimmed unread, wherever the reader stands now. Those
+   * messages were acknowledged and routed here, and a member of a quiet room would never see a
+   * later message that shows the gap: tell every member where its rooms are (once per loss).
    */
-  private checkTrim(info: unknown[], last: string): void {
-    const field = (name: string): unknown => {
-      const i = info.indexOf(name);
-      return i === -1 || i % 2 !== 0 ? undefined : info[i + 1];
-    };
-    const added = field('entries-added');
-    const first = field('recorded-first-entry-id');
-    const left = field('length');
-    if (added === undefined || first === undefined || left === undefined) return; // Redis before 7.0
-    if (compareIds(String(first), last) <= 0) return; // nothing after `last` was trimmed
-    const lost = Number(added) - this.egressRead - Number(left);
+  private checkTrim(added: number, unread: number): void {
+    if (added < 0) return; // no stream yet, or Redis before 7.0
+    if (this.egressRecreated || added < this.egressRead + this.egressLost + unread) {
+      // The stream may have been made anew (Redis lost its data, or the janitor deleted it with
+      // the registration: both found "gone", whose pass told every member where its rooms are),
+      // or fewer were ever added than this gateway read. Count from here.
+      this.egressRecreated = false;
+      this.egressRead = added - unread;
+      this.egressLost = 0;
+      return;
+    }
+    const lost = added - this.egressRead - unread;
     if (lost <= this.egressLost) return;
     this.egressLost = lost;
     this.announcePositions('trimmed').catch((err: unknown) => this.opts.log.warn('position notices failed', { err: (err as Error).message }));
@@ -597,18 +611,6 @@ async function removePresenceOf(redis: RedisClient, room: string, gw: string, ke
 const EMPTY: ReadonlySet<string> = new Set();
 
 function noop(): void {}
-
-/** Order of two stream ids (`ms-seq`). */
-function compareIds(a: string, b: string): number {
-  const da = a.indexOf('-');
-  const db = b.indexOf('-');
-  const ma = Number(a.slice(0, da));
-  const mb = Number(b.slice(0, db));
-  if (ma !== mb) return ma < mb ? -1 : 1;
-  const sa = Number(a.slice(da + 1));
-  const sb = Number(b.slice(db + 1));
-  return sa === sb ? 0 : sa < sb ? -1 : 1;
-}
 
 const NO_RESULT: PublishResult = Object.freeze({});
 function noResult(): PublishResult {

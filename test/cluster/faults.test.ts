@@ -7,6 +7,8 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { Keys, shardOf } from '../../services/bus/keys';
+import { createRedis, isReady } from '../../services/bus/redis-conn';
+import { silentLogger } from '../../services/telemetry/log';
 import { hasExited } from '../helpers/process';
 import { RedisProcess } from '../helpers/redis';
 import { waitFor } from '../helpers/wait';
@@ -60,6 +62,12 @@ async function cluster(redis: RedisProcess, gateways: number, workers: number, e
   for (let i = 0; i < workers; i++) bcs.push(await spawnRole('broadcast', env));
   for (const p of [...gws, ...bcs]) await waitFor(() => ready(p), 15_000, 'ready', PROBE);
   return { gws, bcs, env };
+}
+
+/** The id of the live gateway whose SERVER_ID was `serverId` (ids add a random suffix). */
+function gatewayId(redis: RedisProcess, serverId: string): string {
+  const key = redis.cli('keys', `sb:gw:*${serverId}-*`);
+  return key.slice(key.indexOf('}') + 1);
 }
 
 /** One member on each gateway in every room; returns them. */
@@ -282,13 +290,23 @@ describe('cluster under faults', () => {
         process.kill(pid, 'SIGSTOP');
         try {
           if (trimmed) {
-            // Enough entries for gateway 0 to push its stream past EGRESS_MAXLEN while it is stopped.
+            // The XREAD gateway 0 was blocked in when it stopped is answered with the first entry
+            // that comes: let that be a busy one. Then the quiet room's messages, then enough
+            // entries to push them out of its stream (EGRESS_MAXLEN) before it reads them.
+            assert.equal((await sender.request({ type: 'send_chat', room: 'busy', data: 'lead' })).type, 'ok');
+            for (const data of ['missed-1', 'missed-2', 'missed-3']) assert.equal((await sender.request({ type: 'send_chat', room: 'quiet', data })).type, 'ok');
             for (let i = 0; i < 400; i++) assert.equal((await sender.request({ type: 'send_chat', room: 'busy', data: i })).type, 'ok');
+            // They are gone from its stream: only a recovery can bring them.
+            const left = redis.cli('xrange', Keys.egress(gatewayId(redis, 'gw-stopped')), '-', '+');
+            assert.ok(left.includes('busy'), 'the stream is there');
+            assert.ok(!left.includes('missed-1'), 'the quiet messages were trimmed');
           } else {
-            // Its heartbeat key (the id is SERVER_ID plus a random suffix) expires: it is taken for dead.
+            // Its heartbeat key (the id is SERVER_ID plus a random suffix) expires, and the
+            // janitor removes its routing: it is taken for dead.
             await waitFor(() => redis.cli('keys', 'sb:gw:*gw-stopped-*') === '', 10_000, 'gateway 0 taken for dead', PROBE);
+            await waitFor(() => !redis.cli('smembers', Keys.room('quiet')).includes('gw-stopped'), 10_000, 'its routing removed', PROBE);
+            for (const data of ['missed-1', 'missed-2', 'missed-3']) assert.equal((await sender.request({ type: 'send_chat', room: 'quiet', data })).type, 'ok');
           }
-          for (const data of ['missed-1', 'missed-2', 'missed-3']) assert.equal((await sender.request({ type: 'send_chat', room: 'quiet', data })).type, 'ok');
         } finally {
           process.kill(pid, 'SIGCONT');
         }
@@ -310,6 +328,45 @@ describe('cluster under faults', () => {
       await shutdown(redis, gws, bcs);
     });
   }
+
+  // Regression: the gateway looked for a trim only when a read had been slow (over its block) or
+  // full, and then only if the oldest entry left was after what it had read. A stall shorter than
+  // that let it read past the gap first, and the loss went unnoticed. It now counts entries
+  // (added, left, read), which finds a loss wherever the reader stands, and counts after any read
+  // that brings as many entries as a trim leaves.
+  test('egress trimmed during a stall shorter than a read block: the gateway still finds the loss and tells its members', async () => {
+    const redis = await RedisProcess.start();
+    const { gws, bcs } = await cluster(redis, 1, 1, { HEARTBEAT_MS: '5000' }, { SERVER_ID: 'gw-short' });
+    const raw = await helloClient(gws[0].port, 'raw');
+    await raw.join('quiet');
+    const key = Keys.egress(gatewayId(redis, 'gw-short'));
+    const writer = createRedis({ url: redis.url, cluster: false, name: 'test-egress-writer', log: silentLogger });
+    await waitFor(() => isReady(writer), 5000, 'writer connected');
+    // Egress entries as an older broadcast worker writes them (kind b), trimmed to about 100.
+    const entry = (room: string, i: number) => {
+      const json = JSON.stringify({ type: 'message', room, from: 't', data: i, seq: i, epoch: 'e', ts: Date.now() });
+      return [key, 'MAXLEN', '~', 100, '*', 'k', 'b', room, `test/${room}-${i}`, String(Date.now()), json, '', ''];
+    };
+    const pid = gws[0].proc.pid!;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const p = writer.pipeline();
+      p.call('XADD', ...entry('busy', 0));
+      for (let i = 1; i <= 3; i++) p.call('XADD', ...entry('quiet', i));
+      for (let i = 1; i <= 400; i++) p.call('XADD', ...entry('busy', i));
+      await p.exec();
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    const left = redis.cli('xrange', key, '-', '+');
+    assert.ok(left.includes('busy-400') && !left.includes('quiet-1'), 'the quiet messages were trimmed before it read them');
+    const notice = await raw.next((m) => m.type === 'position' && m.room === 'quiet', 4000, 'a position notice for the quiet room');
+    assert.equal(notice.room, 'quiet');
+    writer.disconnect();
+    raw.destroy();
+    alive(...gws, ...bcs);
+    await shutdown(redis, gws, bcs);
+  });
 
   // Regression: after Redis came back empty, gateways never registered their rooms and users
   // again: messages acknowledged with ok reached no one while every /readyz said 200, and the
