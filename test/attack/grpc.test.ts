@@ -68,7 +68,9 @@ test('gRPC: payloads over MAX_FRAME_BYTES are RESOURCE_EXHAUSTED, nested data IN
 });
 
 test('gRPC port: half-open sockets are closed at the header timeout and count against MAX_CONNECTIONS; idle connections close at IDLE_TIMEOUT_MS', async (t) => {
-  const MAX = 40;
+  // Below MAX_API_CONNECTIONS, so that MAX_CONNECTIONS is the bound that refuses them.
+  const MAX = 12;
+  assert.ok(MAX - 1 < MAX_API_CONNECTIONS);
   const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY, maxConnections: MAX, httpHeadersTimeoutMs: 400, idleTimeoutMs: 1500 });
   const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
   const member = await helloClient(srv.port, 'member');
