@@ -67,9 +67,9 @@ function bounded(handler: AdminHandler): AdminHandler {
     const socket = req.socket;
     const n = (unanswered.get(socket) ?? 0) + 1;
     if (n > MAX_HTTP_UNANSWERED || socket.writableLength > MAX_HTTP_PENDING_BYTES) {
-      // Node would parse the rest of the chunk it read (up to 64 kB: 1,700 more requests, each an
-      // IncomingMessage and a ServerResponse) before it notices: stop its parser here.
-      (socket as Socket & { parser?: { pause?(): void } | null }).parser?.pause?.();
+      // Node still parses the rest of the chunk it read (up to 64 kB: 1,700 requests, each an
+      // IncomingMessage and a ServerResponse, pausing its parser does not stop it), but answers
+      // none of them: the cost is bounded by what one read holds.
       socket.destroy();
       return;
     }
