@@ -29,8 +29,10 @@
  * counts against MAX_CONNECTIONS (with the gateway's client and HTTP connections); one that has not
  * sent the HTTP/2 connection preface within HTTP_HEADERS_TIMEOUT_MS is closed (a half-open socket
  * would otherwise be held for ever); one with no call open for IDLE_TIMEOUT_MS is closed with a
- * GOAWAY (grpc.max_connection_idle_ms: clients reconnect on their next call); and a connection
- * opens at most MAX_STREAMS calls at once.
+ * GOAWAY (grpc.max_connection_idle_ms: clients reconnect on their next call); a connection opens
+ * at most MAX_STREAMS calls at once, and the port holds at most MAX_API_CONNECTIONS connections, so
+ * that the request messages it buffers are bounded (MAX_API_CONNECTIONS x MAX_STREAMS x
+ * MAX_FRAME_BYTES).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -54,14 +56,35 @@ import {
 } from '../protocol';
 import type { Logger } from '../telemetry/log';
 
-/** Calls one API connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
-const MAX_STREAMS = 100;
+/**
+ * Calls one API connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). Each
+ * open call may hold a request message of up to MAX_FRAME_BYTES that it has not finished sending
+ * (grpc-js buffers it until it is complete): with 100 streams, 8 connections sending 990 kB of a
+ * 1 MB Publish each and never finishing held 900 MB, with or without a key (the key is read only
+ * once the message is complete).
+ */
+export const MAX_STREAMS = 8;
+/**
+ * API connections open at once (past it, closed at accept): with MAX_STREAMS, the unfinished
+ * requests of the whole port are at most MAX_API_CONNECTIONS x MAX_STREAMS x MAX_FRAME_BYTES
+ * (128 MiB with the default 1 MiB). Backends hold one connection per channel, so this is how
+ * many channels may reach one gateway.
+ */
+export const MAX_API_CONNECTIONS = 16;
+/**
+ * nghttp2's own memory per connection (header tables, streams, queued output), MiB; new streams
+ * are refused past it. grpc-js lifts Node's default (10) to unbounded unless it is set.
+ */
+const MAX_SESSION_MEMORY_MB = 10;
 /** The HTTP/2 connection preface: what a client sends first. */
 const PREFACE_BYTES = 24;
 /** At most one log line per this long about listener errors. */
 const LISTENER_LOG_MS = 10_000;
-/** WatchStats streams open at once per process; past it a call ends with RESOURCE_EXHAUSTED. */
-export const MAX_WATCHERS = 256;
+/**
+ * WatchStats streams open at once per process; past it a call ends with RESOURCE_EXHAUSTED. Half of
+ * what the port can hold (MAX_API_CONNECTIONS x MAX_STREAMS), so that watchers leave room for calls.
+ */
+export const MAX_WATCHERS = 64;
 /**
  * WatchStats intervals are clamped to this range: below it a watcher would cost more than the
  * stats are worth; above it Node would turn the timer into 1 ms (a delay over 2^31-1 ms).
@@ -176,6 +199,7 @@ export class ApiServer {
       'grpc.max_receive_message_length': opts.config.maxFrameBytes,
       'grpc.max_connection_idle_ms': opts.config.idleTimeoutMs,
       'grpc.max_concurrent_streams': MAX_STREAMS,
+      'grpc-node.max_session_memory': MAX_SESSION_MEMORY_MB,
     });
     this.keyDigest = opts.config.apiKey === '' ? null : digest(opts.config.apiKey);
     const service = switchboardService().service;
@@ -194,6 +218,8 @@ export class ApiServer {
     const { apiHost, apiPort } = this.opts.config;
     this.injector = this.grpc.createConnectionInjector(grpc.ServerCredentials.createInsecure());
     const listener = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // Counted until the socket closes, grpc-js's or not: past it Node closes new ones at accept.
+    listener.maxConnections = MAX_API_CONNECTIONS;
     this.listener = listener;
     return new Promise((res, rej) => {
       listener.once('error', rej);

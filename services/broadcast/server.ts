@@ -2,7 +2,7 @@
  * The broadcast role's process: a BroadcastWorker plus its admin HTTP port (/healthz, /readyz,
  * /stats, /metrics), with graceful shutdown that releases the shard leases at once.
  */
-import { AdminServer } from '../admin';
+import { AdminServer, SharedBuild } from '../admin';
 import type { Config } from '../control';
 import type { Logger } from '../telemetry/log';
 import { BroadcastMetrics } from '../telemetry/metrics';
@@ -15,6 +15,12 @@ export class BroadcastServer {
   private readonly admin: AdminServer | null;
   private readonly startedAt = Date.now();
   private lastPending = 0;
+  /**
+   * The pending count is one XPENDING per owned shard on the worker's command connection, the one
+   * its leases and routing use: queried once a second at most, whatever the scrape rate (every
+   * /stats and /metrics request ran them before, and a flood of them held routing up for seconds).
+   */
+  private readonly pendingRefresh = new SharedBuild(() => this.queryPending(), { perSecond: 1 });
 
   constructor(
     config: Config,
@@ -70,8 +76,17 @@ export class BroadcastServer {
     };
   }
 
-  /** Refresh the pending count (used by /stats and the stream_pending metric). */
-  async refreshPending(): Promise<number> {
+  /** The pending count for /stats and the stream_pending metric, at most a second old. */
+  refreshPending(): Promise<number> {
+    return this.pendingRefresh.get();
+  }
+
+  /** Pending entries of the owned shards, from Redis; its builds counted for tests. */
+  get pendingQueries(): number {
+    return this.pendingRefresh.builds;
+  }
+
+  private async queryPending(): Promise<number> {
     try {
       this.lastPending = await this.worker.pending();
     } catch {

@@ -12,12 +12,12 @@ import { test } from 'node:test';
 import { connect as http2Connect, type ClientHttp2Session } from 'node:http2';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
-import { MAX_WATCHERS, startApiServer, switchboardService, type ApiServer } from '../../services/api';
+import { MAX_API_CONNECTIONS, MAX_STREAMS, MAX_WATCHERS, startApiServer, switchboardService, type ApiServer } from '../../services/api';
 import { silentLogger } from '../../services/telemetry';
 import { startServer } from '../helpers/server';
 import { waitFor } from '../helpers/wait';
 import { helloClient } from '../helpers/wire';
-import { assertRssWithin, assertWitnessServed, peakRss, startTarget, Witness, type Target } from './harness';
+import { assertRssWithin, assertWitnessServed, peakRss, settledRss, startTarget, Witness, type Target } from './harness';
 
 const KEY = 'attack-api-key';
 type Client = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
@@ -68,7 +68,9 @@ test('gRPC: payloads over MAX_FRAME_BYTES are RESOURCE_EXHAUSTED, nested data IN
 });
 
 test('gRPC port: half-open sockets are closed at the header timeout and count against MAX_CONNECTIONS; idle connections close at IDLE_TIMEOUT_MS', async (t) => {
-  const MAX = 40;
+  // Below MAX_API_CONNECTIONS, so that MAX_CONNECTIONS is the bound that refuses them.
+  const MAX = 12;
+  assert.ok(MAX - 1 < MAX_API_CONNECTIONS);
   const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY, maxConnections: MAX, httpHeadersTimeoutMs: 400, idleTimeoutMs: 1500 });
   const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
   const member = await helloClient(srv.port, 'member');
@@ -222,7 +224,7 @@ test('WatchStats streams that are never read: memory stays bounded, past MAX_WAT
   const witness = await Witness.start(target.port, t);
   await witness.served(5);
 
-  // MAX_WATCHERS streams at interval 100 on three connections (at most 100 calls each), through
+  // MAX_WATCHERS streams at interval 100 on connections of MAX_STREAMS calls each, through
   // a proxy that stops reading from the server once every stream has answered: a client that
   // does not read its TCP connection at all.
   const proxy = new StallingProxy(apiPort);
@@ -234,7 +236,7 @@ test('WatchStats streams that are never read: memory stays bounded, past MAX_WAT
   });
   let answered = 0;
   for (let i = 0; i < MAX_WATCHERS; i++) {
-    if (i % 100 === 0) {
+    if (i % MAX_STREAMS === 0) {
       const s = http2Connect(`http://127.0.0.1:${proxyPort}`, { settings: { initialWindowSize: 65535 } });
       s.on('error', () => {});
       sessions.push(s);
@@ -304,4 +306,60 @@ test('WatchStats: an interval above an hour is clamped to an hour, not turned in
   for (const w of [huge, over, fast]) assert.equal(w.err, undefined, String(w.err?.details));
   assert.equal(huge.got, 1, 'interval_ms 2^32-1: one message (the first), then one an hour');
   assert.equal(over.got, 1, 'interval_ms 2^31: one message');
+});
+
+// Each open call may hold a request message it has not finished sending: grpc-js buffers it until
+// it is complete, and reads the key only then. With 100 calls per connection and no bound on API
+// connections, 8 connections each sending 990 kB of 100 Publish messages of 1 MB and never
+// finishing took RSS from 79 to 908 MB, with or without a key.
+test('gRPC port: unfinished request messages hold at most MAX_API_CONNECTIONS x MAX_STREAMS x MAX_FRAME_BYTES', async (t) => {
+  const FRAME = 256 * 1024;
+  const target = await startTarget({ API_PORT: '0', API_KEY: KEY, MAX_FRAME_BYTES: String(FRAME) });
+  t.after(() => target.stop());
+  const apiPort = (await waitFor(() => target.logs().find((r) => r.msg === 'api listening'), 10_000, 'the API to listen')).port as number;
+  const witness = await Witness.start(target.port, t);
+  await witness.served(5);
+  const before = await settledRss(target);
+  // 24 connections x 100 Publish calls declaring FRAME - 16 bytes and sending all but 16 of them
+  // (600 MB if every call were held).
+  const sessions: ClientHttp2Session[] = [];
+  t.after(() => {
+    for (const s of sessions) s.destroy();
+  });
+  const declared = FRAME - 16;
+  const chunk = Buffer.alloc(16 * 1024, 0x41);
+  let sentBytes = 0;
+  for (let c = 0; c < MAX_API_CONNECTIONS + 8; c++) {
+    const s = http2Connect(`http://127.0.0.1:${apiPort}`);
+    s.on('error', () => {});
+    sessions.push(s);
+    for (let i = 0; i < 100; i++) {
+      const st = s.request({ ':method': 'POST', ':path': '/switchboard.v1.Switchboard/Publish', 'content-type': 'application/grpc', te: 'trailers' });
+      st.on('error', () => {});
+      const header = Buffer.alloc(5);
+      header.writeUInt32BE(declared, 1);
+      st.write(header);
+      let sent = 0;
+      const pump = (): void => {
+        while (sent + chunk.length < declared - 16) {
+          sent += chunk.length;
+          sentBytes += chunk.length;
+          if (!st.write(chunk)) {
+            st.once('drain', pump);
+            return;
+          }
+        }
+      };
+      pump();
+    }
+  }
+  // What the server can hold is in by now: the streams it admitted have sent all they will.
+  const { peak } = await peakRss(target, async () => {
+    await witness.served(300, 30_000);
+  });
+  t.diagnostic(`sent ${(sentBytes / 1048576).toFixed(0)} MiB; RSS ${(before / 1048576).toFixed(0)} -> peak ${(peak / 1048576).toFixed(0)} MiB`);
+  const bound = (MAX_API_CONNECTIONS * MAX_STREAMS * FRAME) / 1048576;
+  assertRssWithin(before, peak, bound + 32, 'peak RSS');
+  await assertWitnessServed(witness);
+  assert.equal(target.child.exitCode, null, 'the server is up');
 });
