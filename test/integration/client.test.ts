@@ -5,7 +5,7 @@ import { createServer, connect as connectTcp, type AddressInfo, type Server, typ
 import { describe, test, type TestContext } from 'node:test';
 import { MemoryBus } from '../../services/bus';
 import { signHs256 } from '../../services/gateway';
-import { ClientError, SwitchboardClient, type RoomMessage } from '../../services/client';
+import { ClientError, SwitchboardClient, type ClientOptions, type RoomMessage } from '../../services/client';
 import { DropReason } from '../../services/telemetry/counters';
 import { startServer, type TestServer } from '../helpers/server';
 import { waitFor } from '../helpers/wait';
@@ -386,13 +386,18 @@ describe('SwitchboardClient', () => {
     assert.equal(c.connected, true);
   });
 
-  test('a recovery that gets no answer closes the connection; the reconnect recovers every message', async (t) => {
+  /**
+   * A member through a CutProxy whose connection is cut while the room is quiet; `fault` sets what
+   * the proxy does to the next connection's recovery. Only that recovery failing, and the
+   * connection being given up for a new one, can bring the messages sent meanwhile.
+   */
+  async function quietRoomRecovery(t: TestContext, user: string, opts: Partial<ClientOptions>, fault: (proxy: CutProxy) => void): Promise<void> {
     const bus = new MemoryBus({ historySize: 100 });
     const srv = await startServer({}, { bus });
     t.after(() => srv.close());
     const proxy = new CutProxy(srv.port);
     t.after(() => proxy.close());
-    const c = client(await proxy.listen(), 'patient', { requestTimeoutMs: 500 });
+    const c = client(await proxy.listen(), user, opts);
     const w = client(srv.port, 'writer');
     t.after(() => Promise.all([c.close(), w.close()]));
     const got = collect(c);
@@ -402,40 +407,23 @@ describe('SwitchboardClient', () => {
     await w.join('r');
     await w.send('r', 1);
     await waitFor(() => got.length === 1, 2000, 'the first message');
-    // The next connection is welcomed, then hears nothing: its rejoin's history times out.
-    proxy.muteNext = true;
+    fault(proxy);
     proxy.cut();
     for (let i = 2; i <= 5; i++) await w.send('r', i);
-    // The room stays quiet: only the recovery can bring messages 2-5.
+    // The room stays quiet: only a recovery can bring messages 2-5.
     await waitFor(() => got.length === 5, 10_000, 'the messages sent while away');
     assert.deepEqual(got.map((m) => m.data), [1, 2, 3, 4, 5]);
-    assert.ok(proxy.connections >= 3, `the muted connection was given up (${proxy.connections} connections)`);
+    assert.ok(proxy.connections >= 3, `the failed recovery's connection was given up (${proxy.connections} connections)`);
+  }
+
+  test('a recovery that gets no answer closes the connection; the reconnect recovers every message', async (t) => {
+    // The next connection is welcomed, then hears nothing: its rejoin's history times out.
+    await quietRoomRecovery(t, 'patient', { requestTimeoutMs: 500 }, (proxy) => (proxy.muteNext = true));
   });
 
   test('a recovery refused as unavailable closes the connection; the reconnect recovers every message', async (t) => {
-    const bus = new MemoryBus({ historySize: 100 });
-    const srv = await startServer({}, { bus });
-    t.after(() => srv.close());
-    const proxy = new CutProxy(srv.port);
-    t.after(() => proxy.close());
-    const c = client(await proxy.listen(), 'unlucky', { mode: 'text' });
-    const w = client(srv.port, 'writer');
-    t.after(() => Promise.all([c.close(), w.close()]));
-    const got = collect(c);
-    await c.connect();
-    await w.connect();
-    await c.join('r');
-    await w.join('r');
-    await w.send('r', 1);
-    await waitFor(() => got.length === 1, 2000, 'the first message');
     // The next connection's rejoin asks for history and is told `unavailable` (Redis was down).
-    proxy.failHistoryNext = true;
-    proxy.cut();
-    for (let i = 2; i <= 5; i++) await w.send('r', i);
-    // The room stays quiet: only another recovery can bring messages 2-5.
-    await waitFor(() => got.length === 5, 10_000, 'the messages sent while away');
-    assert.deepEqual(got.map((m) => m.data), [1, 2, 3, 4, 5]);
-    assert.ok(proxy.connections >= 3, `the refused recovery's connection was given up (${proxy.connections} connections)`);
+    await quietRoomRecovery(t, 'unlucky', { mode: 'text' }, (proxy) => (proxy.failHistoryNext = true));
   });
 
   test('a session ended by token_expired is not reconnected with the same token; setToken() and connect() start again', async (t) => {
