@@ -101,7 +101,9 @@ test('HTTP connections of both ports count against MAX_CONNECTIONS; the admin po
   await witness.served(20);
   // When the half-open requests go, clients get in again.
   for (const a of half) a.destroy();
-  await waitFor(async () => (await target.stats()).http_connections === 1, 3000, 'the half-open requests to be gone');
+  // The scrapes' own keep-alive connections are counted too: a loaded machine can leave fetch's pool
+  // with a second one open.
+  await waitFor(async () => Number((await target.stats()).http_connections) <= 2, 5000, 'the half-open requests to be gone');
   const late = await RawClient.open(target.port);
   t.after(() => late.destroy());
   await late.hello('late');
