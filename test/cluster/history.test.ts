@@ -68,7 +68,8 @@ describe('cluster history', () => {
       assert.deepEqual(seqs(last), [29, 30]);
       assert.equal(last.more, false);
     } finally {
-      bus.client.disconnect();
+      // Both of its connections (the command one and the egress reader), or the process stays.
+      await bus.stop();
     }
   });
 
