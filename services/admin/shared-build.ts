@@ -1,31 +1,63 @@
 /**
- * A value that is costly to build and may be a little stale: an admin answer (/stats, /metrics)
- * or the broadcast worker's pending count (XPENDING per shard on its Redis connection). Without
- * this every request built its own, so a client pipelining requests decided how much CPU (and,
- * for the broadcast worker, how many Redis commands ahead of its routing) the admin port cost.
+ * A value that is costly to build: an admin answer (/stats, /metrics) or the broadcast worker's
+ * pending count (XPENDING per shard on its Redis connection). Without this every request built
+ * its own, so a client pipelining requests decided how much CPU (and, for the broadcast worker,
+ * how many Redis commands ahead of its routing) the admin port cost.
  *
- * Requests that arrive while a build is in flight share it, and builds are rate-limited by a
- * token bucket: past it, a request gets the last value built. A scraper that asks now and then
- * (Prometheus, a probe, a test reading after a change) always gets a fresh value; a flood gets
- * at most `perSecond` builds a second, whatever its request rate.
+ * Builds run one at a time and are rate-limited by a token bucket. A request is answered by a
+ * build that began after it arrived, so a reader never sees a value older than its question (a
+ * scraper, or a test that changed something and reads the result); past the bucket it waits for
+ * the next build, which every request arriving until then shares. A flood therefore gets at most
+ * `perSecond` builds a second, and waits for them. Where a value of some age is good enough
+ * (`maxAgeMs`), a request within that age of the last build takes that value without waiting.
  */
 export interface SharedBuildOptions {
   /** Builds per second once the burst is spent. */
   readonly perSecond: number;
   /** Builds allowed back to back. @default 1 */
   readonly burst?: number;
+  /** A value whose build began at most this long ago answers at once. @default 0 (never) */
+  readonly maxAgeMs?: number;
   /** @default Date.now */
   readonly now?: () => number;
+  /** Runs `fn` after `ms` (tests drive time). @default an unref'd setTimeout */
+  readonly later?: (fn: () => void, ms: number) => void;
+}
+
+interface Waiting<T> {
+  readonly promise: Promise<T>;
+  resolve(v: T): void;
+  reject(err: unknown): void;
+}
+
+function waiting<T>(): Waiting<T> {
+  let resolve!: (v: T) => void;
+  let reject!: (err: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+function unrefLater(fn: () => void, ms: number): void {
+  setTimeout(fn, ms).unref();
 }
 
 export class SharedBuild<T> {
-  private value: T | undefined = undefined;
-  private built = false;
+  private last: T | undefined = undefined;
+  /** When the build of `last` began; -Infinity while there is none. */
+  private lastBegan = -Infinity;
   private inFlight: Promise<T> | null = null;
+  /** Requests that arrived after the build in flight began (or past the bucket): the next build's. */
+  private next: Waiting<T> | null = null;
+  private timerSet = false;
   private tokens: number;
   private refilledAt: number;
   private readonly burst: number;
+  private readonly maxAgeMs: number;
   private readonly now: () => number;
+  private readonly later: (fn: () => void, ms: number) => void;
   /** Builds started so far (tests and the docs' claims read it). */
   builds = 0;
 
@@ -34,17 +66,30 @@ export class SharedBuild<T> {
     private readonly opts: SharedBuildOptions,
   ) {
     this.burst = Math.max(1, opts.burst ?? 1);
+    this.maxAgeMs = opts.maxAgeMs ?? 0;
     this.now = opts.now ?? Date.now;
+    this.later = opts.later ?? unrefLater;
     this.tokens = this.burst;
     this.refilledAt = this.now();
   }
 
-  /** The value: the build in flight, a new build if the bucket allows, else the last one built. */
+  /** A value built after this call (or within `maxAgeMs` of it). */
   get(): Promise<T> {
-    if (this.inFlight !== null) return this.inFlight;
-    if (!this.take() && this.built) return Promise.resolve(this.value as T);
-    // No token but nothing built yet (or the last build failed): build anyway, one at a time.
+    if (this.maxAgeMs > 0) {
+      if (this.now() - this.lastBegan <= this.maxAgeMs) return Promise.resolve(this.last as T);
+      if (this.inFlight !== null) return this.inFlight;
+    }
+    if (this.next !== null) return this.next.promise;
+    if (this.inFlight === null && this.take()) return this.start();
+    const w = waiting<T>();
+    this.next = w;
+    if (this.inFlight === null) this.startNext();
+    return w.promise;
+  }
+
+  private start(): Promise<T> {
     this.builds++;
+    const began = this.now();
     let p: Promise<T>;
     try {
       p = Promise.resolve(this.build());
@@ -53,18 +98,40 @@ export class SharedBuild<T> {
     }
     const shared = p.then(
       (v) => {
-        this.value = v;
-        this.built = true;
-        this.inFlight = null;
+        this.last = v;
+        this.lastBegan = began;
+        this.settled();
         return v;
       },
       (err: unknown) => {
-        this.inFlight = null;
+        this.settled();
         throw err;
       },
     );
     this.inFlight = shared;
     return shared;
+  }
+
+  private settled(): void {
+    this.inFlight = null;
+    if (this.next !== null) this.startNext();
+  }
+
+  /** Start the build the waiting requests share, now if the bucket has a token, else when it will. */
+  private startNext(): void {
+    if (this.timerSet || this.next === null) return;
+    if (this.take()) {
+      const w = this.next;
+      this.next = null;
+      this.start().then(w.resolve, w.reject);
+      return;
+    }
+    this.timerSet = true;
+    const ms = Math.max(1, Math.ceil(((1 - this.tokens) * 1000) / this.opts.perSecond));
+    this.later(() => {
+      this.timerSet = false;
+      if (this.inFlight === null) this.startNext();
+    }, ms);
   }
 
   private take(): boolean {

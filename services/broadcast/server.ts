@@ -20,7 +20,7 @@ export class BroadcastServer {
    * its leases and routing use: queried once a second at most, whatever the scrape rate (every
    * /stats and /metrics request ran them before, and a flood of them held routing up for seconds).
    */
-  private readonly pendingRefresh = new SharedBuild(() => this.queryPending(), { perSecond: 1 });
+  private readonly pendingRefresh = new SharedBuild(() => this.queryPending(), { perSecond: 1, maxAgeMs: 1000 });
 
   constructor(
     config: Config,
