@@ -36,6 +36,7 @@ export class BroadcastServer {
       batch: config.broadcastBatch,
       egressMaxLen: config.egressMaxLen,
       historySize: config.historySize,
+      historyTtlSec: config.historyTtlSec,
       timeoutMs: config.redisTimeoutMs,
       log,
     });

@@ -45,6 +45,8 @@ export interface BroadcastOptions {
   batch: number;
   egressMaxLen: number;
   historySize: number;
+  /** Seconds a room's position and history live after its last message (HISTORY_TTL_SEC; 0: for ever). @default 0 */
+  historyTtlSec?: number;
   /** Reply bound of every command (REDIS_TIMEOUT_MS). @default 2000 */
   timeoutMs?: number;
   log: Logger;
@@ -61,7 +63,7 @@ export class BroadcastCounters {
 
 type ApplyClient = RedisClient & {
   /** See apply.lua: maxlen, epoch, the JSON before the epoch, then id, head, end per entry. */
-  sbApply(seqKey: string, histKey: string, roomKey: string, maxlen: number, epoch: string, epochJson: string, ...idHeadEnd: string[]): Promise<ApplyReply>;
+  sbApply(seqKey: string, histKey: string, roomKey: string, maxlen: number, epoch: string, epochJson: string, ttlSec: number, ...idHeadEnd: string[]): Promise<ApplyReply>;
   sbHeartbeat(workers: string, id: string, leaseMs: number): Promise<string[]>;
   sbRenew(lease: string, owner: string, ttl: number): Promise<number>;
   sbRelease(lease: string, owner: string): Promise<number>;
@@ -217,6 +219,7 @@ export class BroadcastWorker {
   async process(key: string, entries: StreamEntry[]): Promise<void> {
     if (entries.length === 0) return;
     const { historySize } = this.opts;
+    const ttl = this.opts.historyTtlSec ?? 0;
     const cmd = this.cmd;
     // Group the batch by room, keeping batch order within a room (the stream's order).
     const byRoom = new Map<string, RoomBatch>();
@@ -237,7 +240,7 @@ export class BroadcastWorker {
     // Used only by rooms that have no epoch yet (new, or Redis lost them).
     const epoch = newEpoch();
     const rooms = [...byRoom.values()];
-    const replies = await Promise.all(rooms.map((rb) => cmd.sbApply(Keys.seq(rb.room), Keys.history(rb.room), Keys.room(rb.room), historySize, epoch, ROOM_MESSAGE_EPOCH, ...rb.args)));
+    const replies = await Promise.all(rooms.map((rb) => cmd.sbApply(Keys.seq(rb.room), Keys.history(rb.room), Keys.room(rb.room), historySize, epoch, ROOM_MESSAGE_EPOCH, ttl, ...rb.args)));
     const routed = new Set<string>();
     for (const r of replies) for (const gw of r[1]) routed.add(gw);
     await this.egress.learn(routed);

@@ -52,6 +52,8 @@ export interface RedisBusOptions {
   /** Messages kept per egress stream (direct messages use it too). @default 100000 */
   egressMaxLen?: number;
   heartbeatMs: number;
+  /** Seconds a room's position created by a join lives without a message (HISTORY_TTL_SEC; 0: for ever). @default 0 */
+  roomTtlSec?: number;
   /** Reply bound of every command (REDIS_TIMEOUT_MS). @default 2000 */
   timeoutMs?: number;
   log: Logger;
@@ -552,8 +554,15 @@ export class RedisBus implements Bus {
 
   private async positionUnguarded(room: string): Promise<RoomPosition> {
     const key = Keys.seq(room);
-    // The room's epoch is created by whoever needs it first: this join or the broadcast tier.
-    const [, [seq, epoch]] = await Promise.all([this.cmd.hsetnx(key, 'epoch', newEpoch()), this.cmd.hmget(key, 'seq', 'epoch')]);
+    // The room's epoch is created by whoever needs it first: this join or the broadcast tier. A
+    // position a join created expires unless a message comes (which renews it, apply.lua): joins
+    // of room names nobody publishes to must not fill Redis. NX leaves a message's expiry alone.
+    const ttl = this.opts.roomTtlSec ?? 0;
+    const [, , [seq, epoch]] = await Promise.all([
+      this.cmd.hsetnx(key, 'epoch', newEpoch()),
+      ttl > 0 ? this.cmd.expire(key, ttl, 'NX') : null,
+      this.cmd.hmget(key, 'seq', 'epoch'),
+    ]);
     return { seq: Number(seq ?? 0), epoch: epoch ?? '' };
   }
 }

@@ -29,6 +29,7 @@ export function createClusterGateway(config: Config, log: Logger, flags: FlagSto
     ingressMaxLen: config.ingressMaxLen,
     egressMaxLen: config.egressMaxLen,
     heartbeatMs: config.heartbeatMs,
+    roomTtlSec: config.historyTtlSec,
     timeoutMs: config.redisTimeoutMs,
     log,
   });

@@ -11,7 +11,7 @@ import { freePort } from '../helpers/net';
 import { RedisProcess, redisCli } from '../helpers/redis';
 import { waitFor } from '../helpers/wait';
 import { httpGet, PROBE, spawnRole, stopAll, type RoleProcess } from './harness';
-import { shardOf } from '../../services/bus/keys';
+import { Keys, shardOf } from '../../services/bus/keys';
 import { ChatScenario } from './scenario';
 
 const FAST = { HEARTBEAT_MS: '300', LEASE_MS: '1000', STREAM_SHARDS: '4', LOG_LEVEL: 'info' };
@@ -183,6 +183,39 @@ describe('cluster mode', () => {
     await d.close();
     await c.close();
     await gw.kill('SIGTERM');
+    await redis.stop();
+  });
+
+  test('HISTORY_TTL_SEC: a room\'s position and history expire after its last message; a join alone leaves nothing for ever', async () => {
+    const redis = await RedisProcess.start();
+    const { gws, bcs } = await cluster(redis.url, 1, 1, { HISTORY_TTL_SEC: '2' });
+    const c = new SwitchboardClient({ servers: [addr(gws[0])], user: 'ttl' });
+    await c.connect();
+    const ttlOf = (key: string) => Number(redis.cli('ttl', key));
+    // A join creates the room's position (its epoch) and, with it, its expiry.
+    await c.join('quiet');
+    const quietTtl = ttlOf(Keys.seq('quiet'));
+    assert.ok(quietTtl > 0 && quietTtl <= 2, `a joined room's position expires (ttl ${quietTtl})`);
+    // Messages renew both keys' expiry.
+    await c.join('busy');
+    for (let i = 0; i < 3; i++) await c.send('busy', i);
+    await waitFor(async () => (await c.history('busy')).length === 3, 10_000, 'three messages in history', 50);
+    const before = await c.historyPage('busy');
+    for (const key of [Keys.seq('busy'), Keys.history('busy')]) {
+      const ttl = ttlOf(key);
+      assert.ok(ttl > 0 && ttl <= 2, `${key} expires (ttl ${ttl})`);
+    }
+    // Once expired, nothing of either room is left in Redis...
+    const gone = (key: string) => redis.cli('exists', key) === '0';
+    await waitFor(() => [Keys.seq('quiet'), Keys.seq('busy'), Keys.history('busy')].every(gone), 10_000, 'the rooms expired', 100);
+    // ...and the room starts again at 1 in a new epoch, which the history reply says.
+    await c.send('busy', 'again');
+    await waitFor(async () => (await c.history('busy')).length === 1, 10_000, 'the new message in history', 50);
+    const afterwards = await c.historyPage('busy');
+    assert.deepEqual(afterwards.messages.map((m) => m.seq), [1]);
+    assert.notEqual(afterwards.epoch, before.epoch);
+    await c.close();
+    for (const p of [...gws, ...bcs]) await p.kill('SIGTERM');
     await redis.stop();
   });
 

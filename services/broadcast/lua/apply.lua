@@ -15,13 +15,17 @@
 -- starts (no seq yet) drops any history left without it: those entries belong to a sequence that
 -- no longer exists, and their ids would collide with the new one's.
 --
+-- A room's position and history expire ARGV[4] seconds after its last new message (0: never), so
+-- room names used once do not stay in Redis for ever; a room that comes back starts a new epoch.
+--
 -- The position is written before the history entries: once a script has written, Redis lets it
 -- finish even past maxmemory, so the seq and the history cannot part ways halfway through.
 --
 -- KEYS[1] = sb:seq:{room} (hash: seq, epoch, last)   KEYS[2] = sb:hist:{room} (stream, ids <seq>-1)
 -- KEYS[3] = sb:room:{room} (set: gateways with members in the room)
 -- ARGV[1] = history max length, ARGV[2] = epoch to use if the room has none, ARGV[3] = the JSON
--- between seq and epoch; then per entry: ingress entry id, JSON up to the seq value, JSON after
+-- between seq and epoch, ARGV[4] = seconds the room's keys live after this message (0: for ever);
+-- then per entry: ingress entry id, JSON up to the seq value, JSON after
 -- the epoch (the template is services/protocol/outbound.ts's, in pieces).
 -- Returns {epoch, gateways, seq1, json1, seq2, json2, ...}, one pair per entry in argument order;
 -- json is false for a newly applied entry (its JSON is exactly head .. seq .. ARGV[3] .. epoch ..
@@ -45,7 +49,8 @@ local out = {false, redis.call('SMEMBERS', KEYS[3])}
 -- Which entries are new: the entries are in id order, so the redelivered ones (id <= last) come
 -- first and everything from the first new one on is new. One comparison per call when nothing is
 -- redelivered, instead of two per entry (string.match in cmp was most of the script's time).
-local first = 4
+local ttl = tonumber(ARGV[4])
+local first = 5
 if last then
   while first <= #ARGV and cmp(ARGV[first], last) <= 0 do first = first + 3 end
 end
@@ -67,7 +72,7 @@ end
 out[1] = epoch or ARGV[2]
 local mid = ARGV[3] .. out[1]
 local hist = nil
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   local id = ARGV[i]
   if i < first then
     hist = hist or redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1000)
@@ -86,5 +91,9 @@ for i = 4, #ARGV, 3 do
     out[#out + 1] = seq
     out[#out + 1] = false
   end
+end
+if fresh > 0 and ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  if maxlen > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
 end
 return out
