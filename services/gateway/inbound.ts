@@ -49,6 +49,8 @@ export interface InboundLimits {
   readonly partialFramesBudgetBytes: number;
   /** Bytes per second this connection's compressed frames may decompress to; 0: no budget. */
   readonly inflateBytesPerSec: number;
+  /** Bytes per second read from this connection (its burst: a second's worth, or one frame); 0: no budget. */
+  readonly inboundBytesPerSec: number;
 }
 
 /** Where validated messages and refusals go: the session. */
@@ -93,6 +95,8 @@ const Pause = {
   InflateBudget: 16,
   /** The session has as many requests in flight as it takes (Session, MAX_HISTORY_IN_FLIGHT). */
   Requests: 32,
+  /** The connection sent more than INBOUND_BYTES_PER_SEC allows. */
+  Bytes: 64,
 } as const;
 
 /**
@@ -147,6 +151,8 @@ export class Inbound implements FrameSink {
    * second's worth); in debt, compressed frames wait until it is repaid. Null: no budget.
    */
   private readonly inflateBudget: TokenBucket | null;
+  /** Bytes this connection may still send (INBOUND_BYTES_PER_SEC); in debt it is not read. Null: no budget. */
+  private readonly bytesBudget: TokenBucket | null;
 
   constructor(
     private readonly input: Readable,
@@ -163,6 +169,8 @@ export class Inbound implements FrameSink {
     this.bucket = new TokenBucket(limits.rateLimitPerSec, limits.rateLimitBurst, now);
     this.order = new InOrder((f) => this.takeFrame(f));
     this.inflateBudget = limits.inflateBytesPerSec > 0 ? new TokenBucket(limits.inflateBytesPerSec, limits.inflateBytesPerSec, now) : null;
+    const bytesPerSec = limits.inboundBytesPerSec;
+    this.bytesBudget = bytesPerSec > 0 ? new TokenBucket(bytesPerSec, Math.max(bytesPerSec, limits.maxFrameBytes), now) : null;
   }
 
   push(chunk: Buffer): void {
@@ -172,12 +180,37 @@ export class Inbound implements FrameSink {
     const parser = this.parser;
     if (parser === null) {
       this.sniff(chunk);
+    } else {
+      const done = parser.framesCompleted;
+      parser.push(chunk);
+      this.trackPartial(parser, done);
+      if (this.yieldTurn) this.yieldRestOfTurn();
+    }
+    if (this.bytesBudget !== null) this.chargeBytes(this.bytesBudget, chunk.length);
+  }
+
+  /**
+   * INBOUND_BYTES_PER_SEC: every byte read is charged to the connection's bucket, whatever it
+   * turns out to be (frames, refused frames, partial ones). In debt, the socket is not read until
+   * the debt is repaid: TCP slows the sender down, nothing is dropped, and one client sending
+   * megabyte frames as fast as it can takes no more of the process than the budget allows.
+   */
+  private chargeBytes(budget: TokenBucket, n: number): void {
+    budget.spend(n);
+    if (this.stopped || (this.paused & Pause.Bytes) !== 0 || budget.positive(this.chunkAt)) return;
+    this.counters.limitHits[Limit.InboundBytes]++;
+    this.pause(Pause.Bytes);
+    setTimeout(onBytesRefilled, budget.debtMs, this).unref();
+  }
+
+  /** @internal timer: the byte debt is repaid (or a new timer is set for what is left). */
+  bytesRefilled(): void {
+    const budget = this.bytesBudget!;
+    if (!this.stopped && !budget.positive(Date.now())) {
+      setTimeout(onBytesRefilled, budget.debtMs, this).unref();
       return;
     }
-    const done = parser.framesCompleted;
-    parser.push(chunk);
-    this.trackPartial(parser, done);
-    if (this.yieldTurn) this.yieldRestOfTurn();
+    this.unpause(Pause.Bytes);
   }
 
   /** Stop reading for good: the parser drops what it holds and its bytes leave the budget. */
@@ -495,4 +528,8 @@ function onRateRefilled(inbound: Inbound): void {
 
 function onInflateRefilled(inbound: Inbound): void {
   inbound.inflateRefilled();
+}
+
+function onBytesRefilled(inbound: Inbound): void {
+  inbound.bytesRefilled();
 }

@@ -162,6 +162,7 @@ export class GatewayServer implements ConnectionHost {
       rateLimitBurst: config.rateLimitBurst,
       partialFramesBudgetBytes: config.partialFramesBudgetBytes,
       inflateBytesPerSec: config.inflateBytesPerSec,
+      inboundBytesPerSec: config.inboundBytesPerSec,
     };
     this.outboundLimits = {
       maxOutboundBytes: config.maxOutboundBytes,

@@ -507,10 +507,21 @@ export class Session implements HubMember, PluginContext, InboundSink {
     }
   }
 
+  /**
+   * Leaving cannot fail: the member is out of the room here at once, and no message reaches it
+   * from now on. When the bus could not record it (Redis away), the bus has marked it for its
+   * repair, which removes the presence and routing entries once Redis is back; answering
+   * `unavailable` would tell the client it is still a member when it is not.
+   */
   leaveRoom(room: string): MaybePromise<void> {
     if (this.roomSet === null || !this.roomSet.delete(room)) return;
-    return this.host.services.hub.leave(room, this);
+    const left = this.host.services.hub.leave(room, this);
+    if (left instanceof Promise) return left.catch(this.leftAnyway);
   }
+
+  private readonly leftAnyway = (err: unknown): void => {
+    this.host.services.log.debug('leave recorded later, by the repair', { err, session: this.sessionId });
+  };
 
   send(msg: Outbound): void {
     this.enqueue(msg);

@@ -155,16 +155,27 @@ describe('cluster mode', () => {
     const s = new ChatScenario('fault-redis');
     const a = await s.addMember('a', [addr(gws[0])]);
     const b = await s.addMember('b', [addr(gws[1])]);
+    const leaver = new SwitchboardClient({ servers: [addr(gws[0])], user: 'leaver' });
+    await leaver.connect();
+    await leaver.join('fault-redis');
+    const leaverGot: unknown[] = [];
+    leaver.on('message', (m: unknown) => leaverGot.push(m));
     await s.publish(a, 10);
     await redis.stop();
     await waitFor(async () => (await httpGet(gws[0].adminPort, '/readyz')).status === 503, 10_000, 'gateway not ready', PROBE);
     await waitFor(async () => (await httpGet(bcs[0].adminPort, '/readyz')).status === 503, 10_000, 'broadcast not ready', PROBE);
     await assert.rejects(a.send('fault-redis', 'during-outage'), (e: ClientError) => e.code === 'unavailable');
+    // Leaving needs no Redis: the member is out at once (the repair records it later).
+    await leaver.leave('fault-redis');
+    const heard = leaverGot.length;
     await redis.start();
     await waitFor(async () => (await httpGet(gws[0].adminPort, '/readyz')).status === 200, 15_000, 'gateway ready again', PROBE);
     await waitFor(async () => (await httpGet(bcs[0].adminPort, '/readyz')).status === 200, 15_000, 'broadcast ready again', PROBE);
     await Promise.all([s.publish(a, 10), s.publish(b, 10)]);
     await s.verify(20_000);
+    assert.equal(leaverGot.length, heard, 'nothing reaches a member that left');
+    await waitFor(async () => (await b.presence('fault-redis')).sort().join() === 'a,b', 10_000, 'presence without the leaver', 100);
+    await leaver.close();
     await s.close();
     await redis.stop();
   });

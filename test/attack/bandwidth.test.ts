@@ -1,0 +1,61 @@
+// Attack class: bandwidth floods. A client within the message rate limit can still send
+// megabyte frames as fast as TCP takes them, and each one is scanned and parsed on the event
+// loop every other client shares. INBOUND_BYTES_PER_SEC charges every byte read to a
+// per-connection bucket: past it the socket is not read until the debt is repaid, so TCP slows
+// the sender down. Nothing is dropped and the connection stays; everyone else is served.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { waitFor } from '../helpers/wait';
+import { assertWitnessServed, RawClient, startTarget, Witness } from './harness';
+
+const MIB = 1024 * 1024;
+
+test('8 clients sending megabyte frames as fast as they can are read at INBOUND_BYTES_PER_SEC each, in order, none lost; the witness is served', async (t) => {
+  const RATE = Number(process.env.BANDWIDTH_TEST_RATE ?? 4 * MIB);
+  const target = await startTarget({ INBOUND_BYTES_PER_SEC: String(RATE) });
+  t.after(() => target.stop());
+  const witness = await Witness.start(target.port, t);
+  await witness.served(5);
+  const N = 8;
+  const FRAMES = 16;
+  const SIZE = MIB - 1024;
+  const attackers: RawClient[] = [];
+  for (let i = 0; i < N; i++) {
+    const a = await RawClient.open(target.port);
+    t.after(() => a.destroy());
+    await a.hello(`flood-${i}`);
+    attackers.push(a);
+  }
+  const frame = (i: number) => Buffer.from(JSON.stringify({ type: 'ping', id: i, pad: 'x'.repeat(SIZE - 40) }) + '\n');
+  const frames = Array.from({ length: FRAMES }, (_, i) => frame(i));
+  const sentAt = Date.now();
+  for (const a of attackers) for (const f of frames) a.write(f);
+  const pongs = (a: RawClient) => a.lines.filter((m) => m.type === 'pong' && typeof m.id === 'number');
+  const lastAt: number[] = [];
+  await waitFor(
+    () => {
+      attackers.forEach((a, i) => {
+        if (lastAt[i] === undefined && pongs(a).length === FRAMES) lastAt[i] = Date.now() - sentAt;
+      });
+      return lastAt.filter((x) => x !== undefined).length === N;
+    },
+    60_000,
+    'every frame answered',
+    { intervalMs: 10 },
+  );
+  for (const a of attackers) {
+    assert.deepEqual(
+      pongs(a).map((m) => m.id),
+      Array.from({ length: FRAMES }, (_, i) => i),
+      'every frame answered, in order',
+    );
+    assert.equal(a.closed, false, 'the sender is slowed, not disconnected');
+  }
+  // The bucket starts full (a second's worth); the rest comes at RATE: the last frame can be
+  // read no earlier than (FRAMES x SIZE - RATE) / RATE seconds after sending (later on a slow machine).
+  const earliest = ((FRAMES * SIZE - RATE) / RATE) * 1000;
+  if (RATE > 0) for (const ms of lastAt) assert.ok(ms >= earliest * 0.9, `all ${FRAMES} frames read after ${ms} ms, before the budget allows (${earliest.toFixed(0)} ms)`);
+  if (RATE > 0) assert.ok(((await target.metric('switchboard_limit_exceeded_total{limit="INBOUND_BYTES_PER_SEC"}')) ?? 0) > 0, 'the budget was hit');
+  const w = await assertWitnessServed(witness);
+  console.log(`rate ${RATE}: last frames at ${lastAt.join(',')} ms; witness p50 ${w.p50.toFixed(1)} p99 ${w.p99.toFixed(1)} max ${w.max.toFixed(1)} ms`);
+});
