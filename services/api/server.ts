@@ -54,6 +54,7 @@ import {
   MAX_NAME_LENGTH,
   SwitchboardError,
 } from '../protocol';
+import { Limit } from '../telemetry/counters';
 import type { Logger } from '../telemetry/log';
 
 /**
@@ -220,6 +221,9 @@ export class ApiServer {
     const listener = createServer({ noDelay: true }, (socket) => this.accept(socket));
     // Counted until the socket closes, grpc-js's or not: past it Node closes new ones at accept.
     listener.maxConnections = MAX_API_CONNECTIONS;
+    // Node closes those at accept without telling anyone else: count them, or a full API port
+    // looks like a quiet one.
+    listener.on('drop', () => this.opts.gateway.services.counters.limitHits[Limit.ApiConnections]++);
     this.listener = listener;
     return new Promise((res, rej) => {
       listener.once('error', rej);

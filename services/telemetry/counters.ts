@@ -26,6 +26,7 @@ export const Limit = {
   InboundBytes: 'INBOUND_BYTES_PER_SEC',
   MaxJsonDepth: 'MAX_JSON_DEPTH',
   MaxConnections: 'MAX_CONNECTIONS',
+  ApiConnections: 'MAX_API_CONNECTIONS',
   RoomsPerConnection: 'MAX_ROOMS_PER_CONNECTION',
   RoomsTotal: 'MAX_ROOMS_TOTAL',
   RateLimit: 'RATE_LIMIT_PER_SEC',

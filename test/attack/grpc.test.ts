@@ -362,4 +362,6 @@ test('gRPC port: unfinished request messages hold at most MAX_API_CONNECTIONS x 
   assertRssWithin(before, peak, bound + 32, 'peak RSS');
   await assertWitnessServed(witness);
   assert.equal(target.child.exitCode, null, 'the server is up');
+  // The connections past the cap were closed at accept, and counted.
+  assert.ok(((await target.metric('switchboard_limit_exceeded_total{limit="MAX_API_CONNECTIONS"}')) ?? 0) > 0, 'refused API connections are counted');
 });
