@@ -11,6 +11,8 @@
  * `perSecond` builds a second, and waits for them. Where a value of some age is good enough
  * (`maxAgeMs`), a request within that age of the last build takes that value without waiting.
  */
+import { TokenBucket } from '../gateway/token-bucket';
+
 export interface SharedBuildOptions {
   /** Builds per second once the burst is spent. */
   readonly perSecond: number;
@@ -52,9 +54,7 @@ export class SharedBuild<T> {
   /** Requests that arrived after the build in flight began (or past the bucket): the next build's. */
   private next: Waiting<T> | null = null;
   private timerSet = false;
-  private tokens: number;
-  private refilledAt: number;
-  private readonly burst: number;
+  private readonly bucket: TokenBucket;
   private readonly maxAgeMs: number;
   private readonly now: () => number;
   private readonly later: (fn: () => void, ms: number) => void;
@@ -63,14 +63,12 @@ export class SharedBuild<T> {
 
   constructor(
     private readonly build: () => T | Promise<T>,
-    private readonly opts: SharedBuildOptions,
+    opts: SharedBuildOptions,
   ) {
-    this.burst = Math.max(1, opts.burst ?? 1);
     this.maxAgeMs = opts.maxAgeMs ?? 0;
     this.now = opts.now ?? Date.now;
     this.later = opts.later ?? unrefLater;
-    this.tokens = this.burst;
-    this.refilledAt = this.now();
+    this.bucket = new TokenBucket(opts.perSecond, Math.max(1, opts.burst ?? 1), this.now());
   }
 
   /** A value built after this call (or within `maxAgeMs` of it). */
@@ -80,7 +78,7 @@ export class SharedBuild<T> {
       if (this.inFlight !== null) return this.inFlight;
     }
     if (this.next !== null) return this.next.promise;
-    if (this.inFlight === null && this.take()) return this.start();
+    if (this.inFlight === null && this.bucket.take(this.now())) return this.start();
     const w = waiting<T>();
     this.next = w;
     if (this.inFlight === null) this.startNext();
@@ -120,26 +118,16 @@ export class SharedBuild<T> {
   /** Start the build the waiting requests share, now if the bucket has a token, else when it will. */
   private startNext(): void {
     if (this.timerSet || this.next === null) return;
-    if (this.take()) {
+    if (this.bucket.take(this.now())) {
       const w = this.next;
       this.next = null;
       this.start().then(w.resolve, w.reject);
       return;
     }
     this.timerSet = true;
-    const ms = Math.max(1, Math.ceil(((1 - this.tokens) * 1000) / this.opts.perSecond));
     this.later(() => {
       this.timerSet = false;
       if (this.inFlight === null) this.startNext();
-    }, ms);
-  }
-
-  private take(): boolean {
-    const now = this.now();
-    this.tokens = Math.min(this.burst, this.tokens + ((now - this.refilledAt) * this.opts.perSecond) / 1000);
-    this.refilledAt = now;
-    if (this.tokens < 1) return false;
-    this.tokens -= 1;
-    return true;
+    }, this.bucket.refillMs);
   }
 }

@@ -1,7 +1,8 @@
 /**
- * A per-connection budget refilled over time: the rate limit (RATE_LIMIT_PER_SEC sustained,
- * RATE_LIMIT_BURST at once, a token per frame) and the inflate budget (INFLATE_BYTES_PER_SEC,
- * metered in decompressed bytes with positive() and spend()). A token
+ * A budget refilled over time: per connection the rate limit (RATE_LIMIT_PER_SEC sustained,
+ * RATE_LIMIT_BURST at once, a token per frame) and the byte budgets (INBOUND_BYTES_PER_SEC and
+ * INFLATE_BYTES_PER_SEC, metered with positive() and spend()); per process the admin builds
+ * (services/admin/shared-build.ts). A token
  * bucket refilled lazily from the time of the frame being counted, so it costs no timer and no
  * clock read of its own. A full bucket only moves its refill time; the arithmetic runs only once
  * a client has spent some tokens.
