@@ -28,6 +28,7 @@ import type { Bus, BusSink, HistoryPage, HistoryQuery, PublishRequest, PublishRe
 
 const HISTORY_LUA = loadLua(__dirname, 'bus', 'history.lua');
 const TRIMMED_LUA = loadLua(__dirname, 'bus', 'trimmed.lua');
+const UNROUTE_LUA = loadLua(__dirname, 'bus', 'unroute.lua');
 
 /**
  * A read of this many egress entries may have jumped a trimmed gap: trimming always leaves at
@@ -141,6 +142,7 @@ export class RedisBus implements Bus {
     const timeout = opts.timeoutMs ?? 2000;
     this.cmd = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}`, log: opts.log, commandTimeoutMs: timeout }) as GatewayClient;
     this.cmd.defineCommand('sbHistory', { numberOfKeys: 1, lua: HISTORY_LUA });
+    defineUnroute(this.cmd);
     this.reader = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}-egress`, log: opts.log, autoPipelining: false }) as GatewayClient;
     this.reader.defineCommand('sbTrimmed', { numberOfKeys: 1, lua: TRIMMED_LUA });
     this.health = new RedisHealth(this.cmd, timeout);
@@ -309,7 +311,7 @@ export class RedisBus implements Bus {
     const keepOf = (room: string) => () => this.heldIn(room);
     const stale: Promise<unknown>[] = [];
     for (const room of regRooms) {
-      if (!held.has(room)) stale.push(this.cmd.srem(Keys.room(room), this.gw), this.cmd.srem(Keys.gatewayRooms(this.gw), room), removePresenceOf(this.cmd, room, this.gw, keepOf(room)));
+      if (!held.has(room)) stale.push(unroute(this.cmd, room, this.gw), this.cmd.srem(Keys.gatewayRooms(this.gw), room), removePresenceOf(this.cmd, room, this.gw, keepOf(room)));
     }
     for (const [room, members] of rooms) {
       const h = held.get(room);
@@ -319,7 +321,7 @@ export class RedisBus implements Bus {
     // Where a write failed halfway (the room's set updated, its presence not), the sets above do
     // not show it: look at those rooms' presence and users' entries themselves.
     for (const room of staleRooms) {
-      if (!held.has(room)) stale.push(this.cmd.srem(Keys.room(room), this.gw), this.cmd.srem(Keys.gatewayRooms(this.gw), room));
+      if (!held.has(room)) stale.push(unroute(this.cmd, room, this.gw), this.cmd.srem(Keys.gatewayRooms(this.gw), room));
       stale.push(removePresenceOf(this.cmd, room, this.gw, keepOf(room)));
     }
     const gone = new Set([...regUsers, ...staleUsers]);
@@ -465,7 +467,7 @@ export class RedisBus implements Bus {
   }
 
   private async roomEmptyUnguarded(room: string): Promise<void> {
-    await Promise.all([this.cmd.srem(Keys.room(room), this.gw), this.cmd.srem(Keys.gatewayRooms(this.gw), room)]);
+    await Promise.all([unroute(this.cmd, room, this.gw), this.cmd.srem(Keys.gatewayRooms(this.gw), room)]);
   }
 
   userOnline(user: string): Promise<void> {
@@ -555,8 +557,9 @@ export class RedisBus implements Bus {
   private async positionUnguarded(room: string): Promise<RoomPosition> {
     const key = Keys.seq(room);
     // The room's epoch is created by whoever needs it first: this join or the broadcast tier. A
-    // position a join created expires unless a message comes (which renews it, apply.lua): joins
-    // of room names nobody publishes to must not fill Redis. NX leaves a message's expiry alone.
+    // position a join created goes when the room's last member leaves with nothing said
+    // (unroute.lua), and expires unless a message comes (which renews it, apply.lua): joins of
+    // room names nobody publishes to must not fill Redis. NX leaves a message's expiry alone.
     const ttl = this.opts.roomTtlSec ?? 0;
     const [, , [seq, epoch]] = await Promise.all([
       this.cmd.hsetnx(key, 'epoch', newEpoch()),
@@ -585,7 +588,7 @@ export async function removeGateway(redis: RedisClient, gw: string): Promise<voi
   const [rooms, users] = await Promise.all([redis.smembers(Keys.gatewayRooms(gw)), redis.smembers(Keys.gatewayUsers(gw))]);
   const ops: Promise<unknown>[] = [];
   for (const room of rooms) {
-    ops.push(redis.srem(Keys.room(room), gw));
+    ops.push(unroute(redis, room, gw));
     ops.push(removePresenceOf(redis, room, gw));
   }
   for (const user of users) ops.push(redis.srem(Keys.user(user), gw));
@@ -599,7 +602,28 @@ export async function removeGateway(redis: RedisClient, gw: string): Promise<voi
   ]);
 }
 
-/** Remove gateway `gw`'s presence entries in a room, but for the users in `keep`. */
+type UnrouteClient = RedisClient & { sbUnroute?(roomKey: string, seqKey: string, gw: string): Promise<number> };
+
+/**
+ * Define the `unroute` script on a client: at creation, before its first command (ioredis
+ * auto-pipelining fails on a command defined later, and throws where nothing can catch it).
+ */
+export function defineUnroute(redis: RedisClient): void {
+  redis.defineCommand('sbUnroute', { numberOfKeys: 2, lua: UNROUTE_LUA });
+}
+
+/**
+ * Take gateway `gw` out of `room`'s routing set; when no gateway is left and nothing was ever said
+ * in the room, its position (created by a join) goes too (lua/unroute.lua). Every removal from a
+ * routing set goes through here: a last member leaving, the repair, a gateway removed. The client
+ * must have had `defineUnroute`.
+ */
+export function unroute(redis: RedisClient, room: string, gw: string): Promise<number> {
+  const r = redis as UnrouteClient;
+  if (r.sbUnroute === undefined) return Promise.reject(new Error('unroute: defineUnroute was not called on this client'));
+  return r.sbUnroute(Keys.room(room), Keys.seq(room), gw);
+}
+
 /**
  * Remove gateway `gw`'s presence entries of `room`, except the users `keep()` returns; `keep` is
  * asked after each scan reply, right before the HDEL it decides (a user who joined meanwhile is

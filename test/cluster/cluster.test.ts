@@ -230,6 +230,52 @@ describe('cluster mode', () => {
     await redis.stop();
   });
 
+  test('joining and leaving fresh room names leaves nothing in Redis; a room with messages or members keeps its position', async () => {
+    const redis = await RedisProcess.start();
+    const { gws, bcs } = await cluster(redis.url, 2, 1);
+    const a = new SwitchboardClient({ servers: [addr(gws[0])], user: 'ada' });
+    const b = new SwitchboardClient({ servers: [addr(gws[1])], user: 'bo' });
+    await Promise.all([a.connect(), b.connect()]);
+    const keysOf = (pattern: string) => redis.cli('--scan', '--pattern', pattern).split('\n').filter(Boolean);
+    const exists = (key: string) => redis.cli('exists', key) === '1';
+    // Churn: join then leave, and joins left by a closing connection.
+    for (let i = 0; i < 40; i++) {
+      await a.join(`churn-${i}`);
+      await a.leave(`churn-${i}`);
+    }
+    const c = new SwitchboardClient({ servers: [addr(gws[1])], user: 'cy' });
+    await c.connect();
+    for (let i = 40; i < 60; i++) await c.join(`churn-${i}`);
+    assert.ok(exists(Keys.seq('churn-59')), 'a joined room has its position while a member is in it');
+    await c.close();
+    await waitFor(() => keysOf('*churn-*').length === 0, 10_000, 'no key of a churned room left', 50);
+    // A room is kept while another gateway still has a member in it...
+    await a.join('shared');
+    const joinAt = async (cl: SwitchboardClient, room: string) => (await cl.request({ type: 'join_room', room })).epoch as string;
+    const epoch = await joinAt(b, 'shared');
+    await a.leave('shared');
+    assert.ok(exists(Keys.seq('shared')), "the position stays while the other gateway's member is in the room");
+    assert.equal(await joinAt(a, 'shared'), epoch, 'the same epoch for a member who comes back');
+    await a.leave('shared');
+    await b.leave('shared');
+    await waitFor(() => !exists(Keys.seq('shared')), 10_000, 'the position gone once nobody is in the room', 50);
+    // ...and a room where something was said keeps its position and history for those who come back.
+    await a.join('said');
+    await a.send('said', 'hello');
+    await waitFor(async () => (await a.history('said')).length === 1, 10_000, 'the message in history', 50);
+    await a.leave('said');
+    await waitFor(() => redis.cli('scard', Keys.room('said')) === '0', 10_000, 'the gateway out of the routing set', 50);
+    assert.ok(exists(Keys.seq('said')) && exists(Keys.history('said')), 'position and history kept');
+    // A churned name is a fresh room again: a new epoch, from seq 1.
+    await a.join('churn-0');
+    await a.send('churn-0', 'back');
+    await waitFor(async () => (await a.history('churn-0')).length === 1, 10_000, 'the message in history', 50);
+    assert.deepEqual((await a.history('churn-0')).map((m) => m.seq), [1]);
+    await Promise.all([a.close(), b.close()]);
+    for (const p of [...gws, ...bcs]) await p.kill('SIGTERM');
+    await redis.stop();
+  });
+
   test('Redis Cluster with 3 masters: chat and flags across two gateways', async () => {
     const nodes = await Promise.all([0, 1, 2].map(() => RedisProcess.startClusterNode()));
     const ports = nodes.map((n) => n.port);
