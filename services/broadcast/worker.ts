@@ -26,7 +26,7 @@
 import { Keys, GROUP } from '../bus/keys';
 import { createRedis, isReady, type RedisClient, type StreamEntry } from '../bus/redis-conn';
 import { EgressMessage, messageId, parseIngress, type IngressMessage } from '../bus/wire';
-import { aliveGateways, defineUnroute, removeGateway } from '../bus/redis';
+import { aliveGateways, removeGateway } from '../bus/redis';
 import { EgressWriter } from './egress';
 import { ShardLoop } from './shard-loop';
 import type { Logger } from '../telemetry/log';
@@ -74,8 +74,6 @@ function defineScripts(client: RedisClient): ApplyClient {
   client.defineCommand('sbHeartbeat', { numberOfKeys: 1, lua: HEARTBEAT_LUA });
   client.defineCommand('sbRenew', { numberOfKeys: 1, lua: RENEW_LUA });
   client.defineCommand('sbRelease', { numberOfKeys: 1, lua: RELEASE_LUA });
-  // The janitor's removeGateway unroutes the dead gateway's rooms.
-  defineUnroute(client);
   return client as ApplyClient;
 }
 

@@ -588,7 +588,9 @@ export async function removeGateway(redis: RedisClient, gw: string): Promise<voi
   const [rooms, users] = await Promise.all([redis.smembers(Keys.gatewayRooms(gw)), redis.smembers(Keys.gatewayUsers(gw))]);
   const ops: Promise<unknown>[] = [];
   for (const room of rooms) {
-    ops.push(unroute(redis, room, gw));
+    // A plain SREM, not unroute: a gateway taken for dead may only have stalled, and its members
+    // would see their quiet rooms' epoch change for nothing. Such positions expire (HISTORY_TTL_SEC).
+    ops.push(redis.srem(Keys.room(room), gw));
     ops.push(removePresenceOf(redis, room, gw));
   }
   for (const user of users) ops.push(redis.srem(Keys.user(user), gw));
@@ -614,9 +616,9 @@ export function defineUnroute(redis: RedisClient): void {
 
 /**
  * Take gateway `gw` out of `room`'s routing set; when no gateway is left and nothing was ever said
- * in the room, its position (created by a join) goes too (lua/unroute.lua). Every removal from a
- * routing set goes through here: a last member leaving, the repair, a gateway removed. The client
- * must have had `defineUnroute`.
+ * in the room, its position (created by a join) goes too (lua/unroute.lua). A gateway's own
+ * removals go through here (its last member leaving, the repair); the client must have had
+ * `defineUnroute`.
  */
 export function unroute(redis: RedisClient, room: string, gw: string): Promise<number> {
   const r = redis as UnrouteClient;
