@@ -276,10 +276,13 @@ export class RedisBus implements Bus {
     return { rooms, users: new Set(reg.users) };
   }
 
-  /** The users the hub holds in `room` at this moment (see heldNow). */
+  /**
+   * The users the hub holds in `room` at this moment (see heldNow): a direct lookup, asked once per
+   * presence scan reply of every stale room (a walk over all rooms here made a repair after a mass
+   * leave quadratic in the rooms held).
+   */
   private heldIn(room: string): ReadonlySet<string> {
-    for (const [r, members] of this.sink!.registrations().rooms) if (r === room) return new Set(members);
-    return EMPTY;
+    return new Set(this.sink!.usersIn(room));
   }
 
   private async resyncUnguarded(why: 'gone' | 'stale', staleRooms: ReadonlySet<string>, staleUsers: ReadonlySet<string>): Promise<void> {
@@ -642,8 +645,6 @@ async function removePresenceOf(redis: RedisClient, room: string, gw: string, ke
     if (names.length > 0) await redis.hdel(key, ...names);
   } while (cursor !== '0');
 }
-
-const EMPTY: ReadonlySet<string> = new Set();
 
 function noop(): void {}
 

@@ -26,6 +26,8 @@ export interface BusSink {
    * with the users in it here, and every user with a connection here.
    */
   registrations(): { rooms: Iterable<readonly [string, Iterable<string>]>; users: Iterable<string> };
+  /** The users this gateway holds in `room` at this moment (none: empty), found directly. */
+  usersIn(room: string): Iterable<string>;
   /** The bus dropped a message it had delivered already (switchboard_dropped_total{reason="duplicate"}). */
   duplicate?(): void;
   /**

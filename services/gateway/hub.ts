@@ -107,6 +107,10 @@ export class Hub {
     return { rooms: roomUsers(this.rooms), users: this.users.keys() };
   }
 
+  usersIn(room: string): Iterable<string> {
+    return this.rooms.get(room)?.users.keys() ?? NO_USERS;
+  }
+
   duplicate(): void {
     this.counters.dropped[DropReason.Duplicate]++;
   }
@@ -187,6 +191,8 @@ export class Hub {
 }
 
 function noop(): void {}
+
+const NO_USERS: readonly string[] = [];
 
 function* roomUsers(rooms: Map<string, LocalRoom>): Iterable<readonly [string, Iterable<string>]> {
   for (const [room, r] of rooms) yield [room, r.users.keys()] as const;

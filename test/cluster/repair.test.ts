@@ -27,6 +27,7 @@ after(async () => {
 function hubSink(rooms: Map<string, Set<string>>, users: Set<string>): BusSink {
   return {
     registrations: () => ({ rooms: [...rooms].map(([r, m]) => [r, [...m]] as const), users: [...users] }),
+    usersIn: (room: string) => [...(rooms.get(room) ?? [])],
     deliverRoom: () => 1,
     deliverUser: () => 0,
     pushRoom: () => 1,

@@ -31,9 +31,10 @@ const sinkOf = (hub: Hub): BusSink => ({
   deliverRoom: (room, msg, ts) => void hub.deliverRoom(room, msg, ts),
   deliverUser: (user, msg) => hub.deliverUser(user, msg),
   registrations: () => hub.registrations(),
+  usersIn: (room) => hub.usersIn(room),
 });
 
-const NO_SINK: BusSink = { deliverRoom: () => {}, deliverUser: () => 0, registrations: () => ({ rooms: [], users: [] }) };
+const NO_SINK: BusSink = { deliverRoom: () => {}, deliverUser: () => 0, registrations: () => ({ rooms: [], users: [] }), usersIn: () => [] };
 
 describe('Hub', () => {
   test('one Outbound object reaches every member, and each member is flushed once per turn', async () => {
@@ -65,9 +66,13 @@ describe('Hub', () => {
     await hub.addUser(a1);
     await hub.addUser(a2);
     assert.deepEqual(bus.presence('r'), ['a']);
+    assert.deepEqual([...hub.usersIn('r')], ['a']);
+    assert.deepEqual([...hub.usersIn('elsewhere')], []);
     await hub.leave('r', a1);
     assert.deepEqual(bus.presence('r'), ['a'], 'a still has a connection in r');
+    assert.deepEqual([...hub.usersIn('r')], ['a']);
     await hub.leave('r', a2);
+    assert.deepEqual([...hub.usersIn('r')], []);
     assert.equal(hub.roomCount, 0);
     assert.deepEqual(bus.presence('r'), []);
     await hub.removeUser(a1);
