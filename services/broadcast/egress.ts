@@ -112,13 +112,13 @@ export class EgressWriter {
     let done: Promise<unknown>;
     if (this.cluster) {
       const writes: Promise<unknown>[] = [];
-      for (const b of p.batches.values()) writes.push(this.cmd.call('XADD', ...b.finish(this.maxMessages)));
+      for (const b of p.batches.values()) for (const args of b.finish(this.maxMessages)) writes.push(this.cmd.call('XADD', ...args));
       done = Promise.all(writes);
     } else {
       // An explicit pipeline is written at once, one write for every gateway's XADD: the
       // auto-pipeline would first wait for the event loop's next check phase.
       const pipe = this.cmd.pipeline();
-      for (const b of p.batches.values()) pipe.call('XADD', ...b.finish(this.maxMessages));
+      for (const b of p.batches.values()) for (const args of b.finish(this.maxMessages)) pipe.call('XADD', ...args);
       done = pipe.exec().then(failed);
     }
     done.then(

@@ -1,10 +1,11 @@
 /**
- * A gateway's ingress writes: one command for all the messages published while the previous
- * write was in flight, instead of one XADD per message.
+ * A gateway's ingress writes: one command for the messages published while the previous write was
+ * in flight (up to MAX_CALL_MESSAGES; a bigger burst is several calls sent together), instead of
+ * one XADD per message.
  *
  * At low rates nothing waits: a publish that finds no write in flight is sent at once, as the same
  * XADD as ever. Publishes that arrive while one is in flight queue up and go out together when it
- * completes, in one call of lua/ingress.lua that makes exactly the entries one XADD each would
+ * completes, in calls of lua/ingress.lua that make exactly the entries one XADD each would
  * (the entry format does not change, so broadcast workers of any version read them). ioredis
  * itself keeps one pipeline in flight per connection, so those publishes would have waited as
  * long anyway; what is saved is a command object, a timer and a promise per message on the
@@ -15,7 +16,7 @@
  * first publish, as with plain auto-pipelining). Each message's promise resolves once Redis has
  * its entry: a client's `ok` still means the message can no longer be lost.
  *
- * Bounds: a failed write fails all of its messages. When it failed because Redis did not answer
+ * Bounds: a failed call fails all of its messages. When one failed because Redis did not answer
  * in time, the publishes queued behind it fail at once too, without being sent (so they surely did
  * not take effect), rather than wait another reply bound: a request gets `unavailable` within
  * REDIS_TIMEOUT_MS.
@@ -79,34 +80,34 @@ export class IngressWriter {
     if (batch.length === 0) return;
     this.queue = [];
     this.inFlight = true;
-    this.writes++;
     this.messages += batch.length;
-    let done: Promise<unknown>;
-    if (batch.length === 1) done = this.xadd(batch[0]);
-    else if (!this.perStream) done = this.script(batch);
-    else {
-      const byKey = new Map<string, Queued[]>();
-      for (const q of batch) (byKey.get(q.key) ?? byKey.set(q.key, []).get(q.key)!).push(q);
-      done = Promise.all([...byKey.values()].map((qs) => (qs.length === 1 ? this.xadd(qs[0]) : this.script(qs))));
-    }
-    done.then(
-      () => this.settle(batch, null),
-      (err: unknown) => this.settle(batch, err),
-    );
-  }
-
-  private settle(batch: Queued[], err: unknown): void {
-    this.inFlight = false;
-    if (err === null) for (const q of batch) q.resolve();
-    else {
-      for (const q of batch) q.reject(err);
-      if (isRedisTimeout(err)) {
+    const calls = this.perStream ? byStream(batch).flatMap(chunks) : chunks(batch);
+    this.writes += calls.length;
+    let left = calls.length;
+    let timedOut: unknown = null;
+    // One settle per call (not per message): each call's messages get its own outcome, and the
+    // next flush starts once every call of this one has answered.
+    const settled = (qs: Queued[], err: unknown): void => {
+      if (err === null) for (const q of qs) q.resolve();
+      else {
+        for (const q of qs) q.reject(err);
+        if (isRedisTimeout(err)) timedOut = err;
+      }
+      if (--left > 0) return;
+      this.inFlight = false;
+      if (timedOut !== null) {
         const waiting = this.queue;
         this.queue = [];
-        for (const q of waiting) q.reject(new NotSentError(err));
+        for (const q of waiting) q.reject(new NotSentError(timedOut));
       }
+      this.flush();
+    };
+    for (const qs of calls) {
+      (qs.length === 1 ? this.xadd(qs[0]) : this.script(qs)).then(
+        () => settled(qs, null),
+        (err: unknown) => settled(qs, err),
+      );
     }
-    this.flush();
   }
 
   private xadd(q: Queued): Promise<unknown> {
@@ -129,4 +130,31 @@ export class IngressWriter {
     }
     return this.cmd.sbIngress(keys.length, ...keys, ...argv);
   }
+}
+
+/**
+ * Messages per call. A burst (every connection spending its RATE_LIMIT_BURST at once) queues
+ * tens of thousands of publishes behind one write; as one call that made hundreds of thousands of
+ * arguments, which ioredis spreads onto the stack: the RangeError left its auto-pipeline with a
+ * callback and no command, and the gateway died of the TypeError that followed. It would also be
+ * one script holding Redis for its whole length. The calls of one flush go out together.
+ */
+const MAX_CALL_MESSAGES = 256;
+
+function chunks(qs: Queued[]): Queued[][] {
+  if (qs.length <= MAX_CALL_MESSAGES) return [qs];
+  const out: Queued[][] = [];
+  for (let i = 0; i < qs.length; i += MAX_CALL_MESSAGES) out.push(qs.slice(i, i + MAX_CALL_MESSAGES));
+  return out;
+}
+
+/** The batch split by stream, each in publish order (Redis Cluster: one slot per call). */
+function byStream(batch: Queued[]): Queued[][] {
+  const byKey = new Map<string, Queued[]>();
+  for (const q of batch) {
+    const list = byKey.get(q.key);
+    if (list === undefined) byKey.set(q.key, [q]);
+    else list.push(q);
+  }
+  return [...byKey.values()];
 }

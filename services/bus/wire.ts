@@ -14,7 +14,8 @@
  *          u32 traceparent length (0: none) | traceparent | binary frame (u32 body length, u8
  *          flags 0, JSON body), as services/protocol/framing.ts encodes it.
  *   k b  then per room message five fields: <room> <message id> <accept time> <JSON> <traceparent
- *        or ''>, and one '' pad when the count of messages is odd (fields come in pairs). The
+ *        or ''>, and one '' pad when the count of messages is odd (fields come in pairs); at most
+ *        V1_ENTRY_MESSAGES messages an entry. The
  *        format before `k f`: written only to gateways that do not announce wire version 2 (a
  *        rolling upgrade), and still read.
  *   k d  u <user>  m <JSON>: a direct message to every local connection of the user.
@@ -168,21 +169,33 @@ export class EgressBatch {
     this.messages.push(m);
   }
 
-  /** The XADD arguments, trimmed per the message-count policy. */
-  finish(maxMessages: number): (string | number | Buffer)[] {
+  /**
+   * The XADD arguments of the batch's entries, each trimmed per the message-count policy: one
+   * entry of kind `f`; kind `b` (five arguments a message) in entries of at most
+   * V1_ENTRY_MESSAGES, since every argument goes onto the stack when ioredis builds the command
+   * and a burst routed to an older gateway would otherwise overflow it.
+   */
+  finish(maxMessages: number): (string | number | Buffer)[][] {
     const n = this.messages.length;
-    const head = [this.key, 'MAXLEN', '~', egressTrim(maxMessages, n), '*'];
     if (this.version >= 2) {
       const records = new Array<Buffer>(n);
       for (let i = 0; i < n; i++) records[i] = this.messages[i].record();
-      return [...head, 'k', 'f', 'b', n === 1 ? records[0] : Buffer.concat(records)];
+      return [[this.key, 'MAXLEN', '~', egressTrim(maxMessages, n), '*', 'k', 'f', 'b', n === 1 ? records[0] : Buffer.concat(records)]];
     }
-    const args: (string | number)[] = [...head, 'k', 'b'];
-    for (const m of this.messages) args.push(m.room, m.mid, m.ts, m.json, m.trace ?? '');
-    if (n % 2 === 1) args.push('');
-    return args;
+    const entries: (string | number)[][] = [];
+    for (let from = 0; from < n; from += V1_ENTRY_MESSAGES) {
+      const part = this.messages.slice(from, from + V1_ENTRY_MESSAGES);
+      const args: (string | number)[] = [this.key, 'MAXLEN', '~', egressTrim(maxMessages, part.length), '*', 'k', 'b'];
+      for (const m of part) args.push(m.room, m.mid, m.ts, m.json, m.trace ?? '');
+      if (part.length % 2 === 1) args.push('');
+      entries.push(args);
+    }
+    return entries;
   }
 }
+
+/** Messages per egress entry of kind `b` (older gateways): see EgressBatch.finish. */
+export const V1_ENTRY_MESSAGES = 1000;
 
 /** The XADD arguments of a `k d` egress entry. */
 export function directEntry(key: string, maxMessages: number, user: string, json: string): (string | number)[] {

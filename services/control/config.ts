@@ -44,6 +44,7 @@ interface Setting {
   readonly default: string;
   readonly doc: string;
   readonly min?: number;
+  readonly max?: number;
   readonly values?: readonly string[];
 }
 
@@ -95,7 +96,7 @@ const SETTINGS_TABLE = [
   { key: 'REDIS_PORT', field: 'redisPort', kind: 'port', default: '6379', doc: 'Redis port for cluster roles when REDIS_URL is unset (origin key `redis_port`).' },
   { key: 'REDIS_CLUSTER', field: 'redisCluster', kind: 'bool', default: 'false', doc: 'Treat REDIS_URL as a seed node of a Redis Cluster (keys are hash-tagged for it).' },
   { key: 'STREAM_SHARDS', field: 'streamShards', kind: 'int', default: '8', min: 1, doc: 'Ingress stream shards (sb:in:{N}); the same on every gateway. The unit of broadcast ownership and per-room order.' },
-  { key: 'BROADCAST_BATCH', field: 'broadcastBatch', kind: 'int', default: '512', min: 1, doc: 'Ingress entries a broadcast worker reads and routes per batch.' },
+  { key: 'BROADCAST_BATCH', field: 'broadcastBatch', kind: 'int', default: '512', min: 1, max: 10000, doc: 'Ingress entries a broadcast worker reads and routes per batch (at most 10000: a batch\'s ids and arguments go to Redis as one command).' },
   { key: 'REDIS_TIMEOUT_MS', field: 'redisTimeoutMs', kind: 'int', default: '2000', min: 100, doc: 'A Redis command that has no reply within this time fails: the client gets `unavailable`, and /readyz turns 503 while Redis stays stalled.' },
   { key: 'LEASE_MS', field: 'leaseMs', kind: 'int', default: '5000', min: 100, doc: 'Shard lease of a broadcast worker; a dead worker\'s shards move after this long.' },
   { key: 'HEARTBEAT_MS', field: 'heartbeatMs', kind: 'int', default: '2000', min: 100, doc: 'Gateway heartbeat period; a gateway silent for 3 periods is removed from routing.' },
@@ -187,9 +188,10 @@ function parseValue(s: Setting, value: string): string | number | boolean | stri
       return n;
     }
     case 'int': {
-      if (!/^-?\d+$/.test(value)) throw new ConfigError(s.key, `an integer >= ${s.min ?? 0}`, value);
+      const want = s.max === undefined ? `an integer >= ${s.min ?? 0}` : `an integer from ${s.min ?? 0} to ${s.max}`;
+      if (!/^-?\d+$/.test(value)) throw new ConfigError(s.key, want, value);
       const n = Number(value);
-      if (!Number.isSafeInteger(n) || n < (s.min ?? 0)) throw new ConfigError(s.key, `an integer >= ${s.min ?? 0}`, value);
+      if (!Number.isSafeInteger(n) || n < (s.min ?? 0) || (s.max !== undefined && n > s.max)) throw new ConfigError(s.key, want, value);
       return n;
     }
     case 'enum':

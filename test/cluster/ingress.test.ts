@@ -44,6 +44,25 @@ describe('ingress writer', () => {
     }
   });
 
+  test('a burst of 20,000 publishes behind one write: bounded calls, every entry written in order', async () => {
+    // Five connections spending a 4,000-message burst at once. As one call this was 200,000
+    // arguments: ioredis' auto-pipeline lost the command to a RangeError and then killed the
+    // process with a TypeError nothing could catch.
+    const w = new IngressWriter(client, 1_000_000, false);
+    const key = Keys.ingress(20);
+    await w.append(key, ['r', 'b', 'f', 'u', 'd', '-1', 't', '0']);
+    const n = 20_000;
+    const first = w.append(key, ['r', 'b', 'f', 'u', 'd', '0', 't', '0']); // in flight alone
+    const rest = Array.from({ length: n - 1 }, (_, i) => w.append(key, ['r', 'b', 'f', 'u', 'd', String(i + 1), 't', '0']));
+    await Promise.all([first, ...rest]);
+    assert.ok(w.writes >= n / 256, `${w.writes} calls for ${n} messages: at most 256 messages each`);
+    const entries = await client.xrange(key, '-', '+');
+    assert.deepEqual(
+      entries.map(([, f]) => Number(f[5])),
+      Array.from({ length: n + 1 }, (_, i) => i - 1),
+    );
+  });
+
   test('one write per stream when the streams may live in different slots (Redis Cluster)', async () => {
     const w = new IngressWriter(client, 100_000, true);
     await Promise.all(Array.from({ length: 50 }, (_, i) => w.append(Keys.ingress(10 + (i % 2)), ['r', 'x', 'f', 'u', 'd', String(i), 't', '0'])));

@@ -104,6 +104,8 @@ describe('config', () => {
     [{ MAX_ROOMS_PER_CONNECTION: '-5' }, 'MAX_ROOMS_PER_CONNECTION', /integer >= 1/],
     [{ MAX_FRAME_BYTES: '1.5' }, 'MAX_FRAME_BYTES', /integer >= 64/],
     [{ RATE_LIMIT_PER_SEC: '0' }, 'RATE_LIMIT_PER_SEC', /integer >= 1/],
+    [{ BROADCAST_BATCH: '10001' }, 'BROADCAST_BATCH', /integer from 1 to 10000/],
+    [{ BROADCAST_BATCH: '0' }, 'BROADCAST_BATCH', /integer from 1 to 10000/],
     [{ SLOW_CONSUMER_POLICY: 'ignore' }, 'SLOW_CONSUMER_POLICY', /one of disconnect, drop/],
     [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL', /one of/],
     [{ REDIS_URL: 'http://x' }, 'REDIS_URL', /redis:\/\//],

@@ -3,7 +3,7 @@
 // gateways keep getting the kind they read; a malformed entry is contained.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { EgressBatch, EgressMessage, gatewayHeartbeat, readEgress, WIRE_VERSION, wireVersionOf, type EgressHandler } from '../../services/bus/wire';
+import { EgressBatch, EgressMessage, gatewayHeartbeat, readEgress, V1_ENTRY_MESSAGES, WIRE_VERSION, wireVersionOf, type EgressHandler } from '../../services/bus/wire';
 import { encodeBinaryFrame, encodeTextFrame, Outbound, roomMessageJson } from '../../services/protocol';
 
 interface Got {
@@ -44,7 +44,8 @@ describe('egress entries', () => {
     test(`kind ${version === 2 ? 'f' : 'b'} (wire version ${version}): every message comes back with its room, id, time, trace and bytes`, () => {
       const batch = new EgressBatch('sb:out:{x}gw', version);
       for (const m of messages) batch.add(m);
-      const args = batch.finish(100_000);
+      const [args, ...more] = batch.finish(100_000);
+      assert.equal(more.length, 0, 'one entry');
       assert.equal(args[0], 'sb:out:{x}gw');
       assert.deepEqual(args.slice(1, 5), ['MAXLEN', '~', Math.ceil(100_000 / messages.length), '*']);
       const { got, h } = collector();
@@ -66,13 +67,25 @@ describe('egress entries', () => {
   test('kind f carries the frames themselves: a gateway sends the bytes it read, without re-encoding', () => {
     const batch = new EgressBatch('k', 2);
     batch.add(messages[1]);
-    const fields = fieldsOf(batch.finish(10));
+    const fields = fieldsOf(batch.finish(10)[0]);
     assert.deepEqual(fields.slice(0, 3).map(String), ['k', 'f', 'b']);
     const { got, h } = collector();
     readEgress(fields, h);
     // The Outbound's binary form is a view of the entry's bytes, not a copy.
     assert.equal(got[0].msg.binary().buffer, fields[3].buffer);
     assert.equal(messages[1].record(), messages[1].record(), 'one record per message, shared by every gateway');
+  });
+
+  test('kind b (older gateways) in entries of at most V1_ENTRY_MESSAGES, every message in order', () => {
+    const batch = new EgressBatch('k', 1);
+    const n = 2 * V1_ENTRY_MESSAGES + 1;
+    for (let i = 0; i < n; i++) batch.add(new EgressMessage('r', `sb:in:{0}/1-${i}`, i, roomMessageJson('r', 'u', String(i), i + 1, 'e', i), undefined));
+    const entries = batch.finish(100_000);
+    assert.equal(entries.length, 3);
+    assert.deepEqual(entries.map((e) => e[3]), [100, 100, 100_000], 'each trimmed for its own count of messages');
+    const { got, h } = collector();
+    for (const e of entries) readEgress(fieldsOf(e), h);
+    assert.deepEqual(got.map((g) => g.mid), Array.from({ length: n }, (_, i) => `sb:in:{0}/1-${i}`));
   });
 
   test('a direct message entry', () => {
@@ -84,7 +97,7 @@ describe('egress entries', () => {
   test('a truncated kind f entry hands on the messages before the fault, then throws', () => {
     const batch = new EgressBatch('k', 2);
     for (const m of messages) batch.add(m);
-    const fields = fieldsOf(batch.finish(10));
+    const fields = fieldsOf(batch.finish(10)[0]);
     fields[3] = fields[3].subarray(0, fields[3].length - 3);
     const { got, h } = collector();
     assert.throws(() => readEgress(fields, h));
