@@ -40,6 +40,15 @@ export class TokenBucket {
   }
 
   /**
+   * How long an empty bucket takes to refill a tenth of a second's worth (at least one token, at
+   * most the burst): what a connection past its rate limit waits before it is read again (ms).
+   */
+  get resumeMs(): number {
+    const tokens = Math.max(1, Math.min(this.burst, Math.ceil(this.perSec / 10)));
+    return Math.max(1, Math.ceil((tokens * 1000) / this.perSec));
+  }
+
+  /**
    * Metered use (bytes, not messages): whether anything is left at time `now`. What is used is
    * charged after the fact with spend(), so one use may leave the bucket in debt.
    */

@@ -123,3 +123,35 @@ test('a flood of bad frames is rate limited, its error replies included', async 
   await witness.served(5);
   await assertWitnessServed(witness);
 });
+
+test('requests with ids flooding past the rate limit: at most a read of refusals per tenth of a second', async (t) => {
+  const target = await startTarget({ RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000' });
+  t.after(() => target.stop());
+  const witness = await Witness.start(target.port, t);
+  await witness.served(5);
+  const a = await RawClient.open(target.port);
+  t.after(() => a.destroy());
+  await a.hello('flooder');
+  // About 100 bytes a ping: a 64 KiB read holds about 650 of them, each refused with its id.
+  const line = JSON.stringify({ type: 'ping', id: 1, pad: 'x'.repeat(60) }) + '\n';
+  const block = line.repeat(650);
+  let writing = true;
+  const pump = (): void => {
+    while (writing && a.socket.write(block));
+    if (writing) a.socket.once('drain', pump);
+  };
+  const started = Date.now();
+  pump();
+  await new Promise((r) => setTimeout(r, 2000));
+  writing = false;
+  const seconds = (Date.now() - started) / 1000;
+  const refused = a.lines.filter((m) => m.code === 'rate_limited').length;
+  const answered = a.lines.filter((m) => m.type === 'pong').length;
+  // Ten reads a second at the most once the bucket is dry, whatever the client sends: resuming
+  // at the first token instead refused a read every millisecond (over 100,000 a second).
+  assert.ok(refused <= 10 * 650 * (seconds + 1), `${refused} refusals in ${seconds.toFixed(1)} s`);
+  assert.ok(answered >= 1000 && answered <= 1000 + 1000 * (seconds + 1), `${answered} pongs: the burst, then the rate`);
+  assert.equal(a.closed, false);
+  await witness.served(5);
+  await assertWitnessServed(witness);
+});

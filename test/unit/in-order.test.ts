@@ -161,6 +161,10 @@ test('TokenBucket: a burst, then the sustained rate', () => {
   for (let i = 0; i < 4; i++) assert.equal(b.take(10_000), true, 'up to the burst, not beyond');
   assert.equal(b.take(10_000), false);
   assert.equal(b.refillMs, 100);
+  assert.equal(b.resumeMs, 100, 'a tenth of a second at 10/s is one token');
+  assert.equal(new TokenBucket(2000, 4000, 0).resumeMs, 100, "a tenth of a second's tokens");
+  assert.equal(new TokenBucket(2000, 50, 0).resumeMs, 25, 'never more than the burst');
+  assert.equal(new TokenBucket(1, 1, 0).resumeMs, 1000, 'at least one token');
 });
 
 test('TokenBucket metered: spending leaves it in debt, and it is positive again once the debt is repaid', () => {
