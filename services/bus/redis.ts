@@ -29,6 +29,7 @@ import type { Bus, BusSink, HistoryPage, HistoryQuery, PublishRequest, PublishRe
 const HISTORY_LUA = loadLua(__dirname, 'bus', 'history.lua');
 const TRIMMED_LUA = loadLua(__dirname, 'bus', 'trimmed.lua');
 const UNROUTE_LUA = loadLua(__dirname, 'bus', 'unroute.lua');
+const POSITION_LUA = loadLua(__dirname, 'bus', 'position.lua');
 
 /**
  * A read of this many egress entries may have jumped a trimmed gap: trimming always leaves at
@@ -41,6 +42,8 @@ type GatewayClient = RedisClient & {
   sbTrimmedBuffer(key: string, last: string, count: number): Promise<[number, [Buffer, Buffer[]][]]>;
   /** history.lua: history key; '' or the first id, limit, byte budget -> [more, entries]. */
   sbHistory(key: string, from: string, limit: number, maxBytes: number): Promise<unknown>;
+  /** position.lua: seq key, routing set; epoch to create, ttl -> [seq, epoch] (null when absent). */
+  sbPosition(seqKey: string, roomKey: string, epoch: string, ttlSec: number): Promise<[string | null, string | null]>;
 };
 
 export interface RedisBusOptions {
@@ -142,6 +145,7 @@ export class RedisBus implements Bus {
     const timeout = opts.timeoutMs ?? 2000;
     this.cmd = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}`, log: opts.log, commandTimeoutMs: timeout }) as GatewayClient;
     this.cmd.defineCommand('sbHistory', { numberOfKeys: 1, lua: HISTORY_LUA });
+    this.cmd.defineCommand('sbPosition', { numberOfKeys: 2, lua: POSITION_LUA });
     defineUnroute(this.cmd);
     this.reader = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}-egress`, log: opts.log, autoPipelining: false }) as GatewayClient;
     this.reader.defineCommand('sbTrimmed', { numberOfKeys: 1, lua: TRIMMED_LUA });
@@ -553,8 +557,14 @@ export class RedisBus implements Bus {
     return { messages, more, first };
   }
 
-  position(room: string): Promise<RoomPosition> {
-    return this.positionUnguarded(room).catch(unavailable);
+  position(room: string, joining = false): Promise<RoomPosition> {
+    return (joining ? this.joinPosition(room) : this.positionUnguarded(room)).catch(unavailable);
+  }
+
+  /** A join's position: lua/position.lua, which creates no epoch once the room has no routing. */
+  private async joinPosition(room: string): Promise<RoomPosition> {
+    const [seq, epoch] = await this.cmd.sbPosition(Keys.seq(room), Keys.room(room), newEpoch(), this.opts.roomTtlSec ?? 0);
+    return { seq: Number(seq ?? 0), epoch: epoch ?? '' };
   }
 
   private async positionUnguarded(room: string): Promise<RoomPosition> {

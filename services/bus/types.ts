@@ -115,6 +115,10 @@ export interface Bus {
   presence(room: string): MaybePromise<string[]>;
   /** A page of the room's history (encoded pushes, oldest first), see HistoryQuery. */
   history(room: string, query: HistoryQuery): MaybePromise<HistoryPage>;
-  /** The room's last assigned seq (0 when none) and its epoch, created if the room has none yet. */
-  position(room: string): MaybePromise<RoomPosition>;
+  /**
+   * The room's last assigned seq (0 when none) and its epoch, created if the room has none yet.
+   * `joining`: for a join's reply; in cluster mode the epoch is then created only while a gateway
+   * is routed for the room (the member's own leave may have overtaken its join), else it is ''.
+   */
+  position(room: string, joining?: boolean): MaybePromise<RoomPosition>;
 }

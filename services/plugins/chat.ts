@@ -83,7 +83,7 @@ export const chatPlugin: MessageProcessor = {
         if (msg.id === undefined) return joined;
         // The reply carries the room's position: where a (re)joining client stands, and, through
         // the epoch, whether the seq it knew still means anything here.
-        const position = () => then(ctx.services.bus.position(room), (p) => ({ seq: p.seq, epoch: p.epoch }));
+        const position = () => then(ctx.services.bus.position(room, true), (p) => ({ seq: p.seq, epoch: p.epoch }));
         return joined instanceof Promise ? joined.then(position) : position();
       }
       case 'leave_room':
