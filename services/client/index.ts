@@ -117,6 +117,9 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
   private readonly pending = new Map<RequestId, Pending>();
   /** room -> where this client stands in it: the last seq seen and its epoch */
   private readonly joined = new Map<string, { seq: number; epoch: string }>();
+  /** The last join or leave of each room still in flight (see join). */
+  private readonly lastMembershipOp = new Map<string, number>();
+  private membershipOps = 0;
   /** Rooms being recovered after a reconnect -> live messages held until history is merged. */
   private readonly recovering = new Map<string, RoomMessage[]>();
   private serverIndex = 0;
@@ -620,14 +623,33 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
   }
 
   async join(room: string): Promise<void> {
-    const r = await this.request({ type: 'join_room', room });
-    // Start from the room's current position, so a later recovery does not replay older history.
-    if (!this.joined.has(room)) this.joined.set(room, { seq: typeof r.seq === 'number' ? r.seq : 0, epoch: typeof r.epoch === 'string' ? r.epoch : '' });
+    const op = this.membershipOp(room);
+    try {
+      const r = await this.request({ type: 'join_room', room });
+      // A leave made after this join decides: the room is not rejoined on the next reconnect.
+      if (this.lastMembershipOp.get(room) !== op) return;
+      // Start from the room's current position, so a later recovery does not replay older history.
+      if (!this.joined.has(room)) this.joined.set(room, { seq: typeof r.seq === 'number' ? r.seq : 0, epoch: typeof r.epoch === 'string' ? r.epoch : '' });
+    } finally {
+      if (this.lastMembershipOp.get(room) === op) this.lastMembershipOp.delete(room);
+    }
   }
 
   async leave(room: string): Promise<void> {
+    const op = this.membershipOp(room);
     this.joined.delete(room);
-    await this.request({ type: 'leave_room', room });
+    try {
+      await this.request({ type: 'leave_room', room });
+    } finally {
+      if (this.lastMembershipOp.get(room) === op) this.lastMembershipOp.delete(room);
+    }
+  }
+
+  /** Number a join or leave of `room`: the last one made is the one whose outcome counts. */
+  private membershipOp(room: string): number {
+    const op = ++this.membershipOps;
+    this.lastMembershipOp.set(room, op);
+    return op;
   }
 
   /** Publish to a room; resolves with the sequence number once the server accepted it. */

@@ -131,6 +131,22 @@ describe('SwitchboardClient', () => {
     });
   }
 
+  test('join and leave made together: the last one counts, and a reconnect does not rejoin a room left', async (t) => {
+    const srv = await startServer();
+    t.after(() => srv.close());
+    const a = client(srv.port, 'ann');
+    t.after(() => a.close());
+    await a.connect();
+    // The join's reply comes after the leave was made; it used to put the room back.
+    await Promise.all([a.join('gone'), a.leave('gone')]);
+    assert.equal(a.rooms.has('gone'), false);
+    await a.join('back');
+    await Promise.all([a.leave('back'), a.join('back')]);
+    assert.equal(a.rooms.has('back'), true);
+    assert.deepEqual(await a.presence('back'), ['ann']);
+    await assert.rejects(a.presence('gone'), (e: unknown) => e instanceof ClientError && e.code === 'not_in_room');
+  });
+
   test('reconnect with backoff after a restart on the same port: rejoin and recover what was missed', async (t) => {
     const restartable = await restartableServer(t);
     const { bus, port } = restartable;
