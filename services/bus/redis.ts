@@ -42,8 +42,10 @@ type GatewayClient = RedisClient & {
   sbTrimmedBuffer(key: string, last: string, count: number): Promise<[number, [Buffer, Buffer[]][]]>;
   /** history.lua: history key; '' or the first id, limit, byte budget -> [more, entries]. */
   sbHistory(key: string, from: string, limit: number, maxBytes: number): Promise<unknown>;
-  /** position.lua: seq key, routing set; epoch to create, ttl -> [seq, epoch] (null when absent). */
-  sbPosition(seqKey: string, roomKey: string, epoch: string, ttlSec: number): Promise<[string | null, string | null]>;
+  /** position.lua: seq key, routing set; epoch to create, ttl, 1 = only if routed -> [seq, epoch] (null when absent). */
+  sbPosition(seqKey: string, roomKey: string, epoch: string, ttlSec: number, ifRouted: 0 | 1): Promise<[string | null, string | null]>;
+  /** unroute.lua: routing set, seq key; gateway -> 1 when the position was deleted. */
+  sbUnroute(roomKey: string, seqKey: string, gw: string): Promise<number>;
 };
 
 export interface RedisBusOptions {
@@ -146,7 +148,7 @@ export class RedisBus implements Bus {
     this.cmd = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}`, log: opts.log, commandTimeoutMs: timeout }) as GatewayClient;
     this.cmd.defineCommand('sbHistory', { numberOfKeys: 1, lua: HISTORY_LUA });
     this.cmd.defineCommand('sbPosition', { numberOfKeys: 2, lua: POSITION_LUA });
-    defineUnroute(this.cmd);
+    this.cmd.defineCommand('sbUnroute', { numberOfKeys: 2, lua: UNROUTE_LUA });
     this.reader = createRedis({ url: opts.url, cluster: opts.cluster, name: `sb-gw-${this.gw}-egress`, log: opts.log, autoPipelining: false }) as GatewayClient;
     this.reader.defineCommand('sbTrimmed', { numberOfKeys: 1, lua: TRIMMED_LUA });
     this.health = new RedisHealth(this.cmd, timeout);
@@ -318,7 +320,7 @@ export class RedisBus implements Bus {
     const keepOf = (room: string) => () => this.heldIn(room);
     const stale: Promise<unknown>[] = [];
     for (const room of regRooms) {
-      if (!held.has(room)) stale.push(unroute(this.cmd, room, this.gw), this.cmd.srem(Keys.gatewayRooms(this.gw), room), removePresenceOf(this.cmd, room, this.gw, keepOf(room)));
+      if (!held.has(room)) stale.push(this.unroute(room), this.cmd.srem(Keys.gatewayRooms(this.gw), room), removePresenceOf(this.cmd, room, this.gw, keepOf(room)));
     }
     for (const [room, members] of rooms) {
       const h = held.get(room);
@@ -328,7 +330,7 @@ export class RedisBus implements Bus {
     // Where a write failed halfway (the room's set updated, its presence not), the sets above do
     // not show it: look at those rooms' presence and users' entries themselves.
     for (const room of staleRooms) {
-      if (!held.has(room)) stale.push(unroute(this.cmd, room, this.gw), this.cmd.srem(Keys.gatewayRooms(this.gw), room));
+      if (!held.has(room)) stale.push(this.unroute(room), this.cmd.srem(Keys.gatewayRooms(this.gw), room));
       stale.push(removePresenceOf(this.cmd, room, this.gw, keepOf(room)));
     }
     const gone = new Set([...regUsers, ...staleUsers]);
@@ -473,8 +475,17 @@ export class RedisBus implements Bus {
     return this.roomEmptyUnguarded(room).catch((err: unknown) => this.membershipFailed(err, room, null));
   }
 
+  /**
+   * Take this gateway out of `room`'s routing set; when no gateway is left and nothing was ever
+   * said in the room, its position goes too (lua/unroute.lua). The gateway's own removals go
+   * through here (its last member leaving, the repair); removeGateway does not (see there).
+   */
+  private unroute(room: string): Promise<number> {
+    return this.cmd.sbUnroute(Keys.room(room), Keys.seq(room), this.gw);
+  }
+
   private async roomEmptyUnguarded(room: string): Promise<void> {
-    await Promise.all([unroute(this.cmd, room, this.gw), this.cmd.srem(Keys.gatewayRooms(this.gw), room)]);
+    await Promise.all([this.unroute(room), this.cmd.srem(Keys.gatewayRooms(this.gw), room)]);
   }
 
   userOnline(user: string): Promise<void> {
@@ -558,27 +569,18 @@ export class RedisBus implements Bus {
   }
 
   position(room: string, joining = false): Promise<RoomPosition> {
-    return (joining ? this.joinPosition(room) : this.positionUnguarded(room)).catch(unavailable);
+    return this.positionUnguarded(room, joining).catch(unavailable);
   }
 
-  /** A join's position: lua/position.lua, which creates no epoch once the room has no routing. */
-  private async joinPosition(room: string): Promise<RoomPosition> {
-    const [seq, epoch] = await this.cmd.sbPosition(Keys.seq(room), Keys.room(room), newEpoch(), this.opts.roomTtlSec ?? 0);
-    return { seq: Number(seq ?? 0), epoch: epoch ?? '' };
-  }
-
-  private async positionUnguarded(room: string): Promise<RoomPosition> {
-    const key = Keys.seq(room);
-    // The room's epoch is created by whoever needs it first: this join or the broadcast tier. A
-    // position a join created goes when the room's last member leaves with nothing said
-    // (unroute.lua), and expires unless a message comes (which renews it, apply.lua): joins of
-    // room names nobody publishes to must not fill Redis. NX leaves a message's expiry alone.
-    const ttl = this.opts.roomTtlSec ?? 0;
-    const [, , [seq, epoch]] = await Promise.all([
-      this.cmd.hsetnx(key, 'epoch', newEpoch()),
-      ttl > 0 ? this.cmd.expire(key, ttl, 'NX') : null,
-      this.cmd.hmget(key, 'seq', 'epoch'),
-    ]);
+  /**
+   * The room's position (lua/position.lua). Its epoch is created by whoever needs it first: a join,
+   * a `position` notice or the broadcast tier. For a join only while the room has routing (the
+   * member's own leave may have overtaken it). A position a join created goes when the room's last
+   * member leaves with nothing said (unroute.lua), and expires unless a message comes (apply.lua
+   * renews it): joins of room names nobody publishes to must not fill Redis.
+   */
+  private async positionUnguarded(room: string, joining = false): Promise<RoomPosition> {
+    const [seq, epoch] = await this.cmd.sbPosition(Keys.seq(room), Keys.room(room), newEpoch(), this.opts.roomTtlSec ?? 0, joining ? 1 : 0);
     return { seq: Number(seq ?? 0), epoch: epoch ?? '' };
   }
 }
@@ -615,28 +617,6 @@ export async function removeGateway(redis: RedisClient, gw: string): Promise<voi
     redis.del(Keys.gateway(gw)),
     redis.srem(Keys.gateways, gw),
   ]);
-}
-
-type UnrouteClient = RedisClient & { sbUnroute?(roomKey: string, seqKey: string, gw: string): Promise<number> };
-
-/**
- * Define the `unroute` script on a client: at creation, before its first command (ioredis
- * auto-pipelining fails on a command defined later, and throws where nothing can catch it).
- */
-export function defineUnroute(redis: RedisClient): void {
-  redis.defineCommand('sbUnroute', { numberOfKeys: 2, lua: UNROUTE_LUA });
-}
-
-/**
- * Take gateway `gw` out of `room`'s routing set; when no gateway is left and nothing was ever said
- * in the room, its position (created by a join) goes too (lua/unroute.lua). A gateway's own
- * removals go through here (its last member leaving, the repair); the client must have had
- * `defineUnroute`.
- */
-export function unroute(redis: RedisClient, room: string, gw: string): Promise<number> {
-  const r = redis as UnrouteClient;
-  if (r.sbUnroute === undefined) return Promise.reject(new Error('unroute: defineUnroute was not called on this client'));
-  return r.sbUnroute(Keys.room(room), Keys.seq(room), gw);
 }
 
 /**

@@ -11,8 +11,9 @@
  * count as activity; an incomplete frame is bounded in bytes (MAX_FRAME_BYTES, and all of them
  * together by PARTIAL_FRAMES_BUDGET_BYTES) and in time (FRAME_TIMEOUT_MS, enforced by the
  * server's sweep from `partialSince`); every frame, a rejected one included, takes a token, and
- * past the limit the socket is read again only once the bucket holds a tenth of a second's tokens; nesting is bounded
- * (MAX_JSON_DEPTH) so that no input reaches `internal`; every 64 KiB of frames yields the event-loop turn.
+ * past the limit the socket is read again only once the bucket holds a tenth of a second's
+ * tokens; nesting is bounded (MAX_JSON_DEPTH) so that no input reaches `internal`; every 64 KiB
+ * of frames yields the event-loop turn.
  */
 import { isUtf8 } from 'node:buffer';
 import {

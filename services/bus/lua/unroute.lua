@@ -1,8 +1,9 @@
 -- Both keys hash by the room (one tag), so the script is valid on Redis Cluster.
 --
 -- UNROUTE takes a gateway out of a room's routing set (its last local member left, or the repair
--- found it registered for a room it no longer holds) and, when that leaves the room with no gateway and nothing was ever said in it (its
--- position has an epoch but no seq), deletes the position a join created. Joining and leaving
+-- found it registered for a room it no longer holds) and, when that leaves the room with no
+-- gateway and nothing was ever said in it (its position has an epoch but no seq), deletes the
+-- position a join created. Joining and leaving
 -- fresh room names then leaves nothing behind in Redis, as in standalone mode, where a room
 -- nobody is in and nothing was said in is forgotten; a room with messages keeps its position and
 -- history (for members who come back) until HISTORY_TTL_SEC. A join on another gateway adds its
