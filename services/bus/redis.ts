@@ -58,7 +58,11 @@ export interface RedisBusOptions {
   /** Messages kept per egress stream (direct messages use it too). @default 100000 */
   egressMaxLen?: number;
   heartbeatMs: number;
-  /** Seconds a room's position created by a join lives without a message (HISTORY_TTL_SEC; 0: for ever). @default 0 */
+  /**
+   * Seconds a room's position created by a join lives without a message, and the period (a
+   * quarter of it) at which the positions of rooms held here are renewed (HISTORY_TTL_SEC; 0: for
+   * ever). @default 0
+   */
   roomTtlSec?: number;
   /** Reply bound of every command (REDIS_TIMEOUT_MS). @default 2000 */
   timeoutMs?: number;
@@ -74,6 +78,8 @@ export interface RedisBusOptions {
 /** Egress entries one read takes at most, and how long it waits for one. */
 const EGRESS_COUNT = 1000;
 const EGRESS_BLOCK_MS = 1000;
+/** Position renewals sent together (renewPositions): a gateway may hold a great many rooms. */
+const RENEW_CHUNK = 1000;
 
 function unavailable(err: unknown): never {
   const message = isRedisTimeout(err) ? 'Redis did not answer in time: the request may still take effect' : 'the message bus (Redis) is unavailable';
@@ -122,6 +128,9 @@ export class RedisBus implements Bus {
   /** Rooms and users whose membership write failed: what the repair looks at beyond the sets. */
   private staleRooms = new Set<string>();
   private staleUsers = new Set<string>();
+  /** When the positions of the rooms held here were last renewed (renewPositions), and whether that runs. */
+  private renewedAt = 0;
+  private renewing = false;
 
   /** A membership write failed: mark it for the repair, and fail as unavailable. */
   private membershipFailed(err: unknown, room: string | null, user: string | null): never {
@@ -211,6 +220,34 @@ export class RedisBus implements Bus {
     if ((previous === null || this.stale) && this.running) await this.resync(previous === null ? 'gone' : 'stale');
     // The reader checks, once per beat, whether its stream was trimmed past what it had read.
     this.trimCheckDue = true;
+    void this.renewPositions();
+  }
+
+  /**
+   * Keep the positions of the rooms held here alive: a room with members whose position expired
+   * would start a new epoch at its next message, and its members would see `epoch_changed` though
+   * nothing was lost. Every quarter of HISTORY_TTL_SEC, `EXPIRE ... GT` on the position of each
+   * room held (GT never shortens an expiry and leaves a position without one alone; a position
+   * that is gone stays gone). History is not renewed: it is kept HISTORY_TTL_SEC after the room's
+   * last message, members or not.
+   */
+  private async renewPositions(): Promise<void> {
+    const ttl = this.opts.roomTtlSec ?? 0;
+    const sink = this.sink;
+    if (ttl <= 0 || sink === null || this.renewing || Date.now() - this.renewedAt < ttl * 250) return;
+    this.renewing = true;
+    this.renewedAt = Date.now();
+    try {
+      const rooms = [...sink.registrations().rooms].map(([room]) => room);
+      for (let i = 0; i < rooms.length && this.running; i += RENEW_CHUNK) {
+        await Promise.all(rooms.slice(i, i + RENEW_CHUNK).map((room) => this.cmd.call('EXPIRE', Keys.seq(room), ttl, 'GT')));
+      }
+    } catch {
+      // Redis down or stalled: the next beat tries again.
+      this.renewedAt = 0;
+    } finally {
+      this.renewing = false;
+    }
   }
 
   /**

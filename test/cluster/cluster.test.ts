@@ -197,37 +197,58 @@ describe('cluster mode', () => {
     await redis.stop();
   });
 
-  test('HISTORY_TTL_SEC: a room\'s position and history expire after its last message; a join alone leaves nothing for ever', async () => {
+  test('HISTORY_TTL_SEC: history expires after the last message; a room with members keeps its epoch; a room left expires', async () => {
     const redis = await RedisProcess.start();
     const { gws, bcs } = await cluster(redis.url, 1, 1, { HISTORY_TTL_SEC: '2' });
     const c = new SwitchboardClient({ servers: [addr(gws[0])], user: 'ttl' });
+    const changed: unknown[] = [];
+    c.on('epoch_changed', (e) => changed.push(e));
     await c.connect();
-    const ttlOf = (key: string) => Number(redis.cli('ttl', key));
-    // A join creates the room's position (its epoch) and, with it, its expiry.
-    await c.join('quiet');
-    const quietTtl = ttlOf(Keys.seq('quiet'));
-    assert.ok(quietTtl > 0 && quietTtl <= 2, `a joined room's position expires (ttl ${quietTtl})`);
-    // Messages renew both keys' expiry.
-    await c.join('busy');
-    for (let i = 0; i < 3; i++) await c.send('busy', i);
-    await waitFor(async () => (await c.history('busy')).length === 3, 10_000, 'three messages in history', 50);
-    const before = await c.historyPage('busy');
-    for (const key of [Keys.seq('busy'), Keys.history('busy')]) {
-      const ttl = ttlOf(key);
-      assert.ok(ttl > 0 && ttl <= 2, `${key} expires (ttl ${ttl})`);
+    try {
+      const ttlOf = (key: string) => Number(redis.cli('ttl', key));
+      const exists = (key: string) => redis.cli('exists', key) === '1';
+      // A join creates the room's position (its epoch) and, with it, its expiry.
+      await c.join('quiet');
+      const quietTtl = ttlOf(Keys.seq('quiet'));
+      assert.ok(quietTtl > 0 && quietTtl <= 2, `a joined room's position expires (ttl ${quietTtl})`);
+      // Messages renew both keys' expiry.
+      await c.join('busy');
+      for (let i = 0; i < 3; i++) await c.send('busy', i);
+      await waitFor(async () => (await c.history('busy')).length === 3, 10_000, 'three messages in history', 50);
+      const before = await c.historyPage('busy');
+      for (const key of [Keys.seq('busy'), Keys.history('busy')]) {
+        const ttl = ttlOf(key);
+        assert.ok(ttl > 0 && ttl <= 2, `${key} expires (ttl ${ttl})`);
+      }
+      // The history goes 2 s after the last message, members or not. The positions were given the
+      // same expiry (the same script call for 'busy', the earlier join for 'quiet'), but the gateway
+      // renews the positions of the rooms it holds: the member's rooms keep their epoch.
+      await waitFor(() => !exists(Keys.history('busy')), 10_000, "busy's history expired", 100);
+      assert.ok(exists(Keys.seq('busy')) && exists(Keys.seq('quiet')), 'the positions of rooms with a member are kept');
+      await c.send('busy', 'again');
+      await waitFor(async () => (await c.history('busy')).length === 1, 10_000, 'the new message in history', 50);
+      const kept = await c.historyPage('busy');
+      assert.deepEqual(kept.messages.map((m) => m.seq), [4], 'the sequence goes on');
+      assert.equal(kept.epoch, before.epoch, 'in the same epoch');
+      assert.deepEqual(changed, [], 'no epoch_changed for a room that only was quiet');
+      // Once the member left, nothing of either room is left in Redis: 'quiet' (nothing said) at
+      // once, 'busy' when its expiry comes...
+      await c.leave('quiet');
+      await c.leave('busy');
+      const gone = (key: string) => !exists(key);
+      await waitFor(() => [Keys.seq('quiet'), Keys.seq('busy'), Keys.history('busy')].every(gone), 10_000, 'the rooms expired', 100);
+      // ...and the room starts again at 1 in a new epoch, which the history reply says.
+      await c.join('busy');
+      await c.send('busy', 'anew');
+      await waitFor(async () => (await c.history('busy')).length === 1, 10_000, 'the new message in history', 50);
+      const afterwards = await c.historyPage('busy');
+      assert.deepEqual(afterwards.messages.map((m) => m.seq), [1]);
+      assert.notEqual(afterwards.epoch, before.epoch);
+    } finally {
+      await c.close();
+      for (const p of [...gws, ...bcs]) await p.kill('SIGTERM');
+      await redis.stop();
     }
-    // Once expired, nothing of either room is left in Redis...
-    const gone = (key: string) => redis.cli('exists', key) === '0';
-    await waitFor(() => [Keys.seq('quiet'), Keys.seq('busy'), Keys.history('busy')].every(gone), 10_000, 'the rooms expired', 100);
-    // ...and the room starts again at 1 in a new epoch, which the history reply says.
-    await c.send('busy', 'again');
-    await waitFor(async () => (await c.history('busy')).length === 1, 10_000, 'the new message in history', 50);
-    const afterwards = await c.historyPage('busy');
-    assert.deepEqual(afterwards.messages.map((m) => m.seq), [1]);
-    assert.notEqual(afterwards.epoch, before.epoch);
-    await c.close();
-    for (const p of [...gws, ...bcs]) await p.kill('SIGTERM');
-    await redis.stop();
   });
 
   test('joining and leaving fresh room names leaves nothing in Redis; a room with messages or members keeps its position', async () => {
