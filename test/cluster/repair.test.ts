@@ -126,4 +126,30 @@ describe('membership repair', () => {
       await bus.stop();
     }
   });
+
+  test('rooms the repair finds registered but not held: out of routing, and their positions go only where nothing was said and no gateway is left', async () => {
+    const { bus, internals } = await startBus('gw-rep-3', hubSink(new Map(), new Set()));
+    try {
+      // Registrations Redis holds for rooms the hub does not (a leave whose writes failed).
+      for (const room of ['joined-only', 'said', 'shared']) {
+        redisCli(port(), 'SADD', Keys.room(room), 'gw-rep-3');
+        redisCli(port(), 'SADD', Keys.gatewayRooms('gw-rep-3'), room);
+        redisCli(port(), 'HSET', Keys.seq(room), 'epoch', `e-${room}`);
+      }
+      redisCli(port(), 'HSET', Keys.seq('said'), 'seq', '5');
+      redisCli(port(), 'SADD', Keys.room('shared'), 'gw-other');
+      internals.stale = true;
+      await internals.beat();
+      await waitFor(() => internals.resyncing === null, 5000, 'repair done');
+      for (const room of ['joined-only', 'said', 'shared']) {
+        assert.equal(redisCli(port(), 'SISMEMBER', Keys.room(room), 'gw-rep-3'), '0', `${room}: out of routing`);
+        assert.equal(redisCli(port(), 'SISMEMBER', Keys.gatewayRooms('gw-rep-3'), room), '0', `${room}: out of the gateway's rooms`);
+      }
+      assert.equal(redisCli(port(), 'EXISTS', Keys.seq('joined-only')), '0', 'a position only a join made goes with the last gateway');
+      assert.equal(redisCli(port(), 'HGET', Keys.seq('said'), 'seq'), '5', 'a room where something was said keeps its position');
+      assert.equal(redisCli(port(), 'HGET', Keys.seq('shared'), 'epoch'), 'e-shared', 'a room another gateway routes keeps its position');
+    } finally {
+      await bus.stop();
+    }
+  });
 });
