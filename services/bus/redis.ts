@@ -215,12 +215,13 @@ export class RedisBus implements Bus {
       // Redis down or stalled: readiness says so; the next beat retries.
       return;
     }
+    // Not behind a repair, which may take long: positions held here must not expire meanwhile.
+    void this.renewPositions();
     // No previous heartbeat: Redis lost its data, or our registration was removed as dead. Either
     // way the routing of every room we hold is gone, and messages to them would reach no one.
     if ((previous === null || this.stale) && this.running) await this.resync(previous === null ? 'gone' : 'stale');
     // The reader checks, once per beat, whether its stream was trimmed past what it had read.
     this.trimCheckDue = true;
-    void this.renewPositions();
   }
 
   /**

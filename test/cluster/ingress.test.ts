@@ -63,6 +63,24 @@ describe('ingress writer', () => {
     );
   });
 
+  test('after SCRIPT FLUSH, a flush of several calls (scripts and a lone XADD) keeps its order', async () => {
+    const w = new IngressWriter(client, 100_000, false);
+    const key = Keys.ingress(21);
+    await w.append(key, ['r', 'b', 'f', 'u', 'd', '-1', 't', '0']);
+    // Redis forgot the scripts (a SCRIPT FLUSH, a failover) while the client still takes them for
+    // loaded: the script calls must not fall behind the plain XADD written after them.
+    await client.call('SCRIPT', 'FLUSH');
+    const first = w.append(key, ['r', 'b', 'f', 'u', 'd', '0', 't', '0']); // in flight alone
+    // 257 queued: one call of 256 and one of a single message.
+    const rest = Array.from({ length: 257 }, (_, i) => w.append(key, ['r', 'b', 'f', 'u', 'd', String(i + 1), 't', '0']));
+    await Promise.all([first, ...rest]);
+    const entries = await client.xrange(key, '-', '+');
+    assert.deepEqual(
+      entries.map(([, f]) => Number(f[5])),
+      Array.from({ length: 259 }, (_, i) => i - 1),
+    );
+  });
+
   test('one write per stream when the streams may live in different slots (Redis Cluster)', async () => {
     const w = new IngressWriter(client, 100_000, true);
     await Promise.all(Array.from({ length: 50 }, (_, i) => w.append(Keys.ingress(10 + (i % 2)), ['r', 'x', 'f', 'u', 'd', String(i), 't', '0'])));
