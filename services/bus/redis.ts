@@ -239,7 +239,7 @@ export class RedisBus implements Bus {
     this.renewing = true;
     this.renewedAt = Date.now();
     try {
-      const rooms = [...sink.registrations().rooms].map(([room]) => room);
+      const rooms = roomsHeld(sink);
       for (let i = 0; i < rooms.length && this.running; i += RENEW_CHUNK) {
         await Promise.all(rooms.slice(i, i + RENEW_CHUNK).map((room) => this.cmd.call('EXPIRE', Keys.seq(room), ttl, 'GT')));
       }
@@ -260,7 +260,7 @@ export class RedisBus implements Bus {
   private async announcePositions(why: 'gone' | 'trimmed'): Promise<void> {
     const sink = this.sink;
     if (sink === null || sink.pushRoom === undefined) return;
-    const rooms = [...sink.registrations().rooms].map(([room]) => room);
+    const rooms = roomsHeld(sink);
     if (rooms.length === 0) return;
     const positions = await Promise.all(rooms.map((room) => this.positionUnguarded(room).catch(() => null)));
     let n = 0;
@@ -675,6 +675,11 @@ async function removePresenceOf(redis: RedisClient, room: string, gw: string, ke
 }
 
 function noop(): void {}
+
+/** The names of the rooms the hub holds, taken whole (the hub hands out iterators). */
+function roomsHeld(sink: BusSink): string[] {
+  return [...sink.registrations().rooms].map(([room]) => room);
+}
 
 const NO_RESULT: PublishResult = Object.freeze({});
 function noResult(): PublishResult {
