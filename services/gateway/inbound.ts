@@ -11,8 +11,7 @@
  * count as activity; an incomplete frame is bounded in bytes (MAX_FRAME_BYTES, and all of them
  * together by PARTIAL_FRAMES_BUDGET_BYTES) and in time (FRAME_TIMEOUT_MS, enforced by the
  * server's sweep from `partialSince`); every frame, a rejected one included, takes a token, and
- * past the limit the socket is read again only once the bucket holds a tenth of a second's
- * tokens; nesting is bounded (MAX_JSON_DEPTH) so that no input reaches `internal`; every 64 KiB
+ * past the limit the socket is read again only after a tenth of a second (TokenBucket.resumeMs); nesting is bounded (MAX_JSON_DEPTH) so that no input reaches `internal`; every 64 KiB
  * of frames yields the event-loop turn.
  */
 import { isUtf8 } from 'node:buffer';
@@ -88,7 +87,7 @@ const Pause = {
   Inflate: 1,
   /** All partial frames together are over PARTIAL_FRAMES_BUDGET_BYTES. */
   Budget: 2,
-  /** The rate-limit bucket is empty: read no more than one chunk per tenth of a second's refill. */
+  /** The rate-limit bucket is empty: read no more than one chunk per tenth of a second. */
   Rate: 4,
   /** TURN_BYTES were handled: the rest of this event-loop turn belongs to the others. */
   Turn: 8,
@@ -506,8 +505,8 @@ export class Inbound implements FrameSink {
     counters.dropped[DropReason.RateLimited]++;
     counters.limitHits[Limit.RateLimit]++;
     if ((this.paused & Pause.Rate) === 0 && !this.stopped) {
-      // The rest of this chunk is handled (and refused); the socket is read again once the
-      // bucket holds a tenth of a second's tokens, so a flood costs at most a chunk (a 64 KiB
+      // The rest of this chunk is handled (and refused); the socket is read again after a tenth
+      // of a second, whatever the burst, so a flood costs at most a chunk (a 64 KiB
       // read, about a thousand small frames, each refused) per tenth of a second, and the rest
       // waits in TCP. Resuming at the first token instead cost a chunk per millisecond: 300,000
       // refusals a second from four connections, and a cluster gateway's other clients waited

@@ -7,6 +7,9 @@
  * clock read of its own. A full bucket only moves its refill time; the arithmetic runs only once
  * a client has spent some tokens.
  */
+/** The shortest pause of a connection past its rate limit (ms). */
+export const RATE_PAUSE_MS = 100;
+
 export class TokenBucket {
   private tokens: number;
   private refilledAt: number;
@@ -40,12 +43,15 @@ export class TokenBucket {
   }
 
   /**
-   * How long an empty bucket takes to refill a tenth of a second's worth (at least one token, at
-   * most the burst): what a connection past its rate limit waits before it is read again (ms).
+   * What a connection past its rate limit waits before it is read again (ms): a tenth of a
+   * second, or one token's refill when that is longer. Never shorter, whatever the burst: each
+   * resumed read of a flood is a chunk of refusals, and a pause as short as a small burst's refill
+   * (1 ms for RATE_LIMIT_BURST = RATE_LIMIT_PER_SEC/1000) let one connection make a read of
+   * refusals every millisecond. A flooding connection therefore gets at most the smaller of its
+   * burst and a tenth of a second's tokens per tenth of a second.
    */
   get resumeMs(): number {
-    const tokens = Math.max(1, Math.min(this.burst, Math.ceil(this.perSec / 10)));
-    return Math.max(1, Math.ceil((tokens * 1000) / this.perSec));
+    return Math.max(RATE_PAUSE_MS, Math.ceil(1000 / this.perSec));
   }
 
   /**

@@ -124,34 +124,41 @@ test('a flood of bad frames is rate limited, its error replies included', async 
   await assertWitnessServed(witness);
 });
 
-test('requests with ids flooding past the rate limit: at most a read of refusals per tenth of a second', async (t) => {
-  const target = await startTarget({ RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000' });
-  t.after(() => target.stop());
-  const witness = await Witness.start(target.port, t);
-  await witness.served(5);
-  const a = await RawClient.open(target.port);
-  t.after(() => a.destroy());
-  await a.hello('flooder');
-  // About 100 bytes a ping: a 64 KiB read holds about 650 of them, each refused with its id.
-  const line = JSON.stringify({ type: 'ping', id: 1, pad: 'x'.repeat(60) }) + '\n';
-  const block = line.repeat(650);
-  let writing = true;
-  const pump = (): void => {
-    while (writing && a.socket.write(block));
-    if (writing) a.socket.once('drain', pump);
-  };
-  const started = Date.now();
-  pump();
-  await new Promise((r) => setTimeout(r, 2000));
-  writing = false;
-  const seconds = (Date.now() - started) / 1000;
-  const refused = a.lines.filter((m) => m.code === 'rate_limited').length;
-  const answered = a.lines.filter((m) => m.type === 'pong').length;
-  // Ten reads a second at the most once the bucket is dry, whatever the client sends: resuming
-  // at the first token instead refused a read every millisecond (over 100,000 a second).
-  assert.ok(refused <= 10 * 650 * (seconds + 1), `${refused} refusals in ${seconds.toFixed(1)} s`);
-  assert.ok(answered >= 1000 && answered <= 1000 + 1000 * (seconds + 1), `${answered} pongs: the burst, then the rate`);
-  assert.equal(a.closed, false);
-  await witness.served(5);
-  await assertWitnessServed(witness);
-});
+// A burst of a tenth of a second's tokens, and a small one: with a burst of 10 the pause was the
+// burst's refill (10 ms), a read of refusals a hundred times a second.
+for (const burst of [1000, 10]) {
+  test(`requests with ids flooding past the rate limit (burst ${burst}): at most a read of refusals per tenth of a second`, async (t) => {
+    const target = await startTarget({ RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: String(burst) });
+    t.after(() => target.stop());
+    const witness = await Witness.start(target.port, t);
+    await witness.served(5);
+    const a = await RawClient.open(target.port);
+    t.after(() => a.destroy());
+    await a.hello('flooder');
+    // About 100 bytes a ping: a 64 KiB read holds about 650 of them, each refused with its id.
+    const line = JSON.stringify({ type: 'ping', id: 1, pad: 'x'.repeat(60) }) + '\n';
+    const block = line.repeat(650);
+    let writing = true;
+    const pump = (): void => {
+      while (writing && a.socket.write(block));
+      if (writing) a.socket.once('drain', pump);
+    };
+    const started = Date.now();
+    pump();
+    await new Promise((r) => setTimeout(r, 2000));
+    writing = false;
+    const seconds = (Date.now() - started) / 1000;
+    const refused = a.lines.filter((m) => m.code === 'rate_limited').length;
+    const answered = a.lines.filter((m) => m.type === 'pong').length;
+    // Ten reads a second at the most once the bucket is dry, whatever the client sends and
+    // whatever the burst: resuming at the first token instead refused a read every millisecond
+    // (over 100,000 a second), and resuming at a small burst's refill every 10 ms.
+    assert.ok(refused <= 10 * 650 * (seconds + 1), `${refused} refusals in ${seconds.toFixed(1)} s`);
+    // The burst, then per tenth of a second the smaller of the burst and a tenth of the rate.
+    const perTenth = Math.min(burst, 100);
+    assert.ok(answered >= Math.min(burst, 1000) && answered <= burst + 10 * perTenth * (seconds + 1), `${answered} pongs: the burst, then the rate`);
+    assert.equal(a.closed, false);
+    await witness.served(5);
+    await assertWitnessServed(witness);
+  });
+}

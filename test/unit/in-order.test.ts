@@ -163,7 +163,8 @@ test('TokenBucket: a burst, then the sustained rate', () => {
   assert.equal(b.refillMs, 100);
   assert.equal(b.resumeMs, 100, 'a tenth of a second at 10/s is one token');
   assert.equal(new TokenBucket(2000, 4000, 0).resumeMs, 100, "a tenth of a second's tokens");
-  assert.equal(new TokenBucket(2000, 50, 0).resumeMs, 25, 'never more than the burst');
+  assert.equal(new TokenBucket(2000, 50, 0).resumeMs, 100, 'a tenth of a second with a small burst too');
+  assert.equal(new TokenBucket(2000, 2, 0).resumeMs, 100, 'the smallest burst the config takes');
   assert.equal(new TokenBucket(1, 1, 0).resumeMs, 1000, 'at least one token');
 });
 
