@@ -14,16 +14,20 @@ import { newEpoch } from './epoch';
 import type { Bus, BusSink, HistoryPage, HistoryQuery, PublishRequest, PublishResult, RoomPosition } from './types';
 
 /**
- * What one kept message costs the process, estimated: its JSON string plus the text and binary
- * frames it may have been encoded to, and the ring slot.
+ * What one kept message costs the process, estimated: its JSON string (two bytes a character at
+ * the most) and its ring slots. History keeps the JSON text only, never the frames a message was
+ * encoded to: those are small slices of Node's shared 8 KiB buffer pool, and one kept slice holds
+ * its whole slab, so kept frames of small messages interleaved with other output held about
+ * fifteen times their size (1 GB of buffers for a 64 MiB HISTORY_TOTAL_BYTES).
  */
-function costOf(msg: Outbound): number {
-  return 3 * msg.json.length + 64;
+function costOf(json: string): number {
+  return 2 * json.length + 64;
 }
 
 /** The kept messages of one room, oldest first, bounded by count and bytes. */
 class RoomHistory {
-  private readonly items: Outbound[] = [];
+  /** The messages' JSON texts. */
+  private readonly items: string[] = [];
   private readonly seqs: number[] = [];
   private head = 0;
   bytes = 0;
@@ -36,16 +40,16 @@ class RoomHistory {
     return this.size === 0 ? 0 : this.seqs[this.head];
   }
 
-  push(seq: number, msg: Outbound): void {
-    this.items.push(msg);
+  push(seq: number, json: string): void {
+    this.items.push(json);
     this.seqs.push(seq);
-    this.bytes += costOf(msg);
+    this.bytes += costOf(json);
   }
 
   /** Drop the oldest message; returns the bytes freed. */
   shift(): number {
     const freed = costOf(this.items[this.head]);
-    (this.items as (Outbound | undefined)[])[this.head] = undefined;
+    (this.items as (string | undefined)[])[this.head] = undefined;
     this.head++;
     this.bytes -= freed;
     // Compact once the dead prefix is as large as the live part: amortised O(1) per message.
@@ -70,7 +74,7 @@ class RoomHistory {
   }
 
   /** Up to `limit` messages after `since` (oldest first), or the newest `limit` without it. */
-  page(since: number | undefined, limit: number): { messages: Outbound[]; more: boolean } {
+  page(since: number | undefined, limit: number): { messages: string[]; more: boolean } {
     const end = this.items.length;
     const from = since === undefined ? Math.max(this.head, end - limit) : this.after(since);
     const to = Math.min(end, from + limit);
@@ -163,7 +167,7 @@ export class MemoryBus implements Bus {
     const r = this.room(req.room);
     const seq = ++r.seq;
     const msg = new Outbound(roomMessageJson(req.room, req.from, req.dataJson, seq, r.epoch, req.ts));
-    if (this.historySize > 0) this.keep(r, seq, msg);
+    if (this.historySize > 0) this.keep(r, seq, msg.json);
     if (r.members.size === 0 && seq === 1) this.markIdle(req.room);
     if (req.trace !== undefined && tracing.enabled) {
       // The embedded stand-in for the broadcast tier's routing step, so traces look the same.
@@ -177,14 +181,14 @@ export class MemoryBus implements Bus {
   }
 
   /** Append to the room's history within its count and byte budgets, then the total budget. */
-  private keep(r: RoomState, seq: number, msg: Outbound): void {
+  private keep(r: RoomState, seq: number, json: string): void {
     let h = r.history;
     if (h === null) {
       h = r.history = new RoomHistory();
       this.usage.rooms++;
     }
     const before = h.bytes;
-    h.push(seq, msg);
+    h.push(seq, json);
     while (h.size > this.historySize || (h.bytes > this.roomBytes && h.size > 0)) {
       h.shift();
       if (h.size >= this.historySize) continue;

@@ -591,16 +591,16 @@ export class RedisBus implements Bus {
    * History entries (ids `<seq>-1`): after `since` oldest first, or the newest `limit`; at most
    * `maxBytes` of messages (history.lua), so a page of large messages is never built whole.
    */
-  private async readHistory(room: string, since: number | undefined, limit: number, maxBytes: number): Promise<{ messages: Outbound[]; more: boolean; first: number | undefined }> {
+  private async readHistory(room: string, since: number | undefined, limit: number, maxBytes: number): Promise<{ messages: string[]; more: boolean; first: number | undefined }> {
     if (limit <= 0) return { messages: [], more: false, first: undefined };
     const [moreFlag, entries] = (await this.cmd.sbHistory(Keys.history(room), since === undefined ? '' : `${since + 1}-0`, limit, maxBytes)) as [number, StreamEntry[]];
     // Read backwards for the newest: a page is oldest first. Only a forward page says `more`.
     if (since === undefined) entries.reverse();
     const more = since !== undefined && moreFlag === 1;
-    const messages: Outbound[] = [];
+    const messages: string[] = [];
     for (const [, f] of entries) {
       const m = f.indexOf('m');
-      if (m >= 0 && m % 2 === 0) messages.push(new Outbound(f[m + 1]));
+      if (m >= 0 && m % 2 === 0) messages.push(f[m + 1]);
     }
     const first = entries.length > 0 ? Number(entries[0][0].slice(0, entries[0][0].indexOf('-'))) : undefined;
     return { messages, more, first };

@@ -66,7 +66,8 @@ export interface RoomPosition {
 
 /** One page of a room's history: a contiguous run of messages, oldest first. */
 export interface HistoryPage extends RoomPosition {
-  messages: Outbound[];
+  /** The messages' JSON texts, oldest first. */
+  messages: string[];
   /**
    * False when the messages after the requested position cannot all be returned: the client's
    * epoch is not the room's (the page then starts at the current epoch's oldest kept message), or

@@ -40,7 +40,7 @@ function historyReply(id: RequestId | undefined, room: string, page: HistoryPage
   let bytes = 0;
   let n = 0;
   for (; n < messages.length; n++) {
-    const json = messages[n].json;
+    const json = messages[n];
     bytes += Buffer.byteLength(json) + 1;
     if (n > 0 && bytes > budget) break;
     body += (n === 0 ? '' : ',') + json;

@@ -1,6 +1,7 @@
 // Attack class: memory. Rooms are bounded per connection and in total (MAX_ROOMS_TOTAL: the
 // attacker gets too_many_rooms), frames over MAX_FRAME_BYTES are refused before they are held
-// (too_large, close), and near-limit frames within the rate limit leave RSS within its budget.
+// (too_large, close), and near-limit frames within the rate limit leave RSS within its budget;
+// standalone history holds what its budget counts, not the pool slabs of encoded frames.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { waitFor } from '../helpers/wait';
@@ -93,4 +94,65 @@ test('large frames: over MAX_FRAME_BYTES refused before they are held; near the 
   await assertWitnessServed(witness);
   assertRssWithin(before, peak, undefined, 'peak RSS');
   assertRssWithin(before, await settledRss(target));
+});
+
+test('history of small messages between other output: RSS within budget, the history budget counts what is held', async (t) => {
+  // Standalone keeps history up to HISTORY_TOTAL_BYTES. It kept each message's encoded frames:
+  // small slices of Node's shared 8 KiB buffer pool, and with a presence reply of about 4 KB
+  // written between two kept messages each kept message held a slab of its own: 20 connections
+  // under their rate limits grew a process by 956 MB for a 64 MiB budget, and it stayed.
+  const target = await startTarget({ HISTORY_TOTAL_BYTES: String(16 * 1048576), RATE_LIMIT_PER_SEC: '20000', RATE_LIMIT_BURST: '20000' });
+  t.after(() => target.stop());
+  const witness = await Witness.start(target.port, t);
+  await witness.served(5);
+  // Members with long names: a presence reply of "big" is about 4 KB.
+  for (let i = 0; i < 28; i++) {
+    const m = await RawClient.open(target.port);
+    t.after(() => m.destroy());
+    await m.hello(`member-${i}-`.padEnd(128, 'x'));
+    m.line({ type: 'join_room', room: 'big', id: 'j' });
+    await m.waitFor((r) => r.id === 'j');
+  }
+  const before = await settledRss(target);
+  const room = (c: number, r: number) => `room-${c}-${r}-`.padEnd(100, 'r');
+  const { peak } = await peakRss(target, async () => {
+    const writers: Promise<void>[] = [];
+    for (let c = 0; c < 4; c++) {
+      const a = await RawClient.open(target.port);
+      t.after(() => a.destroy());
+      await a.hello(`writer-${c}`);
+      let joins = JSON.stringify({ type: 'join_room', room: 'big' }) + '\n';
+      for (let r = 0; r < 99; r++) joins += JSON.stringify({ type: 'join_room', room: room(c, r) }) + '\n';
+      a.write(joins);
+      // What comes back (about 200 MB of presence replies in all) is counted, not parsed, and
+      // each round waits for the previous one's answers: a writer reads what it asked for.
+      a.socket.removeAllListeners('data');
+      let tail = '';
+      let waiting: { id: string; resolve: () => void } | null = null;
+      a.socket.on('data', (chunk: Buffer) => {
+        tail = (tail + chunk.toString('latin1', Math.max(0, chunk.length - 64))).slice(-128);
+        if (waiting !== null && tail.includes(`"id":"${waiting.id}"`)) waiting.resolve();
+      });
+      writers.push(
+        (async () => {
+          for (let round = 0; round < 70; round++) {
+            let frames = '';
+            for (let r = 0; r < 99; r++) {
+              frames += JSON.stringify({ type: 'send_chat', room: room(c, r), data: round }) + '\n';
+              frames += '{"type":"presence","room":"big"}\n{"type":"presence","room":"big"}\n';
+            }
+            const answered = new Promise<void>((resolve) => (waiting = { id: `round-${round}`, resolve }));
+            a.write(`${frames}{"type":"ping","id":"round-${round}"}\n`);
+            await answered;
+          }
+        })(),
+      );
+    }
+    await Promise.all(writers);
+  });
+  const held = await target.metric('switchboard_history_bytes');
+  assert.ok(held !== undefined && held > 8 * 1048576, `history holds ${held} bytes: the budget was reached`);
+  await assertWitnessServed(witness);
+  assertRssWithin(before, peak, undefined, 'peak RSS');
+  assertRssWithin(before, await settledRss(target), undefined, 'RSS with the history kept');
 });

@@ -41,7 +41,7 @@ async function fillHistory(bus: RedisBus, room: string, n: number, bytes: number
   await client.call('HSET', Keys.seq(room), 'seq', String(n), 'epoch', 'e1');
 }
 
-const seqs = (page: HistoryPage) => page.messages.map((m) => (JSON.parse(m.json) as { seq: number }).seq);
+const seqs = (page: HistoryPage) => page.messages.map((m) => (JSON.parse(m) as { seq: number }).seq);
 
 describe('cluster history', () => {
   test('a page stops at its byte budget in Redis: forwards with more, the newest that fit, and never empty', async () => {

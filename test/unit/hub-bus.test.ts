@@ -84,7 +84,7 @@ describe('Hub', () => {
 });
 
 describe('MemoryBus', () => {
-  const seqOf = (o: Outbound) => (JSON.parse(o.json) as { seq: number }).seq;
+  const seqOf = (json: string) => (JSON.parse(json) as { seq: number }).seq;
 
   test('sequence numbers in accept order; history is a bounded ring paged forward from since', async () => {
     const bus = new MemoryBus({ historySize: 5 });
@@ -107,7 +107,7 @@ describe('MemoryBus', () => {
     const pos = bus.position('r');
     assert.equal(pos.seq, 8);
     assert.match(pos.epoch, /^[0-9a-f]{12}$/);
-    const first = JSON.parse(bus.history('r', { since: 7, limit: 1 }).messages[0].json) as Record<string, unknown>;
+    const first = JSON.parse(bus.history('r', { since: 7, limit: 1 }).messages[0]) as Record<string, unknown>;
     assert.deepEqual(Object.keys(first), ['type', 'room', 'from', 'data', 'seq', 'epoch', 'ts']);
     assert.equal(first.data, 8);
     assert.equal(first.epoch, pos.epoch);
@@ -135,7 +135,7 @@ describe('MemoryBus', () => {
   });
 
   test('history bytes are bounded per room and in total; idle rooms lose theirs first', async () => {
-    const big = JSON.stringify('x'.repeat(10_000)); // about 30 kB per kept message, estimated
+    const big = JSON.stringify('x'.repeat(10_000)); // about 20 kB per kept message, estimated
     const bus = new MemoryBus({ historySize: 1000, historyRoomBytes: 100_000, historyTotalBytes: 200_000 });
     await bus.start(NO_SINK);
     bus.join('idle', 'u');
@@ -145,7 +145,7 @@ describe('MemoryBus', () => {
     bus.join('busy', 'u');
     for (let i = 0; i < 50; i++) bus.publish({ room: 'busy', from: 'u', dataJson: big, ts: 1 });
     const kept = bus.history('busy', { limit: 1000 }).messages.length;
-    assert.ok(kept >= 1 && kept <= 3, `per-room budget keeps ${kept} of 50`);
+    assert.ok(kept >= 1 && kept <= 5, `per-room budget keeps ${kept} of 50`);
     assert.ok(bus.usage.bytes <= 200_000, `total ${bus.usage.bytes} within budget`);
     for (let i = 0; i < 3; i++) {
       bus.join(`r${i}`, 'u');
