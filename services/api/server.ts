@@ -44,6 +44,7 @@ import type { Config } from '../control';
 import { reconnectFrame, Session, type GatewayServer } from '../gateway';
 import { publishChat, sendDirect } from '../plugins';
 import {
+  boundedJson,
   DisconnectReason,
   ErrorCode,
   ErrorInfo,
@@ -151,14 +152,16 @@ function name(value: string, field: string): string {
 }
 
 /** Payloads are JSON text; re-serialised so a line-delimited client never sees a raw newline. */
-function jsonData(value: string, maxDepth: number): string {
+function jsonData(value: string, maxDepth: number, maxBytes: number): string {
   if (value === '') throw new SwitchboardError(ErrorCode.BadRequest, 'field "data" is required (JSON text)');
   if (jsonTextDepthExceeds(value, maxDepth)) throw new SwitchboardError(ErrorCode.BadRequest, `field "data" nests objects and arrays deeper than ${maxDepth} levels`);
+  let json: string;
   try {
-    return JSON.stringify(JSON.parse(value));
+    json = JSON.stringify(JSON.parse(value));
   } catch {
     throw new SwitchboardError(ErrorCode.BadRequest, 'field "data" must be JSON text, e.g. "\\"hello\\"" or {"n":1}');
   }
+  return boundedJson(json, maxBytes);
 }
 
 /** A gRPC error from any failure: protocol codes map one to one, the rest is INTERNAL. */
@@ -334,7 +337,7 @@ export class ApiServer {
   private async publish(req: PublishRequest, caller: string): Promise<{ seq: number }> {
     const room = name(req.room, 'room');
     const from = req.from === '' ? `api:${caller}` : name(req.from, 'from');
-    const dataJson = jsonData(req.data, this.opts.config.maxJsonDepth);
+    const dataJson = jsonData(req.data, this.opts.config.maxJsonDepth, this.opts.config.maxFrameBytes);
     const bus = this.opts.gateway.services.bus;
     let r;
     try {
@@ -349,7 +352,7 @@ export class ApiServer {
   private async sendDirect(req: SendDirectRequest, caller: string): Promise<object> {
     const to = name(req.user, 'user');
     const from = req.from === '' ? `api:${caller}` : name(req.from, 'from');
-    const dataJson = jsonData(req.data, this.opts.config.maxJsonDepth);
+    const dataJson = jsonData(req.data, this.opts.config.maxJsonDepth, this.opts.config.maxFrameBytes);
     let ok: boolean;
     try {
       ok = await sendDirect(this.opts.gateway.services.bus, from, to, dataJson);

@@ -6,7 +6,7 @@
 import type { MessageProcessor, PluginContext, ProcessResult } from '../gateway/plugins';
 import type { Bus, HistoryPage, MaybePromise, PublishRequest, PublishResult } from '../bus';
 import {
-  dataField,
+  dataJsonField,
   ErrorCode,
   nameField,
   optionalCountField,
@@ -73,7 +73,7 @@ export const chatPlugin: MessageProcessor = {
     switch (msg.type) {
       case 'send_chat': {
         const room = memberRoom(msg, ctx);
-        const accepted = publishChat(ctx.services.bus, room, ctx.user, JSON.stringify(dataField(msg)));
+        const accepted = publishChat(ctx.services.bus, room, ctx.user, dataJsonField(msg, ctx.services.config.maxFrameBytes));
         if (msg.id === undefined) return accepted instanceof Promise ? accepted.then(() => undefined) : undefined;
         return then(accepted, (r) => (r.seq === undefined ? undefined : { seq: r.seq }));
       }

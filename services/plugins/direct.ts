@@ -1,7 +1,7 @@
 /** Direct messages: `direct` {to, data} reaches every connection of the user, on any gateway. */
 import type { Bus, MaybePromise } from '../bus';
 import type { MessageProcessor } from '../gateway/plugins';
-import { dataField, directMessageJson, ErrorCode, nameField, Outbound, SwitchboardError } from '../protocol';
+import { dataJsonField, directMessageJson, ErrorCode, nameField, Outbound, SwitchboardError } from '../protocol';
 
 function offline(to: string): never {
   throw new SwitchboardError(ErrorCode.UserOffline, `user "${to}" is not connected`);
@@ -21,7 +21,7 @@ export const directPlugin: MessageProcessor = {
   canHandle: (type) => type === 'direct',
   process(msg, ctx) {
     const to = nameField(msg, 'to');
-    const sent = sendDirect(ctx.services.bus, ctx.user, to, JSON.stringify(dataField(msg)));
+    const sent = sendDirect(ctx.services.bus, ctx.user, to, dataJsonField(msg, ctx.services.config.maxFrameBytes));
     if (sent instanceof Promise) return sent.then((ok) => (ok ? undefined : offline(to)));
     if (!sent) offline(to);
   },

@@ -148,6 +148,25 @@ export function dataField(msg: InboundMessage, field = 'data'): unknown {
   return v;
 }
 
+/**
+ * A required payload field as the JSON text every recipient gets, at most `maxBytes` of UTF-8
+ * (MAX_FRAME_BYTES). Serialising again can make a value longer than the frame that carried it:
+ * `1e20` is written `100000000000000000000`, so a legal 1 MiB frame of such numbers became a
+ * 4.6 MB message, past every recipient's outbound bound (each was cut as a slow consumer).
+ */
+export function dataJsonField(msg: InboundMessage, maxBytes: number, field = 'data'): string {
+  return boundedJson(JSON.stringify(dataField(msg, field)), maxBytes, field);
+}
+
+/** `json`, or bad_request when it is more than `maxBytes` of UTF-8. */
+export function boundedJson(json: string, maxBytes: number, field = 'data'): string {
+  // A UTF-16 unit is 1-3 bytes of UTF-8: count the bytes only when the length cannot tell.
+  if (json.length > maxBytes || (json.length * 3 > maxBytes && Buffer.byteLength(json) > maxBytes)) {
+    throw new SwitchboardError(ErrorCode.BadRequest, `field "${field}" is ${Buffer.byteLength(json)} bytes as JSON, over the maximum frame size of ${maxBytes} bytes`);
+  }
+  return json;
+}
+
 export function optionalStringArrayField(msg: InboundMessage, field: string): string[] | undefined {
   const v = msg[field];
   if (v === undefined) return undefined;

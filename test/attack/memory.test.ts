@@ -156,3 +156,42 @@ test('history of small messages between other output: RSS within budget, the his
   assertRssWithin(before, peak, undefined, 'peak RSS');
   assertRssWithin(before, await settledRss(target), undefined, 'RSS with the history kept');
 });
+
+test('data that grows when serialised again: bad_request, nothing over MAX_FRAME_BYTES reaches anyone', async (t) => {
+  // `1e20` is written `100000000000000000000` when the payload is serialised for its recipients:
+  // a legal 1 MiB frame of such numbers became a 4.6 MB message, over every recipient's outbound
+  // bound, and each member (a direct message's addressee too) was cut as a slow consumer.
+  const MAX = 65_536;
+  const target = await startTarget({ MAX_FRAME_BYTES: String(MAX) });
+  t.after(() => target.stop());
+  const members: RawClient[] = [];
+  for (const name of ['sender', 'member', 'victim']) {
+    const c = await RawClient.open(target.port);
+    t.after(() => c.destroy());
+    await c.hello(name);
+    c.line({ type: 'join_room', room: 'r', id: 'j' });
+    await c.waitFor((m) => m.id === 'j');
+    members.push(c);
+  }
+  const [sender, member, victim] = members;
+  const grows = `[${'1e20,'.repeat(Math.floor((MAX - 100) / 5))}1]`;
+  const fits = `[${'1e20,'.repeat(Math.floor(MAX / 22) - 10)}1]`;
+  sender.write(`{"type":"send_chat","room":"r","id":"grows","data":${grows}}\n`);
+  sender.write(`{"type":"direct","to":"victim","id":"dm","data":${grows}}\n`);
+  sender.write(`{"type":"send_chat","room":"r","id":"fits","data":${fits}}\n`);
+  sender.line({ type: 'send_chat', room: 'r', id: 'after', data: 'still here' });
+  for (const id of ['grows', 'dm']) {
+    const reply = await sender.waitFor((m) => m.id === id);
+    assert.equal(reply.code, 'bad_request', `${id}: ${JSON.stringify(reply).slice(0, 200)}`);
+    assert.match(String(reply.message), /over the maximum frame size of 65536 bytes/);
+  }
+  assert.equal((await sender.waitFor((m) => m.id === 'fits')).type, 'ok', 'a payload that stays within the limit is accepted');
+  for (const c of members) {
+    await c.waitFor((m) => m.type === 'message' && m.data === 'still here');
+    const delivered = c.lines.filter((m) => m.type === 'message' || m.type === 'direct');
+    assert.deepEqual(delivered.map((m) => (m.data === 'still here' ? 'after' : 'fits')), ['fits', 'after'], 'the one that fits, then the next');
+    assert.equal(c.closed, false);
+  }
+  // Nothing written to any member exceeds the limit by more than a message's envelope.
+  for (const c of [member, victim]) assert.ok(c.bytesIn < 2 * (MAX + 1024), `${c.bytesIn} bytes received`);
+});

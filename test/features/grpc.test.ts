@@ -120,6 +120,9 @@ test('bad arguments are INVALID_ARGUMENT', async (t) => {
     ['Publish', { room: 'r'.repeat(129), data: '1' }],
     ['Publish', { room: 'r', data: 'not json' }],
     ['Publish', { room: 'r', data: '' }],
+    // Under MAX_FRAME_BYTES (1 MiB) as sent, 4.2 times that as the JSON recipients would get.
+    ['Publish', { room: 'r', data: `[${'1e20,'.repeat(200_000)}1]` }],
+    ['SendDirect', { user: 'u', data: `[${'1e20,'.repeat(200_000)}1]` }],
     ['SendDirect', { user: '', data: '1' }],
     ['SendDirect', { user: 'u', data: '{' }],
     ['Presence', { room: '' }],
