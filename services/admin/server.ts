@@ -35,6 +35,13 @@ const HTTP_408 = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-L
 const HTTP_431 = 'HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
 const HTTP_400 = 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
 const HTTP_405 = 'HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+const HTTP_413 = 'HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+
+/** A request that says it carries a body (every endpoint here is GET or HEAD, none takes one). */
+function hasBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
 
 function refuseConnect(_req: IncomingMessage, socket: Duplex): void {
   socket.on('error', ignoreSocketError);
@@ -71,6 +78,16 @@ function bounded(handler: AdminHandler): AdminHandler {
       // IncomingMessage and a ServerResponse, pausing its parser does not stop it), but answers
       // none of them: the cost is bounded by what one read holds.
       socket.destroy();
+      return;
+    }
+    if (hasBody(req)) {
+      // Node would read and discard the body for the whole request timeout, uncharged, at
+      // loopback speed (175 MB/s a connection), or a byte at a time: four connections raised the
+      // client port's p99 to 341 ms. No endpoint takes a body: 413, and the connection goes.
+      // The 413 only when no earlier request on the socket is still being answered (its answer
+      // would come after ours).
+      if (n === 1 && socket.writable) socket.write(HTTP_413);
+      socket.destroySoon();
       return;
     }
     unanswered.set(socket, n);
