@@ -368,6 +368,47 @@ describe('cluster under faults', () => {
     await shutdown(redis, gws, bcs);
   });
 
+  // Regression: a batch sequenced and put in history whose egress write then failed was taken
+  // again, and apply.lua found its entries' seqs in history only: HISTORY_SIZE of them. A backlog
+  // of 300 messages of one room lost all but the newest HISTORY_SIZE (all 300 with HISTORY_SIZE
+  // 0), acknowledged to the sender and routed to no one.
+  for (const historySize of ['10', '0']) {
+    test(`egress writes refused while a backlog is sequenced (HISTORY_SIZE ${historySize}): every acknowledged message is routed once they work again`, async () => {
+      const redis = await RedisProcess.start();
+      redis.cli('ACL', 'SETUSER', 'worker', 'on', '>pw', '~*', '&*', '+@all');
+      const env = { ...FAST, HISTORY_SIZE: historySize };
+      const { gws } = await cluster(redis, 2, 0, env);
+      const bc = await spawnRole('broadcast', { ...env, REDIS_URL: `redis://worker:pw@127.0.0.1:${redis.port}` });
+      await waitFor(() => ready(bc), 15_000, 'worker ready', PROBE);
+      const [a, b] = await members(gws, ['backlog'], 'backlog');
+      await roundTrip(a, [a, b], ['backlog'], 'warm');
+      // The worker may read and sequence, not write any gateway's egress stream.
+      const keys = ['~sb:in:*', '~sb:seq:*', '~sb:hist:*', '~sb:room:*', '~sb:lease:*', '~sb:workers*', '~sb:gw*', '~sb:pres:*', '~sb:user:*', '~sb:gateways', '~sb:flags*', '%R~sb:out:*'];
+      redis.cli('ACL', 'SETUSER', 'worker', 'resetkeys', ...keys);
+      // The backlog is published while the worker is stopped, after its blocked read returned
+      // empty: its next read takes all of it in one batch.
+      const N = 300;
+      const pid = bc.proc.pid!;
+      process.kill(pid, 'SIGSTOP');
+      try {
+        await waitFor(() => !/name=sb-bc-[^ ]* .*flags=[^ ]*b/.test(redis.cli('CLIENT', 'LIST')), 5000, 'the worker\'s blocked reads to return', PROBE);
+        const acks = await Promise.all(Array.from({ length: N }, (_, i) => a.request({ type: 'send_chat', room: 'backlog', data: { n: i } }, 5000)));
+        assert.ok(acks.every((r) => r.type === 'ok'), 'every message acknowledged');
+      } finally {
+        process.kill(pid, 'SIGCONT');
+      }
+      await waitFor(() => Number(redis.cli('hget', Keys.seq('backlog'), 'seq')) >= N + 1, 10_000, 'the backlog sequenced while egress fails', PROBE).catch((err: Error) => {
+        throw new Error(`${err.message}: seq ${redis.cli('hget', Keys.seq('backlog'), 'seq')}\n${bc.logs.slice(-8).join('\n')}`);
+      });
+      redis.cli('ACL', 'SETUSER', 'worker', 'resetkeys', '~*');
+      for (const c of [a, b]) {
+        for (let i = 0; i < N; i++) await c.next((m) => m.type === 'message' && m.room === 'backlog' && (m.data as Json).n === i, 15_000, `message ${i}`);
+      }
+      alive(bc);
+      await shutdown(redis, gws, [bc], [a, b]);
+    });
+  }
+
   // Regression: after Redis came back empty, gateways never registered their rooms and users
   // again: messages acknowledged with ok reached no one while every /readyz said 200, and the
   // room sequence restarted from 0 with nothing telling clients.

@@ -7,8 +7,15 @@
 -- (at-least-once redelivery after a worker died between applying and acknowledging) is
 -- recognised by its id: entries of one room come from one ingress shard in id order, so
 -- "id <= last applied id" identifies a redelivery. A redelivered entry gets its original seq and
--- bytes back from history (so it can still be routed, and the gateways drop it if they had it),
--- or {0, false} when it is older than the kept history.
+-- bytes back from history (so it can still be routed, and the gateways drop it if they had it).
+-- A shard's batch is acknowledged before the next one is read, and a failed one is taken again
+-- (with what came after it) before anything new: what can be redelivered is the room's last
+-- call's entries, and, when that call was itself a retry, those of the calls it retried. Field n
+-- counts them (a call with no redelivered entry starts the count again), and history keeps at
+-- least that many entries, whatever HISTORY_SIZE says (0 included); the lookup reads that many.
+-- It kept only HISTORY_SIZE: a backlog of 1,000 messages of one room whose egress write failed
+-- lost the 900 that history no longer held, acknowledged to their senders and never routed.
+-- {0, false} is left for an entry history does not hold at all (its room's keys expired).
 --
 -- The room's epoch is created here (from ARGV[2]) if the room has none: after Redis lost its data,
 -- the sequence restarts at 1 in a new epoch, and every message says which. A room whose sequence
@@ -21,7 +28,7 @@
 -- The position is written before the history entries: once a script has written, Redis lets it
 -- finish even past maxmemory, so the seq and the history cannot part ways halfway through.
 --
--- KEYS[1] = sb:seq:{room} (hash: seq, epoch, last)   KEYS[2] = sb:hist:{room} (stream, ids <seq>-1)
+-- KEYS[1] = sb:seq:{room} (hash: seq, epoch, last, n = the newest entries that may be redelivered)   KEYS[2] = sb:hist:{room} (stream, ids <seq>-1)
 -- KEYS[3] = sb:room:{room} (set: gateways with members in the room)
 -- ARGV[1] = history max length, ARGV[2] = epoch to use if the room has none, ARGV[3] = the JSON
 -- between seq and epoch, ARGV[4] = seconds the room's keys live after this message (0: for ever);
@@ -41,10 +48,11 @@ local function cmp(a, b)
   if as < bs then return -1 else return 1 end
 end
 local maxlen = tonumber(ARGV[1])
-local state = redis.call('HMGET', KEYS[1], 'seq', 'last', 'epoch')
+local state = redis.call('HMGET', KEYS[1], 'seq', 'last', 'epoch', 'n')
 local seq = tonumber(state[1])
 local last = state[2]
 local epoch = state[3]
+local mayRedeliver = tonumber(state[4]) or 1000
 local out = {false, redis.call('SMEMBERS', KEYS[3])}
 -- Which entries are new: the entries are in id order, so the redelivered ones (id <= last) come
 -- first and everything from the first new one on is new. One comparison per call when nothing is
@@ -57,6 +65,9 @@ end
 local fresh = (#ARGV - first + 1) / 3
 local newest = nil
 if fresh > 0 then newest = ARGV[#ARGV - 2] end
+-- A retry (it redelivers some) keeps the entries it retried findable too.
+local run = fresh
+if first > 5 then run = mayRedeliver + fresh end
 if fresh > 0 then
   if not seq then
     redis.call('DEL', KEYS[2])
@@ -64,36 +75,44 @@ if fresh > 0 then
   end
   if not epoch then
     epoch = ARGV[2]
-    redis.call('HSET', KEYS[1], 'seq', seq + fresh, 'last', newest, 'epoch', epoch)
+    redis.call('HSET', KEYS[1], 'seq', seq + fresh, 'last', newest, 'n', run, 'epoch', epoch)
   else
-    redis.call('HSET', KEYS[1], 'seq', seq + fresh, 'last', newest)
+    redis.call('HSET', KEYS[1], 'seq', seq + fresh, 'last', newest, 'n', run)
   end
 end
+-- The entries that may be redelivered stay in history until a later call.
+local keep = maxlen
+if run > keep then keep = run end
 out[1] = epoch or ARGV[2]
 local mid = ARGV[3] .. out[1]
-local hist = nil
+local byId = nil
 for i = 5, #ARGV, 3 do
   local id = ARGV[i]
   if i < first then
-    hist = hist or redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1000)
-    local s, json = 0, false
-    for _, e in ipairs(hist) do
-      local f = e[2]
-      if f[2] == id then s = tonumber(string.match(e[1], '^(%d+)')); json = f[4]; break end
+    if not byId then
+      -- Read before this call's own entries are added: they may trim the last call's.
+      byId = {}
+      for _, e in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', mayRedeliver)) do
+        byId[e[2][2]] = e
+      end
     end
-    out[#out + 1] = s
-    out[#out + 1] = json
+    local e = byId[id]
+    if e then
+      out[#out + 1] = tonumber(string.match(e[1], '^(%d+)'))
+      out[#out + 1] = e[2][4]
+    else
+      out[#out + 1] = 0
+      out[#out + 1] = false
+    end
   else
     seq = seq + 1
-    if maxlen > 0 then
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, seq .. '-1', 'i', id, 'm', ARGV[i + 1] .. seq .. mid .. ARGV[i + 2])
-    end
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', keep, seq .. '-1', 'i', id, 'm', ARGV[i + 1] .. seq .. mid .. ARGV[i + 2])
     out[#out + 1] = seq
     out[#out + 1] = false
   end
 end
 if fresh > 0 and ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
-  if maxlen > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+  redis.call('EXPIRE', KEYS[2], ttl)
 end
 return out
