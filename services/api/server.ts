@@ -191,7 +191,8 @@ export class ApiServer {
   private readonly beforePreface = new Set<Socket>();
   private lastListenerLog = 0;
   private readonly keyDigest: Buffer | null;
-  private readonly watchers = new Set<NodeJS.Timeout>();
+  /** Open WatchStats streams, by their timer. */
+  private readonly watchers = new Map<NodeJS.Timeout, grpc.ServerWritableStream<WatchStatsRequest, unknown>>();
   /** The stats snapshot watchers share, and when it was built. */
   private shared: Record<string, unknown> | null = null;
   private sharedAt = 0;
@@ -282,7 +283,11 @@ export class ApiServer {
 
   /** Stop accepting calls, end watch streams, and wait for calls in flight (bounded). */
   async stop(graceMs = 2000): Promise<void> {
-    for (const t of this.watchers) clearInterval(t);
+    // Watch streams end now, with an OK status: a watcher reconnects to another gateway.
+    for (const [t, call] of this.watchers) {
+      clearInterval(t);
+      call.end();
+    }
     this.watchers.clear();
     // No new connections; grpc-js closes the ones it has, and those still before the preface go
     // now. (Not waiting for the listener's close: it waits for every connection it accepted.)
@@ -442,7 +447,7 @@ export class ApiServer {
     };
     tick();
     const timer = setInterval(tick, every);
-    this.watchers.add(timer);
+    this.watchers.set(timer, call);
     const done = () => {
       clearInterval(timer);
       this.watchers.delete(timer);

@@ -3,7 +3,7 @@
  * flags from Redis, and the gRPC API. Also the shared start of every gateway-shaped role.
  */
 import { randomBytes } from 'node:crypto';
-import { startApiServer } from '../api';
+import { startApiServer, type ApiServer } from '../api';
 import { RedisBus } from '../bus/redis';
 import { FlagStore, startFlags, type Config } from '../control';
 import { defaultServerId, GatewayServer } from '../gateway';
@@ -36,15 +36,26 @@ export function createClusterGateway(config: Config, log: Logger, flags: FlagSto
   return new GatewayServer({ config: { ...config, serverId: id }, bus, plugins: builtinPlugins(), log, role: 'gateway', flags });
 }
 
+/** How long in-flight gRPC calls may take to finish once a drain starts. */
+const API_STOP_GRACE_MS = 2000;
+
 /**
  * Serve a gateway until a signal drains it, then start its gRPC API. A port the API cannot bind
  * is logged as an error and the gateway goes on serving clients: client traffic matters more.
+ * The drain stops the API with the client port: new calls are refused (HTTP/2 GOAWAY: callers
+ * see UNAVAILABLE and go elsewhere), calls in flight get API_STOP_GRACE_MS to finish, and watch
+ * streams end. It was never stopped: a draining gateway kept accepting Publish calls for members
+ * it was sending away, and cut the calls without a status at exit.
  */
 export async function runGateway(server: GatewayServer, config: Config, log: Logger): Promise<void> {
   if (config.authSecret === '') log.warn('AUTH_SECRET is not set: development mode, hello.user is trusted as is');
-  await runUntilSignal({ start: () => server.start(), stop: () => server.shutdown() }, log, 'draining');
+  let api: ApiServer | null = null;
+  const stop = async (): Promise<void> => {
+    await Promise.all([api?.stop(Math.min(API_STOP_GRACE_MS, config.shutdownDrainMs)), server.shutdown()]);
+  };
+  await runUntilSignal({ start: () => server.start(), stop }, log, 'draining');
   try {
-    await startApiServer(server, config, log);
+    api = await startApiServer(server, config, log);
   } catch (err) {
     log.error('api not started: cannot listen', { port: config.apiPort, err: err instanceof Error ? err.message : String(err) });
   }

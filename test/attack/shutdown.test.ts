@@ -4,6 +4,8 @@
 // well-behaved witness gets its `reconnect` push (reason shutdown) and the process exits 0.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { switchboardService } from '../../services/api';
 import { waitFor } from '../helpers/wait';
 import { RawClient, startTarget, Witness, WITNESS_P99_MS } from './harness';
 
@@ -65,4 +67,46 @@ test('SIGTERM with hostile sockets on both ports: exit 0 within SHUTDOWN_DRAIN_M
   assert.ok(r.count >= 20 && r.p99 < WITNESS_P99_MS, `witness p99 ${r.p99.toFixed(1)} ms over ${r.count} pings`);
   const log = target.logs();
   assert.ok(log.some((l) => l.msg === 'stopped'), 'the server stopped in order');
+});
+
+test('SIGTERM stops the gRPC API with the client port: no call accepted while draining, watch streams end', async (t) => {
+  // The API was never stopped: a draining gateway kept accepting Publish calls for the members it
+  // was sending away (16 accepted in a 4 s drain), and cut its watch streams without a status.
+  const KEY = 'drain-key';
+  const target = await startTarget({ SHUTDOWN_DRAIN_MS: '3000', API_PORT: '0', API_KEY: KEY });
+  t.after(() => target.stop());
+  const listening = await waitFor(() => target.logs().find((r) => r.msg === 'api listening'), 5000, 'the API to listen');
+  const Ctor = switchboardService();
+  const api = new Ctor(`127.0.0.1:${listening.port as number}`, grpc.credentials.createInsecure()) as unknown as Record<string, (...a: unknown[]) => grpc.ClientWritableStream<unknown>> & grpc.Client;
+  t.after(() => api.close());
+  const md = new grpc.Metadata();
+  md.set('x-api-key', KEY);
+  const publish = () =>
+    new Promise<grpc.ServiceError | null>((resolve) => {
+      api.Publish({ room: 'r', data: '"x"' }, md, { deadline: Date.now() + 2000 }, (err: grpc.ServiceError | null) => resolve(err));
+    });
+  // A member that ignores the server's FIN keeps the drain going for SHUTDOWN_DRAIN_MS.
+  const member = await RawClient.open(target.port, { allowHalfOpen: true });
+  t.after(() => member.destroy());
+  await member.hello('stays');
+  member.line({ type: 'join_room', room: 'r', id: 'j' });
+  await member.waitFor((m) => m.id === 'j');
+  assert.equal(await publish(), null, 'a call before the drain is accepted');
+  const watch = api.WatchStats({ interval_ms: 100 }, md) as unknown as NodeJS.EventEmitter;
+  let ended: string | null = null;
+  let snapshots = 0;
+  watch.on('data', () => snapshots++);
+  watch.on('end', () => (ended ??= 'end'));
+  watch.on('error', (e: grpc.ServiceError) => (ended ??= `error ${e.code} ${e.details}`));
+  await waitFor(() => snapshots >= 2, 3000, 'the watch stream to stream');
+  target.child.kill('SIGTERM');
+  await member.waitFor((m) => m.type === 'reconnect', 3000, 'the drain to start');
+  const during: (grpc.ServiceError | null)[] = [];
+  for (let i = 0; i < 5; i++) during.push(await publish());
+  assert.ok(during.every((e) => e !== null && e.code === grpc.status.UNAVAILABLE), `calls while draining: ${during.map((e) => (e === null ? 'OK' : e.code)).join(', ')}`);
+  await waitFor(() => ended, 2500, 'the watch stream to end');
+  assert.equal(ended, 'end', 'the watch stream ends with a status, before the process exits');
+  const exit = await target.exited;
+  assert.deepEqual(exit, { code: 0, signal: null });
+  assert.equal(member.lines.filter((m) => m.type === 'message').length, 1, 'the member got the one message accepted before the drain');
 });
