@@ -41,7 +41,7 @@ import { join, resolve } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { Config } from '../control';
-import { reconnectFrame, Session, type GatewayServer } from '../gateway';
+import { API_RESERVE, reconnectFrame, Session, type GatewayServer } from '../gateway';
 import { publishChat, sendDirect } from '../plugins';
 import {
   boundedJson,
@@ -70,9 +70,9 @@ export const MAX_STREAMS = 8;
  * API connections open at once (past it, closed at accept): with MAX_STREAMS, the unfinished
  * requests of the whole port are at most MAX_API_CONNECTIONS x MAX_STREAMS x MAX_FRAME_BYTES
  * (128 MiB with the default 1 MiB). Backends hold one connection per channel, so this is how
- * many channels may reach one gateway.
+ * many channels may reach one gateway. Defined with the gateway's other connection reserves.
  */
-export const MAX_API_CONNECTIONS = 16;
+export const MAX_API_CONNECTIONS = API_RESERVE;
 /**
  * nghttp2's own memory per connection (header tables, streams, queued output), MiB; new streams
  * are refused past it. grpc-js lifts Node's default (10) to unbounded unless it is set.

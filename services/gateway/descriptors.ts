@@ -40,3 +40,10 @@ export function effectiveMaxConnections(setting: number, fdLimit: number | null 
 
 /** Admin-port connections admitted beyond MAX_CONNECTIONS, so probes and scrapes still answer under a flood. */
 export const ADMIN_RESERVE = 16;
+
+/**
+ * gRPC API connections admitted beyond MAX_CONNECTIONS (and beyond the admin reserve): the API
+ * port's own cap (MAX_API_CONNECTIONS). Admitted within MAX_CONNECTIONS only, a flood of sockets
+ * on the client port shut the API out.
+ */
+export const API_RESERVE = 16;

@@ -1,4 +1,5 @@
 /** The gateway: client listener, sessions, plugins, local fan-out. */
+export { API_RESERVE } from './descriptors';
 export { GatewayServer, defaultServerId, type GatewayOptions, type ListeningAddresses } from './server';
 export { Connection } from './connection';
 export { Session, SessionState, reconnectFrame, errorFrame } from './session';

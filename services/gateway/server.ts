@@ -30,7 +30,7 @@ import {
   type Logger,
 } from '../telemetry';
 import { Connection, type ConnectionHost } from './connection';
-import { ADMIN_RESERVE, effectiveMaxConnections } from './descriptors';
+import { ADMIN_RESERVE, API_RESERVE, effectiveMaxConnections } from './descriptors';
 import type { Inbound, InboundLimits } from './inbound';
 import type { OutboundLimits } from './outbound-queue';
 import { SessionState, type SessionLimits } from './session';
@@ -240,6 +240,9 @@ export class GatewayServer implements ConnectionHost {
   }
 
   /** Client connections and HTTP connections of both ports: what MAX_CONNECTIONS bounds. */
+  /** Open connections of the gRPC API port (at most API_RESERVE: its listener's cap). */
+  private apiSockets = 0;
+
   get totalConnections(): number {
     return this.conns.size + this.httpSockets.size;
   }
@@ -282,9 +285,11 @@ export class GatewayServer implements ConnectionHost {
   }
 
   /**
-   * A connection to the gRPC API port (HTTP/2): counted against MAX_CONNECTIONS like the HTTP
-   * connections of the other ports, so a flood of sockets there cannot take the descriptors client
-   * connections need. False (and the socket destroyed) when it is refused.
+   * A connection to the gRPC API port (HTTP/2): counted with the connections of the other ports,
+   * and admitted up to API_RESERVE beyond MAX_CONNECTIONS and the admin reserve (its listener
+   * holds at most that many), so that neither a flood of sockets there takes the descriptors
+   * client connections need nor a flood on the client port shuts the API out. False (and the
+   * socket destroyed) when it is refused.
    */
   admitApiConnection(socket: Socket): boolean {
     const max = this.maxConnections;
@@ -292,18 +297,20 @@ export class GatewayServer implements ConnectionHost {
       this.refuse(socket, RejectReason.Draining);
       return false;
     }
-    if (max > 0 && this.totalConnections >= max) {
+    if (max > 0 && this.totalConnections >= max + ADMIN_RESERVE + API_RESERVE) {
       this.refuse(socket, RejectReason.Limit);
       return false;
     }
     this.trackHttp(socket, false);
+    this.apiSockets++;
+    socket.once('close', () => this.apiSockets--);
     return true;
   }
 
   /** Admin port: counted like any connection, with a small reserve beyond the limit for probes. */
   private acceptAdmin(socket: Socket): void {
     const max = this.maxConnections;
-    if (max > 0 && this.totalConnections >= max + ADMIN_RESERVE) {
+    if (max > 0 && this.totalConnections - this.apiSockets >= max + ADMIN_RESERVE) {
       this.refuse(socket, RejectReason.Limit);
       return;
     }

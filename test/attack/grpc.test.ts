@@ -3,7 +3,8 @@
 // MAX_JSON_DEPTH is INVALID_ARGUMENT (bad_request: our handlers never answer INTERNAL for a
 // client's input; a request that is not valid protobuf is refused by grpc-js itself, with
 // INTERNAL "Error deserializing request", as grpc-go does); half-open sockets on the API port are
-// closed at HTTP_HEADERS_TIMEOUT_MS, count against MAX_CONNECTIONS, and idle API connections
+// closed at HTTP_HEADERS_TIMEOUT_MS, at most MAX_API_CONNECTIONS are held (beyond MAX_CONNECTIONS:
+// a full client port does not shut the API out), and idle API connections
 // go at IDLE_TIMEOUT_MS; WatchStats streams that are never read hold bounded memory, at most
 // MAX_WATCHERS of them at once, at an interval clamped to [100 ms, 1 h]; TCP clients keep being
 // served meanwhile.
@@ -16,7 +17,7 @@ import { MAX_API_CONNECTIONS, MAX_STREAMS, MAX_WATCHERS, startApiServer, switchb
 import { silentLogger } from '../../services/telemetry';
 import { startServer } from '../helpers/server';
 import { waitFor } from '../helpers/wait';
-import { helloClient } from '../helpers/wire';
+import { helloClient, type WireClient } from '../helpers/wire';
 import { assertRssWithin, assertWitnessServed, peakRss, settledRss, startTarget, Witness, type Target } from './harness';
 
 const KEY = 'attack-api-key';
@@ -67,22 +68,26 @@ test('gRPC: payloads over MAX_FRAME_BYTES are RESOURCE_EXHAUSTED, nested data IN
   assert.equal((await member.request({ type: 'ping' })).type, 'pong');
 });
 
-test('gRPC port: half-open sockets are closed at the header timeout and count against MAX_CONNECTIONS; idle connections close at IDLE_TIMEOUT_MS', async (t) => {
-  // Below MAX_API_CONNECTIONS, so that MAX_CONNECTIONS is the bound that refuses them.
+test('gRPC port: half-open sockets are closed at the header timeout, at most MAX_API_CONNECTIONS held, even with the client port full; idle connections close at IDLE_TIMEOUT_MS', async (t) => {
   const MAX = 12;
-  assert.ok(MAX - 1 < MAX_API_CONNECTIONS);
   const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY, maxConnections: MAX, httpHeadersTimeoutMs: 400, idleTimeoutMs: 1500 });
   const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
   const member = await helloClient(srv.port, 'member');
   const socks: Socket[] = [];
+  const clients: WireClient[] = [];
   t.after(async () => {
     for (const s of socks) s.destroy();
+    for (const c of clients) c.destroy();
     member.destroy();
     await api.stop();
     await srv.close();
   });
-  // 60 sockets that never speak (half of them stop inside the HTTP/2 preface): MAX - 1 are held
-  // (the member has one), the rest are refused at once.
+  // The client port is full: MAX_CONNECTIONS client connections. The API was admitted within
+  // MAX_CONNECTIONS too, so a flood on the client port shut it out.
+  for (let i = 1; i < MAX; i++) clients.push(await helloClient(srv.port, `filler-${i}`));
+  assert.equal(srv.server.totalConnections, MAX);
+  // 60 sockets that never speak (half of them stop inside the HTTP/2 preface): the API port holds
+  // MAX_API_CONNECTIONS of them, the rest are closed at accept.
   let closed = 0;
   for (let i = 0; i < 60; i++) {
     const s = connect({ host: '127.0.0.1', port: api.port });
@@ -93,14 +98,14 @@ test('gRPC port: half-open sockets are closed at the header timeout and count ag
     });
     socks.push(s);
   }
-  await waitFor(() => closed >= 60 - (MAX - 1), 5000, 'the sockets past MAX_CONNECTIONS to be refused');
-  assert.equal(srv.server.counters.rejected.limit, 60 - (MAX - 1));
+  await waitFor(() => closed >= 60 - MAX_API_CONNECTIONS, 5000, 'the sockets past MAX_API_CONNECTIONS to be refused');
+  assert.equal(srv.server.counters.httpConnections, MAX_API_CONNECTIONS);
   assert.equal((await member.request({ type: 'ping' })).type, 'pong', 'the TCP member is served');
   // At the header timeout (400 ms) every half-open socket is closed.
   await waitFor(() => closed === 60, 5000, 'every half-open socket to be closed');
   assert.equal(srv.server.counters.httpConnections, 0);
-  // A real client is served, and its connection is closed once idle for IDLE_TIMEOUT_MS; the next
-  // call reconnects.
+  // A real client is served with the client port still full, and its connection is closed once
+  // idle for IDLE_TIMEOUT_MS; the next call reconnects.
   const Ctor = switchboardService();
   const c = new Ctor(`127.0.0.1:${api.port}`, grpc.credentials.createInsecure()) as unknown as Client;
   t.after(() => c.close());
