@@ -11,6 +11,7 @@
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { DESCRIPTOR_RESERVE, descriptorLimit } from '../gateway/descriptors';
 import { createAdminHandler, type AdminEndpoints, type AdminHandler } from './handler';
 
 export interface HttpTimeouts {
@@ -127,13 +128,28 @@ export function createTimedHttpServer(handler: AdminHandler, timeouts: HttpTimeo
   return server;
 }
 
+/** The admin port's cap when the descriptor limit allows it. */
+const ADMIN_MAX_CONNECTIONS = 256;
+
+/**
+ * How many sockets the admin port of a role without a client port holds at once: 256, or fewer
+ * when the descriptor limit is low, so that `reserved` descriptors (the role's own Redis
+ * connections, which must be able to reconnect) and DESCRIPTOR_RESERVE stay free. A fixed 256
+ * under a limit of 256 let a flood of idle sockets on a broadcast worker's admin port take every
+ * descriptor: after a Redis blip its connections could not reconnect (EMFILE) and routing stopped.
+ */
+export function adminConnectionCap(reserved: number, fdLimit: number | null = descriptorLimit()): number {
+  if (fdLimit === null) return ADMIN_MAX_CONNECTIONS;
+  return Math.max(1, Math.min(ADMIN_MAX_CONNECTIONS, Math.floor(fdLimit * 0.9) - DESCRIPTOR_RESERVE - reserved));
+}
+
 export interface AdminServerOptions {
   host: string;
   /** 0 picks a free port. */
   port: number;
   /** @default DEFAULT_HTTP_TIMEOUTS */
   timeouts?: HttpTimeouts;
-  /** Sockets held at once; more are refused at accept. @default 256 */
+  /** Sockets held at once; more are refused at accept. @default adminConnectionCap(0) */
   maxConnections?: number;
   onListenerError?(err: NodeJS.ErrnoException): void;
 }
@@ -147,7 +163,7 @@ export class AdminServer {
     private readonly opts: AdminServerOptions,
   ) {
     this.server = createTimedHttpServer(createAdminHandler(endpoints), opts.timeouts ?? DEFAULT_HTTP_TIMEOUTS, { onListenerError: opts.onListenerError });
-    this.server.maxConnections = opts.maxConnections ?? 256;
+    this.server.maxConnections = opts.maxConnections ?? adminConnectionCap(0);
   }
 
   /** Listen; resolves with the port. */

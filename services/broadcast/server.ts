@@ -2,7 +2,7 @@
  * The broadcast role's process: a BroadcastWorker plus its admin HTTP port (/healthz, /readyz,
  * /stats, /metrics), with graceful shutdown that releases the shard leases at once.
  */
-import { AdminServer, SharedBuild } from '../admin';
+import { AdminServer, adminConnectionCap, SharedBuild } from '../admin';
 import type { Config } from '../control';
 import type { Logger } from '../telemetry/log';
 import { BroadcastMetrics } from '../telemetry/metrics';
@@ -55,6 +55,9 @@ export class BroadcastServer {
               port: config.adminPort,
               timeouts: { headersTimeoutMs: config.httpHeadersTimeoutMs, requestTimeoutMs: config.httpRequestTimeoutMs, keepAliveTimeoutMs: config.httpKeepAliveTimeoutMs },
               onListenerError: (err) => log.warn('admin listener error', { code: err.code }),
+              // Its Redis connections: one per shard it may own, the command and egress
+              // connections, and a few more for reconnects in flight.
+              maxConnections: adminConnectionCap(config.streamShards + 8),
             },
           );
   }

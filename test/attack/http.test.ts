@@ -213,6 +213,68 @@ test('the broadcast role\'s admin port: half-open requests get 408 within the he
   assert.equal(await get(worker.adminPort, '/readyz'), 200);
 });
 
+test('the broadcast role\'s admin port under a low descriptor limit: a flood of idle sockets leaves its Redis connections room to reconnect', async (t) => {
+  // The admin port held up to 256 sockets whatever the descriptor limit: under a limit of 256 a
+  // flood took every descriptor, and after a Redis blip the worker's connections failed with
+  // EMFILE and routing stopped for the whole cluster until the flood ended.
+  const NOFILE = 128;
+  const redis = await RedisProcess.start();
+  t.after(() => redis.stop());
+  const env = { REDIS_URL: redis.url, HEARTBEAT_MS: '300', LEASE_MS: '1000', REDIS_TIMEOUT_MS: '1000' };
+  const gw = await spawnRole('gateway', env);
+  t.after(() => gw.kill());
+  const worker = await spawnRole('broadcast', env, { nofile: NOFILE });
+  t.after(() => worker.kill());
+  await waitFor(async () => (await get(worker.adminPort, '/readyz')) === 200, 10_000, 'the worker to be ready', { intervalMs: 50, retryErrors: true });
+  const member = await RawClient.open(gw.port);
+  t.after(() => member.destroy());
+  await member.hello('member');
+  member.line({ type: 'join_room', room: 'r', id: 'j' });
+  await member.waitFor((m) => m.id === 'j');
+  let n = 0;
+  const delivered = async (what: string): Promise<void> => {
+    await waitFor(
+      async () => {
+        const data = `${what}-${n++}`;
+        member.line({ type: 'send_chat', room: 'r', data });
+        return member.waitFor((m) => m.type === 'message' && m.data === data, 1000).then(
+          () => true,
+          () => false,
+        );
+      },
+      15_000,
+      `a message routed (${what})`,
+    );
+  };
+  await delivered('before');
+  // Twice the descriptor limit in idle sockets, each one refused opened again at once: the cap
+  // keeps what its Redis connections need free.
+  const idle = new Set<RawClient>();
+  let flooding = true;
+  let refused = 0;
+  const open = (): void => {
+    const a = RawClient.openNoWait(worker.adminPort);
+    idle.add(a);
+    a.socket.once('close', () => {
+      idle.delete(a);
+      refused++;
+      if (flooding) setImmediate(open);
+    });
+  };
+  t.after(() => {
+    flooding = false;
+    for (const a of idle) a.destroy();
+  });
+  for (let i = 0; i < 2 * NOFILE; i++) open();
+  await waitFor(() => refused >= NOFILE, 5000, 'sockets past the cap to be refused');
+  // A Redis blip: every connection of the worker (and the gateway) must connect again.
+  redis.cli('CLIENT', 'KILL', 'TYPE', 'normal');
+  await delivered('after a redis blip, during the flood');
+  assert.ok(!worker.logs.some((l) => l.includes('EMFILE')), `the worker ran out of descriptors:\n${worker.logs.filter((l) => l.includes('EMFILE')).slice(0, 3).join('\n')}`);
+  flooding = false;
+  for (const a of idle) a.destroy();
+});
+
 // Node parses every request of a chunk it reads and calls the handler for each before it looks at
 // the socket's write buffer, and each /stats or /metrics request built its own answer: one
 // connection pipelining `GET /stats` on the client port took the witness's p99 to 969 ms, and

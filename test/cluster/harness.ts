@@ -24,11 +24,14 @@ export interface RoleProcess {
 }
 
 /** Spawn `switchboard <role>` and wait until it says it is listening. */
-export async function spawnRole(role: 'gateway' | 'broadcast' | 'standalone', env: Record<string, string>): Promise<RoleProcess> {
+export async function spawnRole(role: 'gateway' | 'broadcast' | 'standalone', env: Record<string, string>, opts: { nofile?: number } = {}): Promise<RoleProcess> {
   const port = role === 'broadcast' ? 0 : await freePort();
   const adminPort = await freePort();
   // Strict: an unhandled rejection anywhere in a role is a crash, and so a test failure.
-  const proc = spawn(process.execPath, ['--unhandled-rejections=strict', CLI_PATH, role], {
+  const args = ['--unhandled-rejections=strict', CLI_PATH, role];
+  // With a descriptor limit: through a shell that lowers it, then execs node in its place.
+  const [cmd, argv] = opts.nofile === undefined ? [process.execPath, args] : ['/bin/sh', ['-c', `ulimit -n ${opts.nofile} && exec "$0" "$@"`, process.execPath, ...args]];
+  const proc = spawn(cmd, argv, {
     env: { ...process.env, LOG_LEVEL: 'info', TCP_HOST: '127.0.0.1', TCP_PORT: String(port), ADMIN_PORT: String(adminPort), API_PORT: '-1', ...env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
