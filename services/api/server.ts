@@ -189,6 +189,21 @@ export class ApiServer {
   private injector: grpc.ConnectionInjector | null = null;
   /** Accepted sockets that have not sent the preface yet (not grpc-js's to close). */
   private readonly beforePreface = new Set<Socket>();
+  /** Open API connections. */
+  private readonly open = new Set<Socket>();
+  /** Open connections that have not had a call with a valid key yet, oldest first. */
+  private readonly waiting = new Set<Socket>();
+  /**
+   * Connections handed to grpc-js that have not had a call with a valid key yet, by peer
+   * (`address:port`, what a call's getPeer() says), with the timer that closes them.
+   */
+  private readonly unproven = new Map<string, { socket: Socket; timer: NodeJS.Timeout }>();
+
+  /** `socket` is closed (or being closed): it no longer counts. */
+  private forget(socket: Socket): void {
+    this.open.delete(socket);
+    this.waiting.delete(socket);
+  }
   private lastListenerLog = 0;
   private readonly keyDigest: Buffer | null;
   /** Open WatchStats streams, by their timer. */
@@ -222,12 +237,9 @@ export class ApiServer {
   start(): Promise<number> {
     const { apiHost, apiPort } = this.opts.config;
     this.injector = this.grpc.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+    // At most MAX_API_CONNECTIONS open (accept() enforces it, evicting connections that have not
+    // proved a key first).
     const listener = createServer({ noDelay: true }, (socket) => this.accept(socket));
-    // Counted until the socket closes, grpc-js's or not: past it Node closes new ones at accept.
-    listener.maxConnections = MAX_API_CONNECTIONS;
-    // Node closes those at accept without telling anyone else: count them, or a full API port
-    // looks like a quiet one.
-    listener.on('drop', () => this.opts.gateway.services.counters.limitHits[Limit.ApiConnections]++);
     this.listener = listener;
     return new Promise((res, rej) => {
       listener.once('error', rej);
@@ -243,11 +255,25 @@ export class ApiServer {
 
   /**
    * A new API connection: ours until it has sent the 24-byte HTTP/2 connection preface, then
-   * grpc-js's (the bytes read are put back first). Until then it is a plain socket we can close:
-   * once HTTP/2 owns it, destroying the socket no longer closes the connection.
+   * grpc-js's (the bytes read are put back first). At most MAX_API_CONNECTIONS are open: past it
+   * the oldest that has not made a call with a valid key yet is closed to make room (else the
+   * new one is), so connections that never prove a key cannot keep real callers out.
    */
   private accept(socket: Socket): void {
     if (!this.opts.gateway.admitApiConnection(socket)) return;
+    if (this.open.size >= MAX_API_CONNECTIONS) {
+      this.opts.gateway.services.counters.limitHits[Limit.ApiConnections]++;
+      const oldest = this.waiting.values().next();
+      if (oldest.done === true) {
+        socket.destroy();
+        return;
+      }
+      this.forget(oldest.value);
+      oldest.value.destroy();
+    }
+    this.open.add(socket);
+    this.waiting.add(socket);
+    socket.once('close', () => this.forget(socket));
     socket.on('error', ignoreSocketError);
     const timer = setTimeout(destroySocket, this.opts.config.httpHeadersTimeoutMs, socket);
     timer.unref();
@@ -265,6 +291,7 @@ export class ApiServer {
       socket.pause();
       socket.unshift(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
       this.injector!.injectConnection(socket);
+      this.awaitProof(socket);
     };
     const onClose = (): void => {
       clearTimeout(timer);
@@ -272,6 +299,39 @@ export class ApiServer {
     };
     socket.on('data', onData);
     socket.once('close', onClose);
+  }
+
+  /**
+   * A connection must complete a call with a valid key within HTTP_REQUEST_TIMEOUT_MS, or it is
+   * closed. grpc-js reads a call's key only once its request message is complete, and a request
+   * that never completes holds its connection: 16 connections each holding one unfinished call,
+   * without a key, shut every real caller out of the API for as long as they stayed.
+   */
+  private awaitProof(socket: Socket): void {
+    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    const timer = setTimeout(() => {
+      this.unproven.delete(peer);
+      this.opts.gateway.services.counters.limitHits[Limit.HttpTimeout]++;
+      socket.destroy();
+    }, this.opts.config.httpRequestTimeoutMs);
+    timer.unref();
+    this.unproven.set(peer, { socket, timer });
+    socket.once('close', () => {
+      const u = this.unproven.get(peer);
+      if (u?.socket !== socket) return;
+      clearTimeout(u.timer);
+      this.unproven.delete(peer);
+    });
+  }
+
+  /** A call on `peer`'s connection had a valid key: the connection stays. */
+  private proven(peer: string): void {
+    if (this.unproven.size === 0) return;
+    const u = this.unproven.get(peer);
+    if (u === undefined) return;
+    clearTimeout(u.timer);
+    this.unproven.delete(peer);
+    this.waiting.delete(u.socket);
   }
 
   private listenerError(err: NodeJS.ErrnoException): void {
@@ -295,6 +355,8 @@ export class ApiServer {
     this.listener = null;
     for (const socket of this.beforePreface) socket.destroy();
     this.beforePreface.clear();
+    for (const u of this.unproven.values()) clearTimeout(u.timer);
+    this.unproven.clear();
     await new Promise<void>((res) => {
       const timer = setTimeout(() => {
         this.grpc.forceShutdown();
@@ -324,6 +386,7 @@ export class ApiServer {
       let result: unknown;
       try {
         const caller = this.authenticate(call.metadata);
+        this.proven(call.getPeer());
         result = fn(call, caller);
       } catch (err) {
         callback(toGrpcError(err));
@@ -422,6 +485,7 @@ export class ApiServer {
   private watchStats(call: grpc.ServerWritableStream<WatchStatsRequest, unknown>): void {
     try {
       this.authenticate(call.metadata);
+      this.proven(call.getPeer());
     } catch (err) {
       call.emit('error', toGrpcError(err));
       return;

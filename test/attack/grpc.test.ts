@@ -5,7 +5,8 @@
 // INTERNAL "Error deserializing request", as grpc-go does); half-open sockets on the API port are
 // closed at HTTP_HEADERS_TIMEOUT_MS, at most MAX_API_CONNECTIONS are held (beyond MAX_CONNECTIONS:
 // a full client port does not shut the API out), and idle API connections
-// go at IDLE_TIMEOUT_MS; WatchStats streams that are never read hold bounded memory, at most
+// go at IDLE_TIMEOUT_MS, connections that make no call with a valid key go at
+// HTTP_REQUEST_TIMEOUT_MS and are the first closed when the port is full; WatchStats streams that are never read hold bounded memory, at most
 // MAX_WATCHERS of them at once, at an interval clamped to [100 ms, 1 h]; TCP clients keep being
 // served meanwhile.
 import assert from 'node:assert/strict';
@@ -369,4 +370,42 @@ test('gRPC port: unfinished request messages hold at most MAX_API_CONNECTIONS x 
   assert.equal(target.child.exitCode, null, 'the server is up');
   // The connections past the cap were closed at accept, and counted.
   assert.ok(((await target.metric('switchboard_limit_exceeded_total{limit="MAX_API_CONNECTIONS"}')) ?? 0) > 0, 'refused API connections are counted');
+});
+
+test('gRPC port: connections holding unfinished calls without a key do not keep real callers out, and go at HTTP_REQUEST_TIMEOUT_MS', async (t) => {
+  // grpc-js reads a call's key only once its request message is complete: 16 connections each
+  // holding one Publish whose message never completes held the port, and every real caller got
+  // UNAVAILABLE for as long as they stayed.
+  const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY, httpRequestTimeoutMs: 1500 });
+  const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
+  const sessions: ClientHttp2Session[] = [];
+  t.after(async () => {
+    for (const s of sessions) s.destroy();
+    await api.stop();
+    await srv.close();
+  });
+  let closed = 0;
+  const hold = async (): Promise<void> => {
+    const s = http2Connect(`http://127.0.0.1:${api.port}`);
+    s.on('error', () => {});
+    s.on('close', () => closed++);
+    sessions.push(s);
+    const st = s.request({ ':method': 'POST', ':path': '/switchboard.v1.Switchboard/Publish', 'content-type': 'application/grpc', te: 'trailers' }, { endStream: false });
+    st.on('error', () => {});
+    // A message header announcing 100 bytes, and 3 of them.
+    st.write(Buffer.from([0, 0, 0, 0, 100, 0x0a, 0x01, 0x61]));
+    await new Promise<void>((resolve) => s.once('connect', () => resolve()));
+  };
+  for (let i = 0; i < MAX_API_CONNECTIONS; i++) await hold();
+  await waitFor(() => srv.server.counters.httpConnections === MAX_API_CONNECTIONS, 3000, 'the port to be full');
+  const Ctor = switchboardService();
+  const c = new Ctor(`127.0.0.1:${api.port}`, grpc.credentials.createInsecure()) as unknown as Client;
+  t.after(() => c.close());
+  const r = await call(c, 'GetStats', {});
+  assert.equal(r.err, undefined, `a real caller with the port full: ${r.err?.code} ${r.err?.details}`);
+  assert.equal(closed, 1, 'the oldest connection without a key made room');
+  // The others go at the request timeout; the real caller's connection stays.
+  await waitFor(() => closed === MAX_API_CONNECTIONS, 5000, 'the connections without a key to be closed');
+  assert.equal((await call(c, 'GetStats', {})).err, undefined, 'the proven connection stays');
+  assert.equal(srv.server.counters.httpConnections, 1);
 });
