@@ -3,12 +3,12 @@
 // MAX_JSON_DEPTH is INVALID_ARGUMENT (bad_request: our handlers never answer INTERNAL for a
 // client's input; a request that is not valid protobuf is refused by grpc-js itself, with
 // INTERNAL "Error deserializing request", as grpc-go does); half-open sockets on the API port are
-// closed at HTTP_HEADERS_TIMEOUT_MS, at most MAX_API_CONNECTIONS are held (beyond MAX_CONNECTIONS:
-// a full client port does not shut the API out), and idle API connections
-// go at IDLE_TIMEOUT_MS, connections that make no call with a valid key go at
-// HTTP_REQUEST_TIMEOUT_MS and are the first closed when the port is full; WatchStats streams that are never read hold bounded memory, at most
-// MAX_WATCHERS of them at once, at an interval clamped to [100 ms, 1 h]; TCP clients keep being
-// served meanwhile.
+// closed at HTTP_HEADERS_TIMEOUT_MS; at most MAX_API_CONNECTIONS are held (beyond
+// MAX_CONNECTIONS: a full client port does not shut the API out); idle API connections go at
+// IDLE_TIMEOUT_MS; connections that make no call with a valid key go at HTTP_REQUEST_TIMEOUT_MS
+// and are the first closed when the port is full; WatchStats streams that are never read hold
+// bounded memory, at most MAX_WATCHERS of them at once, at an interval clamped to [100 ms, 1 h];
+// TCP clients keep being served meanwhile.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { connect as http2Connect, type ClientHttp2Session } from 'node:http2';
