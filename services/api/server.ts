@@ -148,6 +148,10 @@ function name(value: string, field: string): string {
   if (value === '') throw new SwitchboardError(ErrorCode.BadRequest, `field "${field}" must be a non-empty string`);
   if (value.length > MAX_NAME_LENGTH) throw new SwitchboardError(ErrorCode.BadRequest, `field "${field}" must be at most ${MAX_NAME_LENGTH} characters`);
   if (!isWellFormedName(value)) throw new SwitchboardError(ErrorCode.BadRequest, malformedNameMessage(field));
+  // The protobuf decoder turns bytes that are not UTF-8 into U+FFFD, so different byte strings
+  // would name one room or user; the client port refuses such bytes outright. A name here may not
+  // contain the replacement character.
+  if (value.includes('\uFFFD')) throw new SwitchboardError(ErrorCode.BadRequest, `field "${field}" must be valid UTF-8 (U+FFFD is not accepted in names over the API)`);
   return value;
 }
 

@@ -118,6 +118,9 @@ test('bad arguments are INVALID_ARGUMENT', async (t) => {
   const cases: [string, Json][] = [
     ['Publish', { room: '', data: '1' }],
     ['Publish', { room: 'r'.repeat(129), data: '1' }],
+    // What the protobuf decoder makes of bytes that are not UTF-8.
+    ['Publish', { room: 'r\uFFFD(', data: '1' }],
+    ['SendDirect', { user: '\uFFFD', data: '1' }],
     ['Publish', { room: 'r', data: 'not json' }],
     ['Publish', { room: 'r', data: '' }],
     // Under MAX_FRAME_BYTES (1 MiB) as sent, 4.2 times that as the JSON recipients would get.
