@@ -243,9 +243,15 @@ export class MemoryBus implements Bus {
     this.online.delete(user);
   }
 
+  /**
+   * True when the user has a connection, whether or not each one took the message: a connection
+   * that drops it (SLOW_CONSUMER_POLICY=drop) is still connected, and the sender was answered
+   * `user_offline` for a user presence listed (cluster mode answered `ok`).
+   */
   direct(to: string, msg: Outbound): boolean {
     if (!this.online.has(to)) return false;
-    return this.sink!.deliverUser(to, msg) > 0;
+    this.sink!.deliverUser(to, msg);
+    return true;
   }
 
   presence(room: string): string[] {

@@ -117,6 +117,8 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
   private readonly pending = new Map<RequestId, Pending>();
   /** room -> where this client stands in it: the last seq seen and its epoch */
   private readonly joined = new Map<string, { seq: number; epoch: string }>();
+  /** The last `position` push per room that came while the room was being recovered. */
+  private readonly positionLater = new Map<string, Json>();
   /** The last join or leave of each room still in flight (see join). */
   private readonly lastMembershipOp = new Map<string, number>();
   private membershipOps = 0;
@@ -333,17 +335,30 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       if (join) await this.sendRequest({ type: 'join_room', room });
       let count = 0;
       let recovered = true;
-      for (let page = 0; page < 1000; page++) {
+      // Every page while `more`, as long as each one moves the position on. (A cap of 1,000 pages
+      // stopped a long recovery halfway and still said `recovered`: the held live messages then
+      // moved the position past the rest.)
+      for (;;) {
+        const before = pos.seq;
         const h = (await this.sendRequest({ type: 'history', room, since: pos.seq, epoch: pos.epoch })) as unknown as HistoryReply;
-        if (h.epoch !== undefined && h.epoch !== pos.epoch) this.epochChanged(room, pos, h.epoch);
+        const changed = h.epoch !== undefined && h.epoch !== pos.epoch;
+        if (changed) this.epochChanged(room, pos, h.epoch!);
         recovered &&= h.recovered !== false;
         for (const m of h.messages) count += this.accept(pos, m) ? 1 : 0;
-        if (h.more !== true || h.messages.length === 0) break;
+        if (h.more !== true) break;
+        if (h.messages.length === 0 || (!changed && pos.seq <= before)) {
+          recovered = false; // the server says more but gives nothing new: what is left is unknown
+          break;
+        }
       }
       for (const m of live.sort((a, b) => a.seq - b.seq)) count += this.accept(pos, m) ? 1 : 0;
       this.emit('recovered', { room, count, recovered });
     } catch (err) {
-      if (err instanceof ClientError && RETRY_RECOVERY.has(err.code) && socket !== null && socket === this.socket) {
+      if (socket === null || socket !== this.socket) {
+        // The connection went meanwhile: the reconnect rejoins every room from its last seq, and
+        // history gives the held live messages again. Accepting them here moved the position
+        // past the messages this recovery was fetching, and they were never asked for again.
+      } else if (err instanceof ClientError && RETRY_RECOVERY.has(err.code)) {
         // No answer in time, or the server could not answer now: this connection cannot be
         // trusted to recover the room. Close it; the reconnect rejoins every room from its last
         // seq, the held live messages included.
@@ -356,6 +371,12 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       throw err;
     } finally {
       this.recovering.delete(room);
+      // A position push that came during the recovery: look at it again now.
+      const later = this.positionLater.get(room);
+      if (later !== undefined) {
+        this.positionLater.delete(room);
+        this.position(later);
+      }
     }
   }
 
@@ -367,7 +388,13 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
   private position(msg: Json): void {
     const room = String(msg.room);
     const pos = this.joined.get(room);
-    if (pos === undefined || this.recovering.has(room)) return;
+    if (pos === undefined) return;
+    if (this.recovering.has(room)) {
+      // Checked once the recovery ends: the history page it got may have been read before the
+      // messages this push announces (a quiet room would then stay behind for good).
+      this.positionLater.set(room, msg);
+      return;
+    }
     if (msg.epoch === pos.epoch && typeof msg.seq === 'number' && msg.seq <= pos.seq) return;
     this.recover(room, pos, false).catch((err: unknown) => this.emit('error', err));
   }
@@ -506,10 +533,12 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       }
       const pos = this.joined.get(m.room);
       if (pos === undefined) this.emit('message', m);
-      else if (m.seq > pos.seq + 1 && m.epoch === pos.epoch && pos.epoch !== '') {
-        // A gap in the same epoch: messages before this one missed this connection (dropped for
-        // a slow reader, or lost on their way to its gateway). Recover them through history;
-        // this one is held and merged like any live message during a recovery.
+      else if (pos.epoch !== '' && (m.epoch === pos.epoch || m.epoch === undefined ? m.seq > pos.seq + 1 : m.seq > 1)) {
+        // A gap: messages before this one missed this connection (dropped for a slow reader, or
+        // lost on their way to its gateway), in this epoch or, when the room's epoch changed, at
+        // the start of the new one (those are in history; only the old epoch's are gone).
+        // Recover them through history; this one is held and merged like any live message
+        // during a recovery.
         this.recover(m.room, pos, false).catch((err: unknown) => this.emit('error', err));
         this.recovering.get(m.room)!.push(m);
       } else this.accept(pos, m);

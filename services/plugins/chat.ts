@@ -30,22 +30,38 @@ function memberRoom(msg: InboundMessage, ctx: PluginContext): string {
 /**
  * The history reply: at most `budget` bytes of messages, so that one reply never exceeds a
  * connection's outbound bound by itself (a reader that reads normally must not be cut off as a
- * slow consumer by asking for history). A page cut short says `more`, and the client asks again
- * from the last seq it got. At least one message is sent, so paging always progresses.
+ * slow consumer by asking for history). At least one message is sent, so paging always
+ * progresses. A page after `since` cut short says `more`, and the client asks again from the last
+ * seq it got; the newest page (no `since`) keeps its newest messages, as much as fits.
  */
-function historyReply(id: RequestId | undefined, room: string, page: HistoryPage, budget: number): Outbound {
+function historyReply(id: RequestId | undefined, room: string, page: HistoryPage, budget: number, newest: boolean): Outbound {
   const head = id === undefined ? '{"type":"history"' : `{"type":"history","id":${JSON.stringify(id)}`;
   const { messages } = page;
-  let body = '';
+  // The messages kept: [from, to) of the page.
+  let from = 0;
+  let to = messages.length;
   let bytes = 0;
-  let n = 0;
-  for (; n < messages.length; n++) {
-    const json = messages[n];
-    bytes += Buffer.byteLength(json) + 1;
-    if (n > 0 && bytes > budget) break;
-    body += (n === 0 ? '' : ',') + json;
+  if (newest) {
+    let n = to;
+    while (n > 0) {
+      const b = Buffer.byteLength(messages[n - 1]) + 1;
+      if (n < to && bytes + b > budget) break;
+      bytes += b;
+      n--;
+    }
+    from = n;
+  } else {
+    let n = 0;
+    while (n < to) {
+      const b = Buffer.byteLength(messages[n]) + 1;
+      if (n > 0 && bytes + b > budget) break;
+      bytes += b;
+      n++;
+    }
+    to = n;
   }
-  const more = page.more || n < messages.length;
+  const more = page.more || to < messages.length;
+  const body = messages.slice(from, to).join(',');
   return new Outbound(
     `${head},"room":${JSON.stringify(room)},"epoch":"${page.epoch}","seq":${page.seq},"recovered":${page.recovered},"more":${more},"messages":[${body}]}`,
   );
@@ -102,7 +118,11 @@ export const chatPlugin: MessageProcessor = {
         if (asked === 0) throw new SwitchboardError(ErrorCode.BadRequest, 'field "limit" must be at least 1');
         const limit = Math.min(asked ?? historySize, historySize);
         const budget = Math.max(1, Math.floor(maxOutboundBytes / 2));
-        return then(ctx.services.bus.history(room, { since, epoch, limit, maxBytes: budget }), (page) => historyReply(msg.id, room, page, budget));
+        return then(
+          ctx.services.bus.history(room, { since, epoch, limit, maxBytes: budget }),
+          // The newest page, unless the epoch asked for is gone (the page then starts at the oldest).
+          (page) => historyReply(msg.id, room, page, budget, since === undefined && (epoch === undefined || epoch === page.epoch)),
+        );
       }
       default:
         throw new SwitchboardError(ErrorCode.UnknownType, `chat cannot handle "${msg.type}"`);

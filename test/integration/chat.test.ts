@@ -180,3 +180,46 @@ describe('direct', () => {
     assert.equal(e3.code, 'bad_request');
   });
 });
+
+describe('edges', () => {
+  test('history without since, cut by the byte budget, keeps the newest messages (as the cluster does)', async (t) => {
+    // Standalone kept the oldest of the newest `limit` and said `more`; the cluster gave the
+    // newest. docs/protocol.md: "Without since, it returns the newest limit messages."
+    const s = await startServer({ maxOutboundBytes: 8192, historySize: 10 });
+    t.after(() => s.close());
+    const a = await helloClient(s.port, 'a');
+    t.after(() => a.destroy());
+    await a.join('r');
+    const big = 'x'.repeat(1500);
+    for (let i = 1; i <= 10; i++) assert.equal((await a.request({ type: 'send_chat', room: 'r', data: { i, big } })).type, 'ok');
+    const h = await a.request({ type: 'history', room: 'r' });
+    const seqs = (h.messages as { seq: number }[]).map((m) => m.seq);
+    assert.ok(seqs.length >= 1 && seqs.length < 10, `a page cut by the budget: ${JSON.stringify(seqs)}`);
+    assert.deepEqual(seqs, Array.from({ length: seqs.length }, (_, k) => 11 - seqs.length + k), 'the newest, oldest first');
+    assert.equal(h.more, false);
+    // Paging forward from the oldest still works as before.
+    const forward = await a.request({ type: 'history', room: 'r', since: 0 });
+    assert.equal((forward.messages as { seq: number }[])[0].seq, 1);
+    assert.equal(forward.more, true);
+  });
+
+  test('SLOW_CONSUMER_POLICY=drop: a direct message to a connected user whose pushes are being dropped is accepted, not user_offline', async (t) => {
+    const s = await startServer({ slowConsumerPolicy: 'drop', maxOutboundBytes: 64 * 1024 });
+    t.after(() => s.close());
+    const slow = await helloClient(s.port, 'slow');
+    const talker = await helloClient(s.port, 'talker');
+    t.after(() => {
+      slow.destroy();
+      talker.destroy();
+    });
+    await slow.join('r');
+    await talker.join('r');
+    slow.socket.pause();
+    const data = 'd'.repeat(16 * 1024);
+    for (let i = 0; i < 2000 && s.server.services.counters.dropped.slow_consumer === 0; i++) await talker.request({ type: 'send_chat', room: 'r', data });
+    assert.ok(s.server.services.counters.dropped.slow_consumer > 0, 'pushes to the slow user are being dropped');
+    const r = await talker.request({ type: 'direct', to: 'slow', data });
+    assert.equal(r.type, 'ok', JSON.stringify(r));
+    assert.equal(slow.closed, false);
+  });
+});
