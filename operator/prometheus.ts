@@ -18,9 +18,25 @@ export class MetricsError extends Error {
   }
 }
 
-/** Every `scheme://userinfo@` in a text, with the userinfo masked (as services/control's redactUrl). */
+/** How much of a text from Prometheus (an error message) the operator shows. */
+export const MAX_MESSAGE_CHARS = 512;
+
+/** The largest answer read from Prometheus; an instant vector of one series is a few hundred bytes. */
+export const MAX_ANSWER_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Every `scheme://userinfo@` in a text, with the userinfo masked (as services/control's redactUrl).
+ * A scheme starts only where no scheme character precedes it: tried at every letter of a long run,
+ * the match took time quadratic in its length (a 150 kB error from Prometheus held the operator's
+ * event loop for 20 s, and its leader lease lapsed).
+ */
 export function redactCredentials(text: string): string {
-  return text.replace(/([a-z][a-z0-9+.-]*:\/\/)[^\s/?#]*@/gi, '$1<redacted>@');
+  return text.replace(/(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*:\/\/)[^\s/?#]*@/gi, '$1<redacted>@');
+}
+
+/** A text from outside cut to MAX_MESSAGE_CHARS (status conditions take 32 kB at most). */
+export function clip(text: string, max = MAX_MESSAGE_CHARS): string {
+  return text.length <= max ? text : `${text.slice(0, max)}... (${text.length} characters)`;
 }
 
 /** An error as a cause that is safe to show: the same error unless its message held credentials. */
@@ -108,15 +124,18 @@ export class PrometheusClient {
     }
     let body: ApiAnswer;
     try {
-      body = (await res.json()) as ApiAnswer;
+      body = JSON.parse(await readBounded(res, MAX_ANSWER_BYTES)) as ApiAnswer;
     } catch (err) {
+      if (err instanceof MetricsError) throw err;
       throw new MetricsError(`prometheus answered ${res.status} without JSON`, { cause: err });
     }
-    if (body.status !== 'success' || body.data === undefined) throw new MetricsError(`prometheus query failed (${res.status}): ${body.error ?? 'unknown error'}`);
-    const first = body.data.result[0];
+    const error = typeof body?.error === 'string' ? clip(body.error) : 'unknown error';
+    if (!res.ok) throw new MetricsError(`prometheus answered ${res.status}: ${error}`);
+    if (body?.status !== 'success' || body.data === undefined) throw new MetricsError(`prometheus query failed (${res.status}): ${error}`);
+    const first = body.data.result?.[0];
     if (first === undefined) return undefined;
-    const v = Number(first.value[1]);
-    return Number.isNaN(v) ? 0 : v;
+    // NaN stays NaN (a quantile of no traffic); clusterMetrics decides what it means.
+    return Number(first.value?.[1]);
   }
 
   /**
@@ -128,9 +147,42 @@ export class PrometheusClient {
     const keys = Object.keys(q) as Array<keyof ClusterMetrics>;
     const values = await Promise.all(keys.map((k) => this.scalar(q[k])));
     const out = {} as ClusterMetrics;
-    keys.forEach((k, i) => (out[k] = values[i] ?? 0));
+    keys.forEach((k, i) => {
+      const v = values[i];
+      // A p99 of no traffic is NaN, and means 0. Anything else that is not a finite number (NaN,
+      // Inf, or past what a status field holds) is not data to scale on: the metrics are
+      // unavailable, and nothing is scaled down on them.
+      if (v !== undefined && !(Number.isFinite(v) && Math.abs(v) <= Number.MAX_SAFE_INTEGER) && !(k === 'p99LatencyMs' && Number.isNaN(v))) {
+        throw new MetricsError(`prometheus gave ${k} = ${v}, not a usable number`);
+      }
+      out[k] = v === undefined || Number.isNaN(v) ? 0 : v;
+    });
     // No gateway target reporting "up" means no data at all: the caller must not act on zeros.
     if (values[keys.indexOf('gatewayPods')] === undefined) return null;
     return out;
   }
+}
+
+/** The body of `res` as text, or a MetricsError past `max` bytes (nothing more is read). */
+async function readBounded(res: Response, max: number): Promise<string> {
+  const declared = Number(res.headers.get('content-length') ?? NaN);
+  if (declared > max) {
+    await res.body?.cancel().catch(() => {});
+    throw new MetricsError(`prometheus answered ${res.status} with ${declared} bytes, over ${max}`);
+  }
+  if (res.body === null) return '';
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let bytes = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    bytes += value.byteLength;
+    if (bytes > max) {
+      await reader.cancel().catch(() => {});
+      throw new MetricsError(`prometheus answered ${res.status} with more than ${max} bytes`);
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }

@@ -15,7 +15,7 @@ import { describe } from '../kube/client';
 import type { EventTarget } from '../kube/events';
 import { keyString, type ObjectKey } from '../kube/key';
 import type { OperatorMetrics } from '../metrics';
-import { MetricsError, PrometheusClient, redactCredentials, type ClusterMetrics } from '../prometheus';
+import { clip, MetricsError, PrometheusClient, redactCredentials, type ClusterMetrics } from '../prometheus';
 import { decide, type MetricSample, type Recommendation } from './policy';
 
 export const TIERS: readonly Tier[] = ['gateway', 'broadcast'];
@@ -267,7 +267,7 @@ export class MetricsScaleHandler implements ScaleHandler {
       return { metrics: m, state: 'available', message: 'metrics queried' };
     } catch (err) {
       // Masked again: a query other than PrometheusClient's may quote its URL too.
-      return { metrics: null, state: 'unavailable', message: redactCredentials(err instanceof MetricsError ? err.message : `metrics query failed: ${describe(err)}`) };
+      return { metrics: null, state: 'unavailable', message: clip(redactCredentials(err instanceof MetricsError ? err.message : `metrics query failed: ${describe(err)}`), 1024) };
     }
   }
 

@@ -2,7 +2,9 @@
 // quotes the URL whole, and that message becomes the MetricsUnavailable condition, a Warning
 // Event and a log line. No Prometheus needed: the request fails before it is sent.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { createServer, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { test, type TestContext } from 'node:test';
 import { OperatorMetrics } from '../../operator/metrics';
 import { MetricsError, PrometheusClient, redactCredentials } from '../../operator/prometheus';
 import { MetricsScaleHandler } from '../../operator/scaling/handler';
@@ -46,4 +48,64 @@ test('the MetricsUnavailable message and Event of such a Switchboard hold no cre
   assert.match(state.metricsMessage, /http:\/\/<redacted>@127\.0\.0\.1:9/);
   assert.deepEqual(events.reasons(), ['Warning MetricsUnavailable']);
   for (const text of [state.metricsMessage, events.events[0].message]) assert.doesNotMatch(text, /s3cret-pw|scraper/, text);
+});
+
+/**
+ * A misbehaving Prometheus: an HTTP server answering every query with `answer(query)`. A real
+ * Prometheus does not send these; a broken proxy in front of one, or a hostile endpoint, can.
+ */
+async function hostilePrometheus(t: TestContext, answer: (query: string, res: ServerResponse) => void): Promise<PrometheusClient> {
+  const server = createServer((req, res) => answer(new URL(req.url ?? '/', 'http://x').searchParams.get('query') ?? '', res));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => {
+    server.closeAllConnections();
+    return new Promise<void>((r) => server.close(() => r()));
+  });
+  return new PrometheusClient(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, 5000);
+}
+
+const vector = (v: string) => JSON.stringify({ status: 'success', data: { resultType: 'vector', result: [{ metric: {}, value: [0, v] }] } });
+
+test('redactCredentials takes linear time on a long run of letters (it was quadratic: 20 s for 150 kB)', () => {
+  const started = Date.now();
+  assert.equal(redactCredentials('E'.repeat(200_000)), 'E'.repeat(200_000));
+  assert.ok(Date.now() - started < 2000, `${Date.now() - started} ms`);
+});
+
+test('a hostile Prometheus: long errors are cut, HTTP errors and huge answers are errors, values that are not numbers are not data', async (t) => {
+  // An error of 150 kB held the event loop (the redaction) and then made every status write fail
+  // (a condition message takes 32 kB); a 100 MB answer was read whole, eight at a time; a 500 with
+  // a success body was taken as data; 1e20 connections made every status write fail.
+  const long = await hostilePrometheus(t, (_q, res) => res.end(JSON.stringify({ status: 'error', error: 'E'.repeat(150_000) })));
+  const e1 = await long.scalar('up').catch((e: unknown) => e);
+  assert.ok(e1 instanceof MetricsError && e1.message.length < 700, `message of ${(e1 as Error).message.length} characters`);
+
+  const http500 = await hostilePrometheus(t, (_q, res) => {
+    res.statusCode = 500;
+    res.end(vector('1'));
+  });
+  assert.match(String(await http500.scalar('up').catch((e: Error) => e.message)), /^prometheus answered 500/);
+
+  let written = 0;
+  const huge = await hostilePrometheus(t, (_q, res) => {
+    // 64 MB streamed without a length: the client stops reading past its bound.
+    const chunk = Buffer.alloc(1 << 20, 0x20);
+    const more = (): void => {
+      while (written < 64 && res.write(chunk)) written++;
+      if (written < 64) res.once('drain', more);
+      else res.end();
+    };
+    more();
+  });
+  assert.match(String(await huge.scalar('up').catch((e: Error) => e.message)), /with more than 4194304 bytes/);
+  assert.ok(written < 64, `the whole answer was read (${written} MB written)`);
+
+  const sel = { namespace: 'ns', name: 'sb' };
+  const spec = { prometheus: { url: 'unused' } } as Parameters<PrometheusClient['clusterMetrics']>[1];
+  const big = await hostilePrometheus(t, (q, res) => res.end(vector(q.includes('switchboard_connections') ? '1e20' : '1')));
+  assert.match(String(await big.clusterMetrics(sel, spec).catch((e: Error) => e.message)), /connections = 100000000000000000000, not a usable number/);
+  const nan = await hostilePrometheus(t, (q, res) => res.end(vector(q.includes('messages_delivered') ? 'NaN' : q.includes('histogram_quantile') ? 'NaN' : '1')));
+  assert.match(String(await nan.clusterMetrics(sel, spec).catch((e: Error) => e.message)), /deliveredPerSecond = NaN/);
+  const quiet = await hostilePrometheus(t, (q, res) => res.end(vector(q.includes('histogram_quantile') ? 'NaN' : '1')));
+  assert.equal((await quiet.clusterMetrics(sel, spec))?.p99LatencyMs, 0, 'a p99 of no traffic is 0');
 });
