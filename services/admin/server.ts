@@ -38,6 +38,13 @@ const HTTP_400 = 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Lengt
 const HTTP_405 = 'HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
 const HTTP_413 = 'HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
 
+/** How long a connection that sent a body may take to get its 413 before it is destroyed. */
+const BODY_CLOSE_MS = 100;
+
+function destroySocketNow(socket: Socket): void {
+  socket.destroy();
+}
+
 /** A request that says it carries a body (every endpoint here is GET or HEAD, none takes one). */
 function hasBody(req: IncomingMessage): boolean {
   const length = req.headers['content-length'];
@@ -86,9 +93,11 @@ function bounded(handler: AdminHandler): AdminHandler {
       // loopback speed (175 MB/s a connection), or a byte at a time: four connections raised the
       // client port's p99 to 341 ms. No endpoint takes a body: 413, and the connection goes.
       // The 413 only when no earlier request on the socket is still being answered (its answer
-      // would come after ours).
-      if (n === 1 && socket.writable) socket.write(HTTP_413);
-      socket.destroySoon();
+      // would come after ours). Closed within BODY_CLOSE_MS whatever happens: a peer that does
+      // not read would otherwise keep the write from finishing, and the body being read.
+      if (n === 1 && socket.writable) socket.end(HTTP_413);
+      else socket.end();
+      setTimeout(destroySocketNow, BODY_CLOSE_MS, socket).unref();
       return;
     }
     unanswered.set(socket, n);

@@ -314,11 +314,14 @@ export class ApiServer {
   private awaitProof(socket: Socket): void {
     const peer = `${socket.remoteAddress}:${socket.remotePort}`;
     const timer = setTimeout(() => {
-      this.unproven.delete(peer);
+      if (this.unproven.get(peer)?.socket === socket) this.unproven.delete(peer);
       this.opts.gateway.services.counters.limitHits[Limit.HttpTimeout]++;
       socket.destroy();
     }, this.opts.config.httpRequestTimeoutMs);
     timer.unref();
+    // Two sockets with one peer name (two local addresses): the older one goes unproven.
+    const before = this.unproven.get(peer);
+    if (before !== undefined) clearTimeout(before.timer);
     this.unproven.set(peer, { socket, timer });
     socket.once('close', () => {
       const u = this.unproven.get(peer);

@@ -338,6 +338,7 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       // Every page while `more`, as long as each one moves the position on. (A cap of 1,000 pages
       // stopped a long recovery halfway and still said `recovered`: the held live messages then
       // moved the position past the rest.)
+      let changes = 0;
       for (;;) {
         const before = pos.seq;
         const h = (await this.sendRequest({ type: 'history', room, since: pos.seq, epoch: pos.epoch })) as unknown as HistoryReply;
@@ -346,8 +347,10 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
         recovered &&= h.recovered !== false;
         for (const m of h.messages) count += this.accept(pos, m) ? 1 : 0;
         if (h.more !== true) break;
-        if (h.messages.length === 0 || (!changed && pos.seq <= before)) {
-          recovered = false; // the server says more but gives nothing new: what is left is unknown
+        // The server says more but gives nothing new, or its epoch keeps changing: what is left
+        // is unknown.
+        if (h.messages.length === 0 || (changed ? ++changes > 1 : pos.seq <= before)) {
+          recovered = false;
           break;
         }
       }
@@ -371,11 +374,12 @@ export class SwitchboardClient extends EventEmitter implements FrameSink {
       throw err;
     } finally {
       this.recovering.delete(room);
-      // A position push that came during the recovery: look at it again now.
+      // A position push that came during the recovery: look at it again now, on the same
+      // connection (after a reconnect, the rejoin recovers the room anyway).
       const later = this.positionLater.get(room);
       if (later !== undefined) {
         this.positionLater.delete(room);
-        this.position(later);
+        if (socket !== null && socket === this.socket) this.position(later);
       }
     }
   }

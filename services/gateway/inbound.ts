@@ -302,6 +302,7 @@ export class Inbound implements FrameSink {
 
   /** @internal timer: the bucket has a token again. */
   rateRefilled(): void {
+    this.bucket.resumed(Date.now());
     this.unpause(Pause.Rate);
   }
 

@@ -239,10 +239,13 @@ export class GatewayServer implements ConnectionHost {
     return this.conns.size;
   }
 
-  /** Client connections and HTTP connections of both ports: what MAX_CONNECTIONS bounds. */
-  /** Open connections of the gRPC API port (at most API_RESERVE: its listener's cap). */
+  /** Open connections of the gRPC API port (at most API_RESERVE: its own cap). */
   private apiSockets = 0;
 
+  /**
+   * Client connections and HTTP connections of all ports. MAX_CONNECTIONS bounds them less the
+   * API's (which have their own reserve beyond it), the admin port's reserve comes on top.
+   */
   get totalConnections(): number {
     return this.conns.size + this.httpSockets.size;
   }
@@ -416,7 +419,7 @@ export class GatewayServer implements ConnectionHost {
   private accept(socket: Socket): void {
     if (this.draining) return this.refuse(socket, RejectReason.Draining);
     const max = this.maxConnections;
-    if (max > 0 && this.totalConnections >= max) return this.refuse(socket, RejectReason.Limit);
+    if (max > 0 && this.totalConnections - this.apiSockets >= max) return this.refuse(socket, RejectReason.Limit);
     if (this.acceptBackoffUntil !== 0) {
       if (Date.now() < this.acceptBackoffUntil) return this.refuse(socket, RejectReason.Backoff);
       this.acceptBackoffUntil = 0;

@@ -47,11 +47,24 @@ export class TokenBucket {
    * second, or one token's refill when that is longer. Never shorter, whatever the burst: each
    * resumed read of a flood is a chunk of refusals, and a pause as short as a small burst's refill
    * (1 ms for RATE_LIMIT_BURST = RATE_LIMIT_PER_SEC/1000) let one connection make a read of
-   * refusals every millisecond. A flooding connection therefore gets at most the smaller of its
-   * burst and a tenth of a second's tokens per tenth of a second.
+   * refusals every millisecond. The tokens earned during the pause are credited when it ends
+   * (resumed()), beyond a smaller burst, so a connection that fell behind once still gets its
+   * sustained rate.
    */
   get resumeMs(): number {
     return Math.max(RATE_PAUSE_MS, Math.ceil(1000 / this.perSec));
+  }
+
+  /**
+   * A rate pause ended at `now`: the bucket holds what it earned, up to the larger of the burst
+   * and the pause's worth. Capped at a small burst, a client sending steadily at half its rate
+   * that overshot once got `burst` frames per pause, the rest of what waited in TCP refused, and
+   * paused again, for good.
+   */
+  resumed(now: number): void {
+    const earned = this.tokens + ((now - this.refilledAt) * this.perSec) / 1000;
+    this.tokens = Math.min(earned, Math.max(this.burst, (this.perSec * this.resumeMs) / 1000));
+    this.refilledAt = now;
   }
 
   /**

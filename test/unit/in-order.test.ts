@@ -202,3 +202,22 @@ test('InOrder: a queue that never empties (a client always one request ahead) do
   assert.equal(q.size, 1);
   assert.ok(q.retained <= 2 * 64 + 2, `${q.retained} slots kept for 1 waiting item`);
 });
+
+test('TokenBucket after a rate pause: credited with what it earned, beyond a small burst', () => {
+  // 1000/s with a burst of 1: a client sending 500/s that overshot once was paused 100 ms, found
+  // one token, had the other 49 frames refused, and paused again, for good.
+  const b = new TokenBucket(1000, 1, 0);
+  assert.equal(b.take(0), true);
+  assert.equal(b.take(0), false, 'empty: the connection is paused');
+  b.resumed(b.resumeMs);
+  let taken = 0;
+  while (b.take(b.resumeMs)) taken++;
+  assert.equal(taken, 100, "a tenth of a second's tokens after a tenth of a second's pause");
+  // A large burst is unchanged: refilled up to the burst, as take() refills.
+  const big = new TokenBucket(1000, 4000, 0);
+  for (let i = 0; i < 4000; i++) big.take(0);
+  big.resumed(100);
+  let more = 0;
+  while (big.take(100)) more++;
+  assert.equal(more, 100);
+});

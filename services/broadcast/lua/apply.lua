@@ -80,9 +80,12 @@ if fresh > 0 then
     redis.call('HSET', KEYS[1], 'seq', seq + fresh, 'last', newest, 'n', run)
   end
 end
--- The entries that may be redelivered stay in history until a later call.
+-- The entries that may be redelivered stay in history until a later call. With HISTORY_SIZE 0
+-- the trim is exact (`~` trims whole stream nodes: about 100 entries a room would stay).
 local keep = maxlen
 if run > keep then keep = run end
+local trim = '~'
+if maxlen == 0 then trim = '=' end
 out[1] = epoch or ARGV[2]
 local mid = ARGV[3] .. out[1]
 local byId = nil
@@ -106,7 +109,7 @@ for i = 5, #ARGV, 3 do
     end
   else
     seq = seq + 1
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', keep, seq .. '-1', 'i', id, 'm', ARGV[i + 1] .. seq .. mid .. ARGV[i + 2])
+    redis.call('XADD', KEYS[2], 'MAXLEN', trim, keep, seq .. '-1', 'i', id, 'm', ARGV[i + 1] .. seq .. mid .. ARGV[i + 2])
     out[#out + 1] = seq
     out[#out + 1] = false
   end
