@@ -195,18 +195,19 @@ export class ApiServer {
   private readonly beforePreface = new Set<Socket>();
   /** Open API connections. */
   private readonly open = new Set<Socket>();
-  /** Open connections that have not had a call with a valid key yet, oldest first. */
-  private readonly waiting = new Set<Socket>();
   /**
-   * Connections handed to grpc-js that have not had a call with a valid key yet, by peer
+   * Open connections that have not had a call with a valid key yet, oldest first, by peer
    * (`address:port`, what a call's getPeer() says), with the timer that closes them.
    */
   private readonly unproven = new Map<string, { socket: Socket; timer: NodeJS.Timeout }>();
 
-  /** `socket` is closed (or being closed): it no longer counts. */
-  private forget(socket: Socket): void {
+  /** `socket` (of `peer`) is closed, or being closed: it no longer counts. */
+  private forget(socket: Socket, peer: string): void {
     this.open.delete(socket);
-    this.waiting.delete(socket);
+    const u = this.unproven.get(peer);
+    if (u?.socket !== socket) return;
+    clearTimeout(u.timer);
+    this.unproven.delete(peer);
   }
   private lastListenerLog = 0;
   private readonly keyDigest: Buffer | null;
@@ -267,17 +268,18 @@ export class ApiServer {
     if (!this.opts.gateway.admitApiConnection(socket)) return;
     if (this.open.size >= MAX_API_CONNECTIONS) {
       this.opts.gateway.services.counters.limitHits[Limit.ApiConnections]++;
-      const oldest = this.waiting.values().next();
-      if (oldest.done === true) {
+      const [oldest] = this.unproven;
+      if (oldest === undefined) {
         socket.destroy();
         return;
       }
-      this.forget(oldest.value);
-      oldest.value.destroy();
+      this.forget(oldest[1].socket, oldest[0]);
+      oldest[1].socket.destroy();
     }
+    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
     this.open.add(socket);
-    this.waiting.add(socket);
-    socket.once('close', () => this.forget(socket));
+    this.awaitProof(socket, peer);
+    socket.once('close', () => this.forget(socket, peer));
     socket.on('error', ignoreSocketError);
     const timer = setTimeout(destroySocket, this.opts.config.httpHeadersTimeoutMs, socket);
     timer.unref();
@@ -295,7 +297,6 @@ export class ApiServer {
       socket.pause();
       socket.unshift(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
       this.injector!.injectConnection(socket);
-      this.awaitProof(socket);
     };
     const onClose = (): void => {
       clearTimeout(timer);
@@ -306,29 +307,25 @@ export class ApiServer {
   }
 
   /**
-   * A connection must complete a call with a valid key within HTTP_REQUEST_TIMEOUT_MS, or it is
-   * closed. grpc-js reads a call's key only once its request message is complete, and a request
-   * that never completes holds its connection: 16 connections each holding one unfinished call,
-   * without a key, shut every real caller out of the API for as long as they stayed.
+   * A connection must complete a call with a valid key within HTTP_REQUEST_TIMEOUT_MS of its
+   * accept, or it is closed. grpc-js reads a call's key only once its request message is
+   * complete, and a request that never completes holds its connection: 16 connections each
+   * holding one unfinished call, without a key, shut every real caller out of the API for as long
+   * as they stayed.
    */
-  private awaitProof(socket: Socket): void {
-    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+  private awaitProof(socket: Socket, peer: string): void {
+    // Two sockets with one peer name (two local addresses): the older, unproven, goes.
+    const before = this.unproven.get(peer);
+    if (before !== undefined) {
+      clearTimeout(before.timer);
+      before.socket.destroy();
+    }
     const timer = setTimeout(() => {
-      if (this.unproven.get(peer)?.socket === socket) this.unproven.delete(peer);
       this.opts.gateway.services.counters.limitHits[Limit.HttpTimeout]++;
       socket.destroy();
     }, this.opts.config.httpRequestTimeoutMs);
     timer.unref();
-    // Two sockets with one peer name (two local addresses): the older one goes unproven.
-    const before = this.unproven.get(peer);
-    if (before !== undefined) clearTimeout(before.timer);
     this.unproven.set(peer, { socket, timer });
-    socket.once('close', () => {
-      const u = this.unproven.get(peer);
-      if (u?.socket !== socket) return;
-      clearTimeout(u.timer);
-      this.unproven.delete(peer);
-    });
   }
 
   /** A call on `peer`'s connection had a valid key: the connection stays. */
@@ -338,7 +335,6 @@ export class ApiServer {
     if (u === undefined) return;
     clearTimeout(u.timer);
     this.unproven.delete(peer);
-    this.waiting.delete(u.socket);
   }
 
   private listenerError(err: NodeJS.ErrnoException): void {

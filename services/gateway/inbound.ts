@@ -11,7 +11,8 @@
  * count as activity; an incomplete frame is bounded in bytes (MAX_FRAME_BYTES, and all of them
  * together by PARTIAL_FRAMES_BUDGET_BYTES) and in time (FRAME_TIMEOUT_MS, enforced by the
  * server's sweep from `partialSince`); every frame, a rejected one included, takes a token, and
- * past the limit the socket is read again only after a tenth of a second (TokenBucket.resumeMs); nesting is bounded (MAX_JSON_DEPTH) so that no input reaches `internal`; every 64 KiB
+ * past the limit the socket is read again only after a tenth of a second (TokenBucket.resumeMs);
+ * nesting is bounded (MAX_JSON_DEPTH) so that no input reaches `internal`; every 64 KiB
  * of frames yields the event-loop turn.
  */
 import { isUtf8 } from 'node:buffer';

@@ -37,30 +37,19 @@ function memberRoom(msg: InboundMessage, ctx: PluginContext): string {
 function historyReply(id: RequestId | undefined, room: string, page: HistoryPage, budget: number, newest: boolean): Outbound {
   const head = id === undefined ? '{"type":"history"' : `{"type":"history","id":${JSON.stringify(id)}`;
   const { messages } = page;
-  // The messages kept: [from, to) of the page.
-  let from = 0;
-  let to = messages.length;
+  // As many messages as fit, from the oldest (after `since`) or from the newest.
+  const total = messages.length;
   let bytes = 0;
-  if (newest) {
-    let n = to;
-    while (n > 0) {
-      const b = Buffer.byteLength(messages[n - 1]) + 1;
-      if (n < to && bytes + b > budget) break;
-      bytes += b;
-      n--;
-    }
-    from = n;
-  } else {
-    let n = 0;
-    while (n < to) {
-      const b = Buffer.byteLength(messages[n]) + 1;
-      if (n > 0 && bytes + b > budget) break;
-      bytes += b;
-      n++;
-    }
-    to = n;
+  let kept = 0;
+  while (kept < total) {
+    const b = Buffer.byteLength(messages[newest ? total - 1 - kept : kept]) + 1;
+    if (kept > 0 && bytes + b > budget) break;
+    bytes += b;
+    kept++;
   }
-  const more = page.more || to < messages.length;
+  const from = newest ? total - kept : 0;
+  const to = newest ? total : kept;
+  const more = page.more || to < total;
   const body = messages.slice(from, to).join(',');
   return new Outbound(
     `${head},"room":${JSON.stringify(room)},"epoch":"${page.epoch}","seq":${page.seq},"recovered":${page.recovered},"more":${more},"messages":[${body}]}`,
