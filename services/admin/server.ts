@@ -2,16 +2,18 @@
  * HTTP servers for the admin endpoints, with the same defences on every port of every role:
  * request timeouts enforced (a request dribbled a byte at a time is answered 408 and closed),
  * bad requests answered and closed rather than thrown, listener errors (EMFILE on accept)
- * reported rather than fatal, and at most `maxConnections` sockets at once.
+ * reported rather than fatal, and at most `maxConnections` sockets at once (past it the oldest idle
+ * one makes room: gateway/eviction.ts).
  *
  * The gateway builds its two HTTP servers (admin port, and HTTP sniffed on the client port) with
  * createTimedHttpServer and counts their sockets against MAX_CONNECTIONS itself; the broadcast
  * and operator roles run an AdminServer.
  */
-import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { DESCRIPTOR_RESERVE, descriptorLimit } from '../gateway/descriptors';
+import { EvictionQueue } from '../gateway/eviction';
 import { createAdminHandler, type AdminEndpoints, type AdminHandler } from './handler';
 
 export interface HttpTimeouts {
@@ -158,7 +160,11 @@ export interface AdminServerOptions {
   port: number;
   /** @default DEFAULT_HTTP_TIMEOUTS */
   timeouts?: HttpTimeouts;
-  /** Sockets held at once; more are refused at accept. @default adminConnectionCap(0) */
+  /**
+   * Sockets held at once. Past it the oldest idle one (no request being answered: a half-open
+   * socket, a request dribbled in, an idle keep-alive) is closed to admit the newcomer, or the
+   * newcomer is, when every one is answering a request. @default adminConnectionCap(0)
+   */
   maxConnections?: number;
   onListenerError?(err: NodeJS.ErrnoException): void;
 }
@@ -171,8 +177,32 @@ export class AdminServer {
     endpoints: AdminEndpoints,
     private readonly opts: AdminServerOptions,
   ) {
-    this.server = createTimedHttpServer(createAdminHandler(endpoints), opts.timeouts ?? DEFAULT_HTTP_TIMEOUTS, { onListenerError: opts.onListenerError });
-    this.server.maxConnections = opts.maxConnections ?? adminConnectionCap(0);
+    const server = createTimedHttpServer(createAdminHandler(endpoints), opts.timeouts ?? DEFAULT_HTTP_TIMEOUTS, { onListenerError: opts.onListenerError });
+    this.server = server;
+    // Refusing the newcomer (http.Server's maxConnections) let a flood of idle sockets, opened
+    // again as they were closed, keep every probe out: the pod failed its liveness probe.
+    const cap = opts.maxConnections ?? adminConnectionCap(0);
+    const idle = new EvictionQueue<Socket>((s) => !s.destroyed);
+    let open = 0;
+    server.on('connection', (socket: Socket) => {
+      if (open >= cap && !idle.evictOldest()) {
+        socket.destroy();
+        return;
+      }
+      open++;
+      idle.add(socket);
+      socket.once('close', () => {
+        open--;
+        idle.delete(socket);
+      });
+    });
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      const socket = req.socket;
+      idle.delete(socket);
+      res.once('close', () => {
+        if (!socket.destroyed) idle.add(socket);
+      });
+    });
   }
 
   /** Listen; resolves with the port. */

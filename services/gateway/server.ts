@@ -9,7 +9,7 @@
  * crashing; HTTP requests are timed (headers, request, keep-alive) on both ports and closed on
  * shutdown; the sweep enforces the frame timeout and token expiry besides idle and hello.
  */
-import type { Server as HttpServer } from 'node:http';
+import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -31,6 +31,7 @@ import {
 } from '../telemetry';
 import { Connection, type ConnectionHost } from './connection';
 import { ADMIN_RESERVE, API_RESERVE, effectiveMaxConnections } from './descriptors';
+import { EvictionQueue } from './eviction';
 import type { Inbound, InboundLimits } from './inbound';
 import type { OutboundLimits } from './outbound-queue';
 import { SessionState, type SessionLimits } from './session';
@@ -103,6 +104,11 @@ export class GatewayServer implements ConnectionHost {
   private readonly httpSockets = new Set<Socket>();
   /** Of those, the ones sniffed on the client port: a drain waits for them, not for admin probes. */
   private clientHttp = 0;
+  /**
+   * What may be closed to admit a newcomer when a port is full (eviction.ts): client connections
+   * before hello, idle HTTP connections of the client and admin ports.
+   */
+  private readonly evictable = new EvictionQueue<Connection | Socket>((t) => (t instanceof Connection ? t.session.state <= SessionState.AwaitingHello : !t.destroyed));
   /** MAX_CONNECTIONS as applied (see effectiveMaxConnections); 0: no limit. */
   readonly maxConnections: number;
   /** Connections paused until partial frames elsewhere free PARTIAL_FRAMES_BUDGET_BYTES. */
@@ -272,14 +278,25 @@ export class GatewayServer implements ConnectionHost {
       { onTimeout: () => this.counters.limitHits[Limit.HttpTimeout]++, onListenerError: (err) => this.listenerError(err) },
     );
     if (admin) server.on('connection', (socket: Socket) => this.acceptAdmin(socket));
+    // An HTTP connection is a candidate for eviction only while no request of it is being answered.
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      const socket = req.socket;
+      if (!this.httpSockets.has(socket)) return;
+      this.evictable.delete(socket);
+      res.once('close', () => {
+        if (!socket.destroyed && this.httpSockets.has(socket)) this.evictable.add(socket);
+      });
+    });
     return server;
   }
 
-  private trackHttp(socket: Socket, clientPort: boolean): void {
+  private trackHttp(socket: Socket, clientPort: boolean, evictable: boolean): void {
     this.httpSockets.add(socket);
     this.counters.httpConnections = this.httpSockets.size;
     if (clientPort) this.clientHttp++;
+    if (evictable) this.evictable.add(socket);
     socket.once('close', () => {
+      this.evictable.delete(socket);
       this.httpSockets.delete(socket);
       this.counters.httpConnections = this.httpSockets.size;
       if (clientPort) this.clientHttp--;
@@ -304,7 +321,7 @@ export class GatewayServer implements ConnectionHost {
       this.refuse(socket, RejectReason.Limit);
       return false;
     }
-    this.trackHttp(socket, false);
+    this.trackHttp(socket, false, false);
     this.apiSockets++;
     socket.once('close', () => this.apiSockets--);
     return true;
@@ -313,11 +330,22 @@ export class GatewayServer implements ConnectionHost {
   /** Admin port: counted like any connection, with a small reserve beyond the limit for probes. */
   private acceptAdmin(socket: Socket): void {
     const max = this.maxConnections;
-    if (max > 0 && this.totalConnections - this.apiSockets >= max + ADMIN_RESERVE) {
+    if (max > 0 && this.totalConnections - this.apiSockets >= max + ADMIN_RESERVE && !this.makeRoom()) {
       this.refuse(socket, RejectReason.Limit);
       return;
     }
-    this.trackHttp(socket, false);
+    this.trackHttp(socket, false, true);
+  }
+
+  /**
+   * The port is full: close the oldest connection that has proven nothing yet (eviction.ts), and
+   * count it. Its descriptor is closed at once; it leaves the counts at its 'close' event.
+   */
+  private makeRoom(): boolean {
+    if (!this.evictable.evictOldest()) return false;
+    this.counters.rejected[RejectReason.Evicted]++;
+    this.counters.limitHits[Limit.MaxConnections]++;
+    return true;
   }
 
   private refuse(socket: Socket, reason: RejectReason): void {
@@ -419,7 +447,7 @@ export class GatewayServer implements ConnectionHost {
   private accept(socket: Socket): void {
     if (this.draining) return this.refuse(socket, RejectReason.Draining);
     const max = this.maxConnections;
-    if (max > 0 && this.totalConnections - this.apiSockets >= max) return this.refuse(socket, RejectReason.Limit);
+    if (max > 0 && this.totalConnections - this.apiSockets >= max && !this.makeRoom()) return this.refuse(socket, RejectReason.Limit);
     if (this.acceptBackoffUntil !== 0) {
       if (Date.now() < this.acceptBackoffUntil) return this.refuse(socket, RejectReason.Backoff);
       this.acceptBackoffUntil = 0;
@@ -427,6 +455,7 @@ export class GatewayServer implements ConnectionHost {
     }
     const conn = new Connection(socket, this, Date.now());
     this.conns.add(conn);
+    this.evictable.add(conn);
     this.counters.connections++;
     this.counters.connectionsOpened++;
   }
@@ -436,7 +465,7 @@ export class GatewayServer implements ConnectionHost {
   }
 
   handOverHttp(socket: Socket, firstBytes: Buffer): void {
-    this.trackHttp(socket, true);
+    this.trackHttp(socket, true, true);
     socket.pause();
     socket.unshift(firstBytes);
     this.sniffedHttp.emit('connection', socket);
@@ -445,6 +474,7 @@ export class GatewayServer implements ConnectionHost {
 
   closed(conn: Connection): void {
     this.conns.delete(conn);
+    this.evictable.delete(conn);
     this.backlogged.delete(conn);
     this.budgetWaiters.delete(conn.inbound);
     if (this.drained !== null && this.conns.size === 0 && this.clientHttp === 0) this.drained();

@@ -48,6 +48,11 @@ export const RejectReason = {
   Backoff: 'backoff',
   /** accept(2) itself failed (EMFILE, ENFILE, ...): the kernel had a connection we could not take. */
   AcceptError: 'accept_error',
+  /**
+   * Not the newcomer: an older connection that had proven nothing yet (no hello, or HTTP with no
+   * request being answered), closed to admit it when MAX_CONNECTIONS was reached.
+   */
+  Evicted: 'evicted',
 } as const;
 export type RejectReason = (typeof RejectReason)[keyof typeof RejectReason];
 
