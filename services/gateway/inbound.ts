@@ -25,6 +25,7 @@ import {
   codecName,
   CompressionError,
   decompressBody,
+  inflateBound,
   ErrorCode,
   InOrder,
   jsonDepthExceeds,
@@ -50,6 +51,11 @@ export interface InboundLimits {
   readonly partialFramesBudgetBytes: number;
   /** Bytes per second this connection's compressed frames may decompress to; 0: no budget. */
   readonly inflateBytesPerSec: number;
+  /**
+   * Bytes per second the compressed frames of all connections together may decompress to
+   * (INFLATE_TOTAL_BYTES_PER_SEC): one bucket, shared by every connection. Null: no budget.
+   */
+  readonly inflateTotal: TokenBucket | null;
   /** Bytes per second read from this connection (its burst: a second's worth, or one frame); 0: no budget. */
   readonly inboundBytesPerSec: number;
 }
@@ -118,6 +124,8 @@ interface HeldFrame {
   flags: number;
   /** Raw: not looked at yet; Inflating: its decompression runs; Ready: body is the plain body; Refused: skip it. */
   stage: 0 | 1 | 2 | 3;
+  /** Charged to the process-wide inflate budget before decompressing (the output bound), settled after. */
+  reserved: number;
 }
 const RAW = 0;
 const INFLATING = 1;
@@ -325,13 +333,27 @@ export class Inbound implements FrameSink {
    * wait too, in order), the socket is not read, and a timer resumes once the debt is repaid.
    * Nothing is dropped: a sender past the budget is slowed down, as TCP would slow it.
    */
-  private inflateAllowed(f: HeldFrame): boolean {
-    const budget = this.inflateBudget;
-    if (budget === null || budget.positive(Date.now())) return true;
+  private inflateAllowed(f: HeldFrame, codec: Codec): boolean {
+    const own = this.inflateBudget;
+    const total = this.limits.inflateTotal;
+    const now = Date.now();
+    const ownOk = own === null || own.positive(now);
+    if (ownOk && (total === null || total.positive(now))) {
+      // The process-wide budget is charged the frame's output bound up front (settled once the
+      // output is known): zstd runs on the thread pool, and 150 connections each starting a bomb
+      // in the same turn, all charged only when done, had 150 MiB decompressing at once and their
+      // parses in one turn (the witness waited 1.3 s). Charged first, at most the bucket's burst
+      // is in flight.
+      if (total !== null) {
+        f.reserved = inflateBound(codec, f.body, this.limits.maxFrameBytes);
+        total.spend(f.reserved);
+      }
+      return true;
+    }
     if ((this.paused & Pause.InflateBudget) === 0 && !this.stopped) {
-      this.counters.limitHits[Limit.InflateBytes]++;
+      this.counters.limitHits[ownOk ? Limit.InflateTotal : Limit.InflateBytes]++;
       this.pause(Pause.InflateBudget);
-      setTimeout(onInflateRefilled, budget.debtMs, this).unref();
+      setTimeout(onInflateRefilled, ownOk ? total!.debtMs : own!.debtMs, this).unref();
     }
     // It waits in the queue: its body must outlive the parser's chunk.
     f.body = Buffer.from(f.body);
@@ -389,11 +411,11 @@ export class Inbound implements FrameSink {
     this.lastSeen = this.chunkAt;
     if (this.order.holding) {
       // Keep the client's order: later frames wait behind the one being decompressed.
-      this.order.hold({ body: Buffer.from(body), flags, stage: RAW });
+      this.order.hold({ body: Buffer.from(body), flags, stage: RAW, reserved: 0 });
       return;
     }
     if ((flags & CODEC_MASK) === CODEC_NONE) this.handleBody(body);
-    else this.order.push({ body, flags, stage: RAW });
+    else this.order.push({ body, flags, stage: RAW, reserved: 0 });
   }
 
   /** InOrder: handle the frame at the head, decompressing it first; false while that runs. */
@@ -409,7 +431,7 @@ export class Inbound implements FrameSink {
           this.sink.fail(undefined, ErrorCode.BadFrame, `compressed frame (${codecName(codec)}), but that codec was not negotiated in hello`);
           return true;
         }
-        if (!this.inflateAllowed(f)) {
+        if (!this.inflateAllowed(f, codec)) {
           f.stage = RAW;
           return false;
         }
@@ -417,6 +439,7 @@ export class Inbound implements FrameSink {
         try {
           out = decompressBody(codec, f.body, this.limits.maxFrameBytes);
         } catch (err) {
+          this.settleInflate(f, 0);
           this.sink.fail(undefined, ErrorCode.BadFrame, (err as Error).message);
           return true;
         }
@@ -433,6 +456,7 @@ export class Inbound implements FrameSink {
           return false;
         }
         this.inflateBudget?.spend(out.length);
+        this.settleInflate(f, out.length);
         f.body = out;
       }
     }
@@ -440,9 +464,17 @@ export class Inbound implements FrameSink {
     return true;
   }
 
+  /** The process-wide inflate budget gets back what the frame's bound over-charged. */
+  private settleInflate(f: HeldFrame, produced: number): void {
+    if (f.reserved === 0) return;
+    this.limits.inflateTotal?.spend(produced - f.reserved);
+    f.reserved = 0;
+  }
+
   /** A frame's decompression ended: handle it (or skip it, refused) and the frames held behind it. */
   private inflated(f: HeldFrame, body: Buffer, stage: typeof READY | typeof REFUSED): void {
     if (stage === READY) this.inflateBudget?.spend(body.length);
+    this.settleInflate(f, stage === READY ? body.length : 0);
     f.body = body;
     f.stage = stage;
     this.order.drain();

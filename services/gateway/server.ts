@@ -32,6 +32,7 @@ import {
 import { Connection, type ConnectionHost } from './connection';
 import { ADMIN_RESERVE, API_RESERVE, effectiveMaxConnections } from './descriptors';
 import { EvictionQueue } from './eviction';
+import { TokenBucket } from './token-bucket';
 import type { Inbound, InboundLimits } from './inbound';
 import type { OutboundLimits } from './outbound-queue';
 import { SessionState, type SessionLimits } from './session';
@@ -168,6 +169,10 @@ export class GatewayServer implements ConnectionHost {
       rateLimitBurst: config.rateLimitBurst,
       partialFramesBudgetBytes: config.partialFramesBudgetBytes,
       inflateBytesPerSec: config.inflateBytesPerSec,
+      // Burst: an eighth of a second's worth (at least one largest frame), so that what completes
+      // together, and is parsed in one turn, stays small.
+      inflateTotal:
+        config.inflateTotalBytesPerSec > 0 ? new TokenBucket(config.inflateTotalBytesPerSec, Math.max(config.maxFrameBytes, config.inflateTotalBytesPerSec / 8), Date.now()) : null,
       inboundBytesPerSec: config.inboundBytesPerSec,
     };
     this.outboundLimits = {

@@ -163,6 +163,21 @@ export function lz4OutputBound(blockBytes: number): number {
 }
 
 /**
+ * What an inbound body may decompress to, at most `maxBytes`, from its headers alone and without
+ * throwing (a body that is not well-formed is refused by decompressBody; until then it counts as
+ * `maxBytes`): a budget can be charged before the work starts rather than after.
+ */
+export function inflateBound(codec: Codec, body: Buffer, maxBytes: number): number {
+  try {
+    if (codec === Codec.Lz4) return body.length < 4 ? maxBytes : Math.min(maxBytes, body.readUInt32LE(0));
+    if (codec === Codec.Zstd) return Math.min(maxBytes, zstdOutputBound(body).bound);
+  } catch {
+    // Not well-formed: decompressBody says why.
+  }
+  return maxBytes;
+}
+
+/**
  * Decompress an inbound body, refusing output above `maxBytes`. lz4 completes synchronously,
  * zstd returns a promise. Failures are CompressionErrors (thrown, or as the promise's rejection).
  */

@@ -23,6 +23,7 @@ export const Limit = {
   FrameTimeout: 'FRAME_TIMEOUT_MS',
   PartialFramesBudget: 'PARTIAL_FRAMES_BUDGET_BYTES',
   InflateBytes: 'INFLATE_BYTES_PER_SEC',
+  InflateTotal: 'INFLATE_TOTAL_BYTES_PER_SEC',
   InboundBytes: 'INBOUND_BYTES_PER_SEC',
   MaxJsonDepth: 'MAX_JSON_DEPTH',
   MaxConnections: 'MAX_CONNECTIONS',

@@ -10,7 +10,7 @@ import { compressSync as lz4Compress } from 'lz4-napi';
 import { Codec } from '../../services/protocol';
 import { waitFor } from '../helpers/wait';
 import { binaryFrame, WireClient } from '../helpers/wire';
-import { assertWitnessServed, startTarget, Witness } from './harness';
+import { assertRssWithin, assertWitnessServed, peakRss, settledRss, startTarget, Witness } from './harness';
 
 const MIB = 1024 * 1024;
 
@@ -94,4 +94,41 @@ test('mixed codecs past the budget: zstd, lz4 and plain frames are all answered,
   );
   // And the connection is read again afterwards.
   assert.equal((await c.request({ type: 'ping' }, 5000)).type, 'pong');
+});
+
+// Found from outside: INFLATE_BYTES_PER_SEC is per connection, and 150 connections each sending
+// 78-byte zstd bombs within their own budget had 150 MiB decompressing at once and parsed it in
+// one turn: the witness waited 1.3 s and RSS grew 366 MiB. INFLATE_TOTAL_BYTES_PER_SEC bounds them
+// together, charged before each decompression starts.
+test('100 connections sending zstd bombs at once are held to INFLATE_TOTAL_BYTES_PER_SEC together; every frame answered, others served', async (t) => {
+  const TOTAL = 32 * MIB;
+  const target = await startTarget({ INFLATE_TOTAL_BYTES_PER_SEC: String(TOTAL) });
+  t.after(() => target.stop());
+  const witness = await Witness.start(target.port, t);
+  await witness.served(5);
+  const before = await settledRss(target);
+  const N = 100;
+  const FRAMES = 2;
+  const bomb = binaryFrame(await zstdCompress(Buffer.from(JSON.stringify({ type: 'ping', id: 0, pad: ' '.repeat(MIB - 64) })), 3), Codec.Zstd);
+  const bombers: WireClient[] = [];
+  for (let i = 0; i < N; i++) {
+    const c = await WireClient.connect(target.port, 'binary');
+    t.after(() => c.destroy());
+    assert.equal((await c.request({ type: 'hello', user: `bomber-${i}`, codecs: ['zstd'] })).codec, 'zstd');
+    bombers.push(c);
+  }
+  const pongs = () => bombers.reduce((n, c) => n + c.all.filter((m) => m.type === 'pong' && m.id === 0).length, 0);
+  const { peak } = await peakRss(target, async () => {
+    const sentAt = Date.now();
+    for (const c of bombers) c.writeRaw(Buffer.concat(Array.from({ length: FRAMES }, () => bomb)));
+    await waitFor(() => pongs() === N * FRAMES, 60_000, `all ${N * FRAMES} pongs`, { intervalMs: 20 });
+    // 200 MiB at 32 MiB/s, a bucket of 4 MiB to start with: 6 s at the least (the per-connection
+    // budgets alone, 4 MiB/s each, would let them all through in well under one).
+    const took = Date.now() - sentAt;
+    assert.ok(took >= ((N * FRAMES * MIB - TOTAL / 8) / TOTAL) * 1000 - 500, `all answered in ${took} ms`);
+  });
+  assert.ok(bombers.every((c) => !c.closed), 'no bomber was disconnected: they are slowed, not refused');
+  assert.ok(((await target.metric('switchboard_limit_exceeded_total{limit="INFLATE_TOTAL_BYTES_PER_SEC"}')) ?? 0) > 0);
+  assertRssWithin(before, peak, undefined, 'peak RSS');
+  await assertWitnessServed(witness);
 });
