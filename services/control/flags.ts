@@ -218,9 +218,14 @@ export class FlagStore extends EventEmitter implements FeatureFlags {
     return evaluate(f, user);
   }
 
-  /** Every defined flag's state for a user, as announced in `welcome`. */
+  /**
+   * Every defined flag's state for a user, as announced in `welcome`. The object has no
+   * prototype: flag names are operator input, and on a plain object `__proto__` would set the
+   * prototype instead of a key (the flag vanished from welcome), while a reader looking up an
+   * undefined `constructor` or `toString` flag would find Object.prototype's function.
+   */
   flagsFor(user: string): Record<string, boolean> {
-    const out: Record<string, boolean> = {};
+    const out = Object.create(null) as Record<string, boolean>;
     for (const name of this.effective.keys()) out[name] = this.isEnabled(name, user);
     return out;
   }

@@ -99,6 +99,27 @@ test('gating over the wire: welcome lists flags, history and direct answer featu
   assert.equal(bob.closed, false, 'feature_disabled does not close the connection');
 });
 
+test('welcome.flags carries flags named __proto__ and constructor', async (t) => {
+  const dir = tempDir();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'flags.json');
+  writeFileSync(path, '{"flags":{"__proto__":{"enabled":false},"constructor":{"enabled":false},"history":{}}}');
+  const store = new FlagStore();
+  const srv = await startServer({ flagsFile: path }, { flags: store });
+  const flags = await startFlags(store, { config: srv.config, log: captureLog().log });
+  t.after(async () => {
+    await flags.stop();
+    await srv.close();
+  });
+  const c = await WireClient.connect(srv.port);
+  t.after(() => c.socket.destroy());
+  const w = await c.hello('u1');
+  const announced = w.flags as Record<string, boolean>;
+  assert.deepEqual(Object.keys(announced).sort(), ['__proto__', 'constructor', 'history']);
+  assert.equal(Object.getOwnPropertyDescriptor(announced, '__proto__')?.value, false);
+  assert.equal(Object.getOwnPropertyDescriptor(announced, 'constructor')?.value, false);
+});
+
 test('shedding: a nonCritical flag is off while the monitor says overloaded and back when it clears', async (t) => {
   const dir = tempDir();
   t.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -83,7 +83,7 @@ test('FlagStore: undefined flags are on, later sources win, nonCritical flags ar
   assert.equal(store.isEnabled('history', 'u'), false);
   store.setSource('redis', [flag({ name: 'history', enabled: true })]);
   assert.equal(store.isEnabled('history', 'u'), true);
-  assert.deepEqual(store.flagsFor('u'), { history: true, direct: true });
+  assert.deepEqual({ ...store.flagsFor('u') }, { history: true, direct: true });
 
   const monitor = Object.assign(new EventEmitter(), { overloaded: false });
   store.attachMonitor(monitor);
@@ -116,4 +116,22 @@ test('flag documents: both shapes parse, bad values are rejected with the field 
   assert.throws(() => parseFlag({ name: 'bad name' }), FlagError);
   assert.throws(() => parseFlagSet([{ name: 'x' }, { name: 'x' }]), /twice/);
   assert.deepEqual(parseFlagSet(null), []);
+});
+
+test('flags named like Object.prototype members are announced like any other', () => {
+  // `__proto__` passes the name check; on a plain object `out["__proto__"] = false` set the
+  // prototype instead, and the flag was missing from welcome.flags.
+  const names = ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf'];
+  const doc = JSON.parse(`{"flags":{${names.map((n) => `"${n}":{"enabled":false}`).join(',')}}}`) as unknown;
+  const store = new FlagStore();
+  store.setSource('file', parseFlagSet(doc));
+  const out = store.flagsFor('u');
+  assert.deepEqual(Object.keys(out).sort(), [...names].sort());
+  for (const n of names) assert.equal(Object.getOwnPropertyDescriptor(out, n)?.value, false, n);
+  const wire = JSON.parse(JSON.stringify(out)) as Record<string, unknown>;
+  assert.deepEqual(Object.keys(wire).sort(), [...names].sort(), 'the JSON of welcome.flags carries every one');
+  // An undefined flag is absent, not Object.prototype's function.
+  const empty = new FlagStore().flagsFor('u');
+  assert.equal(empty.constructor, undefined);
+  assert.equal(JSON.stringify(empty), '{}');
 });
