@@ -54,7 +54,7 @@ export function applyFlagOptions(base: FeatureFlag, args: readonly string[]): Fe
   if (values.enabled !== undefined) next.enabled = parseBool('--enabled', values.enabled);
   if (values['non-critical'] !== undefined) next.nonCritical = parseBool('--non-critical', values['non-critical']);
   if (values.rollout !== undefined) {
-    if (!/^\d+(\.\d+)?$/.test(values.rollout)) throw new FlagError('--rollout must be a number 0-100');
+    if (!/^\d+$/.test(values.rollout)) throw new FlagError('--rollout must be an integer 0-100');
     next.rolloutPercent = Number(values.rollout);
   }
   if (values.beta !== undefined) next.betaUsers = values.beta.split(',').map((u) => u.trim()).filter((u) => u !== '');

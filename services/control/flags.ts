@@ -15,7 +15,7 @@ import { EventEmitter } from 'node:events';
 export interface FeatureFlag {
   readonly name: string;
   readonly enabled: boolean;
-  /** 0-100: share of users (by stable hash) that get the flag. */
+  /** Integer 0-100: share of users (by stable hash) that get the flag. */
   readonly rolloutPercent: number;
   /** Users that get the flag whenever it is enabled, whatever the percentage. */
   readonly betaUsers: readonly string[];
@@ -103,7 +103,10 @@ export function parseFlag(value: unknown, nameHint?: string): FeatureFlag {
   const enabled = v.enabled ?? true;
   if (typeof enabled !== 'boolean') throw new FlagError(`flag "${name}": enabled must be true or false`);
   const pct = v.rolloutPercent ?? 100;
-  if (typeof pct !== 'number' || !Number.isFinite(pct) || pct < 0 || pct > 100) throw new FlagError(`flag "${name}": rolloutPercent must be a number 0-100`);
+  // Whole percentages only, as the FeatureFlag CRD says (integer 0-100): buckets are whole
+  // numbers 0..99, so 25.5 rolls out exactly as 26 does, and a file and Redis should not accept
+  // what the operator's API refuses.
+  if (typeof pct !== 'number' || !Number.isInteger(pct) || pct < 0 || pct > 100) throw new FlagError(`flag "${name}": rolloutPercent must be an integer 0-100`);
   const beta = v.betaUsers ?? [];
   if (!Array.isArray(beta) || beta.some((u) => typeof u !== 'string')) throw new FlagError(`flag "${name}": betaUsers must be a list of user ids`);
   const nonCritical = v.nonCritical ?? false;

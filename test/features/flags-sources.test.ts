@@ -200,7 +200,7 @@ test('redis: `switchboard flags set` reaches two gateways within a second', asyn
 
   const bad = spawnCli(['flags', 'set', 'history', '--rollout', '250'], env);
   assert.equal((await bad.exited).code, 2);
-  assert.match(bad.stderr.join('\n'), /rolloutPercent must be a number 0-100/);
+  assert.match(bad.stderr.join('\n'), /rolloutPercent must be an integer 0-100/);
 });
 
 test('shedding with the real performance monitor: a throughput breach sheds, a quiet interval restores', async (t) => {

@@ -111,6 +111,10 @@ test('flag documents: both shapes parse, bad values are rejected with the field 
   assert.deepEqual(a, b);
   assert.deepEqual(a[0], { name: 'history', enabled: true, rolloutPercent: 5, betaUsers: ['x'], nonCritical: false, description: '' });
   assert.throws(() => parseFlag({ name: 'x', rolloutPercent: 101 }), /rolloutPercent/);
+  // Whole percentages, as the FeatureFlag CRD: 25.5 is refused like 150 in every source.
+  assert.throws(() => parseFlag({ name: 'x', rolloutPercent: 25.5 }), /rolloutPercent must be an integer 0-100/);
+  assert.throws(() => parseFlagSet({ flags: { x: { rolloutPercent: 0.5 } } }), /rolloutPercent must be an integer 0-100/);
+  assert.equal(parseFlag({ name: 'x', rolloutPercent: 0 }).rolloutPercent, 0);
   assert.throws(() => parseFlag({ name: 'x', enabled: 'yes' }), /enabled/);
   assert.throws(() => parseFlag({ name: 'x', betaUsers: [1] }), /betaUsers/);
   assert.throws(() => parseFlag({ name: 'bad name' }), FlagError);

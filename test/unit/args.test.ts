@@ -65,8 +65,9 @@ describe('switchboard flags set options', () => {
   test('bad values and unknown options: the messages of the hand-written parser', () => {
     fails(['--enabled', 'maybe'], /^--enabled must be true or false$/);
     fails(['--non-critical', 'yes'], /^--non-critical must be true or false$/);
-    fails(['--rollout', 'lots'], /^--rollout must be a number 0-100$/);
-    fails(['--rollout', '250'], /rolloutPercent must be a number 0-100/);
+    fails(['--rollout', 'lots'], /^--rollout must be an integer 0-100$/);
+    fails(['--rollout', '25.5'], /^--rollout must be an integer 0-100$/);
+    fails(['--rollout', '250'], /rolloutPercent must be an integer 0-100/);
     fails(['--enabled'], /^--enabled needs a value$/);
     fails(['--colour', 'red'], /^unknown option --colour$/);
     fails(['stray'], /^unexpected argument "stray"$/);
