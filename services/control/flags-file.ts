@@ -4,15 +4,15 @@
  *
  * Editors replace files in several ways (write in place, write a temp file and rename, delete and
  * recreate), so we watch the directory rather than the file and debounce events. A file that does
- * not parse or validate is rejected with one log line naming the problem, and the last good set
- * stays in force. A missing file counts as an empty set (every flag at its default: on).
+ * not parse or validate, or is past the caps (MAX_FLAGS_FILE_BYTES, MAX_FLAGS), is rejected with
+ * one log line naming the problem, and the last good set stays in force. A missing file counts as an empty set (every flag at its default: on).
  */
 import { watch, type FSWatcher } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { Logger } from '../telemetry/log';
-import { parseFlagSet, type FeatureFlag, type FlagStore } from './flags';
+import { FlagError, MAX_FLAGS_FILE_BYTES, parseFlagSet, type FeatureFlag, type FlagStore } from './flags';
 
 export const FILE_SOURCE = 'file';
 
@@ -33,6 +33,25 @@ export function parseFlagsFile(text: string, path: string): FeatureFlag[] {
     throw new Error(`not valid ${path.endsWith('.json') ? 'JSON' : 'YAML'}: ${(err as Error).message.split('\n')[0]}`);
   }
   return parseFlagSet(doc);
+}
+
+/**
+ * The text of a flags file of at most MAX_FLAGS_FILE_BYTES. The size is checked before the read,
+ * so a huge file is neither held in memory nor parsed, and again after it (the file may have
+ * grown in between).
+ */
+async function readCapped(path: string): Promise<string> {
+  const fh = await open(path, 'r');
+  try {
+    const tooBig = (n: number) => new FlagError(`the file is ${n} bytes, more than the limit of ${MAX_FLAGS_FILE_BYTES}`);
+    const { size } = await fh.stat();
+    if (size > MAX_FLAGS_FILE_BYTES) throw tooBig(size);
+    const data = await fh.readFile();
+    if (data.length > MAX_FLAGS_FILE_BYTES) throw tooBig(data.length);
+    return data.toString('utf8');
+  } finally {
+    await fh.close();
+  }
 }
 
 export class FlagsFileSource {
@@ -97,7 +116,7 @@ export class FlagsFileSource {
     const { store, log } = this.opts;
     let text: string;
     try {
-      text = await readFile(this.path, 'utf8');
+      text = await readCapped(this.path);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
         this.rejects++;
@@ -109,12 +128,14 @@ export class FlagsFileSource {
     let flags: FeatureFlag[];
     try {
       flags = parseFlagsFile(text, this.path);
+      // The store refuses a set that would take the effective flags past MAX_FLAGS; that is a
+      // rejected file like any other.
+      store.setSource(FILE_SOURCE, flags);
     } catch (err) {
       this.rejects++;
       log.error('flags file rejected, keeping the last good flags', { path: this.path, err: (err as Error).message });
       return false;
     }
-    store.setSource(FILE_SOURCE, flags);
     this.loads++;
     log.info('flags loaded', { source: FILE_SOURCE, path: this.path, flags: flags.length });
     return true;

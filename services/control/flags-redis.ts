@@ -7,11 +7,12 @@
  * Every notification re-reads the whole hash: flags are few, and a full read cannot be confused
  * by lost or reordered notifications. The hash is also re-read after the subscriber reconnects
  * (changes published while it was away are not replayed) and every `resyncMs` as a backstop.
- * An entry that does not validate is logged and the last good version of that flag is kept.
+ * An entry that does not validate is logged and the last good version of that flag is kept; a
+ * hash of more than MAX_FLAGS flags is rejected whole and the flags in force stay.
  */
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../telemetry/log';
-import { parseFlag, type FeatureFlag, type FlagStore } from './flags';
+import { FlagError, MAX_FLAGS, parseFlag, type FeatureFlag, type FlagStore } from './flags';
 
 export const FLAGS_KEY = 'sb:flags';
 export const FLAGS_CHANNEL = 'sb:flags:changed';
@@ -58,8 +59,18 @@ export async function readFlags(redis: FlagsRedis): Promise<{ flags: FeatureFlag
   return { flags, errors };
 }
 
-/** Write one flag and notify every gateway. */
+/**
+ * Write one flag and notify every gateway. A new flag is refused (FlagError) when the hash holds
+ * MAX_FLAGS already: gateways would reject the whole hash and keep their current flags, so the
+ * write would change nothing but an error log on every gateway. The check and the write are two
+ * round trips; two writers racing for the last place can both get it, and the gateways' own
+ * check still holds.
+ */
 export async function writeFlag(redis: FlagsRedis, flag: FeatureFlag): Promise<void> {
+  if (!(await redis.hexists(FLAGS_KEY, flag.name))) {
+    const count = await redis.hlen(FLAGS_KEY);
+    if (count >= MAX_FLAGS) throw new FlagError(`${FLAGS_KEY} holds ${count} flags, the limit is ${MAX_FLAGS}: delete one before adding "${flag.name}"`);
+  }
   await redis.multi().hset(FLAGS_KEY, flag.name, JSON.stringify(flag)).publish(FLAGS_CHANNEL, flag.name).exec();
 }
 
@@ -89,6 +100,8 @@ export class RedisFlagsSource {
   private stopped = false;
   /** Completed reads of the hash, for tests. */
   loads = 0;
+  /** Reads rejected whole (more than MAX_FLAGS flags). */
+  rejects = 0;
 
   constructor(private readonly opts: RedisFlagsOptions) {
     this.cmd = flagsRedis(opts.url, 'switchboard-flags', opts.cluster);
@@ -150,6 +163,9 @@ export class RedisFlagsSource {
     const { store, log } = this.opts;
     let read: Awaited<ReturnType<typeof readFlags>>;
     try {
+      // Count before reading: a hash past the cap is rejected whole, without fetching it.
+      const count = await this.cmd.hlen(FLAGS_KEY);
+      if (count > MAX_FLAGS) return this.reject(new FlagError(`${count} flags, more than the limit of ${MAX_FLAGS}`));
       read = await readFlags(this.cmd);
     } catch (err) {
       log.warn('flags: cannot read from Redis, keeping the current flags', { err: (err as Error).message });
@@ -162,9 +178,21 @@ export class RedisFlagsSource {
       log.error('flags: invalid flag in Redis rejected, keeping its last good value', { key: FLAGS_KEY, flag: e.name, err: e.error, kept: last !== undefined });
       if (last !== undefined) next.set(e.name, last);
     }
+    try {
+      // Also refuses a hash that grew past the cap after the count, or a set that is past it
+      // together with the file's flags.
+      store.setSource(REDIS_SOURCE, [...next.values()]);
+    } catch (err) {
+      return this.reject(err as Error);
+    }
     this.current = next;
     this.loads++;
-    store.setSource(REDIS_SOURCE, [...next.values()]);
     log.debug('flags loaded', { source: REDIS_SOURCE, flags: next.size });
+  }
+
+  /** A whole read refused: the flags in force stay, as when Redis is down, and one error says why. */
+  private reject(err: Error): void {
+    this.rejects++;
+    this.opts.log.error('flags: Redis flag set rejected, keeping the current flags', { key: FLAGS_KEY, err: err.message });
   }
 }

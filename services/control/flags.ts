@@ -83,6 +83,23 @@ export function evaluate(flag: FeatureFlag, user: string): boolean {
   return flag.rolloutPercent > 0 && bucket(flag.name, user) < flag.rolloutPercent;
 }
 
+/**
+ * Most flags the effective set may hold (file and Redis together), and so any one source. Every
+ * welcome carries one boolean per defined flag and every welcome evaluates all of them: with
+ * names of at most 64 characters an entry is at most 73 bytes (`"<64 chars>":false,`), so 1,000
+ * flags are under 75 KB of welcome, far inside the MAX_FRAME_BYTES (1 MiB by default) the same
+ * welcome advertises. Without a cap a 100,000-flag file made every welcome 1.84 MB and its reload
+ * stalled the event loop long enough for the server to call itself overloaded.
+ */
+export const MAX_FLAGS = 1000;
+
+/**
+ * Largest flags file, in bytes. Checked before parsing: the parse itself is what blocks the event
+ * loop, and a file can be big without many flags (long beta lists). 1,000 flags with room for
+ * descriptions and beta users fit.
+ */
+export const MAX_FLAGS_FILE_BYTES = 1024 * 1024;
+
 export class FlagError extends Error {
   constructor(message: string) {
     super(message);
@@ -125,6 +142,10 @@ export function parseFlagSet(doc: unknown): FeatureFlag[] {
   let body: unknown = doc;
   if (typeof doc === 'object' && !Array.isArray(doc) && Object.hasOwn(doc as object, 'flags')) body = (doc as { flags: unknown }).flags;
   if (body === null || body === undefined) return [];
+  // Count before validating: past the cap the set is rejected whole, and there is no point
+  // checking 100,000 entries to say so.
+  const count = Array.isArray(body) ? body.length : body !== null && typeof body === 'object' ? Object.keys(body).length : 0;
+  if (count > MAX_FLAGS) throw new FlagError(tooMany(count));
   const out: FeatureFlag[] = [];
   if (Array.isArray(body)) for (const f of body) out.push(parseFlag(f));
   else if (typeof body === 'object') for (const [name, f] of Object.entries(body as Record<string, unknown>)) out.push(parseFlag(f, name));
@@ -135,6 +156,10 @@ export function parseFlagSet(doc: unknown): FeatureFlag[] {
     seen.add(f.name);
   }
   return out;
+}
+
+function tooMany(count: number): string {
+  return `${count} flags, more than the limit of ${MAX_FLAGS}`;
 }
 
 /** What the flags module needs from the performance monitor (services/telemetry/monitor.ts). */
@@ -169,11 +194,19 @@ export class FlagStore extends EventEmitter implements FeatureFlags {
   private readonly onOverloaded = () => this.setShedding(true);
   private readonly onRecovered = () => this.setShedding(false);
 
-  /** Replace the flags a source reports. */
+  /**
+   * Replace the flags a source reports. Throws a FlagError, and changes nothing, when the
+   * effective set would hold more than MAX_FLAGS: whatever feeds the store (a file, Redis written
+   * by the CLI or the operator), welcome stays bounded, and the source keeps its last good set.
+   */
   setSource(source: string, flags: readonly FeatureFlag[]): void {
-    this.sources.set(source, new Map(flags.map((f) => [f.name, f])));
+    const own = new Map(flags.map((f) => [f.name, f]));
+    if (own.size > MAX_FLAGS) throw new FlagError(tooMany(own.size));
+    const sources = new Map(this.sources).set(source, own);
     const merged = new Map<string, FeatureFlag>();
-    for (const set of this.sources.values()) for (const [n, f] of set) merged.set(n, f);
+    for (const set of sources.values()) for (const [n, f] of set) merged.set(n, f);
+    if (merged.size > MAX_FLAGS) throw new FlagError(`${tooMany(merged.size)} with the other sources' flags`);
+    this.sources.set(source, own);
     this.effective = merged;
     this.emit('change');
   }

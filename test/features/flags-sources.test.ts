@@ -7,7 +7,8 @@ import { EventEmitter } from 'node:events';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { FlagStore, FlagsFileSource, startFlags, type FlagService } from '../../services/control';
+import { FlagStore, FlagsFileSource, MAX_FLAGS, MAX_FLAGS_FILE_BYTES, startFlags, writeFlag, type FlagService } from '../../services/control';
+import { flagsRedis } from '../../services/control/flags-redis';
 import { createLogger } from '../../services/telemetry';
 import { spawnCli, tempDir } from '../helpers/cli';
 import { RedisProcess } from '../helpers/redis';
@@ -118,6 +119,97 @@ test('welcome.flags carries flags named __proto__ and constructor', async (t) =>
   assert.deepEqual(Object.keys(announced).sort(), ['__proto__', 'constructor', 'history']);
   assert.equal(Object.getOwnPropertyDescriptor(announced, '__proto__')?.value, false);
   assert.equal(Object.getOwnPropertyDescriptor(announced, 'constructor')?.value, false);
+});
+
+/** `n` flag names of 64 characters, the longest allowed. */
+function longNames(n: number): string[] {
+  return Array.from({ length: n }, (_, i) => `flag_${String(i).padStart(58, '0')}x`);
+}
+
+test('flags file: past MAX_FLAGS flags or MAX_FLAGS_FILE_BYTES it is rejected and the last good set stays; a full set fits welcome', async (t) => {
+  const dir = tempDir();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'flags.json');
+  writeFileSync(path, JSON.stringify({ flags: { history: { enabled: false } } }));
+  const store = new FlagStore();
+  const { log, lines } = captureLog();
+  const srv = await startServer({ flagsFile: path }, { flags: store });
+  const flags = await startFlags(store, { config: srv.config, log });
+  const src = flags.file!;
+  // Rebuilt short of the watcher's debounce, so every case is one reload.
+  src.stop();
+  t.after(async () => {
+    await flags.stop();
+    await srv.close();
+  });
+  const rejected = () => lines.filter((l) => l.msg === 'flags file rejected, keeping the last good flags');
+
+  const tooMany = Object.fromEntries(longNames(MAX_FLAGS + 1).map((n) => [n, { rolloutPercent: 50 }]));
+  writeFileSync(path, JSON.stringify({ flags: tooMany }));
+  assert.equal(await src.reload(), false);
+  assert.equal(rejected().length, 1);
+  assert.equal(rejected()[0].level, 'error');
+  assert.match(String(rejected()[0].err), /1001 flags, more than the limit of 1000/);
+  assert.equal(store.isEnabled('history', 'u'), false, 'the last good set stays');
+  assert.equal(store.list().length, 1);
+
+  // Few flags, many bytes: refused before parsing.
+  writeFileSync(path, JSON.stringify({ flags: { history: { betaUsers: Array.from({ length: 60_000 }, (_, i) => `beta-user-${i}`) } } }));
+  assert.equal(await src.reload(), false);
+  assert.match(String(rejected()[1].err), new RegExp(`more than the limit of ${MAX_FLAGS_FILE_BYTES}`));
+  assert.equal(store.isEnabled('history', 'u'), false);
+  assert.equal(src.rejects, 2);
+
+  // Exactly the cap, every name 64 characters: accepted, and welcome stays inside the frame limit it announces.
+  writeFileSync(path, JSON.stringify({ flags: Object.fromEntries(longNames(MAX_FLAGS).map((n) => [n, { enabled: false }])) }));
+  assert.equal(await src.reload(), true);
+  assert.equal(store.list().length, MAX_FLAGS);
+  const c = await WireClient.connect(srv.port);
+  t.after(() => c.socket.destroy());
+  const w = await c.hello('u1');
+  assert.equal(Object.keys(w.flags as object).length, MAX_FLAGS);
+  const bytes = Buffer.byteLength(JSON.stringify(w));
+  const limit = (w.limits as { maxFrameBytes: number }).maxFrameBytes;
+  assert.ok(bytes < limit, `welcome is ${bytes} bytes, limit ${limit}`);
+});
+
+test('redis: a hash past MAX_FLAGS is rejected whole, the flags in force stay; writers refuse to add past it', async (t) => {
+  const redis = await RedisProcess.start();
+  t.after(() => redis.stop());
+  const store = new FlagStore();
+  const { log, lines } = captureLog();
+  const srv = await startServer({ redisUrl: redis.url }, { flags: store });
+  const flags = await startFlags(store, { config: srv.config, log, redis: true, resyncMs: 0 });
+  t.after(async () => {
+    await flags.stop();
+    await srv.close();
+  });
+  const w = flagsRedis(redis.url, 'test-writer');
+  t.after(() => w.disconnect());
+  const off = (name: string) => ({ name, enabled: false, rolloutPercent: 100, betaUsers: [], nonCritical: false, description: '' });
+  await writeFlag(w, off('history'));
+  await waitFor(() => !store.isEnabled('history', 'u'), 2000, 'history off');
+
+  // Written behind the writers' backs: 1,001 fields.
+  const names = longNames(MAX_FLAGS);
+  await w.hset('sb:flags', Object.fromEntries(names.map((n) => [n, JSON.stringify(off(n))])));
+  await w.publish('sb:flags:changed', 'many');
+  const src = flags.redis!;
+  await waitFor(() => src.rejects > 0, 2000, 'the oversized hash to be rejected');
+  const line = lines.find((l) => l.msg === 'flags: Redis flag set rejected, keeping the current flags');
+  assert.ok(line, 'one error line');
+  assert.equal(line.level, 'error');
+  assert.match(String(line.err), /1001 flags, more than the limit of 1000/);
+  assert.equal(store.isEnabled('history', 'u'), false, 'the flags in force stay');
+  assert.equal(store.list().length, 1);
+
+  // A writer (the CLI, the operator) refuses a new flag once the hash is full, and still updates one it holds.
+  await w.hdel('sb:flags', names[0]);
+  await assert.rejects(writeFlag(w, off('direct')), /holds 1000 flags, the limit is 1000/);
+  assert.equal(await w.hexists('sb:flags', 'direct'), 0);
+  await writeFlag(w, { ...off('history'), enabled: true });
+  await waitFor(() => store.list().length === MAX_FLAGS, 2000, 'the full hash to be applied');
+  assert.equal(store.isEnabled('history', 'u'), true);
 });
 
 test('shedding: a nonCritical flag is off while the monitor says overloaded and back when it clears', async (t) => {

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { test } from 'node:test';
-import { bucket, evaluate, FlagError, FlagStore, murmur3, parseFlag, parseFlagSet, type FeatureFlag } from '../../services/control/flags';
+import { bucket, evaluate, FlagError, FlagStore, MAX_FLAGS, murmur3, parseFlag, parseFlagSet, type FeatureFlag } from '../../services/control/flags';
 
 function flag(over: Partial<FeatureFlag> = {}): FeatureFlag {
   return { name: 'f', enabled: true, rolloutPercent: 100, betaUsers: [], nonCritical: false, description: '', ...over };
@@ -138,4 +138,37 @@ test('flags named like Object.prototype members are announced like any other', (
   const empty = new FlagStore().flagsFor('u');
   assert.equal(empty.constructor, undefined);
   assert.equal(JSON.stringify(empty), '{}');
+});
+
+/** `n` flags with distinct names of the longest allowed length (64 characters). */
+function longNamed(n: number, prefix = 'f'): FeatureFlag[] {
+  return Array.from({ length: n }, (_, i) => flag({ name: `${prefix}${String(i).padStart(63 - prefix.length, '0')}x`, enabled: false }));
+}
+
+test('at most MAX_FLAGS flags: past it a document or a store update is rejected and nothing changes', () => {
+  assert.equal(MAX_FLAGS, 1000);
+  const over = Object.fromEntries(Array.from({ length: MAX_FLAGS + 1 }, (_, i) => [`f${i}`, {}]));
+  assert.throws(() => parseFlagSet({ flags: over }), /1001 flags, more than the limit of 1000/);
+  assert.throws(() => parseFlagSet(Object.keys(over).map((name) => ({ name }))), /more than the limit/);
+  assert.equal(parseFlagSet({ flags: Object.fromEntries(Object.entries(over).slice(1)) }).length, MAX_FLAGS);
+
+  const store = new FlagStore();
+  store.setSource('file', [flag({ name: 'history', enabled: false })]);
+  let changes = 0;
+  store.on('change', () => changes++);
+  assert.throws(() => store.setSource('redis', longNamed(MAX_FLAGS + 1)), FlagError);
+  // The file's 1 and Redis's 1,000 are 1,001 together: refused too, whoever sends them.
+  assert.throws(() => store.setSource('redis', longNamed(MAX_FLAGS)), /with the other sources' flags/);
+  assert.equal(changes, 0);
+  assert.deepEqual(store.list().map((f) => f.name), ['history'], 'the last good set stays');
+  store.setSource('redis', longNamed(MAX_FLAGS - 1));
+  assert.equal(store.list().length, MAX_FLAGS);
+});
+
+test('a full flag set of the longest names fits welcome in the default frame limit many times over', () => {
+  const store = new FlagStore();
+  store.setSource('file', longNamed(MAX_FLAGS));
+  const bytes = Buffer.byteLength(JSON.stringify(store.flagsFor('someone')));
+  assert.ok(bytes <= MAX_FLAGS * 73 + 2, `${bytes} bytes`);
+  assert.ok(bytes < 1024 * 1024 / 10, `${bytes} bytes against MAX_FRAME_BYTES 1 MiB`);
 });

@@ -93,3 +93,20 @@ test('a deleted Switchboard\'s connection is closed; Switchboards sharing a Redi
   await pub.close();
   await settled(b, 0, 'close() closes all');
 });
+
+test('a new flag past MAX_FLAGS is refused: the gateways would reject the whole hash', async (t) => {
+  const pub = new FlagPublisher(fakeKube(new Map()), silentLogger);
+  t.after(() => pub.close());
+  t.after(() => a.cli('del', 'sb:flags'));
+  const sb = sbFixture('full', 'ns', { redis: { url: a.url } });
+  a.cli('del', 'sb:flags');
+  for (let i = 0; i < 1000; i += 250) {
+    const args: string[] = [];
+    for (let j = i; j < i + 250; j++) args.push(`f${j}`, JSON.stringify(flag(`f${j}`)));
+    a.cli('hset', 'sb:flags', ...args);
+  }
+  await assert.rejects(pub.write(sb, flag('one-too-many')), /holds 1000 flags, the limit is 1000/);
+  assert.equal(a.cli('hexists', 'sb:flags', 'one-too-many').trim(), '0');
+  await pub.write(sb, { ...flag('f7'), enabled: false }); // one it holds can still change
+  assert.equal(JSON.parse(a.cli('hget', 'sb:flags', 'f7')).enabled, false);
+});
