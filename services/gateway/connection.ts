@@ -79,6 +79,10 @@ export class Connection implements SessionTransport {
     this.socket.destroy();
   }
 
+  chargeReply(bytes: number): void {
+    this.inbound.chargeReply(bytes);
+  }
+
   // ---- socket events -----------------------------------------------------------------------
 
   /** The first bytes were HTTP: this is no client session; the HTTP server takes the socket. */

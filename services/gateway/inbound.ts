@@ -195,7 +195,12 @@ export class Inbound implements FrameSink {
       this.trackPartial(parser, done);
       if (this.yieldTurn) this.yieldRestOfTurn();
     }
-    if (this.bytesBudget !== null) this.chargeBytes(this.bytesBudget, chunk.length);
+    if (this.bytesBudget !== null) this.chargeBytes(this.bytesBudget, chunk.length, this.chunkAt);
+  }
+
+  /** A large reply to one of this connection's requests: charged like bytes read (session.ts, REPLY_CHARGE_MIN). */
+  chargeReply(n: number): void {
+    if (this.bytesBudget !== null) this.chargeBytes(this.bytesBudget, n, Date.now());
   }
 
   /**
@@ -204,9 +209,9 @@ export class Inbound implements FrameSink {
    * the debt is repaid: TCP slows the sender down, nothing is dropped, and one client sending
    * megabyte frames as fast as it can takes no more of the process than the budget allows.
    */
-  private chargeBytes(budget: TokenBucket, n: number): void {
+  private chargeBytes(budget: TokenBucket, n: number, now: number): void {
     budget.spend(n);
-    if (this.stopped || (this.paused & Pause.Bytes) !== 0 || budget.positive(this.chunkAt)) return;
+    if (this.stopped || (this.paused & Pause.Bytes) !== 0 || budget.positive(now)) return;
     this.counters.limitHits[Limit.InboundBytes]++;
     this.pause(Pause.Bytes);
     setTimeout(onBytesRefilled, budget.debtMs, this).unref();

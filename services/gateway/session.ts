@@ -95,7 +95,19 @@ export interface SessionTransport {
   /** The session is ending: destroy the stream if it has not gone within `graceMs`. */
   endWithin(graceMs: number): void;
   destroy(): void;
+  /** A reply of `bytes` to one of this client's requests: charged like bytes it sent (INBOUND_BYTES_PER_SEC). */
+  chargeReply(bytes: number): void;
 }
+
+/**
+ * Replies from this size (JSON characters) on are charged to the client's byte budget. A
+ * 40-byte `history` or `presence` request can be answered with a megabyte: eight clients that
+ * kept two each in flight and read the answers as fast as they came made the server send
+ * 1.75 GB in 6 s, and every other client waited up to 340 ms. Charged, a client gets its
+ * replies at INBOUND_BYTES_PER_SEC at the most (its next requests wait in TCP, none is refused);
+ * small replies (`ok`, errors) are not worth the arithmetic.
+ */
+const REPLY_CHARGE_MIN = 1024;
 
 /** How long a closing connection may take to flush its last frames before it is destroyed. */
 export const CLOSE_GRACE_MS = 2000;
@@ -357,13 +369,16 @@ export class Session implements HubMember, PluginContext, InboundSink {
       if (id !== undefined) this.enqueue(Outbound.of({ type: 'ok', id }), true);
       return;
     }
-    if (r instanceof Outbound) {
-      this.enqueue(r, true);
-      return;
+    let reply: Outbound;
+    if (r instanceof Outbound) reply = r;
+    else {
+      const out: Record<string, unknown> = { type: 'ok' };
+      if (id !== undefined) out.id = id;
+      reply = Outbound.of(Object.assign(out, r));
     }
-    const out: Record<string, unknown> = { type: 'ok' };
-    if (id !== undefined) out.id = id;
-    this.enqueue(Outbound.of(Object.assign(out, r)), true);
+    const n = reply.json.length;
+    if (n >= REPLY_CHARGE_MIN) this.transport.chargeReply(n);
+    this.enqueue(reply, true);
   }
 
   private replyFailure(id: RequestId | undefined, err: unknown): void {

@@ -60,3 +60,68 @@ test('8 clients sending megabyte frames as fast as they can are read at INBOUND_
   const w = await assertWitnessServed(witness);
   t.diagnostic(`rate ${RATE}: last frames at ${lastAt.join(',')} ms; witness p50 ${w.p50.toFixed(1)} p99 ${w.p99.toFixed(1)} max ${w.max.toFixed(1)} ms`);
 });
+
+// Found from outside: a 40-byte `history` (or `presence`) request can be answered with megabytes.
+// Eight clients that kept two requests each in flight, and read the answers as fast as they came,
+// made the server send 1.75 GB in 6 s, and every other client waited up to 340 ms. Large replies
+// are charged to the requester's INBOUND_BYTES_PER_SEC: its next requests wait in TCP.
+test('8 clients pipelining history requests for megabyte pages get them at INBOUND_BYTES_PER_SEC each; none refused, the witness is served', async (t) => {
+  const RATE = 2 * MIB;
+  const target = await startTarget({ INBOUND_BYTES_PER_SEC: String(RATE) });
+  t.after(() => target.stop());
+  const filler = await RawClient.open(target.port);
+  t.after(() => filler.destroy());
+  await filler.hello('filler');
+  filler.line({ type: 'join_room', room: 'big', id: 'j' });
+  await filler.waitFor((m) => m.id === 'j');
+  // About a megabyte of history: 10 messages of 100 kB.
+  for (let i = 0; i < 10; i++) {
+    filler.line({ type: 'send_chat', room: 'big', data: 'x'.repeat(100_000), id: `s${i}` });
+    await filler.waitFor((m) => m.id === `s${i}`, 10_000);
+  }
+  const witness = await Witness.start(target.port, t);
+  await witness.served(5);
+  const N = 8;
+  const SECONDS = 4;
+  const attackers: RawClient[] = [];
+  for (let i = 0; i < N; i++) {
+    const a = await RawClient.open(target.port);
+    t.after(() => a.destroy());
+    await a.hello(`reader-${i}`);
+    a.line({ type: 'join_room', room: 'big', id: 'j' });
+    await a.waitFor((m) => m.id === 'j');
+    attackers.push(a);
+  }
+  const replies = (a: RawClient) => a.lines.filter((m) => m.type === 'history').length;
+  // Two requests in flight each, a new one as each reply arrives.
+  const asked = attackers.map(() => 0);
+  const request = (i: number) => {
+    asked[i]++;
+    attackers[i].line({ type: 'history', room: 'big', since: 0, id: `h${asked[i]}` });
+  };
+  attackers.forEach((_, i) => (request(i), request(i)));
+  const startBytes = attackers.map((a) => a.bytesIn);
+  const until = Date.now() + SECONDS * 1000;
+  await waitFor(
+    () => {
+      attackers.forEach((a, i) => {
+        while (asked[i] < replies(a) + 2 && Date.now() < until) request(i);
+      });
+      return Date.now() >= until;
+    },
+    SECONDS * 1000 + 5000,
+    'the attack to run',
+    { intervalMs: 5 },
+  );
+  for (const [i, a] of attackers.entries()) {
+    assert.equal(a.closed, false, 'a reader is slowed, not disconnected');
+    assert.equal(a.lines.filter((m) => m.type === 'error').length, 0, 'no request refused');
+    // A second's worth of budget to start with, then RATE (plus the replies already granted when
+    // the debt began: at most the two in flight, a megabyte each).
+    const got = a.bytesIn - startBytes[i];
+    assert.ok(got <= RATE * (SECONDS + 1) + 2 * 1.1 * MIB, `reader ${i} got ${(got / MIB).toFixed(1)} MiB in ${SECONDS} s`);
+    assert.ok(replies(a) >= 2, `reader ${i} got ${replies(a)} replies`);
+  }
+  assert.ok(((await target.metric('switchboard_limit_exceeded_total{limit="INBOUND_BYTES_PER_SEC"}')) ?? 0) > 0, 'the budget was hit');
+  await assertWitnessServed(witness);
+});
