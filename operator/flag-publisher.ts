@@ -7,13 +7,17 @@
  * the same. A connection whose URL changed (a rotated password, another Redis) is closed when the
  * new one is made, and a deleted Switchboard's on `forget`: a client kept for a URL nobody uses
  * any more would reconnect, with old credentials, for as long as the operator runs.
+ *
+ * Publishing is a write like any other: `mayWrite` (the operator's leadership check) is asked
+ * after the connection is ready and right before the commands go out, so a publish that started
+ * before a step-down, or resumed after a pause, sends nothing.
  */
 import { deleteFlag, writeFlag } from '../services/control';
 import type { FeatureFlag as ServerFlag } from '../services/control';
 import { flagsRedis, type FlagsRedis } from '../services/control/flags-redis';
 import type { Logger } from '../services/telemetry/log';
 import type { Switchboard } from './api/types';
-import type { Kube } from './kube/client';
+import { NotLeaderError, type Kube, type WriteGate } from './kube/client';
 import { keyString, type ObjectKey } from './kube/key';
 
 interface Connection {
@@ -29,14 +33,23 @@ export class FlagPublisher {
   constructor(
     private readonly kube: Pick<Kube, 'core'>,
     private readonly log: Logger,
+    private readonly mayWrite: WriteGate = () => true,
   ) {}
 
   async write(sb: Switchboard, flag: ServerFlag): Promise<void> {
-    await writeFlag(await this.redisFor(sb), flag);
+    const redis = await this.redisFor(sb);
+    this.gate(sb, `publish flag ${flag.name}`);
+    await writeFlag(redis, flag);
   }
 
   async remove(sb: Switchboard, name: string): Promise<void> {
-    await deleteFlag(await this.redisFor(sb), name);
+    const redis = await this.redisFor(sb);
+    this.gate(sb, `unpublish flag ${name}`);
+    await deleteFlag(redis, name);
+  }
+
+  private gate(sb: Switchboard, what: string): void {
+    if (!this.mayWrite()) throw new NotLeaderError(`${what} to ${keyString(sb.metadata)}`);
   }
 
   /** The Switchboards it holds a connection for, as namespace/name. */

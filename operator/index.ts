@@ -1,7 +1,10 @@
 /**
  * The operator process (`switchboard operator`): informers on Switchboards and FeatureFlags run
  * on every replica so a new leader starts warm; the work queues, the scale handler's metrics
- * loops and every write run only on the replica holding the leader Lease. Admin HTTP: /metrics,
+ * loops and every write run only on the replica holding the leader Lease: every write (to the API
+ * server and to a Switchboard's Redis) first asks `mayWrite`, which answers from the local clock
+ * against the last renewal, so neither a paused leader that resumes nor a reconcile still running
+ * after a step-down writes. Admin HTTP: /metrics,
  * /stats, /healthz, /readyz, served by the same admin module as the server roles' admin port.
  */
 import { AdminServer } from '../services/admin';
@@ -11,7 +14,7 @@ import type { OperatorConfig } from './config';
 import { FeatureFlagController } from './controllers/featureflag';
 import { SwitchboardController } from './controllers/switchboard';
 import { FlagPublisher } from './flag-publisher';
-import { describe, loadKube, type Kube } from './kube/client';
+import { describe, kubeFrom, loadKube, type Kube } from './kube/client';
 import { EventRecorder } from './kube/events';
 import { ResilientInformer } from './kube/informer';
 import { keyOf, keyString, type ObjectKey } from './kube/key';
@@ -40,12 +43,14 @@ export class Operator {
   private admin: AdminServer | null = null;
   private resync: NodeJS.Timeout | null = null;
   private acting = false;
+  /** A step-down still waiting for its queues; acting again starts after it. */
+  private stopping: Promise<void> | null = null;
 
   constructor(
     readonly config: OperatorConfig,
     private readonly log: Logger,
   ) {
-    this.kube = loadKube(config.kubeconfig);
+    this.kube = loadKube(config.kubeconfig, () => this.mayWrite());
     const ns = config.watchNamespace;
     const path = (plural: string) => (ns ? `/apis/${GROUP}/${VERSION}/namespaces/${ns}/${plural}` : `/apis/${GROUP}/${VERSION}/${plural}`);
     const list = (plural: string) => () =>
@@ -69,7 +74,7 @@ export class Operator {
     });
 
     const events = new EventRecorder(this.kube, log);
-    this.publisher = new FlagPublisher(this.kube, log);
+    this.publisher = new FlagPublisher(this.kube, log, () => this.mayWrite());
     this.scale = new MetricsScaleHandler({
       log, events, metrics: this.metrics,
       onUpdate: (k) => this.sbQueue.add(k),
@@ -95,7 +100,8 @@ export class Operator {
 
     this.elector = config.leaderElection
       ? new LeaderElector({
-          kube: this.kube,
+          // Not the gated client: the Lease is how this replica becomes allowed to write.
+          kube: kubeFrom(this.kube.config),
           namespace: config.namespace,
           name: config.leaseName,
           identity: config.identity,
@@ -112,6 +118,15 @@ export class Operator {
 
   get isLeader(): boolean {
     return this.acting;
+  }
+
+  /**
+   * Whether a write may be sent now: acting (the queues run), and with leader election, the
+   * Lease renewed within the renew deadline. `acting` alone is not enough: it stays set through
+   * a pause longer than the lease, until the next election round has read the Lease again.
+   */
+  mayWrite(): boolean {
+    return this.acting && (this.elector === null || this.elector.holds);
   }
 
   get ready(): boolean {
@@ -190,6 +205,14 @@ export class Operator {
 
   private startActing(): void {
     if (this.acting) return;
+    if (this.stopping) {
+      // Leading again before the last step-down finished (the elector does not wait for it):
+      // starting the queues now would run a second loop beside the one still stopping.
+      void this.stopping.then(() => {
+        if (this.elector === null || this.elector.isLeader) this.startActing();
+      });
+      return;
+    }
     this.acting = true;
     this.metrics.isLeader.set(1);
     this.sbQueue.start();
@@ -206,15 +229,21 @@ export class Operator {
     this.resync.unref();
   }
 
-  private async stopActing(): Promise<void> {
-    if (!this.acting) return;
+  private stopActing(): Promise<void> {
+    if (!this.acting) return this.stopping ?? Promise.resolve();
+    // Synchronously: from here mayWrite is false, so a reconcile still running writes nothing.
     this.acting = false;
     this.metrics.isLeader.set(0);
     if (this.resync) clearInterval(this.resync);
-    await Promise.all([this.sbQueue.stop(), this.ffQueue.stop()]);
-    // After the queues: a reconcile still running would otherwise start a loop again (or connect).
-    this.scale.stopAll();
-    await this.publisher.close(); // a follower publishes nothing
+    this.stopping = (async () => {
+      await Promise.all([this.sbQueue.stop(), this.ffQueue.stop()]);
+      // After the queues: a reconcile still running would otherwise start a loop again (or connect).
+      this.scale.stopAll();
+      await this.publisher.close(); // a follower publishes nothing
+    })().finally(() => {
+      this.stopping = null;
+    });
+    return this.stopping;
   }
 
   private async listenAdmin(): Promise<void> {

@@ -2,18 +2,28 @@
  * The operator's view of the API server: one KubeConfig (a kubeconfig file or the pod's
  * ServiceAccount), the typed API groups it uses, and server-side apply of the objects it owns
  * (field manager `switchboard-operator`, forced: the operator owns those fields).
+ *
+ * A Kube made with a WriteGate asks it before every request that is not a read, as the last step
+ * before the request is sent: the leader's work goes through such a Kube, so a replica that is
+ * not the leader, or whose Lease has not been renewed recently (a process paused past its lease,
+ * still believing it leads), writes nothing. The gate is below every write path (apply, status,
+ * finalizers, Events, and any added later), not in each caller.
  */
 import {
   ApiException,
   AppsV1Api,
   CoordinationV1Api,
   CoreV1Api,
+  createConfiguration,
   CustomObjectsApi,
   KubeConfig,
   KubernetesObjectApi,
   PatchStrategy,
+  ServerConfiguration,
   setHeaderOptions,
+  type Configuration,
   type KubernetesObject,
+  type Middleware,
 } from '@kubernetes/client-node';
 import { FIELD_MANAGER, GROUP, VERSION } from '../api/types';
 
@@ -26,22 +36,78 @@ export interface Kube {
   readonly objects: KubernetesObjectApi;
 }
 
-export function loadKube(kubeconfigPath?: string): Kube {
+/** Whether this process may write now; asked immediately before each write. */
+export type WriteGate = () => boolean;
+
+/** A write refused by the WriteGate: nothing was sent. */
+export class NotLeaderError extends Error {
+  constructor(what: string) {
+    super(`not writing (not the leader, or its lease is not fresh): ${what}`);
+    this.name = 'NotLeaderError';
+  }
+}
+
+export function isNotLeader(err: unknown): boolean {
+  return err instanceof NotLeaderError;
+}
+
+export function loadKube(kubeconfigPath?: string, gate?: WriteGate): Kube {
   const config = new KubeConfig();
   if (kubeconfigPath) config.loadFromFile(kubeconfigPath);
   else config.loadFromDefault();
-  return kubeFrom(config);
+  return kubeFrom(config, gate);
 }
 
-export function kubeFrom(config: KubeConfig): Kube {
+export function kubeFrom(config: KubeConfig, gate?: WriteGate): Kube {
+  if (!gate) {
+    return {
+      config,
+      core: config.makeApiClient(CoreV1Api),
+      apps: config.makeApiClient(AppsV1Api),
+      custom: config.makeApiClient(CustomObjectsApi),
+      coordination: config.makeApiClient(CoordinationV1Api),
+      objects: KubernetesObjectApi.makeApiClient(config),
+    };
+  }
+  // What KubeConfig.makeApiClient builds, plus the gate as middleware: middleware runs after the
+  // request is built and authenticated (which may wait on a token), right before it is sent.
+  const cluster = config.getCurrentCluster();
+  if (!cluster) throw new Error('No active cluster!');
+  const conf = createConfiguration({
+    baseServer: new ServerConfiguration(cluster.server, {}),
+    authMethods: { default: config },
+    promiseMiddleware: [gateMiddleware(gate)],
+  });
   return {
     config,
-    core: config.makeApiClient(CoreV1Api),
-    apps: config.makeApiClient(AppsV1Api),
-    custom: config.makeApiClient(CustomObjectsApi),
-    coordination: config.makeApiClient(CoordinationV1Api),
-    objects: KubernetesObjectApi.makeApiClient(config),
+    core: new CoreV1Api(conf),
+    apps: new AppsV1Api(conf),
+    custom: new CustomObjectsApi(conf),
+    coordination: new CoordinationV1Api(conf),
+    objects: GatedObjectApi.make(config, conf),
   };
+}
+
+const READS = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+function gateMiddleware(gate: WriteGate): Middleware {
+  return {
+    pre: async (ctx) => {
+      const method = ctx.getHttpMethod();
+      if (!READS.has(method) && !gate()) throw new NotLeaderError(`${method} ${new URL(ctx.getUrl()).pathname}`);
+      return ctx;
+    },
+    post: async (rsp) => rsp,
+  };
+}
+
+/** KubernetesObjectApi.makeApiClient with a given configuration (setDefaultNamespace is protected). */
+class GatedObjectApi extends KubernetesObjectApi {
+  static make(kc: KubeConfig, conf: Configuration): KubernetesObjectApi {
+    const api = new GatedObjectApi(conf);
+    api.setDefaultNamespace(kc);
+    return api;
+  }
 }
 
 /** HTTP status of an API error (0 for network errors). */

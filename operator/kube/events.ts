@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '../../services/telemetry/log';
 import type { Reason } from '../api/types';
-import { describe, type Kube } from './client';
+import { describe, isNotLeader, type Kube } from './client';
 
 export interface EventTarget {
   apiVersion: string;
@@ -48,6 +48,8 @@ export class EventRecorder {
         },
       });
     } catch (err) {
+      // Not sent (this replica may not write now): the next leader may record it.
+      if (isNotLeader(err)) this.recent.delete(key);
       // Events are best effort: never fail a reconcile over one.
       this.log.warn('could not record event', { reason, err: describe(err) });
     }

@@ -3,8 +3,16 @@
  * the holder renews spec.renewTime every retry period; a candidate takes the Lease over once
  * renewTime + leaseDurationSeconds has passed. Every write is a replace carrying the
  * resourceVersion it read, so two candidates racing for an expired Lease cannot both win (the
- * loser gets 409 Conflict). A leader that cannot renew within the lease duration steps down
- * before another replica could have taken over.
+ * loser gets 409 Conflict).
+ *
+ * Leading is a claim on the local clock, as client-go's renewDeadline: a replica leads only while
+ * less than renewDeadlineMs has passed since the start of its last successful renewal, which is
+ * shorter than the lease duration others wait out before taking over. `holds` answers that and is
+ * asked before every write (the operator's WriteGate), not the `leading` flag alone: a process
+ * paused past its lease (SIGSTOP, a long GC, a frozen VM) resumes with its timers due and its flag
+ * still set, and would otherwise write for as long as its next round takes to find out that
+ * another replica took over. It writes nothing until it has renewed again. A leader that cannot
+ * renew within the deadline steps down.
  *
  * The Lease is not left behind: a leader that stops cleanly deletes it (only the version that
  * names it as holder: a precondition on uid and resourceVersion), and with `ownerDeployment` the
@@ -25,6 +33,12 @@ export interface LeaderElectionOptions {
   readonly identity: string;
   /** @default 15000 */
   readonly leaseDurationMs?: number;
+  /**
+   * How long after the start of its last successful renewal a leader may still write. Shorter
+   * than the lease duration: the margin covers the time between the check and the write landing,
+   * and clock drift. @default two thirds of leaseDurationMs (client-go's 10 s of 15 s)
+   */
+  readonly renewDeadlineMs?: number;
   /** How often to renew or try to acquire. @default leaseDurationMs / 5 */
   readonly retryPeriodMs?: number;
   /**
@@ -51,14 +65,26 @@ export class LeaderElector {
   private ownerGoneLogged = false;
   private readonly durationMs: number;
   private readonly retryMs: number;
+  private readonly deadlineMs: number;
 
   constructor(private readonly opts: LeaderElectionOptions) {
     this.durationMs = opts.leaseDurationMs ?? 15_000;
     this.retryMs = opts.retryPeriodMs ?? Math.max(200, Math.floor(this.durationMs / 5));
+    this.deadlineMs = opts.renewDeadlineMs ?? Math.floor((this.durationMs * 2) / 3);
+    if (!(this.deadlineMs < this.durationMs)) throw new Error(`renewDeadlineMs (${this.deadlineMs}) must be shorter than leaseDurationMs (${this.durationMs})`);
+    if (!(this.deadlineMs > this.retryMs)) throw new Error(`renewDeadlineMs (${this.deadlineMs}) must be longer than retryPeriodMs (${this.retryMs})`);
   }
 
   get isLeader(): boolean {
     return this.leading;
+  }
+
+  /**
+   * Whether this replica may act as the leader now: it leads and renewed the Lease less than the
+   * renew deadline ago, by the local clock. Ask it immediately before each write.
+   */
+  get holds(): boolean {
+    return this.leading && Date.now() - this.lastRenew < this.deadlineMs;
   }
 
   start(): void {
@@ -112,7 +138,7 @@ export class LeaderElector {
         this.opts.log.warn('leader election round failed', { err: describe(err) });
       }
     }
-    if (this.leading && Date.now() - this.lastRenew > this.durationMs) {
+    if (this.leading && Date.now() - this.lastRenew >= this.deadlineMs) {
       this.opts.log.error('could not renew the leader lease in time: stepping down');
       this.setLeading(false);
     }
@@ -161,7 +187,10 @@ export class LeaderElector {
 
   private async tryAcquireOrRenew(): Promise<void> {
     const { kube, namespace, name, identity } = this.opts;
-    const now = new V1MicroTime();
+    // The renewal counts from here, not from the answer: others time the lease from the
+    // renewTime written, and a slow round must not stretch this replica's claim past theirs.
+    const started = Date.now();
+    const now = new V1MicroTime(started);
     const durationSeconds = Math.max(1, Math.ceil(this.durationMs / 1000));
     const lease = await this.read();
     if (lease === null) {
@@ -176,7 +205,7 @@ export class LeaderElector {
             spec: { holderIdentity: identity, leaseDurationSeconds: durationSeconds, acquireTime: now, renewTime: now, leaseTransitions: 0 },
           },
         });
-        this.renewed();
+        this.renewed(started);
       } catch (err) {
         if (!isConflict(err)) throw err;
         // 409: another replica created it first. A leader whose Lease was deleted under it (by
@@ -215,15 +244,15 @@ export class LeaderElector {
     }
     try {
       await kube.coordination.replaceNamespacedLease({ name, namespace, body: lease });
-      this.renewed();
+      this.renewed(started);
     } catch (err) {
       if (isConflict(err)) return; // someone else wrote it since we read it; try next round
       throw err;
     }
   }
 
-  private renewed(): void {
-    this.lastRenew = Date.now();
+  private renewed(at: number): void {
+    this.lastRenew = at;
     if (!this.leading) this.setLeading(true);
   }
 

@@ -7,7 +7,7 @@ import { after, before, test } from 'node:test';
 import { RedisProcess } from '../helpers/redis';
 import { waitFor } from '../helpers/wait';
 import { namespaceFor, type ControlPlane, type KubeObject } from '../k8s/harness';
-import { controlPlaneWithCrds, getObject, operatorKubeconfig, OPERATOR_NS, startOperator, switchboard, type OperatorProcess } from './stack';
+import { controlPlaneWithCrds, featureFlag, getObject, operatorKubeconfig, OPERATOR_NS, startOperator, switchboard, type OperatorProcess } from './stack';
 
 let cp: ControlPlane;
 let redis: RedisProcess;
@@ -133,4 +133,69 @@ test('the Lease is owned by the operator Deployment: kill -9 every replica, dele
   assert.equal(await late.metric('switchboard_operator_is_leader'), 0);
   await late.stop('SIGTERM');
   assert.equal(late.cli.child.exitCode, 0);
+});
+
+// A leader paused past its lease (SIGSTOP here; a long GC or a frozen VM alike) resumes with its
+// timers due, its watches delivering what changed, and its own idea that it leads: before the
+// fix it applied Deployments and patched statuses within milliseconds of resuming, while another
+// replica held the Lease. Now every write first checks that the Lease was renewed within the
+// renew deadline by the local clock, so it writes nothing until it holds the Lease again.
+test('a leader paused past its lease writes nothing after it resumes while another holds the Lease', async (t) => {
+  const kubeconfig = await operatorKubeconfig(cp);
+  assert.equal(await getObject<Lease>(cp, leasePath), undefined, 'no Lease left by the test before');
+  const a = await startOperator(kubeconfig, { LEASE_DURATION_MS: '3000' });
+  ops.push(a);
+  await waitFor(async () => (await getObject<Lease>(cp, leasePath))?.spec.holderIdentity === a.identity, 20_000, 'a to lead', 100);
+  const b = await startOperator(kubeconfig, { LEASE_DURATION_MS: '3000' });
+  ops.push(b);
+
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  const image = (tag: string) => `ghcr.io/switchboard-dev/switchboard:${tag}`;
+  await cp.apply(switchboard('paused', { image: image('0.1.0'), redis: { url: redis.url } }), { namespace: ns });
+  await cp.apply(featureFlag('paused-flag', { enabled: true, rolloutPercent: 10 }), { namespace: ns });
+  type Deployment = KubeObject & { spec: { template: { spec: { containers: Array<{ image: string }> } } } };
+  type Generational = KubeObject & { metadata: { generation: number }; status?: { observedGeneration?: number } };
+  const depPath = `/apis/apps/v1/namespaces/${ns}/deployments/paused-gateway`;
+  const sbPath = `/apis/switchboard.dev/v1alpha1/namespaces/${ns}/switchboards/paused`;
+  const ffPath = `/apis/switchboard.dev/v1alpha1/namespaces/${ns}/featureflags/paused-flag`;
+  const current = async (path: string) => {
+    const o = await getObject<Generational>(cp, path);
+    return o !== undefined && o.status?.observedGeneration === o.metadata.generation;
+  };
+  await waitFor(async () => (await current(sbPath)) && (await current(ffPath)), 20_000, 'both reconciled', 100);
+
+  a.cli.child.kill('SIGSTOP');
+  await waitFor(async () => (await getObject<Lease>(cp, leasePath))?.spec.holderIdentity === b.identity, 15_000, 'b to take over from the paused a', 50);
+  // b stops too, holding a Lease good for 3 s more: nothing may write until it expires, and
+  // whatever changes now is work a finds the moment it resumes.
+  b.cli.child.kill('SIGSTOP');
+  await cp.apply(switchboard('paused', { image: image('0.2.0'), redis: { url: redis.url } }), { namespace: ns });
+  await cp.apply(featureFlag('paused-flag', { enabled: true, rolloutPercent: 20 }), { namespace: ns });
+  a.cli.child.kill('SIGCONT');
+
+  // Each object is read before the Lease: a write seen while the Lease, read after it, still
+  // names b was made while b held it.
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    assert.ok(Date.now() < deadline, 'a to take over and do the work');
+    const dep = await getObject<Deployment>(cp, depPath);
+    const sbDone = await current(sbPath);
+    const ffDone = await current(ffPath);
+    const applied = dep?.spec.template.spec.containers[0]?.image === image('0.2.0');
+    const holder = (await getObject<Lease>(cp, leasePath))?.spec.holderIdentity;
+    if (holder === b.identity) {
+      assert.ok(!applied, 'a applied the Deployment while b held the Lease');
+      assert.ok(!sbDone, 'a wrote the Switchboard status while b held the Lease');
+      assert.ok(!ffDone, 'a wrote the FeatureFlag status while b held the Lease');
+    } else if (holder === a.identity && applied && sbDone && ffDone) {
+      break; // b's Lease expired, a took it and then did the work
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.ok(a.cli.logs().some((l) => l.msg === 'no longer the leader'), 'a found out it had lost the Lease');
+
+  // Leave no Lease behind for the next test: a, the holder, deletes it on a clean stop.
+  await b.stop('SIGKILL');
+  await a.stop('SIGTERM');
+  assert.equal(await getObject<Lease>(cp, leasePath), undefined);
 });
