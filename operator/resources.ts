@@ -7,6 +7,7 @@
  * The gRPC API (one static API_KEY that may publish as anyone) has its own ClusterIP Service:
  * the client Service may be a LoadBalancer or NodePort, and whatever is on it faces the internet.
  */
+import { createHash } from 'node:crypto';
 import type { V1ConfigMap, V1Container, V1Deployment, V1EnvVar, V1OwnerReference, V1ResourceRequirements, V1Service } from '@kubernetes/client-node';
 import { cpuQuantity, gcFlags } from '../services/control/gc-threads';
 import { API_VERSION, labelsFor, selectorFor, type Switchboard, type Tier } from './api/types';
@@ -24,6 +25,20 @@ export const names = {
   apiService: (sb: string) => `${sb}-api`,
   metricsService: (sb: string) => `${sb}-metrics`,
 };
+
+/**
+ * Pod-template annotation holding a hash of the ConfigMap's data: pods read the ConfigMap only
+ * when they start (envFrom), so a changed setting must change the template for the Deployment
+ * to roll them; otherwise only pods that happen to restart get it, and run beside the old ones.
+ */
+export const CONFIG_CHECKSUM_ANNOTATION = 'switchboard.dev/config-checksum';
+
+/** A hash of a ConfigMap's data, independent of key order. */
+export function configChecksum(cm: V1ConfigMap): string {
+  const data = cm.data ?? {};
+  const canonical = JSON.stringify(Object.keys(data).sort().map((k) => [k, data[k]]));
+  return createHash('sha256').update(canonical).digest('hex');
+}
 
 export function ownerRef(sb: Switchboard): V1OwnerReference {
   return { apiVersion: API_VERSION, kind: 'Switchboard', name: sb.metadata.name, uid: sb.metadata.uid!, controller: true, blockOwnerDeletion: true };
@@ -123,7 +138,10 @@ export function deployment(sb: Switchboard, tier: Tier, replicas: number): V1Dep
       template: {
         metadata: {
           labels: labelsFor(name, tier),
-          annotations: { 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(PORTS.admin), 'prometheus.io/path': '/metrics' },
+          annotations: {
+            'prometheus.io/scrape': 'true', 'prometheus.io/port': String(PORTS.admin), 'prometheus.io/path': '/metrics',
+            [CONFIG_CHECKSUM_ANNOTATION]: configChecksum(configMap(sb)),
+          },
         },
         spec: {
           automountServiceAccountToken: false,

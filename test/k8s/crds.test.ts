@@ -189,3 +189,32 @@ test('prometheus.url with credentials is refused: fetch rejects it and its error
   const [ok] = await cp.apply(switchboard('at-in-path', { prometheus: { url: 'http://prometheus:9090/prom@eu' } }), { namespace: ns });
   assert.equal((ok.spec as { prometheus: { url: string } }).prometheus.url, 'http://prometheus:9090/prom@eu');
 });
+
+// Every gateway and broadcast pod must hash rooms to the same number of shards (docs/cluster.md):
+// a change on a live Switchboard reached only the pods that restarted, and a room's messages went
+// to two shards. The number is fixed once set; other spec changes still go through.
+test('broadcast.shards cannot be changed once set; the rest of broadcast can', async (t) => {
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  const [created] = await cp.apply(switchboard('sharded', { broadcast: { shards: 16 } }), { namespace: ns });
+  const path = await cp.client.resourcePath(GROUP_VERSION, 'Switchboard', ns, 'sharded');
+  const patch = (broadcast: Record<string, unknown>) =>
+    cp.client.call<KubeObject>('PATCH', path, { body: { spec: { broadcast } }, contentType: 'application/merge-patch+json' });
+  await assert.rejects(patch({ shards: 32 }), (err: unknown) => {
+    assert.ok(err instanceof KubeApiError, String(err));
+    assert.equal(err.status, 422);
+    assert.match(err.message, /broadcast\.shards cannot be changed on a live Switchboard/);
+    return true;
+  });
+  const kept = await cp.client.get<KubeObject & { spec: { broadcast: { shards: number } } }>(path);
+  assert.equal(kept.spec.broadcast.shards, 16);
+  assert.equal(kept.metadata.resourceVersion, created.metadata.resourceVersion, 'nothing written');
+  const scaled = await patch({ maxReplicas: 8 }) as KubeObject & { spec: { broadcast: { maxReplicas: number; shards: number } } };
+  assert.deepEqual([scaled.spec.broadcast.maxReplicas, scaled.spec.broadcast.shards], [8, 16], 'other fields change; shards stays');
+  // The default counts as set: a Switchboard created without shards keeps 16.
+  await cp.apply(switchboard('defaulted', {}), { namespace: ns });
+  const dpath = await cp.client.resourcePath(GROUP_VERSION, 'Switchboard', ns, 'defaulted');
+  await assert.rejects(
+    cp.client.call('PATCH', dpath, { body: { spec: { broadcast: { shards: 8 } } }, contentType: 'application/merge-patch+json' }),
+    /broadcast\.shards cannot be changed/,
+  );
+});

@@ -1,11 +1,12 @@
 /**
  * The objects the operator makes, as pure functions of the Switchboard (no API server needed):
  * pods get garbage-collector threads matched to their CPU (services/control/gc-threads.ts), and
- * the gRPC API port is never on the client Service, which may face the internet.
+ * the gRPC API port is never on the client Service, which may face the internet. A config change
+ * rolls the pods (a checksum of the ConfigMap in the pod template).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { apiService, configMap, deployment, gatewayService, NODE_FLAGS_ENV, PORTS } from '../../operator/resources';
+import { apiService, CONFIG_CHECKSUM_ANNOTATION, configMap, deployment, gatewayService, NODE_FLAGS_ENV, PORTS } from '../../operator/resources';
 import { cpuQuantity, gcFlags } from '../../services/control/gc-threads';
 import { sbFixture } from './fixtures';
 
@@ -75,4 +76,29 @@ test('the gRPC API port is on its own ClusterIP Service, never on a LoadBalancer
     assert.equal(api.metadata!.annotations, undefined, "the client Service's annotations (load balancer settings) are not copied");
     assert.equal(api.metadata!.ownerReferences![0].name, 'chat');
   }
+});
+
+// Pods read the ConfigMap only at start (envFrom): before, a config change reached only pods that
+// happened to restart, so they ran beside pods with the old settings.
+test('a config change changes both pod templates (the Deployments roll); the same config does not', () => {
+  const checksum = (sb: ReturnType<typeof sbFixture>, tier: 'gateway' | 'broadcast') =>
+    deployment(sb, tier, 1).spec!.template.metadata!.annotations![CONFIG_CHECKSUM_ANNOTATION];
+  const base = sbFixture();
+  for (const tier of ['gateway', 'broadcast'] as const) {
+    assert.match(checksum(base, tier), /^[0-9a-f]{64}$/, `${tier}: annotated`);
+    assert.equal(checksum(sbFixture(), tier), checksum(base, tier), `${tier}: stable for the same spec`);
+    assert.equal(checksum(sbFixture('chat', 'ns', { image: 'other:1' }), tier), checksum(base, tier), `${tier}: not a config change`);
+    for (const changed of [
+      sbFixture('chat', 'ns', { config: { LOG_LEVEL: 'debug' } }),
+      sbFixture('chat', 'ns', { broadcast: { shards: 32 } }),
+      sbFixture('chat', 'ns', { gateway: { port: 5000 } }),
+    ]) {
+      assert.notEqual(configMap(changed).data, configMap(base).data);
+      assert.notEqual(checksum(changed, tier), checksum(base, tier), `${tier}: ${JSON.stringify(configMap(changed).data)}`);
+    }
+  }
+  // Key order in spec.config is not a change.
+  const ab = sbFixture('chat', 'ns', { config: { A_ONE: '1', B_TWO: '2' } });
+  const ba = sbFixture('chat', 'ns', { config: { B_TWO: '2', A_ONE: '1' } });
+  assert.equal(checksum(ab, 'gateway'), checksum(ba, 'gateway'));
 });
