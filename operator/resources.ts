@@ -27,6 +27,15 @@ export const names = {
 };
 
 /**
+ * The longest Switchboard name every object above can be named from: Services must be DNS-1035
+ * labels (at most 63 characters), and the longest suffix decides. The CRD's metadata.name
+ * maxLength is this number (test/operator/resources.test.ts holds them equal).
+ */
+export const MAX_SWITCHBOARD_NAME = 63 - Math.max(
+  ...[names.config(''), names.deployment('', 'gateway'), names.deployment('', 'broadcast'), names.gatewayService(''), names.apiService(''), names.metricsService('')].map((s) => s.length),
+);
+
+/**
  * Pod-template annotation holding a hash of the ConfigMap's data: pods read the ConfigMap only
  * when they start (envFrom), so a changed setting must change the template for the Deployment
  * to roll them; otherwise only pods that happen to restart get it, and run beside the old ones.

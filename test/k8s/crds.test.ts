@@ -218,3 +218,21 @@ test('broadcast.shards cannot be changed once set; the rest of broadcast can', a
     /broadcast\.shards cannot be changed/,
   );
 });
+
+// The name prefixes every object the operator makes; a Service named NAME-gateway must be a
+// DNS-1035 label. Names that could never make them were accepted, and the operator created the
+// Deployments before the Services failed, leaving a half-made Switchboard.
+test('Switchboard names the operator cannot derive Service names from are refused; 53 characters is accepted', async (t) => {
+  const ns = await cp.createNamespace(namespaceFor(t.name));
+  for (const name of ['a'.repeat(54), 'a'.repeat(60), 'chat.eu', '1chat']) {
+    const err = await rejection(ns, switchboard(name, {}));
+    assert.equal(err.status, 422, name);
+    assert.match(err.message, /metadata\.name/, name);
+  }
+  const longest = 'a'.repeat(53);
+  const [ok] = await cp.apply(switchboard(longest, {}), { namespace: ns });
+  assert.equal(ok.metadata.name, longest);
+  // NAME-broadcast, the longest name made from it, is a valid Service name too.
+  assert.equal(`${longest}-broadcast`.length, 63);
+  await cp.apply({ apiVersion: 'v1', kind: 'Service', metadata: { name: `${longest}-broadcast` }, spec: { ports: [{ port: 80 }] } }, { namespace: ns });
+});

@@ -2,11 +2,18 @@
  * The objects the operator makes, as pure functions of the Switchboard (no API server needed):
  * pods get garbage-collector threads matched to their CPU (services/control/gc-threads.ts), and
  * the gRPC API port is never on the client Service, which may face the internet. A config change
- * rolls the pods (a checksum of the ConfigMap in the pod template).
+ * rolls the pods (a checksum of the ConfigMap in the pod template), and the CRD's name limit is the
+ * one these names need.
  */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { apiService, CONFIG_CHECKSUM_ANNOTATION, configMap, deployment, gatewayService, NODE_FLAGS_ENV, PORTS } from '../../operator/resources';
+import { parseAllDocuments } from 'yaml';
+import {
+  apiService, CONFIG_CHECKSUM_ANNOTATION, configMap, deployment, gatewayService, MAX_SWITCHBOARD_NAME, metricsService, names, NODE_FLAGS_ENV, PORTS,
+} from '../../operator/resources';
+import { repoRoot } from '../k8s/harness';
 import { cpuQuantity, gcFlags } from '../../services/control/gc-threads';
 import { sbFixture } from './fixtures';
 
@@ -101,4 +108,21 @@ test('a config change changes both pod templates (the Deployments roll); the sam
   const ab = sbFixture('chat', 'ns', { config: { A_ONE: '1', B_TWO: '2' } });
   const ba = sbFixture('chat', 'ns', { config: { B_TWO: '2', A_ONE: '1' } });
   assert.equal(checksum(ab, 'gateway'), checksum(ba, 'gateway'));
+});
+
+test("the CRD's metadata.name limit is what the longest name the operator derives allows", () => {
+  const longest = ['', 'x'.repeat(MAX_SWITCHBOARD_NAME)].map((n) => {
+    const sb = sbFixture(n);
+    return [configMap(sb), deployment(sb, 'gateway', 1), deployment(sb, 'broadcast', 1), gatewayService(sb), apiService(sb), metricsService(sb)]
+      .map((o) => o.metadata!.name!.length);
+  });
+  assert.equal(MAX_SWITCHBOARD_NAME, 63 - Math.max(...longest[0]), 'derived from the longest suffix');
+  assert.equal(Math.max(...longest[1]), 63, 'a name of the maximum length makes names of at most 63 characters');
+  assert.equal(names.deployment('', 'broadcast'), '-broadcast');
+  for (const dir of ['k8s/crds', 'charts/switchboard/crds']) {
+    const crd = parseAllDocuments(readFileSync(path.join(repoRoot(), dir, 'switchboard.dev_switchboards.yaml'), 'utf8'))[0].toJS();
+    const name = crd.spec.versions[0].schema.openAPIV3Schema.properties.metadata.properties.name;
+    assert.equal(name.maxLength, MAX_SWITCHBOARD_NAME, `${dir}: metadata.name maxLength`);
+    assert.equal(name.pattern, '^[a-z]([-a-z0-9]*[a-z0-9])?$', `${dir}: a DNS-1035 label, as Service names must be`);
+  }
 });
