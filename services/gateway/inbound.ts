@@ -25,8 +25,9 @@ import {
   codecName,
   CompressionError,
   decompressBody,
-  inflateBound,
+  DisconnectReason,
   ErrorCode,
+  inflateBound,
   InOrder,
   jsonDepthExceeds,
   Mode,
@@ -72,6 +73,8 @@ export interface InboundSink {
   onMessage(msg: InboundMessage): void;
   /** A refused frame: send the error (and close, when the code closes). */
   fail(id: RequestId | undefined, code: ErrorCode, message: string): void;
+  /** Close with a `reconnect` push saying why. */
+  disconnect(reason: DisconnectReason): void;
 }
 
 /** What the inbound side needs of the server: the process-wide partial-frame budget. */
@@ -380,6 +383,17 @@ export class Inbound implements FrameSink {
       if (delta < 0) this.budget.partialBudgetFreed();
       else {
         const budget = this.limits.partialFramesBudgetBytes;
+        if (budget > 0 && counters.partialFrameBytes > budget + budget / 4 && !this.stopped) {
+          // Past the budget by a quarter: pausing came too late. A connection is paused only
+          // after the read that took it over, and every connection not paused yet may add a
+          // whole read (64 KiB): 1,500 connections each holding 700 kB of a frame held 149 MiB
+          // against the 64 MiB budget. The frame whose read goes past the hard bound is refused
+          // and its connection closed, so what is held stays within 1.25 x the budget and one read.
+          counters.limitHits[Limit.PartialFramesBudget]++;
+          this.sink.fail(undefined, ErrorCode.Overloaded, `incomplete frames of all connections are past PARTIAL_FRAMES_BUDGET_BYTES (${budget}) by a quarter: this frame is refused`);
+          this.sink.disconnect(DisconnectReason.Overloaded);
+          return;
+        }
         if (budget > 0 && counters.partialFrameBytes > budget && !this.stopped && (this.paused & Pause.Budget) === 0) {
           // Over the budget: stop reading this socket (TCP pushes back on the client) until
           // partial frames elsewhere complete or time out. Its own frame timeout still runs.

@@ -30,6 +30,7 @@ class Sink implements InboundSink {
   fail(_id: RequestId | undefined, code: ErrorCode): void {
     this.failures.push(code);
   }
+  disconnect(): void {}
 }
 
 function inbound(): { socket: FakeSocket; sink: Sink; inbound: Inbound } {
