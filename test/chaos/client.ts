@@ -284,6 +284,9 @@ export class ChaosMember {
       case 'message':
         this.onPush(m, gen, false);
         break;
+      case 'position':
+        this.onPosition(m, gen);
+        break;
       case 'reconnect':
         this.log(`reconnect push from ${this.port}: ${String(m.reason)}`);
         this.sock?.end();
@@ -340,6 +343,31 @@ export class ChaosMember {
     });
   }
 
+  /**
+   * A `position` push: messages may have missed us (this gateway was taken for dead, or fell
+   * behind its egress stream), and the room may stay quiet, so no later push would show the gap.
+   * Behind it, or in another epoch: recover. It used to be ignored, and a gateway paused past its
+   * heartbeat lost its members those messages for good in the checker's eyes.
+   */
+  private onPosition(m: Json, gen: number): void {
+    const room = String(m.room);
+    const rs = this.rooms.get(room);
+    if (rs === undefined) return;
+    if (rs.recovering) {
+      // Looked at again once the recovery under way is done (it may end before this seq).
+      rs.buffer.push(m);
+      return;
+    }
+    if (epochOf(m) === rs.epoch && Number(m.seq) <= rs.last) return;
+    this.o.record({ t: this.now(), e: 'position', room, member: this.user, seq: Number(m.seq), epoch: epochOf(m) });
+    rs.recovering = true;
+    this.recover(room, gen).catch((err: Error) => {
+      if (err instanceof Disconnected || gen !== this.gen) return;
+      this.log(`recovery of ${room} after a position push failed (${err.message}); reconnecting`);
+      this.sock?.destroy();
+    });
+  }
+
   /** Page through history since the last seq; then apply the pushes held back meanwhile. */
   private async recover(room: string, gen: number): Promise<void> {
     const rs = this.rooms.get(room)!;
@@ -376,7 +404,10 @@ export class ChaosMember {
     rs.recovering = false;
     const held = rs.buffer;
     rs.buffer = [];
-    for (const m of held) this.onPush(m, gen, true);
+    for (const m of held) {
+      if (m.type === 'position') this.onPosition(m, gen);
+      else this.onPush(m, gen, true);
+    }
   }
 
   private request(msg: Json): Promise<Json> {

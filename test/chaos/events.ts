@@ -9,6 +9,7 @@ export type FaultKind =
   | 'worker_term'
   | 'gateway_kill9'
   | 'gateway_term'
+  | 'gateway_pause'
   | 'scale_workers'
   | 'redis_pause'
   | 'redis_restart_empty';
@@ -18,6 +19,7 @@ export const FAULT_KINDS: readonly FaultKind[] = [
   'worker_term',
   'gateway_kill9',
   'gateway_term',
+  'gateway_pause',
   'scale_workers',
   'redis_pause',
   'redis_restart_empty',
@@ -52,6 +54,8 @@ export type ChaosEvent =
   | { t: number; e: 'epoch'; room: string; member: string; from: string; to: string; via: 'live' | 'join' | 'history' }
   /** A history reply said recovered=false in the same epoch: messages after `since` were trimmed. */
   | { t: number; e: 'trimmed'; room: string; member: string; since: number }
+  /** A `position` push made the member recover (it was behind the room, or in another epoch). */
+  | { t: number; e: 'position'; room: string; member: string; seq: number; epoch: string }
   /** A join_room reply's seq was below the last seq the member had seen, in the same epoch. */
   | { t: number; e: 'seq_regressed'; room: string; member: string; last: number; seq: number; epoch: string }
   /** A member's connection came up (after hello, joins and recovery) or went down. */

@@ -15,7 +15,7 @@ import { stopAllRedis } from '../helpers/redis';
 import { waitFor } from '../helpers/wait';
 import { check, formatSummary, pending, type Summary } from './checker';
 import { ChaosMember } from './client';
-import type { ChaosEvent, FaultKind } from './events';
+import { FAULT_KINDS, type ChaosEvent, type FaultKind } from './events';
 import { Prng } from './prng';
 import { ChaosRedis, Fleet } from './procs';
 import { makeSchedule, type FaultStep } from './schedule';
@@ -115,7 +115,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   const rate = o.rate ?? 150;
   const settleMs = o.settleMs ?? 20_000;
   const warmupMs = o.warmupMs ?? 3000;
-  const kinds = (o.kinds ?? ['worker_kill9', 'worker_term', 'gateway_kill9', 'gateway_term', 'scale_workers', 'redis_pause', 'redis_restart_empty']).filter(
+  const kinds = (o.kinds ?? FAULT_KINDS).filter(
     (k) => k !== 'scale_workers' || o.workersMax > o.workersMin,
   );
   const minFaults = o.minFaults ?? kinds.length;
@@ -173,6 +173,18 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         await g.stop(sig);
         await sleep(step.holdMs);
         await fleet.startGateway(i);
+        break;
+      }
+      case 'gateway_pause': {
+        const i = targetRng.pick(fleet.liveGateways());
+        const g = fleet.gateways[i]!;
+        fault(step.kind, `${g.name} (port ${g.port}) SIGSTOP for ${step.holdMs} ms`);
+        const start = Date.now();
+        g.proc.kill('SIGSTOP');
+        await sleep(step.holdMs);
+        g.proc.kill('SIGCONT');
+        // Its members hear nothing meanwhile: the stall bound counts the pause like a Redis outage.
+        record({ t: Date.now(), e: 'outage', start, end: Date.now(), kind: step.kind });
         break;
       }
       case 'scale_workers': {

@@ -10,7 +10,7 @@ export interface FaultStep {
   kind: FaultKind;
   /** Quiet time before the fault (traffic flows, nothing injected). */
   gapMs: number;
-  /** Restart delay (process faults), pause length (redis_pause), time scaled up (scale_workers). */
+  /** Restart delay (process faults), pause length (redis_pause, gateway_pause), time scaled up (scale_workers). */
   holdMs: number;
 }
 
@@ -30,6 +30,11 @@ function holdFor(kind: FaultKind, rng: Prng, maxPauseMs: number): number {
       return rng.int(4000, 8000);
     case 'redis_restart_empty':
       return 0;
+    case 'gateway_pause':
+      // Past the heartbeat TTL (3 x HEARTBEAT_MS, 3 s in a chaos run) about half the time: the
+      // gateway is taken for dead, its routing removed, and it must repair itself and tell its
+      // members where their rooms are (`position`) when it wakes.
+      return rng.int(1500, 5500);
     default:
       return rng.int(200, 2000);
   }
