@@ -76,6 +76,8 @@ export interface Summary {
   /** The slowest delivery of an acknowledged message to one member (informational). */
   longestMemberLagMs: number;
   reconnects: number;
+  /** Recoveries a `position` push started (a member behind its room, or in another epoch). */
+  positionRecoveries: number;
   unexpectedExits: { proc: string; code: number | null; signal: string | null; t: number }[];
   faults: Partial<Record<FaultKind, number>>;
   violations: Record<string, number>;
@@ -326,6 +328,7 @@ export function check(events: readonly ChaosEvent[], params: CheckParams): Summa
     stallViolations: 0,
     longestMemberLagMs: 0,
     reconnects: 0,
+    positionRecoveries: 0,
     unexpectedExits: [],
     faults: {},
     violations: {},
@@ -356,6 +359,9 @@ export function check(events: readonly ChaosEvent[], params: CheckParams): Summa
         break;
       case 'seq_regressed':
         s.seqRegressionsSeen++;
+        break;
+      case 'position':
+        s.positionRecoveries++;
         break;
       case 'conn':
         if (ev.up) {
@@ -455,7 +461,7 @@ export function formatSummary(s: Summary, extra: Record<string, unknown> = {}): 
     `  delivered ${s.delivered}  recovered ${s.recovered}  lost ${s.lost}  lostToEpochChange ${s.lostToEpochChange}`,
     `  deliveredUnacked ${s.deliveredUnacked} ${JSON.stringify(s.deliveredUnackedBy)} after ${JSON.stringify(s.deliveredUnackedAfter)}`,
     `  duplicates ${s.duplicates} (before dedupe ${s.duplicatesBeforeDedupe})  reordered ${s.reordered}  seqConflicts ${s.seqConflicts}  foreign ${s.foreignMessages}`,
-    `  epochChanges ${s.epochChangesSeen} (unexplained ${s.unexplainedEpochChanges})  trimmed ${s.trimmedSeen}  seqRegressions ${s.seqRegressionsSeen}  reconnects ${s.reconnects}`,
+    `  epochChanges ${s.epochChangesSeen} (unexplained ${s.unexplainedEpochChanges})  trimmed ${s.trimmedSeen}  seqRegressions ${s.seqRegressionsSeen}  reconnects ${s.reconnects}  positionRecoveries ${s.positionRecoveries}`,
     `  longestStallMs ${s.longestStallMs} (violations ${s.stallViolations})  longestMemberLagMs ${s.longestMemberLagMs}`,
     `  faults ${JSON.stringify(s.faults)}  unexpectedExits ${s.unexpectedExits.length}`,
   ];
