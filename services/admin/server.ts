@@ -9,11 +9,11 @@
  * createTimedHttpServer and counts their sockets against MAX_CONNECTIONS itself; the broadcast
  * and operator roles run an AdminServer.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { DESCRIPTOR_RESERVE, descriptorLimit } from '../gateway/descriptors';
-import { EvictionQueue } from '../gateway/eviction';
+import { evictableWhileIdle, EvictionQueue } from '../gateway/eviction';
 import { createAdminHandler, type AdminEndpoints, type AdminHandler } from './handler';
 
 export interface HttpTimeouts {
@@ -196,13 +196,7 @@ export class AdminServer {
         idle.delete(socket);
       });
     });
-    server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-      const socket = req.socket;
-      idle.delete(socket);
-      res.once('close', () => {
-        if (!socket.destroyed) idle.add(socket);
-      });
-    });
+    evictableWhileIdle(server, idle, () => true);
   }
 
   /** Listen; resolves with the port. */

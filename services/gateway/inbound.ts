@@ -83,6 +83,8 @@ export interface PartialBudget {
   waitForPartialBudget(inbound: Inbound): void;
   /** Partial-frame bytes were released. */
   partialBudgetFreed(): void;
+  /** All partial frames are past the budget by a quarter, `inbound`'s read last: refuse the largest held. */
+  partialOverflow(inbound: Inbound): void;
 }
 
 /** What is read from: the socket, paused and resumed for backpressure. */
@@ -387,12 +389,11 @@ export class Inbound implements FrameSink {
           // Past the budget by a quarter: pausing came too late. A connection is paused only
           // after the read that took it over, and every connection not paused yet may add a
           // whole read (64 KiB): 1,500 connections each holding 700 kB of a frame held 149 MiB
-          // against the 64 MiB budget. The frame whose read goes past the hard bound is refused
-          // and its connection closed, so what is held stays within 1.25 x the budget and one read.
-          counters.limitHits[Limit.PartialFramesBudget]++;
-          this.sink.fail(undefined, ErrorCode.Overloaded, `incomplete frames of all connections are past PARTIAL_FRAMES_BUDGET_BYTES (${budget}) by a quarter: this frame is refused`);
-          this.sink.disconnect(DisconnectReason.Overloaded);
-          return;
+          // against the 64 MiB budget. The largest frames held are refused (their connections
+          // closed) until the total is back within the bound, whichever read went past it: a
+          // client whose ordinary frame happens to span two reads is not the one to go.
+          this.budget.partialOverflow(this);
+          if (this.stopped) return;
         }
         if (budget > 0 && counters.partialFrameBytes > budget && !this.stopped && (this.paused & Pause.Budget) === 0) {
           // Over the budget: stop reading this socket (TCP pushes back on the client) until
@@ -405,6 +406,20 @@ export class Inbound implements FrameSink {
     }
     if (held === 0) this.partialSince = 0;
     else if (this.partialSince === 0 || parser.framesCompleted !== doneBefore) this.partialSince = this.chunkAt;
+  }
+
+  /** Bytes of the incomplete frame held against PARTIAL_FRAMES_BUDGET_BYTES. */
+  get heldPartialBytes(): number {
+    return this.partialBytes;
+  }
+
+  /** Chosen by the server to bring partial frames back within their hard bound: refuse the frame, close. */
+  refuseOverflow(budget: number): void {
+    this.counters.limitHits[Limit.PartialFramesBudget]++;
+    this.sink.fail(undefined, ErrorCode.Overloaded, `incomplete frames of all connections are past PARTIAL_FRAMES_BUDGET_BYTES (${budget}) by a quarter: this frame, one of the largest held, is refused`);
+    this.sink.disconnect(DisconnectReason.Overloaded);
+    // A session already ending took no input: its bytes go now all the same.
+    if (!this.stopped) this.stop();
   }
 
   /** Let go of the partial frame's bytes in the process-wide account (closing, handed over). */
@@ -486,7 +501,11 @@ export class Inbound implements FrameSink {
   /** The process-wide inflate budget gets back what the frame's bound over-charged. */
   private settleInflate(f: HeldFrame, produced: number): void {
     if (f.reserved === 0) return;
-    this.limits.inflateTotal?.spend(produced - f.reserved);
+    const total = this.limits.inflateTotal;
+    if (total !== null) {
+      if (produced > f.reserved) total.spend(produced - f.reserved);
+      else total.refund(f.reserved - produced);
+    }
     f.reserved = 0;
   }
 

@@ -9,7 +9,7 @@
  * crashing; HTTP requests are timed (headers, request, keep-alive) on both ports and closed on
  * shutdown; the sweep enforces the frame timeout and token expiry besides idle and hello.
  */
-import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
+import type { Server as HttpServer } from 'node:http';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -31,7 +31,7 @@ import {
 } from '../telemetry';
 import { Connection, type ConnectionHost } from './connection';
 import { ADMIN_RESERVE, API_RESERVE, effectiveMaxConnections } from './descriptors';
-import { EvictionQueue } from './eviction';
+import { evictableWhileIdle, EvictionQueue } from './eviction';
 import { TokenBucket } from './token-bucket';
 import type { Inbound, InboundLimits } from './inbound';
 import type { OutboundLimits } from './outbound-queue';
@@ -109,7 +109,9 @@ export class GatewayServer implements ConnectionHost {
    * What may be closed to admit a newcomer when a port is full (eviction.ts): client connections
    * before hello, idle HTTP connections of the client and admin ports.
    */
-  private readonly evictable = new EvictionQueue<Connection | Socket>((t) => (t instanceof Connection ? t.session.state <= SessionState.AwaitingHello : !t.destroyed));
+  private readonly evictable = new EvictionQueue<Connection | Socket>((t) =>
+    t instanceof Connection ? !t.socket.destroyed && t.session.state <= SessionState.AwaitingHello : !t.destroyed,
+  );
   /** MAX_CONNECTIONS as applied (see effectiveMaxConnections); 0: no limit. */
   readonly maxConnections: number;
   /** Connections paused until partial frames elsewhere free PARTIAL_FRAMES_BUDGET_BYTES. */
@@ -284,14 +286,7 @@ export class GatewayServer implements ConnectionHost {
     );
     if (admin) server.on('connection', (socket: Socket) => this.acceptAdmin(socket));
     // An HTTP connection is a candidate for eviction only while no request of it is being answered.
-    server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-      const socket = req.socket;
-      if (!this.httpSockets.has(socket)) return;
-      this.evictable.delete(socket);
-      res.once('close', () => {
-        if (!socket.destroyed && this.httpSockets.has(socket)) this.evictable.add(socket);
-      });
-    });
+    evictableWhileIdle(server, this.evictable, (socket) => this.httpSockets.has(socket));
     return server;
   }
 
@@ -391,6 +386,24 @@ export class GatewayServer implements ConnectionHost {
     this.budgetWaiters.add(inbound);
   }
 
+  /**
+   * PARTIAL_FRAMES_BUDGET_BYTES and a quarter are past (inbound.ts, trackPartial): refuse the
+   * largest partial frames held, of any connection, until the total is back within that bound. Largest first: an attacker's frames held at the bound must
+   * not make an ordinary frame that spans two reads the one refused.
+   */
+  partialOverflow(current: Inbound): void {
+    const budget = this.services.config.partialFramesBudgetBytes;
+    const hard = budget + budget / 4;
+    // A scan of every connection, but only past the hard bound, which only an attack reaches.
+    for (let guard = 8; guard > 0 && this.counters.partialFrameBytes > hard; guard--) {
+      let victim: Inbound = current;
+      for (const conn of this.conns) if (conn.inbound.heldPartialBytes > victim.heldPartialBytes) victim = conn.inbound;
+      if (victim.heldPartialBytes === 0) return;
+      this.budgetWaiters.delete(victim);
+      victim.refuseOverflow(budget);
+    }
+  }
+
   partialBudgetFreed(): void {
     if (this.budgetWaiters.size === 0) return;
     const budget = this.services.config.partialFramesBudgetBytes;
@@ -451,13 +464,14 @@ export class GatewayServer implements ConnectionHost {
 
   private accept(socket: Socket): void {
     if (this.draining) return this.refuse(socket, RejectReason.Draining);
-    const max = this.maxConnections;
-    if (max > 0 && this.totalConnections - this.apiSockets >= max && !this.makeRoom()) return this.refuse(socket, RejectReason.Limit);
+    // The backoff first: a newcomer refused anyway must not cost an older connection its place.
     if (this.acceptBackoffUntil !== 0) {
       if (Date.now() < this.acceptBackoffUntil) return this.refuse(socket, RejectReason.Backoff);
       this.acceptBackoffUntil = 0;
       this.acceptBackoffMs = ACCEPT_BACKOFF_MIN_MS;
     }
+    const max = this.maxConnections;
+    if (max > 0 && this.totalConnections - this.apiSockets >= max && !this.makeRoom()) return this.refuse(socket, RejectReason.Limit);
     const conn = new Connection(socket, this, Date.now());
     this.conns.add(conn);
     this.evictable.add(conn);

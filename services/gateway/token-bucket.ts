@@ -82,6 +82,15 @@ export class TokenBucket {
     this.tokens -= n;
   }
 
+  /**
+   * Give back `n` tokens charged in advance and not used, never past the burst: a refund that
+   * lands after the bucket refilled would otherwise raise it above its size, and what it admits
+   * at once with it.
+   */
+  refund(n: number): void {
+    this.tokens = Math.min(this.burst, this.tokens + n);
+  }
+
   /** How long until the debt is repaid (ms, at least 1). */
   get debtMs(): number {
     return Math.max(1, Math.ceil((-this.tokens * 1000) / this.perSec) + 1);

@@ -140,3 +140,53 @@ test('many partial frames at once stay within PARTIAL_FRAMES_BUDGET_BYTES and a 
   assertRssWithin(before, peak, undefined, 'peak RSS');
   assertRssWithin(before, await settledRss(target));
 });
+
+// Found in review: past the hard bound the frame whose read went past it was the one refused, so
+// frames held just under the bound made any ordinary frame that spans two reads the victim. The
+// largest frames held are refused instead.
+test('partial frames held just under the hard bound: a client frame spanning two reads is not the one refused', async (t) => {
+  const BUDGET = 4 << 20;
+  const HARD = BUDGET * 1.25;
+  // No frame times out during the test: the attackers are sent away by the test itself.
+  const target = await startTarget({ FRAME_TIMEOUT_MS: '20000', PARTIAL_FRAMES_BUDGET_BYTES: String(BUDGET) });
+  t.after(() => target.stop());
+  const held = async () => (await target.metric('switchboard_partial_frame_bytes')) ?? 0;
+  const attackers: RawClient[] = [];
+  const PREFIX = '{"type":"ping","pad":"';
+  const attack = async (bytes: number) => {
+    const a = await RawClient.open(target.port);
+    t.after(() => a.destroy());
+    attackers.push(a);
+    a.write(PREFIX + 'a'.repeat(bytes));
+  };
+  // Four large frames under the budget, then small ones (each paused after its one read once the
+  // budget is past) up to just under the hard bound: every byte written is held, so the total is
+  // known in advance.
+  for (let i = 0; i < 4; i++) await attack(840_000);
+  const large = 4 * (PREFIX.length + 840_000);
+  const small = PREFIX.length + 40_000;
+  const n = Math.ceil((HARD - 40_000 - large) / small);
+  for (let i = 0; i < n; i++) await attack(40_000);
+  const expected = large + n * small;
+  assert.ok(expected < HARD && expected > HARD - 40_000, `${expected} bytes to hold, the bound is ${HARD}`);
+  await waitFor(async () => (await held()) === expected, 5000, `${expected} bytes held`, { intervalMs: 20 });
+  // A client's ordinary 300 kB frame, in two writes: its first read takes the total past the bound.
+  const client = await RawClient.open(target.port);
+  t.after(() => client.destroy());
+  await client.hello('client');
+  const half = 'b'.repeat(150_000);
+  client.write(`{"type":"ping","id":"big","pad":"${half}`);
+  await waitFor(() => attackers.some((a) => a.closed), 5000, 'an attacker to be refused');
+  client.write(`${half}"}\n`);
+  // It waits for the budget; once the attackers go, it is read again and answered.
+  const refused = attackers.filter((a) => a.closed);
+  for (const a of attackers) a.destroy();
+  const pong = await client.waitFor((m) => m.id === 'big', 10_000, 'the big ping answered');
+  assert.equal(pong.type, 'pong');
+  assert.equal(client.closed, false);
+  assert.ok(refused.length >= 1, 'an attacker was refused');
+  for (const a of refused) {
+    assert.ok(attackers.indexOf(a) < 4, 'the refused frames are among the largest held');
+    assert.ok(a.lines.some((m) => m.code === 'overloaded'), 'refused with overloaded');
+  }
+});

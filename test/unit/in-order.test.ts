@@ -221,3 +221,19 @@ test('TokenBucket after a rate pause: credited with what it earned, beyond a sma
   while (big.take(100)) more++;
   assert.equal(more, 100);
 });
+
+// Found in review: the process-wide inflate budget charges a frame's output bound up front and
+// refunds what it did not use; refunds landing after the bucket had refilled raised it past its
+// size (8, 12, ... 28 MiB against 4 MiB), and with it how much could decompress at once.
+test('TokenBucket refund: what was charged in advance comes back, never past the burst', () => {
+  const b = new TokenBucket(1000, 1000, 0);
+  b.spend(800); // charged in advance
+  assert.equal(b.positive(10_000), true, 'refilled to the burst meanwhile');
+  b.refund(800); // the advance was not used
+  b.spend(1000);
+  assert.equal(b.positive(10_000), false, 'the bucket held its burst, not burst + refund');
+  const c = new TokenBucket(1000, 1000, 0);
+  c.spend(1500);
+  c.refund(1000);
+  assert.equal(c.positive(0), true, 'a refund repays debt');
+});

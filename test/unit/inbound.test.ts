@@ -37,7 +37,7 @@ function inbound(): { socket: FakeSocket; sink: Sink; inbound: Inbound } {
   const socket = new FakeSocket();
   const sink = new Sink();
   const limits = { maxFrameBytes: 1 << 20, maxJsonDepth: 32, rateLimitPerSec: 1e6, rateLimitBurst: 1e6, partialFramesBudgetBytes: 0, inflateBytesPerSec: 0, inflateTotal: null, inboundBytesPerSec: 0 };
-  const budget = { waitForPartialBudget: () => {}, partialBudgetFreed: () => {} };
+  const budget = { waitForPartialBudget: () => {}, partialBudgetFreed: () => {}, partialOverflow: () => {} };
   const i = new Inbound(socket, sink, limits, new Counters(), budget, () => assert.fail('not HTTP'), Date.now());
   return { socket, sink, inbound: i };
 }
