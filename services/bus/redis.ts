@@ -78,6 +78,14 @@ export interface RedisBusOptions {
 /** Egress entries one read takes at most, and how long it waits for one. */
 const EGRESS_COUNT = 1000;
 const EGRESS_BLOCK_MS = 1000;
+/**
+ * A gateway trims what it has read from its egress stream once this many entries were read, or
+ * this long after the last trim. Nothing reads an entry twice (the stream is this incarnation's
+ * alone), but XADD trims only by count (EGRESS_MAXLEN): delivered direct messages of 512 KiB kept
+ * Redis at 320 MiB after every client had gone, and a client at its byte rate could fill it.
+ */
+const EGRESS_TRIM_ENTRIES = 256;
+const EGRESS_TRIM_MS = 1000;
 /** Position renewals sent together (renewPositions): a gateway may hold a great many rooms. */
 const RENEW_CHUNK = 1000;
 
@@ -148,6 +156,9 @@ export class RedisBus implements Bus {
   /** Egress entries read, and entries found trimmed before they were read (already announced). */
   private egressRead = 0;
   private egressLost = 0;
+  /** Entries read since the last trim of what was read, and when it was. */
+  private readSinceTrim = 0;
+  private trimmedAt = 0;
   /** The registration was found gone (and so, maybe, the stream): counting starts again. */
   private egressRecreated = false;
 
@@ -428,11 +439,32 @@ export class RedisBus implements Bus {
       // brought as many entries as a trim leaves, may have jumped a trimmed gap: count at the next
       // read rather than at the next beat.
       if (Date.now() - issuedAt > EGRESS_BLOCK_MS + 250 || entries.length >= TRIM_FLOOR) this.trimCheckDue = true;
-      if (entries.length === 0) continue;
+      if (entries.length === 0) {
+        // Quiet for a whole block: what was read since the last trim goes now.
+        this.trimRead(key, last, 0);
+        continue;
+      }
       for (let i = 0; i < entries.length; i++) this.deliver(entries[i]);
       last = entries[entries.length - 1][0].toString();
       this.egressRead += entries.length;
+      this.trimRead(key, last, entries.length);
     }
+  }
+
+  /**
+   * Trim the egress stream up to `last` (read and delivered) now and then, and after a read that
+   * found nothing (`n` 0: a quiet block): sent on the reader's
+   * connection without waiting, so it goes out with the next XREAD and costs no round trip. `~`
+   * trims whole stream nodes only; large entries fill a node each and go at once. The counts the
+   * trim check uses (entries ever added, entries read) do not change.
+   */
+  private trimRead(key: string, last: string, n: number): void {
+    this.readSinceTrim += n;
+    const now = Date.now();
+    if (this.readSinceTrim === 0 || (n > 0 && this.readSinceTrim < EGRESS_TRIM_ENTRIES && now - this.trimmedAt < EGRESS_TRIM_MS)) return;
+    this.readSinceTrim = 0;
+    this.trimmedAt = now;
+    this.reader.call('XTRIM', key, 'MINID', '~', last).catch(ignoreTrimFailure);
   }
 
   /**
@@ -684,4 +716,8 @@ function roomsHeld(sink: BusSink): string[] {
 const NO_RESULT: PublishResult = Object.freeze({});
 function noResult(): PublishResult {
   return NO_RESULT;
+}
+
+function ignoreTrimFailure(): void {
+  // Redis down or the connection reset: the next trim covers these entries too.
 }

@@ -102,7 +102,7 @@ const SETTINGS_TABLE = [
   { key: 'LEASE_MS', field: 'leaseMs', kind: 'int', default: '5000', min: 100, doc: 'Shard lease of a broadcast worker; a dead worker\'s shards move after this long.' },
   { key: 'HEARTBEAT_MS', field: 'heartbeatMs', kind: 'int', default: '2000', min: 100, doc: 'Gateway heartbeat period; a gateway silent for 3 periods is removed from routing.' },
   { key: 'INGRESS_MAXLEN', field: 'ingressMaxLen', kind: 'int', default: '1000000', min: 1000, doc: 'Safety cap per ingress stream; the broadcast tier trims what it processed.' },
-  { key: 'EGRESS_MAXLEN', field: 'egressMaxLen', kind: 'int', default: '100000', min: 100, doc: 'Approximate length kept of each gateway egress stream.' },
+  { key: 'EGRESS_MAXLEN', field: 'egressMaxLen', kind: 'int', default: '100000', min: 100, doc: 'Messages of unread backlog kept in each gateway egress stream (approximate; a gateway trims what it has read itself): a gateway lagging further behind loses the oldest and tells its members where their rooms are.' },
   { key: 'LOG_LEVEL', field: 'logLevel', kind: 'enum', default: 'info', values: ['debug', 'info', 'warn', 'error', 'silent'], doc: 'Log verbosity; logs are JSON lines on stderr.' },
   { key: 'OVERLOAD_P99_LATENCY_MS', field: 'overloadP99LatencyMs', kind: 'int', default: '50', min: 0, doc: 'Overload when p99 delivery latency over one monitor interval exceeds this (ms); 0 disables. The origin used 1 ms.' },
   { key: 'OVERLOAD_EVENT_LOOP_LAG_MS', field: 'overloadEventLoopLagMs', kind: 'int', default: '100', min: 0, doc: 'Overload when p99 event-loop delay over one interval exceeds this (ms); 0 disables.' },

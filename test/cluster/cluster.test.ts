@@ -13,6 +13,7 @@ import { waitFor } from '../helpers/wait';
 import { httpGet, PROBE, spawnRole, stopAll, type RoleProcess } from './harness';
 import { Keys, shardOf } from '../../services/bus/keys';
 import { ChatScenario } from './scenario';
+import { helloClient } from '../helpers/wire';
 
 const FAST = { HEARTBEAT_MS: '300', LEASE_MS: '1000', STREAM_SHARDS: '4', LOG_LEVEL: 'info' };
 
@@ -35,6 +36,30 @@ async function cluster(redisUrl: string, gateways = 2, broadcasts = 1, extra: Re
 const addr = (g: RoleProcess) => ({ host: '127.0.0.1', port: g.port });
 
 describe('cluster mode', () => {
+  // Found from outside: egress streams were trimmed only by count (EGRESS_MAXLEN, 100,000
+  // entries) when written, so delivered messages stayed: 512 direct messages of 512 KiB kept Redis
+  // at 320 MiB after every client had gone. A gateway now trims what it has read.
+  test('a gateway trims what it has read from its egress stream: large direct messages do not stay in Redis', async () => {
+    const redis = await RedisProcess.start();
+    const { gws } = await cluster(redis.url, 2, 1);
+    const sender = await helloClient(gws[0].port, 'sender');
+    const reader = await helloClient(gws[1].port, 'reader');
+    const big = 'x'.repeat(256 * 1024);
+    const N = 40;
+    for (let i = 0; i < N; i++) assert.equal((await sender.request({ type: 'direct', to: 'reader', data: { i, big } }, 10_000)).type, 'ok');
+    await waitFor(() => reader.all.filter((m) => m.type === 'direct').length === N, 15_000, 'every direct message delivered');
+    // Everything it was sent has been read: the stream keeps at most the node of the last entry.
+    const egress = redis.cli('keys', 'sb:out:*').split('\n').filter((k) => k !== '');
+    assert.ok(egress.length >= 1, 'the reader\'s gateway has an egress stream');
+    await waitFor(() => egress.every((k) => Number(redis.cli('xlen', k)) <= 1), 5000, 'the read entries to be trimmed', { intervalMs: 100 });
+    const used = Number(/used_memory:(\d+)/.exec(redis.cli('info', 'memory'))?.[1]);
+    assert.ok(used < 8 * 1048576, `Redis holds ${(used / 1048576).toFixed(1)} MiB after ${N} x 256 KiB were delivered`);
+    sender.destroy();
+    reader.destroy();
+    for (const g of gws) await g.kill('SIGTERM');
+    await redis.stop();
+  });
+
   test('chat, presence, direct and history across two gateways', async () => {
     const redis = await RedisProcess.start();
     const { gws } = await cluster(redis.url);
