@@ -152,6 +152,11 @@ export class Inbound implements FrameSink {
   private parser: TextParser | BinaryParser | null = null;
   private sniffed: Buffer | null = null;
   private stopped = false;
+  /**
+   * The session takes no more requests for now (holdRequests): frames already read wait in
+   * `order`, copied (at most the chunk being parsed: the socket is paused), instead of running.
+   */
+  private requestsHeld = false;
   /** A `rate_limited` error without id was sent since the bucket last had a token. */
   private rateNoticeSent = false;
   /** Frame bytes handled since the connection last yielded its turn (TURN_BYTES). */
@@ -240,11 +245,24 @@ export class Inbound implements FrameSink {
     this.releasePartial();
   }
 
-  /** The session takes no more requests for now (true) or again (false): backpressure in TCP. */
+  /**
+   * The session takes no more requests for now (true) or again (false): backpressure in TCP. The
+   * rest of the chunk being parsed waits too (a 64 KiB read holds a thousand small requests, which
+   * would otherwise all run past the session's bound), and runs, in order, when it is released.
+   */
   holdRequests(hold: boolean): void {
     if (hold) {
+      this.requestsHeld = true;
       if (!this.stopped) this.pause(Pause.Requests);
-    } else this.unpause(Pause.Requests);
+      return;
+    }
+    if (!this.requestsHeld) return;
+    this.requestsHeld = false;
+    // What waited runs now, and may hold requests again before the end.
+    this.order.drain();
+    if (this.requestsHeld) return;
+    this.unpause(Pause.Requests);
+    if (!this.order.holding) this.unpause(Pause.Inflate);
   }
 
   /** The server's budget wait is over: read again (unless something else holds the input). */
@@ -443,8 +461,9 @@ export class Inbound implements FrameSink {
     if (!this.sink.live) return;
     // A complete frame is activity (the idle timer); bytes of an incomplete one are not.
     this.lastSeen = this.chunkAt;
-    if (this.order.holding) {
-      // Keep the client's order: later frames wait behind the one being decompressed.
+    if (this.order.holding || this.requestsHeld) {
+      // Keep the client's order: later frames wait behind the one being decompressed, or until
+      // the session takes requests again.
       this.order.hold({ body: Buffer.from(body), flags, stage: RAW, reserved: 0 });
       return;
     }
@@ -455,6 +474,7 @@ export class Inbound implements FrameSink {
   /** InOrder: handle the frame at the head, decompressing it first; false while that runs. */
   private takeFrame(f: HeldFrame): boolean {
     if (!this.sink.live) return true;
+    if (this.requestsHeld) return false;
     if (f.stage === INFLATING) return false;
     if (f.stage === REFUSED) return true;
     if (f.stage === RAW) {

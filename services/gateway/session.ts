@@ -120,6 +120,17 @@ export const CLOSE_GRACE_MS = 2000;
  */
 export const MAX_HISTORY_IN_FLIGHT = 4;
 
+/**
+ * Requests of any kind one connection may have running at once (waiting for the bus: in cluster
+ * mode every join, leave, publish, presence and direct is a Redis round trip). Past it the
+ * connection is not read until half of them finished: its next requests wait in TCP. Without it,
+ * eight clients pipelining join/leave pairs at their rate limit queued requests faster than Redis
+ * answered them; the gateway held hundreds of thousands, grew 350 MiB, and every other client
+ * waited more than a second. A client one round trip from Redis keeps 16 requests busy at far
+ * more than RATE_LIMIT_PER_SEC.
+ */
+export const MAX_REQUESTS_IN_FLIGHT = 16;
+
 const reconnectFrames = new Map<DisconnectReason, Outbound>();
 /**
  * The `reconnect` push for a reason (whether to come back follows the reason, in one table:
@@ -159,6 +170,8 @@ interface ReplySlot {
   waiting: { msg: InboundMessage; plugin: MessageProcessor } | null;
   /** It counts against MAX_HISTORY_IN_FLIGHT: a history request running asynchronously. */
   history: boolean;
+  /** It counts against MAX_REQUESTS_IN_FLIGHT: its handler runs asynchronously. */
+  running: boolean;
   done: boolean;
   id: RequestId | undefined;
   result: ProcessResult;
@@ -188,6 +201,10 @@ export class Session implements HubMember, PluginContext, InboundSink {
   private readonly replies = new InOrder<ReplySlot>((slot) => this.takeReply(slot));
   /** `history` requests running (asynchronously), and those waiting for a place, in order. */
   private historyRunning = 0;
+  /** Requests whose handler has not settled yet (MAX_REQUESTS_IN_FLIGHT). */
+  private running = 0;
+  /** Whether input is held (history places, or requests in flight); holdInput is told on changes only. */
+  private inputHeld = false;
   private historyWaiting: ReplySlot[] | null = null;
 
   constructor(
@@ -276,10 +293,10 @@ export class Session implements HubMember, PluginContext, InboundSink {
     const history = plugin !== null && msg.type === 'history';
     if (history && this.historyRunning >= MAX_HISTORY_IN_FLIGHT) {
       // Its reply keeps its place in the order; the request runs once another one finishes.
-      const slot: ReplySlot = { waiting: { msg, plugin }, history: false, done: false, id: msg.id, result: undefined, error: undefined, failed: false };
+      const slot: ReplySlot = { waiting: { msg, plugin }, history: false, running: false, done: false, id: msg.id, result: undefined, error: undefined, failed: false };
       this.replies.hold(slot);
       (this.historyWaiting ??= []).push(slot);
-      this.transport.holdInput(true);
+      this.updateInputHold();
       return;
     }
     this.run(msg, plugin, null, history);
@@ -298,13 +315,15 @@ export class Session implements HubMember, PluginContext, InboundSink {
     if (result instanceof Promise) {
       // Replies leave in request order even when handlers finish out of order (cluster mode).
       if (slot === null) {
-        slot = { waiting: null, history: false, done: false, id: msg.id, result: undefined, error: undefined, failed: false };
+        slot = { waiting: null, history: false, running: false, done: false, id: msg.id, result: undefined, error: undefined, failed: false };
         this.replies.hold(slot);
       }
       if (history) {
         slot.history = true;
         this.historyRunning++;
       }
+      slot.running = true;
+      if (++this.running >= MAX_REQUESTS_IN_FLIGHT) this.updateInputHold();
       const s = slot;
       result.then(
         (r) => this.settle(s, r, undefined, false),
@@ -330,7 +349,21 @@ export class Session implements HubMember, PluginContext, InboundSink {
       }
       this.run(w.msg, w.plugin, slot, true);
     }
-    if (waiting !== null && waiting.length === 0 && this.live) this.transport.holdInput(false);
+    if (waiting !== null && waiting.length === 0) this.updateInputHold();
+  }
+
+  /**
+   * Hold input while a history request waits for a place, or while MAX_REQUESTS_IN_FLIGHT run;
+   * read again once neither holds (requests: once half of them finished, so that a client at the
+   * bound is not read a frame at a time).
+   */
+  private updateInputHold(): void {
+    const hold =
+      (this.historyWaiting !== null && this.historyWaiting.length > 0) ||
+      this.running >= (this.inputHeld ? MAX_REQUESTS_IN_FLIGHT / 2 : MAX_REQUESTS_IN_FLIGHT);
+    if (hold === this.inputHeld || !this.live) return;
+    this.inputHeld = hold;
+    this.transport.holdInput(hold);
   }
 
   /** A result ready now: sent at once unless replies of earlier requests are still pending. */
@@ -340,10 +373,14 @@ export class Session implements HubMember, PluginContext, InboundSink {
       else this.reply(id, result);
       return;
     }
-    this.replies.hold({ waiting: null, history: false, done: true, id, result, error, failed });
+    this.replies.hold({ waiting: null, history: false, running: false, done: true, id, result, error, failed });
   }
 
   private settle(slot: ReplySlot, result: ProcessResult, error: unknown, failed: boolean): void {
+    if (slot.running) {
+      slot.running = false;
+      if (--this.running < MAX_REQUESTS_IN_FLIGHT / 2 && this.inputHeld) this.updateInputHold();
+    }
     slot.done = true;
     slot.result = result;
     slot.error = error;

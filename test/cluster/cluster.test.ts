@@ -14,6 +14,7 @@ import { httpGet, PROBE, spawnRole, stopAll, type RoleProcess } from './harness'
 import { Keys, shardOf } from '../../services/bus/keys';
 import { ChatScenario } from './scenario';
 import { helloClient } from '../helpers/wire';
+import { RawClient, rssOf, RSS_BUDGET_MIB, Witness, WITNESS_P99_MS } from '../attack/harness';
 
 const FAST = { HEARTBEAT_MS: '300', LEASE_MS: '1000', STREAM_SHARDS: '4', LOG_LEVEL: 'info' };
 
@@ -36,6 +37,48 @@ async function cluster(redisUrl: string, gateways = 2, broadcasts = 1, extra: Re
 const addr = (g: RoleProcess) => ({ host: '127.0.0.1', port: g.port });
 
 describe('cluster mode', () => {
+  // Found from outside: in cluster mode every join and leave is a Redis round trip, and nothing
+  // bounded the requests a connection had running: eight clients pipelining join/leave pairs at
+  // their rate limit made the gateway queue them faster than Redis answered, grow 350 MiB, and
+  // keep every other client waiting more than a second. MAX_REQUESTS_IN_FLIGHT holds their input.
+  test('join/leave pairs pipelined at the rate limit: the requests running are bounded, others served, memory within budget', async (t) => {
+    const redis = await RedisProcess.start();
+    const { gws } = await cluster(redis.url, 2, 1);
+    const witness = await Witness.start(gws[0].port, t);
+    await witness.served(5);
+    const before = rssOf(gws[0].proc.pid!);
+    const N = 6;
+    const attackers = await Promise.all(Array.from({ length: N }, (_, i) => RawClient.open(gws[i % 2].port)));
+    for (const [i, a] of attackers.entries()) await a.hello(`churn-${i}`);
+    let peak = before;
+    const sampler = setInterval(() => (peak = Math.max(peak, rssOf(gws[0].proc.pid!))), 100);
+    const until = Date.now() + 4000;
+    let room = 0;
+    let sent = 0;
+    await Promise.all(
+      attackers.map(async (a, i) => {
+        let id = 0;
+        while (Date.now() < until && !a.closed) {
+          let chunk = '';
+          for (let k = 0; k < 50; k++, room++) chunk += `{"type":"join_room","room":"r${i}-${room}","id":${id++}}\n{"type":"leave_room","room":"r${i}-${room}","id":${id++}}\n`;
+          sent += 100;
+          if (!a.socket.write(chunk)) await new Promise((r) => a.socket.once('drain', r));
+          await new Promise((r) => setTimeout(r, 40));
+        }
+      }),
+    );
+    clearInterval(sampler);
+    assert.ok(sent > 20_000, `${sent} requests sent`);
+    assert.ok(attackers.every((a) => !a.closed), 'the clients are slowed, not disconnected');
+    const w = await witness.stop();
+    assert.equal(w.closed, false);
+    assert.ok(w.p99 < WITNESS_P99_MS, `witness ping p99 ${w.p99.toFixed(1)} ms (p50 ${w.p50.toFixed(1)}, max ${w.max.toFixed(1)}, ${w.count} pings)`);
+    assert.ok(peak - before < RSS_BUDGET_MIB * 1048576, `gateway RSS grew ${((peak - before) / 1048576).toFixed(0)} MiB`);
+    for (const a of attackers) a.destroy();
+    for (const g of gws) await g.kill('SIGTERM');
+    await redis.stop();
+  });
+
   // Found from outside: egress streams were trimmed only by count (EGRESS_MAXLEN, 100,000
   // entries) when written, so delivered messages stayed: 512 direct messages of 512 KiB kept Redis
   // at 320 MiB after every client had gone. A gateway now trims what it has read.
