@@ -54,7 +54,8 @@ export function applyFlagOptions(base: FeatureFlag, args: readonly string[]): Fe
   if (values.enabled !== undefined) next.enabled = parseBool('--enabled', values.enabled);
   if (values['non-critical'] !== undefined) next.nonCritical = parseBool('--non-critical', values['non-critical']);
   if (values.rollout !== undefined) {
-    if (!/^\d+$/.test(values.rollout)) throw new FlagError('--rollout must be an integer 0-100');
+    // Fractions as the file and Redis take them (12.5), so the CLI can write back any flag it lists.
+    if (!/^\d+(\.\d+)?$/.test(values.rollout)) throw new FlagError('--rollout must be a number 0-100');
     next.rolloutPercent = Number(values.rollout);
   }
   if (values.beta !== undefined) next.betaUsers = values.beta.split(',').map((u) => u.trim()).filter((u) => u !== '');

@@ -15,7 +15,11 @@ import { EventEmitter } from 'node:events';
 export interface FeatureFlag {
   readonly name: string;
   readonly enabled: boolean;
-  /** Integer 0-100: share of users (by stable hash) that get the flag. */
+  /**
+   * 0-100: share of users (by stable hash) that get the flag. A fraction is allowed from the file
+   * and Redis (the FeatureFlag CRD takes integers only) and evaluates as the next whole number up:
+   * buckets are whole, so `bucket < 25.5` holds for exactly the buckets `bucket < 26` does.
+   */
   readonly rolloutPercent: number;
   /** Users that get the flag whenever it is enabled, whatever the percentage. */
   readonly betaUsers: readonly string[];
@@ -120,10 +124,12 @@ export function parseFlag(value: unknown, nameHint?: string): FeatureFlag {
   const enabled = v.enabled ?? true;
   if (typeof enabled !== 'boolean') throw new FlagError(`flag "${name}": enabled must be true or false`);
   const pct = v.rolloutPercent ?? 100;
-  // Whole percentages only, as the FeatureFlag CRD says (integer 0-100): buckets are whole
-  // numbers 0..99, so 25.5 rolls out exactly as 26 does, and a file and Redis should not accept
-  // what the operator's API refuses.
-  if (typeof pct !== 'number' || !Number.isInteger(pct) || pct < 0 || pct > 100) throw new FlagError(`flag "${name}": rolloutPercent must be an integer 0-100`);
+  // Any number 0-100, fractions included: flags files and Redis hashes written before the CRD
+  // existed hold values such as 12.5, and refusing them rejects the whole file (every flag, kill
+  // switches included, back to its default) for a value that always worked. The value is kept as
+  // written; evaluate() compares it with a whole bucket, so 12.5 rolls out as 13 does. The
+  // FeatureFlag CRD's integer-only schema is the operator's API, not a rule of the flag model.
+  if (typeof pct !== 'number' || !Number.isFinite(pct) || pct < 0 || pct > 100) throw new FlagError(`flag "${name}": rolloutPercent must be a number 0-100`);
   const beta = v.betaUsers ?? [];
   if (!Array.isArray(beta) || beta.some((u) => typeof u !== 'string')) throw new FlagError(`flag "${name}": betaUsers must be a list of user ids`);
   const nonCritical = v.nonCritical ?? false;

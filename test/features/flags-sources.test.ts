@@ -67,6 +67,24 @@ test('flags file: JSON by extension', async (t) => {
   assert.equal(store.isEnabled('compression', 'x'), false);
 });
 
+test('flags file: a fractional rolloutPercent loads, and the kill switch beside it holds', async (t) => {
+  // A file like this one worked before rolloutPercent was briefly integer-only; refusing 12.5
+  // rejected the whole file and turned the kill switch back on.
+  const dir = tempDir();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'flags.yaml');
+  writeFileSync(path, 'flags:\n  kill-switch:\n    enabled: false\n  new-ui:\n    rolloutPercent: 12.5\n');
+  const store = new FlagStore();
+  const src = new FlagsFileSource({ path, store, log: captureLog().log });
+  t.after(() => src.stop());
+  assert.equal(await src.start(), true);
+  assert.equal(store.isEnabled('kill-switch', 'alice'), false);
+  assert.equal(store.get('new-ui')?.rolloutPercent, 12.5);
+  let on = 0;
+  for (let i = 0; i < 10_000; i++) if (store.isEnabled('new-ui', `u${i}`)) on++;
+  assert.ok(on > 1100 && on < 1500, `12.5% (evaluated as 13%) of 10000 users: ${on}`);
+});
+
 test('gating over the wire: welcome lists flags, history and direct answer feature_disabled, chat still works', async (t) => {
   const dir = tempDir();
   t.after(() => rmSync(dir, { recursive: true, force: true }));
@@ -290,9 +308,14 @@ test('redis: `switchboard flags set` reaches two gateways within a second', asyn
   assert.equal((await del.exited).code, 0);
   await waitFor(() => gateways.every((g) => g.srv.server.featureEnabled('history', 'user0')), 1000, 'the default (on) after delete');
 
+  // A fraction goes through the CLI and Redis as written, as it does through the file.
+  const frac = spawnCli(['flags', 'set', 'history', '--rollout', '12.5'], env);
+  assert.equal((await frac.exited).code, 0, frac.stderr.join('\n'));
+  await waitFor(() => gateways.every((g) => g.flags.store.get('history')?.rolloutPercent === 12.5), 1000, 'both gateways to apply 12.5%');
+
   const bad = spawnCli(['flags', 'set', 'history', '--rollout', '250'], env);
   assert.equal((await bad.exited).code, 2);
-  assert.match(bad.stderr.join('\n'), /rolloutPercent must be an integer 0-100/);
+  assert.match(bad.stderr.join('\n'), /rolloutPercent must be a number 0-100/);
 });
 
 test('shedding with the real performance monitor: a throughput breach sheds, a quiet interval restores', async (t) => {

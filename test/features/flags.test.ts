@@ -68,6 +68,20 @@ test('rollout is monotonic: raising the percentage keeps every user who was in',
   assert.ok(same < 300, `buckets of different flags coincide for ${same} of 10000 users`);
 });
 
+test('a fractional rollout evaluates as the next whole percentage up, as it always did', () => {
+  // Buckets are whole, so `bucket < 25.5` picks the same users as `bucket < 26`: the evaluation
+  // files and Redis hashes holding fractions have had since before the CRD.
+  for (const [frac, whole] of [[25.5, 26], [12.5, 13], [0.5, 1], [99.01, 100]] as const) {
+    for (let i = 0; i < 5_000; i++) {
+      const user = `u${i}`;
+      assert.equal(evaluate(flag({ name: 'frac', rolloutPercent: frac }), user), evaluate(flag({ name: 'frac', rolloutPercent: whole }), user), `${frac}% vs ${whole}% for ${user}`);
+    }
+  }
+  const store = new FlagStore();
+  store.setSource('file', [flag({ name: 'tiny', rolloutPercent: 0.5 })]);
+  assert.deepEqual(store.featureStates(), [['tiny', true]], 'a share above 0 reaches someone (bucket 0)');
+});
+
 test('beta users are always on while the flag is enabled, and off when it is not', () => {
   const f = flag({ rolloutPercent: 0, betaUsers: ['alice', 'bob'] });
   assert.equal(evaluate(f, 'alice'), true);
@@ -111,10 +125,15 @@ test('flag documents: both shapes parse, bad values are rejected with the field 
   assert.deepEqual(a, b);
   assert.deepEqual(a[0], { name: 'history', enabled: true, rolloutPercent: 5, betaUsers: ['x'], nonCritical: false, description: '' });
   assert.throws(() => parseFlag({ name: 'x', rolloutPercent: 101 }), /rolloutPercent/);
-  // Whole percentages, as the FeatureFlag CRD: 25.5 is refused like 150 in every source.
-  assert.throws(() => parseFlag({ name: 'x', rolloutPercent: 25.5 }), /rolloutPercent must be an integer 0-100/);
-  assert.throws(() => parseFlagSet({ flags: { x: { rolloutPercent: 0.5 } } }), /rolloutPercent must be an integer 0-100/);
+  // Fractions are accepted and kept as written (files and hashes written before the CRD hold
+  // them); only out-of-range and non-numbers are refused.
+  assert.equal(parseFlag({ name: 'x', rolloutPercent: 25.5 }).rolloutPercent, 25.5);
+  assert.equal(parseFlagSet({ flags: { x: { rolloutPercent: 0.5 } } })[0].rolloutPercent, 0.5);
   assert.equal(parseFlag({ name: 'x', rolloutPercent: 0 }).rolloutPercent, 0);
+  assert.throws(() => parseFlag({ name: 'x', rolloutPercent: -0.5 }), /rolloutPercent must be a number 0-100/);
+  assert.throws(() => parseFlag({ name: 'x', rolloutPercent: 100.5 }), /rolloutPercent must be a number 0-100/);
+  assert.throws(() => parseFlag({ name: 'x', rolloutPercent: Number.NaN }), /rolloutPercent must be a number 0-100/);
+  assert.throws(() => parseFlag({ name: 'x', rolloutPercent: '25' }), /rolloutPercent must be a number 0-100/);
   assert.throws(() => parseFlag({ name: 'x', enabled: 'yes' }), /enabled/);
   assert.throws(() => parseFlag({ name: 'x', betaUsers: [1] }), /betaUsers/);
   assert.throws(() => parseFlag({ name: 'bad name' }), FlagError);

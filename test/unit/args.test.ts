@@ -60,14 +60,18 @@ describe('switchboard flags set options', () => {
     assert.deepEqual(applyFlagOptions({ ...base, betaUsers: ['ada'] }, ['--beta', '']).betaUsers, [], 'empty --beta: none');
     assert.deepEqual(applyFlagOptions(base, []), base, 'no options: unchanged');
     assert.equal(applyFlagOptions(base, ['--description=-dash first']).description, '-dash first');
+    // Fractions, as the file and Redis take them: the CLI can write back whatever they hold.
+    assert.equal(applyFlagOptions(base, ['--rollout', '12.5']).rolloutPercent, 12.5);
   });
 
   test('bad values and unknown options: the messages of the hand-written parser', () => {
     fails(['--enabled', 'maybe'], /^--enabled must be true or false$/);
     fails(['--non-critical', 'yes'], /^--non-critical must be true or false$/);
-    fails(['--rollout', 'lots'], /^--rollout must be an integer 0-100$/);
-    fails(['--rollout', '25.5'], /^--rollout must be an integer 0-100$/);
-    fails(['--rollout', '250'], /rolloutPercent must be an integer 0-100/);
+    fails(['--rollout', 'lots'], /^--rollout must be a number 0-100$/);
+    fails(['--rollout=-5'], /^--rollout must be a number 0-100$/);
+    fails(['--rollout', '1e2'], /^--rollout must be a number 0-100$/);
+    fails(['--rollout', '250'], /rolloutPercent must be a number 0-100/);
+    fails(['--rollout', '100.5'], /rolloutPercent must be a number 0-100/);
     fails(['--enabled'], /^--enabled needs a value$/);
     fails(['--colour', 'red'], /^unknown option --colour$/);
     fails(['stray'], /^unexpected argument "stray"$/);
