@@ -6,6 +6,7 @@
  * recreate), so we watch the directory rather than the file and debounce events. A file that does
  * not parse or validate, or is past the caps (MAX_FLAGS_FILE_BYTES, MAX_FLAGS), is rejected with
  * one log line naming the problem, and the last good set stays in force. A missing file counts as an empty set (every flag at its default: on).
+ * A first load has no last good set: start() resolves false, and startFlags refuses to start.
  */
 import { watch, type FSWatcher } from 'node:fs';
 import { open } from 'node:fs/promises';
@@ -64,6 +65,8 @@ export class FlagsFileSource {
   loads = 0;
   /** Rejected loads. */
   rejects = 0;
+  /** Why the last load was rejected (null after a good one): what a refused start reports. */
+  lastError: string | null = null;
 
   constructor(private readonly opts: FlagsFileOptions) {
     this.path = resolve(opts.path);
@@ -118,11 +121,7 @@ export class FlagsFileSource {
     try {
       text = await readCapped(this.path);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-        this.rejects++;
-        log.error('flags file rejected, keeping the last good flags', { path: this.path, err: (err as Error).message });
-        return false;
-      }
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return this.reject(err as Error);
       text = '';
     }
     let flags: FeatureFlag[];
@@ -132,12 +131,18 @@ export class FlagsFileSource {
       // rejected file like any other.
       store.setSource(FILE_SOURCE, flags);
     } catch (err) {
-      this.rejects++;
-      log.error('flags file rejected, keeping the last good flags', { path: this.path, err: (err as Error).message });
-      return false;
+      return this.reject(err as Error);
     }
+    this.lastError = null;
     this.loads++;
     log.info('flags loaded', { source: FILE_SOURCE, path: this.path, flags: flags.length });
     return true;
+  }
+
+  private reject(err: Error): false {
+    this.rejects++;
+    this.lastError = err.message;
+    this.opts.log.error('flags file rejected, keeping the last good flags', { path: this.path, err: err.message });
+    return false;
   }
 }

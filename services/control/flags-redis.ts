@@ -8,7 +8,8 @@
  * by lost or reordered notifications. The hash is also re-read after the subscriber reconnects
  * (changes published while it was away are not replayed) and every `resyncMs` as a backstop.
  * An entry that does not validate is logged and the last good version of that flag is kept; a
- * hash of more than MAX_FLAGS flags is rejected whole and the flags in force stay.
+ * hash of more than MAX_FLAGS flags is rejected whole and the flags in force stay (on the first
+ * read there are none: start() says so, and startFlags refuses to start).
  */
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../telemetry/log';
@@ -80,6 +81,9 @@ export async function deleteFlag(redis: FlagsRedis, name: string): Promise<boole
   return Number(res?.[0]?.[1] ?? 0) > 0;
 }
 
+/** What one read of the hash did: applied it, rejected it whole, or could not read it (Redis down, or stopped). */
+export type LoadOutcome = 'applied' | 'rejected' | 'unreachable';
+
 export interface RedisFlagsOptions {
   url: string;
   store: FlagStore;
@@ -95,13 +99,15 @@ export class RedisFlagsSource {
   private readonly sub: FlagsRedis;
   private timer: NodeJS.Timeout | null = null;
   private current = new Map<string, FeatureFlag>();
-  private loading: Promise<void> | null = null;
+  private loading: Promise<LoadOutcome> | null = null;
   private again = false;
   private stopped = false;
   /** Completed reads of the hash, for tests. */
   loads = 0;
   /** Reads rejected whole (more than MAX_FLAGS flags). */
   rejects = 0;
+  /** Why the last read was rejected whole (null after a good one): what a refused start reports. */
+  lastError: string | null = null;
 
   constructor(private readonly opts: RedisFlagsOptions) {
     this.cmd = flagsRedis(opts.url, 'switchboard-flags', opts.cluster);
@@ -119,19 +125,26 @@ export class RedisFlagsSource {
     });
   }
 
-  /** Subscribe and load the current flags. Does not throw when Redis is down: flags keep their defaults until it is back. */
-  async start(): Promise<void> {
+  /**
+   * Subscribe and load the current flags. Resolves false when the first read was rejected whole
+   * (past MAX_FLAGS, alone or with the file's flags): there is no last good set to keep, so every
+   * flag would be at its default, on, and startFlags refuses to start. Resolves true when Redis is
+   * down: flags keep their defaults until it is back (a gateway needs Redis for everything else
+   * too, and the hash may not be written yet).
+   */
+  async start(): Promise<boolean> {
     try {
       await this.sub.subscribe(FLAGS_CHANNEL);
     } catch (err) {
       this.opts.log.warn('flags: cannot subscribe to Redis yet, retrying in the background', { err: (err as Error).message });
     }
-    await this.reload();
+    if ((await this.reload()) === 'rejected') return false;
     const every = this.opts.resyncMs ?? 30_000;
     if (every > 0) {
       this.timer = setInterval(() => void this.reload(), every);
       this.timer.unref();
     }
+    return true;
   }
 
   async stop(): Promise<void> {
@@ -143,7 +156,7 @@ export class RedisFlagsSource {
   }
 
   /** Read the hash and apply it; reads never overlap, a notification during a read reads again after it. */
-  reload(): Promise<void> {
+  reload(): Promise<LoadOutcome> {
     if (this.loading !== null) {
       this.again = true;
       return this.loading;
@@ -158,8 +171,8 @@ export class RedisFlagsSource {
     return this.loading;
   }
 
-  private async load(): Promise<void> {
-    if (this.stopped) return;
+  private async load(): Promise<LoadOutcome> {
+    if (this.stopped) return 'unreachable';
     const { store, log } = this.opts;
     let read: Awaited<ReturnType<typeof readFlags>>;
     try {
@@ -169,7 +182,7 @@ export class RedisFlagsSource {
       read = await readFlags(this.cmd);
     } catch (err) {
       log.warn('flags: cannot read from Redis, keeping the current flags', { err: (err as Error).message });
-      return;
+      return 'unreachable';
     }
     const next = new Map<string, FeatureFlag>();
     for (const f of read.flags) next.set(f.name, f);
@@ -186,13 +199,17 @@ export class RedisFlagsSource {
       return this.reject(err as Error);
     }
     this.current = next;
+    this.lastError = null;
     this.loads++;
     log.debug('flags loaded', { source: REDIS_SOURCE, flags: next.size });
+    return 'applied';
   }
 
   /** A whole read refused: the flags in force stay, as when Redis is down, and one error says why. */
-  private reject(err: Error): void {
+  private reject(err: Error): 'rejected' {
     this.rejects++;
+    this.lastError = err.message;
     this.opts.log.error('flags: Redis flag set rejected, keeping the current flags', { key: FLAGS_KEY, err: err.message });
+    return 'rejected';
   }
 }

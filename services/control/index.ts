@@ -3,4 +3,4 @@ export * from './config';
 export * from './flags';
 export { FlagsFileSource, parseFlagsFile, type FlagsFileOptions } from './flags-file';
 export { RedisFlagsSource, FLAGS_KEY, FLAGS_CHANNEL, readFlags, writeFlag, deleteFlag, type RedisFlagsOptions } from './flags-redis';
-export { startFlags, type FlagService, type FlagServiceOptions } from './flag-service';
+export { startFlags, FlagsStartError, type FlagService, type FlagServiceOptions } from './flag-service';

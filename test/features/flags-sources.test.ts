@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { FlagStore, FlagsFileSource, MAX_FLAGS, MAX_FLAGS_FILE_BYTES, startFlags, writeFlag, type FlagService } from '../../services/control';
+import { defaultConfig, FlagStore, FlagsFileSource, FlagsStartError, MAX_FLAGS, MAX_FLAGS_FILE_BYTES, startFlags, writeFlag, type FlagService } from '../../services/control';
 import { flagsRedis } from '../../services/control/flags-redis';
 import { createLogger } from '../../services/telemetry';
 import { spawnCli, tempDir } from '../helpers/cli';
@@ -20,6 +20,23 @@ function captureLog() {
   const lines: Record<string, unknown>[] = [];
   const log = createLogger('debug', {}, (l) => lines.push(JSON.parse(l) as Record<string, unknown>));
   return { log, lines };
+}
+
+/**
+ * Expect startFlags to refuse the start. A service that started anyway is stopped before the
+ * assertion fails, so a regression fails the test instead of leaving Redis connections open.
+ */
+async function refused(starting: Promise<FlagService>, message: RegExp): Promise<void> {
+  let service: FlagService;
+  try {
+    service = await starting;
+  } catch (err) {
+    assert.ok(err instanceof FlagsStartError, String(err));
+    assert.match(err.message, message);
+    return;
+  }
+  await service.stop();
+  assert.fail('startFlags resolved: every flag would be at its default (on)');
 }
 
 test('flags file: loads YAML, hot-reloads on change, rejects a bad file and keeps the last good set', async (t) => {
@@ -83,6 +100,45 @@ test('flags file: a fractional rolloutPercent loads, and the kill switch beside 
   let on = 0;
   for (let i = 0; i < 10_000; i++) if (store.isEnabled('new-ui', `u${i}`)) on++;
   assert.ok(on > 1100 && on < 1500, `12.5% (evaluated as 13%) of 10000 users: ${on}`);
+});
+
+test('a rejected flags file on the first load refuses the start; a missing file does not', async (t) => {
+  // No last good set to keep: serving would put every flag at its default, on, kill switch included.
+  const dir = tempDir();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'flags.yaml');
+  writeFileSync(path, 'flags:\n  kill-switch:\n    enabled: false\n  new-ui:\n    rolloutPercent: 150\n');
+  const store = new FlagStore();
+  const { log, lines } = captureLog();
+  await refused(startFlags(store, { config: defaultConfig({ flagsFile: path }), log }), /^FLAGS_FILE .*flags\.yaml rejected \(flag "new-ui": rolloutPercent must be a number 0-100\); not starting/);
+  assert.equal(store.list().length, 0);
+  assert.ok(lines.some((l) => l.msg === 'flags file rejected, keeping the last good flags' && l.level === 'error'));
+
+  const missing = await startFlags(new FlagStore(), { config: defaultConfig({ flagsFile: join(dir, 'absent.yaml') }), log });
+  await missing.stop();
+  const none = await startFlags(new FlagStore(), { config: defaultConfig({ flagsFile: '' }), log });
+  await none.stop();
+});
+
+test('cli: a process whose FLAGS_FILE is rejected exits 1 with the reason, without listening; without FLAGS_FILE it serves', async (t) => {
+  const dir = tempDir();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'flags.yaml');
+  writeFileSync(path, 'flags:\n  kill-switch:\n    enabled: false\n  new-ui:\n    rolloutPercent: lots\n');
+  const base = { TCP_PORT: '0', ADMIN_PORT: '-1', API_PORT: '-1', LOG_LEVEL: 'info' };
+  const bad = spawnCli(['standalone'], { ...base, FLAGS_FILE: path });
+  t.after(() => bad.kill());
+  const outcome = await Promise.race([bad.exited.then((e) => e.code), bad.listening(8000).then(() => 'listening' as const)]);
+  assert.equal(outcome, 1, bad.stderr.join('\n'));
+  const failed = bad.logs().find((l) => l.msg === 'start failed');
+  assert.ok(failed, bad.stderr.join('\n'));
+  assert.equal(failed.level, 'error');
+  assert.match(String(failed.err), /FLAGS_FILE .* rejected \(flag "new-ui": rolloutPercent must be a number 0-100\)/);
+  assert.equal(bad.logs().some((l) => l.msg === 'listening'), false);
+
+  const ok = spawnCli(['standalone'], base);
+  t.after(() => ok.kill());
+  await ok.listening();
 });
 
 test('gating over the wire: welcome lists flags, history and direct answer feature_disabled, chat still works', async (t) => {
@@ -228,6 +284,32 @@ test('redis: a hash past MAX_FLAGS is rejected whole, the flags in force stay; w
   await writeFlag(w, { ...off('history'), enabled: true });
   await waitFor(() => store.list().length === MAX_FLAGS, 2000, 'the full hash to be applied');
   assert.equal(store.isEnabled('history', 'u'), true);
+});
+
+test('redis: a hash rejected whole on the first read refuses the start; an unreachable Redis does not', async (t) => {
+  const redis = await RedisProcess.start();
+  t.after(() => redis.stop());
+  const w = flagsRedis(redis.url, 'test-writer');
+  t.after(() => w.disconnect());
+  const off = (name: string) => JSON.stringify({ name, enabled: false });
+  await w.hset('sb:flags', Object.fromEntries(longNames(MAX_FLAGS + 1).map((n) => [n, off(n)])));
+  const store = new FlagStore();
+  const { log } = captureLog();
+  await refused(startFlags(store, { config: defaultConfig({ redisUrl: redis.url }), log, redis: true, resyncMs: 0 }), /^flags in Redis \(sb:flags\) rejected \(1001 flags, more than the limit of 1000\); not starting/);
+  assert.equal(store.list().length, 0);
+
+  // Within the cap alone, past it with the file's flags: rejected by the store, the same refusal.
+  await w.hdel('sb:flags', longNames(MAX_FLAGS + 1)[0]);
+  const dir = tempDir();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'flags.yaml');
+  writeFileSync(path, 'kill-switch: {enabled: false}\n');
+  await refused(startFlags(new FlagStore(), { config: defaultConfig({ redisUrl: redis.url, flagsFile: path }), log, redis: true, resyncMs: 0 }), /with the other sources' flags/);
+
+  // Redis down: flags keep their defaults until it is back, as before.
+  await redis.stop();
+  const down = await startFlags(new FlagStore(), { config: defaultConfig({ redisUrl: redis.url }), log, redis: true, resyncMs: 0 });
+  await down.stop();
 });
 
 test('shedding: a nonCritical flag is off while the monitor says overloaded and back when it clears', async (t) => {
