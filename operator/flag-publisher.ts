@@ -9,8 +9,10 @@
  * any more would reconnect, with old credentials, for as long as the operator runs.
  *
  * Publishing is a write like any other: `mayWrite` (the operator's leadership check) is asked
- * after the connection is ready and right before the commands go out, so a publish that started
- * before a step-down, or resumed after a pause, sends nothing.
+ * once before any command, and again by writeFlag/deleteFlag (`beforeWrite`) once the connection
+ * is ready and the reads a write needs (HEXISTS, HLEN) are done, with nothing awaited between the
+ * answer and the MULTI going out. A publish that started before a step-down, or was paused during
+ * those reads, sends nothing.
  */
 import { deleteFlag, writeFlag } from '../services/control';
 import type { FeatureFlag as ServerFlag } from '../services/control';
@@ -38,14 +40,18 @@ export class FlagPublisher {
 
   async write(sb: Switchboard, flag: ServerFlag): Promise<void> {
     const redis = await this.redisFor(sb);
-    this.gate(sb, `publish flag ${flag.name}`);
-    await writeFlag(redis, flag);
+    const gate = () => this.gate(sb, `publish flag ${flag.name}`);
+    // Early, so a replica that does not lead does not even read; the check that counts is
+    // beforeWrite's, right before the MULTI.
+    gate();
+    await writeFlag(redis, flag, { beforeWrite: gate });
   }
 
   async remove(sb: Switchboard, name: string): Promise<void> {
     const redis = await this.redisFor(sb);
-    this.gate(sb, `unpublish flag ${name}`);
-    await deleteFlag(redis, name);
+    const gate = () => this.gate(sb, `unpublish flag ${name}`);
+    gate();
+    await deleteFlag(redis, name, { beforeWrite: gate });
   }
 
   private gate(sb: Switchboard, what: string): void {

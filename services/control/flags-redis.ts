@@ -60,6 +60,29 @@ export async function readFlags(redis: FlagsRedis): Promise<{ flags: FeatureFlag
   return { flags, errors };
 }
 
+export interface FlagWriteOptions {
+  /**
+   * Called immediately before the MULTI that changes the hash is sent, once the connection is
+   * ready and every read the write needs is done; throwing aborts the write, and nothing is sent.
+   * The operator asks its leadership here: a check made before the call would be stale after the
+   * reads (and a connection still connecting), during which the process may have been paused and
+   * lost the Lease.
+   */
+  beforeWrite?: () => void;
+}
+
+/**
+ * Send a MULTI built by `build`, asking `beforeWrite` first. A client that is not ready would
+ * keep the commands in its offline queue and send them whenever it connects, long after the
+ * question was asked, so it is made ready first (a PING). From the question to the commands
+ * being written to the socket nothing is awaited.
+ */
+async function guardedExec(redis: FlagsRedis, opts: FlagWriteOptions, build: () => ReturnType<FlagsRedis['multi']>) {
+  if (opts.beforeWrite !== undefined && redis.status !== 'ready') await redis.ping();
+  opts.beforeWrite?.();
+  return build().exec();
+}
+
 /**
  * Write one flag and notify every gateway. A new flag is refused (FlagError) when the hash holds
  * MAX_FLAGS already: gateways would reject the whole hash and keep their current flags, so the
@@ -67,17 +90,17 @@ export async function readFlags(redis: FlagsRedis): Promise<{ flags: FeatureFlag
  * round trips; two writers racing for the last place can both get it, and the gateways' own
  * check still holds.
  */
-export async function writeFlag(redis: FlagsRedis, flag: FeatureFlag): Promise<void> {
+export async function writeFlag(redis: FlagsRedis, flag: FeatureFlag, opts: FlagWriteOptions = {}): Promise<void> {
   if (!(await redis.hexists(FLAGS_KEY, flag.name))) {
     const count = await redis.hlen(FLAGS_KEY);
     if (count >= MAX_FLAGS) throw new FlagError(`${FLAGS_KEY} holds ${count} flags, the limit is ${MAX_FLAGS}: delete one before adding "${flag.name}"`);
   }
-  await redis.multi().hset(FLAGS_KEY, flag.name, JSON.stringify(flag)).publish(FLAGS_CHANNEL, flag.name).exec();
+  await guardedExec(redis, opts, () => redis.multi().hset(FLAGS_KEY, flag.name, JSON.stringify(flag)).publish(FLAGS_CHANNEL, flag.name));
 }
 
 /** Remove a flag (it falls back to the default: on) and notify. Resolves whether it existed. */
-export async function deleteFlag(redis: FlagsRedis, name: string): Promise<boolean> {
-  const res = await redis.multi().hdel(FLAGS_KEY, name).publish(FLAGS_CHANNEL, name).exec();
+export async function deleteFlag(redis: FlagsRedis, name: string, opts: FlagWriteOptions = {}): Promise<boolean> {
+  const res = await guardedExec(redis, opts, () => redis.multi().hdel(FLAGS_KEY, name).publish(FLAGS_CHANNEL, name));
   return Number(res?.[0]?.[1] ?? 0) > 0;
 }
 

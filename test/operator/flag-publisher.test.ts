@@ -4,7 +4,8 @@
 // credentials it was made with for as long as the operator ran.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import type { Kube } from '../../operator/kube/client';
+import { Redis } from 'ioredis';
+import { NotLeaderError, type Kube } from '../../operator/kube/client';
 import { FlagPublisher } from '../../operator/flag-publisher';
 import type { FeatureFlag as ServerFlag } from '../../services/control';
 import { silentLogger } from '../../services/telemetry/log';
@@ -109,4 +110,59 @@ test('a new flag past MAX_FLAGS is refused: the gateways would reject the whole 
   assert.equal(a.cli('hexists', 'sb:flags', 'one-too-many').trim(), '0');
   await pub.write(sb, { ...flag('f7'), enabled: false }); // one it holds can still change
   assert.equal(JSON.parse(a.cli('hget', 'sb:flags', 'f7')).enabled, false);
+});
+
+/**
+ * Run `during` whenever a connection sends `command` (patched on ioredis' prototype for the
+ * test): a stand-in for a leader paused between its first leadership check and the MULTI.
+ */
+function onCommand(t: { after(fn: () => void): void }, command: 'hexists' | 'ping', during: () => void): void {
+  const proto = Redis.prototype as unknown as Record<string, (...args: unknown[]) => unknown>;
+  const had = Object.hasOwn(proto, command);
+  const original = proto[command];
+  proto[command] = function (this: unknown, ...args: unknown[]) {
+    during();
+    return original.apply(this, args);
+  };
+  t.after(() => {
+    if (had) proto[command] = original;
+    else delete proto[command];
+  });
+}
+
+test('leadership lost during the reads before a publish: nothing is written', async (t) => {
+  let leading = true;
+  const pub = new FlagPublisher(fakeKube(new Map()), silentLogger, () => leading);
+  t.after(() => pub.close());
+  t.after(() => a.cli('del', 'sb:flags'));
+  a.cli('del', 'sb:flags');
+  const sb = sbFixture('paused', 'ns', { redis: { url: a.url } });
+  await pub.write(sb, { ...flag('kill'), enabled: false });
+  const before = a.cli('hgetall', 'sb:flags');
+
+  // The gate said yes before writeFlag; the Lease is lost while its HEXISTS is in flight.
+  onCommand(t, 'hexists', () => (leading = false));
+  await assert.rejects(pub.write(sb, flag('kill')), NotLeaderError);
+  await assert.rejects(pub.write(sb, flag('new-one')), NotLeaderError);
+  assert.equal(a.cli('hgetall', 'sb:flags'), before, 'the hash is unchanged');
+  assert.equal(JSON.parse(a.cli('hget', 'sb:flags', 'kill')).enabled, false);
+});
+
+test('leadership lost while a new connection gets ready before an unpublish: nothing is deleted', async (t) => {
+  let leading = true;
+  const pub = new FlagPublisher(fakeKube(new Map()), silentLogger, () => leading);
+  t.after(() => pub.close());
+  t.after(() => a.cli('del', 'sb:flags'));
+  a.cli('hset', 'sb:flags', 'kill', JSON.stringify({ ...flag('kill'), enabled: false }));
+  // A Switchboard the publisher has no connection for: deleteFlag has no reads, and the client
+  // it gets is still connecting; the gate must be asked once it is ready, not when the commands
+  // are queued.
+  onCommand(t, 'ping', () => (leading = false));
+  await assert.rejects(pub.remove(sbFixture('fresh', 'ns', { redis: { url: a.url } }), 'kill'), NotLeaderError);
+  await new Promise((r) => setTimeout(r, 100)); // anything queued would have gone out by now
+  assert.equal(JSON.parse(a.cli('hget', 'sb:flags', 'kill')).enabled, false, 'still there');
+
+  leading = true;
+  await pub.remove(sbFixture('fresh', 'ns', { redis: { url: a.url } }), 'kill');
+  assert.equal(a.cli('hexists', 'sb:flags', 'kill').trim(), '0', 'a leader still unpublishes');
 });
