@@ -12,7 +12,10 @@
  *
  * Authentication: the API key (API_KEY) in metadata, `x-api-key` or `authorization: Bearer`.
  * Without a configured key the API refuses every call, so an API port exposed by mistake cannot be
- * used. Failures are SwitchboardErrors mapped through ErrorInfo[code].grpc, with the protocol code
+ * used. The key is checked by a server interceptor on the call's metadata, before grpc-js reads
+ * the request message: a call without a valid key ends with UNAUTHENTICATED and its stream is reset
+ * (the client stops sending), so its message is never received in full, buffered or decoded.
+ * Failures are SwitchboardErrors mapped through ErrorInfo[code].grpc, with the protocol code
  * in the `switchboard-error-code` trailer.
  *
  * Bounded like client input: a request message is at most MAX_FRAME_BYTES (grpc-js refuses a
@@ -31,11 +34,13 @@
  * would otherwise be held for ever); one with no call open for IDLE_TIMEOUT_MS is closed with a
  * GOAWAY (grpc.max_connection_idle_ms: clients reconnect on their next call); a connection opens
  * at most MAX_STREAMS calls at once, and the port holds at most MAX_API_CONNECTIONS connections, so
- * that the request messages it buffers are bounded (MAX_API_CONNECTIONS x MAX_STREAMS x
- * MAX_FRAME_BYTES).
+ * that the request messages it buffers (of calls with a valid key: the others are not read) are
+ * bounded (MAX_API_CONNECTIONS x MAX_STREAMS x MAX_FRAME_BYTES). A connection must make a call
+ * with a valid key within HTTP_REQUEST_TIMEOUT_MS, or it is closed.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { constants as http2Constants, type ServerHttp2Stream } from 'node:http2';
 import { createServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -62,8 +67,8 @@ import type { Logger } from '../telemetry/log';
  * Calls one API connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). Each
  * open call may hold a request message of up to MAX_FRAME_BYTES that it has not finished sending
  * (grpc-js buffers it until it is complete): with 100 streams, 8 connections sending 990 kB of a
- * 1 MB Publish each and never finishing held 900 MB, with or without a key (the key is read only
- * once the message is complete).
+ * 1 MB Publish each and never finishing held 900 MB, with or without a key (the key was read only
+ * once the message was complete; now a call without one is not read at all).
  */
 export const MAX_STREAMS = 8;
 /**
@@ -177,6 +182,18 @@ export function toGrpcError(err: unknown): grpc.ServiceError {
   return Object.assign(new Error(message), { code: ErrorInfo[code].grpc as number, details: message, metadata }) as grpc.ServiceError;
 }
 
+/**
+ * End `call` with `err` before its message is read, and reset its HTTP/2 stream (NO_ERROR, after
+ * the status: RFC 9113 8.1), so that the client stops sending the message. grpc-js would otherwise
+ * read the rest of it and throw it away. The stream is grpc-js's own (the call the first
+ * interceptor gets holds it); without it, the status alone still ends the call.
+ */
+function refuse(call: grpc.ServerInterceptingCallInterface, err: grpc.ServiceError): void {
+  call.sendStatus({ code: err.code, details: err.details, metadata: err.metadata });
+  const stream = (call as unknown as { stream?: Partial<ServerHttp2Stream> }).stream;
+  if (typeof stream?.close === 'function' && stream.closed === false) stream.close(http2Constants.NGHTTP2_NO_ERROR);
+}
+
 function digest(s: string): Buffer {
   return createHash('sha256').update(s).digest();
 }
@@ -225,6 +242,8 @@ export class ApiServer {
       'grpc.max_connection_idle_ms': opts.config.idleTimeoutMs,
       'grpc.max_concurrent_streams': MAX_STREAMS,
       'grpc-node.max_session_memory': MAX_SESSION_MEMORY_MB,
+      // The key is checked on a call's metadata, before grpc-js reads its message.
+      interceptors: [(_method, call) => this.intercept(call)],
     });
     this.keyDigest = opts.config.apiKey === '' ? null : digest(opts.config.apiKey);
     const service = switchboardService().service;
@@ -307,11 +326,11 @@ export class ApiServer {
   }
 
   /**
-   * A connection must complete a call with a valid key within HTTP_REQUEST_TIMEOUT_MS of its
-   * accept, or it is closed. grpc-js reads a call's key only once its request message is
-   * complete, and a request that never completes holds its connection: 16 connections each
-   * holding one unfinished call, without a key, shut every real caller out of the API for as long
-   * as they stayed.
+   * A connection must make a call with a valid key within HTTP_REQUEST_TIMEOUT_MS of its accept,
+   * or it is closed (intercept() recognises the key, on the call's metadata). When grpc-js read
+   * a call's key only once its request message was complete, 16 connections each holding one
+   * unfinished call, without a key, shut every real caller out of the API for as long as they
+   * stayed; a connection that makes no call, or only calls without a key, still holds a place.
    */
   private awaitProof(socket: Socket, peer: string): void {
     // Two sockets with one peer name (two local addresses): the older, unproven, goes.
@@ -384,12 +403,37 @@ export class ApiServer {
     return typeof caller === 'string' && caller !== '' ? caller.slice(0, 64) : 'api';
   }
 
+  /**
+   * Every call, before grpc-js reads its request message: one without a valid key ends here with
+   * UNAUTHENTICATED (handlers read a call's metadata only once its message is complete, so a wrong
+   * key used to cost the server the whole message: received, buffered and decoded). Its stream is
+   * reset as well, so the client stops sending the rest of it. A call with a valid key proves its
+   * connection.
+   */
+  private intercept(call: grpc.ServerInterceptingCallInterface): grpc.ServerInterceptingCall {
+    const peer = call.getPeer();
+    return new grpc.ServerInterceptingCall(call, {
+      start: (next) =>
+        next({
+          onReceiveMetadata: (metadata, pass) => {
+            try {
+              this.authenticate(metadata);
+            } catch (err) {
+              refuse(call, toGrpcError(err));
+              return;
+            }
+            this.proven(peer);
+            pass(metadata);
+          },
+        }),
+    });
+  }
+
   private unary<Req>(fn: (call: grpc.ServerUnaryCall<Req, unknown>, caller: string) => unknown): grpc.handleUnaryCall<Req, unknown> {
     return (call, callback) => {
       let result: unknown;
       try {
         const caller = this.authenticate(call.metadata);
-        this.proven(call.getPeer());
         result = fn(call, caller);
       } catch (err) {
         callback(toGrpcError(err));
@@ -488,7 +532,6 @@ export class ApiServer {
   private watchStats(call: grpc.ServerWritableStream<WatchStatsRequest, unknown>): void {
     try {
       this.authenticate(call.metadata);
-      this.proven(call.getPeer());
     } catch (err) {
       call.emit('error', toGrpcError(err));
       return;
