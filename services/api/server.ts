@@ -495,7 +495,7 @@ export class ApiServer {
         n++;
       }
     }
-    this.opts.log.info('api: user disconnected', { user, connections: n, reason: req.reason });
+    this.opts.log.info('api: user disconnected', { user, connections: n, reason: req.reason.slice(0, 512) });
     return { connections: n };
   }
 

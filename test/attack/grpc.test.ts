@@ -15,7 +15,7 @@ import { connect as http2Connect, type ClientHttp2Session } from 'node:http2';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { MAX_API_CONNECTIONS, MAX_STREAMS, MAX_WATCHERS, startApiServer, switchboardService, type ApiServer } from '../../services/api';
-import { silentLogger } from '../../services/telemetry';
+import { createLogger, silentLogger } from '../../services/telemetry';
 import { startServer } from '../helpers/server';
 import { waitFor } from '../helpers/wait';
 import { helloClient, type WireClient } from '../helpers/wire';
@@ -482,4 +482,26 @@ test('gRPC: a call without a valid key is UNAUTHENTICATED on its metadata, and i
   assert.equal(err?.details, 'invalid API key');
   assert.equal(err?.metadata.get('switchboard-error-code')[0], 'unauthorized');
   assert.equal((await call(c, 'GetStats', {})).err, undefined, 'the client is served with the key');
+});
+
+// The reason went into the log line in full: up to MAX_FRAME_BYTES of the caller's text per call.
+test('gRPC Disconnect: the reason is clipped to 512 characters in the log, as in the push', async (t) => {
+  const lines: string[] = [];
+  const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY });
+  const api = (await startApiServer(srv.server, srv.config, createLogger('info', {}, (line) => lines.push(line)))) as ApiServer;
+  const Ctor = switchboardService();
+  const c = new Ctor(`127.0.0.1:${api.port}`, grpc.credentials.createInsecure()) as unknown as Client;
+  const member = await helloClient(srv.port, 'member');
+  t.after(async () => {
+    member.destroy();
+    c.close();
+    await api.stop();
+    await srv.close();
+  });
+  const r = await call(c, 'Disconnect', { user: 'member', reason: 'r'.repeat(500_000) });
+  assert.equal(r.err, undefined, String(r.err?.details));
+  assert.equal(r.reply?.connections, 1);
+  const line = lines.find((l) => l.includes('api: user disconnected'));
+  assert.ok(line !== undefined, 'the disconnect is logged');
+  assert.equal((JSON.parse(line) as { reason: string }).reason, 'r'.repeat(512));
 });
