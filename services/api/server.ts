@@ -36,7 +36,9 @@
  * at most MAX_STREAMS calls at once, and the port holds at most MAX_API_CONNECTIONS connections, so
  * that the request messages it buffers (of calls with a valid key: the others are not read) are
  * bounded (MAX_API_CONNECTIONS x MAX_STREAMS x MAX_FRAME_BYTES). A connection must make a call
- * with a valid key within HTTP_REQUEST_TIMEOUT_MS, or it is closed.
+ * with a valid key within HTTP_REQUEST_TIMEOUT_MS, and may open at most MAX_UNPROVEN_CALLS calls
+ * before one has a valid key, or it is closed (HTTP/2 "rapid reset" without a key costs at most
+ * that many streams a connection).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -78,6 +80,13 @@ export const MAX_STREAMS = 8;
  * many channels may reach one gateway. Defined with the gateway's other connection reserves.
  */
 export const MAX_API_CONNECTIONS = API_RESERVE;
+/**
+ * Calls a connection may open before one of them has a valid key; it is closed at the next. A
+ * client with the key proves its connection on its first call; without it, every call is refused
+ * anyway. HTTP/2 "rapid reset" (open a stream, reset it at once, again and again, no key) cost
+ * about 1000 streams a connection before Node ended the session, and the attacker reconnected.
+ */
+export const MAX_UNPROVEN_CALLS = 16;
 /**
  * nghttp2's own memory per connection (header tables, streams, queued output), MiB; new streams
  * are refused past it. grpc-js lifts Node's default (10) to unbounded unless it is set.
@@ -216,7 +225,7 @@ export class ApiServer {
    * Open connections that have not had a call with a valid key yet, oldest first, by peer
    * (`address:port`, what a call's getPeer() says), with the timer that closes them.
    */
-  private readonly unproven = new Map<string, { socket: Socket; timer: NodeJS.Timeout }>();
+  private readonly unproven = new Map<string, { socket: Socket; timer: NodeJS.Timeout; calls: number }>();
 
   /** `socket` (of `peer`) is closed, or being closed: it no longer counts. */
   private forget(socket: Socket, peer: string): void {
@@ -344,7 +353,7 @@ export class ApiServer {
       socket.destroy();
     }, this.opts.config.httpRequestTimeoutMs);
     timer.unref();
-    this.unproven.set(peer, { socket, timer });
+    this.unproven.set(peer, { socket, timer, calls: 0 });
   }
 
   /** A call on `peer`'s connection had a valid key: the connection stays. */
@@ -412,6 +421,13 @@ export class ApiServer {
    */
   private intercept(call: grpc.ServerInterceptingCallInterface): grpc.ServerInterceptingCall {
     const peer = call.getPeer();
+    // Counted as the stream opens: a stream reset at once never gets as far as its metadata.
+    const u = this.unproven.size === 0 ? undefined : this.unproven.get(peer);
+    if (u !== undefined && ++u.calls > MAX_UNPROVEN_CALLS) {
+      this.opts.gateway.services.counters.limitHits[Limit.ApiUnprovenCalls]++;
+      this.forget(u.socket, peer);
+      u.socket.destroy();
+    }
     return new grpc.ServerInterceptingCall(call, {
       start: (next) =>
         next({

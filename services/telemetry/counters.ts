@@ -28,6 +28,7 @@ export const Limit = {
   MaxJsonDepth: 'MAX_JSON_DEPTH',
   MaxConnections: 'MAX_CONNECTIONS',
   ApiConnections: 'MAX_API_CONNECTIONS',
+  ApiUnprovenCalls: 'MAX_UNPROVEN_CALLS',
   RoomsPerConnection: 'MAX_ROOMS_PER_CONNECTION',
   RoomsTotal: 'MAX_ROOMS_TOTAL',
   RateLimit: 'RATE_LIMIT_PER_SEC',
