@@ -29,9 +29,10 @@
  *
  * Connections: the listener is ours (node:net), and grpc-js gets each socket through a
  * connection injector, so that the port is held to the same rules as the others. A connection
- * counts against MAX_CONNECTIONS (with the gateway's client and HTTP connections); one that has not
- * sent the HTTP/2 connection preface within HTTP_HEADERS_TIMEOUT_MS is closed (a half-open socket
- * would otherwise be held for ever); one with no call open for IDLE_TIMEOUT_MS is closed with a
+ * counts against MAX_CONNECTIONS (with the gateway's client and HTTP connections); one remote
+ * address opens at most API_ACCEPTS_PER_SEC a second (API_ACCEPT_BURST at once: the others are
+ * closed at accept); one that has not sent the HTTP/2 connection preface within
+ * HTTP_HEADERS_TIMEOUT_MS is closed (a half-open socket would otherwise be held for ever); one with no call open for IDLE_TIMEOUT_MS is closed with a
  * GOAWAY (grpc.max_connection_idle_ms: clients reconnect on their next call); a connection opens
  * at most MAX_STREAMS calls at once, and the port holds at most MAX_API_CONNECTIONS connections, so
  * that the request messages it buffers (of calls with a valid key: the others are not read) are
@@ -92,6 +93,16 @@ export const MAX_UNPROVEN_CALLS = 16;
  * are refused past it. grpc-js lifts Node's default (10) to unbounded unless it is set.
  */
 const MAX_SESSION_MEMORY_MB = 10;
+/**
+ * New API connections a second from one remote address (API_ACCEPT_BURST at once); past it they
+ * are closed at accept. Backends keep their connections (one a channel), so they open a few, once;
+ * a rapid-reset client that reconnects as each connection is closed (MAX_UNPROVEN_CALLS) opened
+ * over 100 a second.
+ */
+export const API_ACCEPTS_PER_SEC = 16;
+export const API_ACCEPT_BURST = 32;
+/** Remote addresses whose connection rate is remembered (API_ACCEPTS_PER_SEC). */
+const ACCEPT_ADDRESSES = 1024;
 /** The HTTP/2 connection preface: what a client sends first. */
 const PREFACE_BYTES = 24;
 /** At most one log line per this long about listener errors. */
@@ -236,6 +247,8 @@ export class ApiServer {
     this.unproven.delete(peer);
   }
   private lastListenerLog = 0;
+  /** New connections by remote address: a token bucket each (API_ACCEPTS_PER_SEC, API_ACCEPT_BURST). */
+  private readonly accepts = new Map<string, { tokens: number; at: number }>();
   private readonly keyDigest: Buffer | null;
   /** Open WatchStats streams, by their timer. */
   private readonly watchers = new Map<NodeJS.Timeout, grpc.ServerWritableStream<WatchStatsRequest, unknown>>();
@@ -293,6 +306,11 @@ export class ApiServer {
    * new one is), so connections that never prove a key cannot keep real callers out.
    */
   private accept(socket: Socket): void {
+    if (!this.acceptRate(socket.remoteAddress ?? '')) {
+      this.opts.gateway.services.counters.limitHits[Limit.ApiAccepts]++;
+      socket.destroy();
+      return;
+    }
     if (!this.opts.gateway.admitApiConnection(socket)) return;
     if (this.open.size >= MAX_API_CONNECTIONS) {
       this.opts.gateway.services.counters.limitHits[Limit.ApiConnections]++;
@@ -332,6 +350,32 @@ export class ApiServer {
     };
     socket.on('data', onData);
     socket.once('close', onClose);
+  }
+
+  /**
+   * May `address` open one more connection? At most API_ACCEPTS_PER_SEC a second from one address
+   * (API_ACCEPT_BURST at once). Backends hold their connections, so this is far beyond what they
+   * need; a client that reconnects for every few calls (each connection holds at most
+   * MAX_UNPROVEN_CALLS calls without a key) is slowed to it. At most ACCEPT_ADDRESSES addresses
+   * are remembered: past it, those whose bucket has filled up again are forgotten (they would
+   * start full anyway), or, when none has, all of them.
+   */
+  private acceptRate(address: string): boolean {
+    const now = Date.now();
+    let b = this.accepts.get(address);
+    if (b === undefined) {
+      if (this.accepts.size >= ACCEPT_ADDRESSES) {
+        for (const [a, v] of this.accepts) if (v.tokens + ((now - v.at) * API_ACCEPTS_PER_SEC) / 1000 >= API_ACCEPT_BURST) this.accepts.delete(a);
+        if (this.accepts.size >= ACCEPT_ADDRESSES) this.accepts.clear();
+      }
+      b = { tokens: API_ACCEPT_BURST, at: now };
+      this.accepts.set(address, b);
+    }
+    b.tokens = Math.min(API_ACCEPT_BURST, b.tokens + ((now - b.at) * API_ACCEPTS_PER_SEC) / 1000);
+    b.at = now;
+    if (b.tokens < 1) return false;
+    b.tokens--;
+    return true;
   }
 
   /**

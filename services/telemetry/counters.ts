@@ -29,6 +29,7 @@ export const Limit = {
   MaxConnections: 'MAX_CONNECTIONS',
   ApiConnections: 'MAX_API_CONNECTIONS',
   ApiUnprovenCalls: 'MAX_UNPROVEN_CALLS',
+  ApiAccepts: 'API_ACCEPTS_PER_SEC',
   RoomsPerConnection: 'MAX_ROOMS_PER_CONNECTION',
   RoomsTotal: 'MAX_ROOMS_TOTAL',
   RateLimit: 'RATE_LIMIT_PER_SEC',
