@@ -8,7 +8,10 @@
 // IDLE_TIMEOUT_MS; connections that make no call with a valid key go at HTTP_REQUEST_TIMEOUT_MS
 // and are the first closed when the port is full; WatchStats streams that are never read hold
 // bounded memory, at most MAX_WATCHERS of them at once, at an interval clamped to [100 ms, 1 h];
-// TCP clients keep being served meanwhile.
+// a call without a valid key is UNAUTHENTICATED on its metadata and its message is not read; a
+// connection opens at most MAX_UNPROVEN_CALLS calls without a valid key (rapid reset), an address
+// at most API_ACCEPTS_PER_SEC connections a second; at most MAX_CALLS_READING keyed calls are read
+// at once; a Disconnect reason is logged clipped; TCP clients keep being served meanwhile.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { connect as http2Connect, constants as http2Constants, type ClientHttp2Session } from 'node:http2';
