@@ -44,7 +44,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { constants as http2Constants, type ServerHttp2Stream } from 'node:http2';
+import { constants as http2Constants, type Http2Session, type ServerHttp2Stream } from 'node:http2';
 import { createServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -83,7 +83,7 @@ export const MAX_STREAMS = 8;
  */
 export const MAX_API_CONNECTIONS = API_RESERVE;
 /**
- * Calls a connection may open before one of them has a valid key; it is closed at the next. A
+ * Calls a connection may open before one of them has a valid key; the next closes it (a GOAWAY). A
  * client with the key proves its connection on its first call; without it, every call is refused
  * anyway. HTTP/2 "rapid reset" (open a stream, reset it at once, again and again, no key) cost
  * about 1000 streams a connection before Node ended the session, and the attacker reconnected.
@@ -488,10 +488,14 @@ export class ApiServer {
     const peer = call.getPeer();
     // Counted as the stream opens: a stream reset at once never gets as far as its metadata.
     const u = this.unproven.size === 0 ? undefined : this.unproven.get(peer);
-    if (u !== undefined && ++u.calls > MAX_UNPROVEN_CALLS) {
+    if (u !== undefined && ++u.calls === MAX_UNPROVEN_CALLS + 1) {
+      // A GOAWAY: the calls open, this one too, end as they would (a wrong key still reads
+      // UNAUTHENTICATED), and HTTP/2 refuses new ones; the socket goes once they have ended (at
+      // HTTP_REQUEST_TIMEOUT_MS at the latest: it is still unproven).
       this.opts.gateway.services.counters.limitHits[Limit.ApiUnprovenCalls]++;
-      this.forget(u.socket, peer);
-      u.socket.destroy();
+      const session = (call as unknown as { stream?: { session?: Partial<Http2Session> } }).stream?.session;
+      if (typeof session?.close === 'function') session.close();
+      else u.socket.destroy();
     }
     // 'waiting' until it has a place, 'reading' while it holds one, 'done' once it gave it back.
     let state: 'new' | 'waiting' | 'reading' | 'done' = 'new';
