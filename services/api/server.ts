@@ -21,26 +21,27 @@
  * Bounded like client input: a request message is at most MAX_FRAME_BYTES (grpc-js refuses a
  * larger one with RESOURCE_EXHAUSTED before it reaches a handler), at most MAX_CALLS_READING calls
  * with a valid key are read and handled at once per process (the others wait, unread, in order),
- * `data` nests at most MAX_JSON_DEPTH levels (INVALID_ARGUMENT), and neither a listener error nor a failing stats read
- * on a timer can throw. WatchStats streams are bounded too: at most MAX_WATCHERS at once per
- * process (RESOURCE_EXHAUSTED past it), an interval within [WATCH_MIN_MS, WATCH_MAX_MS], one stats
- * snapshot shared by every watcher per STATS_SHARE_MS, and nothing written to a stream whose
- * previous message has not drained (a client that does not read gets fewer snapshots, and the
- * server holds at most grpc-js's buffer for it).
+ * `data` nests at most MAX_JSON_DEPTH levels (INVALID_ARGUMENT), and neither a listener error nor
+ * a failing stats read on a timer can throw. WatchStats streams are bounded too: at most
+ * MAX_WATCHERS at once per process (RESOURCE_EXHAUSTED past it), an interval within
+ * [WATCH_MIN_MS, WATCH_MAX_MS], one stats snapshot shared by every watcher per STATS_SHARE_MS, and
+ * nothing written to a stream whose previous message has not drained (a client that does not read
+ * gets fewer snapshots, and the server holds at most grpc-js's buffer for it).
  *
  * Connections: the listener is ours (node:net), and grpc-js gets each socket through a
  * connection injector, so that the port is held to the same rules as the others. A connection
  * counts against MAX_CONNECTIONS (with the gateway's client and HTTP connections); one remote
  * address opens at most API_ACCEPTS_PER_SEC a second (API_ACCEPT_BURST at once: the others are
  * closed at accept); one that has not sent the HTTP/2 connection preface within
- * HTTP_HEADERS_TIMEOUT_MS is closed (a half-open socket would otherwise be held for ever); one with no call open for IDLE_TIMEOUT_MS is closed with a
- * GOAWAY (grpc.max_connection_idle_ms: clients reconnect on their next call); a connection opens
+ * HTTP_HEADERS_TIMEOUT_MS is closed (a half-open socket would otherwise be held for ever); one
+ * with no call open for IDLE_TIMEOUT_MS is closed with a GOAWAY (grpc.max_connection_idle_ms:
+ * clients reconnect on their next call); a connection opens
  * at most MAX_STREAMS calls at once, and the port holds at most MAX_API_CONNECTIONS connections, so
  * that the request messages it buffers (of calls with a valid key: the others are not read) are
  * bounded (MAX_API_CONNECTIONS x MAX_STREAMS x MAX_FRAME_BYTES). A connection must make a call
- * with a valid key within HTTP_REQUEST_TIMEOUT_MS, and may open at most MAX_UNPROVEN_CALLS calls
- * before one has a valid key, or it is closed (HTTP/2 "rapid reset" without a key costs at most
- * that many streams a connection).
+ * with a valid key within HTTP_REQUEST_TIMEOUT_MS, or it is closed, and may open at most
+ * MAX_UNPROVEN_CALLS calls before one has a valid key: the next closes it with a GOAWAY (HTTP/2
+ * "rapid reset" without a key costs at most that many streams a connection).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -466,13 +467,6 @@ export class ApiServer {
     return typeof caller === 'string' && caller !== '' ? caller.slice(0, 64) : 'api';
   }
 
-  /**
-   * Every call, before grpc-js reads its request message: one without a valid key ends here with
-   * UNAUTHENTICATED (handlers read a call's metadata only once its message is complete, so a wrong
-   * key used to cost the server the whole message: received, buffered and decoded). Its stream is
-   * reset as well, so the client stops sending the rest of it. A call with a valid key proves its
-   * connection.
-   */
   /** Calls holding one of the MAX_CALLS_READING places; those waiting for one, oldest first. */
   private reading = 0;
   private readonly waiting: Array<() => void> = [];
@@ -484,6 +478,14 @@ export class ApiServer {
     else this.reading--;
   }
 
+  /**
+   * Every call, before grpc-js reads its request message: one without a valid key ends here with
+   * UNAUTHENTICATED (handlers read a call's metadata only once its message is complete, so a wrong
+   * key used to cost the server the whole message: received, buffered and decoded). Its stream is
+   * reset as well, so the client stops sending the rest of it. A call with a valid key proves its
+   * connection, and is let through once it has one of the MAX_CALLS_READING places; a connection
+   * past MAX_UNPROVEN_CALLS calls without one is closed.
+   */
   private intercept(call: grpc.ServerInterceptingCallInterface): grpc.ServerInterceptingCall {
     const peer = call.getPeer();
     // Counted as the stream opens: a stream reset at once never gets as far as its metadata.

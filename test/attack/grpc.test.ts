@@ -632,23 +632,26 @@ test('gRPC: at most MAX_CALLS_READING calls with the key are read at once; the o
     await api.stop();
     await srv.close();
   });
-  // MAX_CALLS_READING keyed Publish calls whose message never completes hold every place.
+  // Keyed Publish calls whose message never completes, each holding a place.
   let answered = 0;
-  for (let i = 0; i < MAX_CALLS_READING; i++) {
-    if (i % MAX_STREAMS === 0) {
-      const s = http2Connect(`http://127.0.0.1:${api.port}`);
-      s.on('error', () => {});
-      sessions.push(s);
+  const hold = async (n: number): Promise<void> => {
+    for (let i = 0; i < n; i++) {
+      if (i % MAX_STREAMS === 0) {
+        const s = http2Connect(`http://127.0.0.1:${api.port}`);
+        s.on('error', () => {});
+        sessions.push(s);
+      }
+      const st = sessions[sessions.length - 1].request(
+        { ':method': 'POST', ':path': '/switchboard.v1.Switchboard/Publish', 'content-type': 'application/grpc', te: 'trailers', 'x-api-key': KEY },
+        { endStream: false },
+      );
+      st.on('error', () => {});
+      st.on('close', () => answered++);
+      st.write(Buffer.from([0, 0, 0, 0, 100, 0x0a, 0x01, 0x61]));
     }
-    const st = sessions[sessions.length - 1].request(
-      { ':method': 'POST', ':path': '/switchboard.v1.Switchboard/Publish', 'content-type': 'application/grpc', te: 'trailers', 'x-api-key': KEY },
-      { endStream: false },
-    );
-    st.on('error', () => {});
-    st.on('close', () => answered++);
-    st.write(Buffer.from([0, 0, 0, 0, 100, 0x0a, 0x01, 0x61]));
-  }
-  await new Promise((resolve) => setTimeout(resolve, 300));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+  };
+  await hold(MAX_CALLS_READING);
   const Ctor = switchboardService();
   const c = new Ctor(`127.0.0.1:${api.port}`, grpc.credentials.createInsecure()) as unknown as Client;
   t.after(() => c.close());
@@ -667,4 +670,7 @@ test('gRPC: at most MAX_CALLS_READING calls with the key are read at once; the o
   sessions[1].destroy();
   const codes = await Promise.all(Array.from({ length: 4 * MAX_CALLS_READING }, () => publish(5000)));
   assert.deepEqual(new Set(codes), new Set([grpc.status.OK]));
+  // With all places but one held again, a call still gets the last one.
+  await hold(MAX_CALLS_READING - 1);
+  assert.equal(await publish(2000), grpc.status.OK, 'no place was lost');
 });
