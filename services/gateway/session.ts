@@ -377,10 +377,6 @@ export class Session implements HubMember, PluginContext, InboundSink {
   }
 
   private settle(slot: ReplySlot, result: ProcessResult, error: unknown, failed: boolean): void {
-    if (slot.running) {
-      slot.running = false;
-      if (--this.running < MAX_REQUESTS_IN_FLIGHT / 2 && this.inputHeld) this.updateInputHold();
-    }
     slot.done = true;
     slot.result = result;
     slot.error = error;
@@ -389,6 +385,11 @@ export class Session implements HubMember, PluginContext, InboundSink {
     if (slot.history) {
       slot.history = false;
       this.historyDone();
+    }
+    // Last: reading again runs the requests that waited, which should find this one's places free.
+    if (slot.running) {
+      slot.running = false;
+      if (--this.running < MAX_REQUESTS_IN_FLIGHT / 2 && this.inputHeld) this.updateInputHold();
     }
   }
 

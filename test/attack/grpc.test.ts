@@ -19,6 +19,7 @@ import { connect, createServer, type AddressInfo, type Server, type Socket } fro
 import * as grpc from '@grpc/grpc-js';
 import { API_ACCEPT_BURST, API_ACCEPTS_PER_SEC, MAX_API_CONNECTIONS, MAX_CALLS_READING, MAX_STREAMS, MAX_UNPROVEN_CALLS, MAX_WATCHERS, startApiServer, switchboardService, type ApiServer } from '../../services/api';
 import { createLogger, silentLogger } from '../../services/telemetry';
+import { freePort } from '../helpers/net';
 import { startServer } from '../helpers/server';
 import { waitFor } from '../helpers/wait';
 import { helloClient, type WireClient } from '../helpers/wire';
@@ -620,6 +621,28 @@ test('gRPC port: at most API_ACCEPTS_PER_SEC new connections a second from one a
   assert.equal((await call(c, 'GetStats', {})).err, undefined);
 });
 
+// Found in review: behind a proxy or SNAT every backend comes from one address, and a rolling
+// deploy of more than API_ACCEPT_BURST pods had connections closed at accept. A connection that
+// proves a key gives its token back.
+test('gRPC port: connections that prove a key are not charged to their address', async (t) => {
+  const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY });
+  const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
+  t.after(async () => {
+    await api.stop();
+    await srv.close();
+  });
+  const Ctor = switchboardService();
+  const N = 3 * API_ACCEPT_BURST;
+  for (let i = 0; i < N; i++) {
+    const c = new Ctor(`127.0.0.1:${api.port}`, grpc.credentials.createInsecure()) as unknown as Client;
+    const r = await call(c, 'GetStats', {});
+    c.close();
+    assert.equal(r.err, undefined, `connection ${i}: ${r.err?.message ?? ''}`);
+    await waitFor(() => srv.server.counters.httpConnections === 0, 3000, 'the connection to close');
+  }
+  assert.equal(srv.server.counters.limitHits.API_ACCEPTS_PER_SEC, 0);
+});
+
 // Calls with the key were all read at once: 16 connections x 8 keyed 1 MB Publish calls raised RSS
 // by 205 MiB (witness p99 208 ms). At most MAX_CALLS_READING are read at once; the others wait,
 // unread, and leave the queue when they end.
@@ -673,4 +696,97 @@ test('gRPC: at most MAX_CALLS_READING calls with the key are read at once; the o
   // With all places but one held again, a call still gets the last one.
   await hold(MAX_CALLS_READING - 1);
   assert.equal(await publish(2000), grpc.status.OK, 'no place was lost');
+});
+
+// Found in review: a keyed call whose message stopped coming held its MAX_CALLS_READING place
+// until its deadline (or for ever): two stalled connections stopped every API call.
+test('gRPC: a keyed call whose message stops coming gives its place back at HTTP_REQUEST_TIMEOUT_MS', async (t) => {
+  const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY, httpRequestTimeoutMs: 1000 });
+  const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
+  const sessions: ClientHttp2Session[] = [];
+  t.after(async () => {
+    for (const s of sessions) s.destroy();
+    await api.stop();
+    await srv.close();
+  });
+  const statuses: string[] = [];
+  for (let i = 0; i < MAX_CALLS_READING; i++) {
+    if (i % MAX_STREAMS === 0) {
+      const s = http2Connect(`http://127.0.0.1:${api.port}`);
+      s.on('error', () => {});
+      sessions.push(s);
+    }
+    const st = sessions[sessions.length - 1].request(
+      { ':method': 'POST', ':path': '/switchboard.v1.Switchboard/Publish', 'content-type': 'application/grpc', te: 'trailers', 'x-api-key': KEY },
+      { endStream: false },
+    );
+    st.on('error', () => {});
+    st.on('trailers', (h) => statuses.push(String(h['grpc-status'])));
+    st.on('response', (h) => {
+      if (h['grpc-status'] !== undefined) statuses.push(String(h['grpc-status']));
+    });
+    // A message header announcing 100 bytes, and 3 of them.
+    st.write(Buffer.from([0, 0, 0, 0, 100, 0x0a, 0x01, 0x61]));
+  }
+  const Ctor = switchboardService();
+  const c = new Ctor(`127.0.0.1:${api.port}`, grpc.credentials.createInsecure()) as unknown as Client;
+  t.after(() => c.close());
+  const md = new grpc.Metadata();
+  md.set('x-api-key', KEY);
+  const t0 = Date.now();
+  const code = await new Promise<number>((resolve) => c.Publish({ room: 'lobby', data: '"hi"' }, md, { deadline: Date.now() + 8000 }, (e: grpc.ServiceError | null) => resolve(e?.code ?? 0)));
+  assert.equal(code, grpc.status.OK, 'served once the stalled calls gave their places back');
+  assert.ok(Date.now() - t0 >= 500, 'it waited for a place');
+  await waitFor(() => statuses.length === MAX_CALLS_READING, 3000, 'every stalled call ended');
+  assert.deepEqual(new Set(statuses), new Set([String(grpc.status.RESOURCE_EXHAUSTED)]));
+});
+
+// Found in review: grpc-js answers a stream with an unknown path itself, before any interceptor,
+// and threw when the stream had already been reset: the preface, then HEADERS for `/nope/X` and a
+// RST_STREAM, in one packet and without a key, ended the process. Such streams now also count
+// against MAX_UNPROVEN_CALLS (rapid resets on an unknown path were not counted at all).
+test('gRPC port: HEADERS for an unknown path reset at once, in one packet, do not end the process and count as calls without a key', async (t) => {
+  const apiPort = await freePort();
+  const target = await startTarget({ API_PORT: String(apiPort), API_HOST: '127.0.0.1', API_KEY: KEY });
+  t.after(() => target.stop());
+  await waitFor(() => target.stderr.some((l) => l.includes('"api listening"')), 5000, 'the API to listen');
+  const witness = await Witness.start(target.port, t);
+  await witness.served(5);
+  const frame = (type: number, flags: number, sid: number, payload: Buffer) => {
+    const h = Buffer.alloc(9);
+    h.writeUIntBE(payload.length, 0, 3);
+    h[3] = type;
+    h[4] = flags;
+    h.writeUInt32BE(sid, 5);
+    return Buffer.concat([h, payload]);
+  };
+  // HPACK, literal without indexing: :method POST, :scheme http (indexed), :path, :authority, content-type.
+  const literal = (index: number, value: string) => Buffer.concat([Buffer.from([0x40 | index, value.length]), Buffer.from(value)]);
+  for (const [path, contentType] of [['/nope/X', 'application/grpc'], ['/switchboard.v1.Switchboard/GetStats', 'text/plain']] as const) {
+    const headers = Buffer.concat([Buffer.from([0x83, 0x86]), literal(4, path), literal(1, '127.0.0.1'), literal(31, contentType)]);
+    const parts = [Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), frame(4, 0, 0, Buffer.alloc(0))];
+    const rst = Buffer.alloc(4);
+    rst.writeUInt32BE(http2Constants.NGHTTP2_CANCEL);
+    // HEADERS (END_HEADERS) and RST_STREAM, 40 streams, one write.
+    for (let i = 0, sid = 1; i < 40; i++, sid += 2) parts.push(frame(1, 0x4, sid, headers), frame(3, 0, sid, rst));
+    const s = connect(apiPort, '127.0.0.1');
+    s.on('error', () => {});
+    s.resume(); // read (and drop) the server's frames, so that its FIN is seen
+    await new Promise((resolve) => s.once('connect', resolve));
+    s.write(Buffer.concat(parts));
+    const closed = await waitFor(() => s.destroyed || s.readableEnded || target.child.exitCode !== null, 5000, `the connection (${path}, ${contentType}) to be closed past MAX_UNPROVEN_CALLS`).then(
+      () => true,
+      () => false,
+    );
+    s.destroy();
+    assert.equal(target.child.exitCode, null, `the process is still up after ${path} ${contentType}:\n${target.stderr.slice(-5).join('\n')}`);
+    assert.ok(closed, `the connection sending 40 such streams was closed (${path}, ${contentType})`);
+  }
+  assert.ok(((await target.metric('switchboard_limit_exceeded_total{limit="MAX_UNPROVEN_CALLS"}')) ?? 0) >= 2);
+  // A real caller is served afterwards.
+  const Ctor = switchboardService();
+  const c = new Ctor(`127.0.0.1:${apiPort}`, grpc.credentials.createInsecure()) as unknown as Client;
+  t.after(() => c.close());
+  await waitFor(async () => (await call(c, 'GetStats', {})).err === undefined, 5000, 'a keyed GetStats to succeed');
+  await assertWitnessServed(witness, 50);
 });
