@@ -14,7 +14,7 @@
 // at once; a Disconnect reason is logged clipped; TCP clients keep being served meanwhile.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { connect as http2Connect, constants as http2Constants, type ClientHttp2Session } from 'node:http2';
+import { connect as http2Connect, constants as http2Constants, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { API_ACCEPT_BURST, API_ACCEPTS_PER_SEC, MAX_API_CONNECTIONS, MAX_CALLS_READING, MAX_STREAMS, MAX_UNPROVEN_CALLS, MAX_WATCHERS, startApiServer, switchboardService, type ApiServer } from '../../services/api';
@@ -27,6 +27,29 @@ import { assertRssWithin, assertWitnessServed, peakRss, settledRss, startTarget,
 
 const KEY = 'attack-api-key';
 type Client = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
+
+/**
+ * `n` keyed Publish calls whose message never completes (a header announcing 100 bytes, and 3 of
+ * them), MAX_STREAMS to a new HTTP/2 session pushed onto `sessions`.
+ */
+function stalledPublishes(port: number, sessions: ClientHttp2Session[], n: number): ClientHttp2Stream[] {
+  const streams: ClientHttp2Stream[] = [];
+  for (let i = 0; i < n; i++) {
+    if (i % MAX_STREAMS === 0) {
+      const s = http2Connect(`http://127.0.0.1:${port}`);
+      s.on('error', () => {});
+      sessions.push(s);
+    }
+    const st = sessions[sessions.length - 1].request(
+      { ':method': 'POST', ':path': '/switchboard.v1.Switchboard/Publish', 'content-type': 'application/grpc', te: 'trailers', 'x-api-key': KEY },
+      { endStream: false },
+    );
+    st.on('error', () => {});
+    st.write(Buffer.from([0, 0, 0, 0, 100, 0x0a, 0x01, 0x61]));
+    streams.push(st);
+  }
+  return streams;
+}
 
 function call(c: Client, method: string, req: Record<string, unknown>): Promise<{ reply?: Record<string, unknown>; err?: grpc.ServiceError }> {
   const md = new grpc.Metadata();
@@ -658,20 +681,7 @@ test('gRPC: at most MAX_CALLS_READING calls with the key are read at once; the o
   // Keyed Publish calls whose message never completes, each holding a place.
   let answered = 0;
   const hold = async (n: number): Promise<void> => {
-    for (let i = 0; i < n; i++) {
-      if (i % MAX_STREAMS === 0) {
-        const s = http2Connect(`http://127.0.0.1:${api.port}`);
-        s.on('error', () => {});
-        sessions.push(s);
-      }
-      const st = sessions[sessions.length - 1].request(
-        { ':method': 'POST', ':path': '/switchboard.v1.Switchboard/Publish', 'content-type': 'application/grpc', te: 'trailers', 'x-api-key': KEY },
-        { endStream: false },
-      );
-      st.on('error', () => {});
-      st.on('close', () => answered++);
-      st.write(Buffer.from([0, 0, 0, 0, 100, 0x0a, 0x01, 0x61]));
-    }
+    for (const st of stalledPublishes(api.port, sessions, n)) st.on('close', () => answered++);
     await new Promise((resolve) => setTimeout(resolve, 300));
   };
   await hold(MAX_CALLS_READING);
@@ -710,23 +720,11 @@ test('gRPC: a keyed call whose message stops coming gives its place back at HTTP
     await srv.close();
   });
   const statuses: string[] = [];
-  for (let i = 0; i < MAX_CALLS_READING; i++) {
-    if (i % MAX_STREAMS === 0) {
-      const s = http2Connect(`http://127.0.0.1:${api.port}`);
-      s.on('error', () => {});
-      sessions.push(s);
-    }
-    const st = sessions[sessions.length - 1].request(
-      { ':method': 'POST', ':path': '/switchboard.v1.Switchboard/Publish', 'content-type': 'application/grpc', te: 'trailers', 'x-api-key': KEY },
-      { endStream: false },
-    );
-    st.on('error', () => {});
+  for (const st of stalledPublishes(api.port, sessions, MAX_CALLS_READING)) {
     st.on('trailers', (h) => statuses.push(String(h['grpc-status'])));
     st.on('response', (h) => {
       if (h['grpc-status'] !== undefined) statuses.push(String(h['grpc-status']));
     });
-    // A message header announcing 100 bytes, and 3 of them.
-    st.write(Buffer.from([0, 0, 0, 0, 100, 0x0a, 0x01, 0x61]));
   }
   const Ctor = switchboardService();
   const c = new Ctor(`127.0.0.1:${api.port}`, grpc.credentials.createInsecure()) as unknown as Client;

@@ -141,11 +141,12 @@ test('cli: a process whose FLAGS_FILE is rejected exits 1 with the reason, witho
   await ok.listening();
 });
 
-test('gating over the wire: welcome lists flags, history and direct answer feature_disabled, chat still works', async (t) => {
+/** A server whose flags come from a file `name` holding `content`; stopped after the test. */
+async function serverWithFlagsFile(t: { after(fn: () => unknown): void }, name: string, content: string) {
   const dir = tempDir();
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const path = join(dir, 'flags.yaml');
-  writeFileSync(path, 'history: {enabled: false}\ndirect: {rolloutPercent: 0, betaUsers: [alice]}\n');
+  const path = join(dir, name);
+  writeFileSync(path, content);
   const store = new FlagStore();
   const srv = await startServer({ flagsFile: path }, { flags: store });
   const flags = await startFlags(store, { config: srv.config, log: captureLog().log });
@@ -153,6 +154,11 @@ test('gating over the wire: welcome lists flags, history and direct answer featu
     await flags.stop();
     await srv.close();
   });
+  return srv;
+}
+
+test('gating over the wire: welcome lists flags, history and direct answer feature_disabled, chat still works', async (t) => {
+  const srv = await serverWithFlagsFile(t, 'flags.yaml', 'history: {enabled: false}\ndirect: {rolloutPercent: 0, betaUsers: [alice]}\n');
   const alice = await WireClient.connect(srv.port);
   const bob = await WireClient.connect(srv.port);
   t.after(() => {
@@ -175,17 +181,7 @@ test('gating over the wire: welcome lists flags, history and direct answer featu
 });
 
 test('welcome.flags carries flags named __proto__ and constructor', async (t) => {
-  const dir = tempDir();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const path = join(dir, 'flags.json');
-  writeFileSync(path, '{"flags":{"__proto__":{"enabled":false},"constructor":{"enabled":false},"history":{}}}');
-  const store = new FlagStore();
-  const srv = await startServer({ flagsFile: path }, { flags: store });
-  const flags = await startFlags(store, { config: srv.config, log: captureLog().log });
-  t.after(async () => {
-    await flags.stop();
-    await srv.close();
-  });
+  const srv = await serverWithFlagsFile(t, 'flags.json', '{"flags":{"__proto__":{"enabled":false},"constructor":{"enabled":false},"history":{}}}');
   const c = await WireClient.connect(srv.port);
   t.after(() => c.socket.destroy());
   const w = await c.hello('u1');
