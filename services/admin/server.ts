@@ -13,7 +13,7 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { DESCRIPTOR_RESERVE, descriptorLimit } from '../gateway/descriptors';
-import { evictableWhileIdle, EvictionQueue } from '../gateway/eviction';
+import { EvictionQueue } from '../gateway/eviction';
 import { createAdminHandler, type AdminEndpoints, type AdminHandler } from './handler';
 
 export interface HttpTimeouts {
@@ -32,6 +32,13 @@ export interface TimedServerHooks {
   onTimeout?(): void;
   /** The listener failed (accept errors among them); never thrown. */
   onListenerError?(err: NodeJS.ErrnoException): void;
+  /**
+   * A socket has a request being answered (`busy`), or no longer any (`idle`): what the eviction
+   * queue of a full port follows (gateway/eviction.ts). Counted with the bound on unanswered
+   * requests, pipelined ones included.
+   */
+  busy?(socket: Socket): void;
+  idle?(socket: Socket): void;
 }
 
 const HTTP_408 = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
@@ -78,7 +85,7 @@ export const MAX_HTTP_PENDING_BYTES = 1024 * 1024;
  * The handler, for connections that keep to the bounds above: a request that would go past them
  * closes its connection instead of being answered.
  */
-function bounded(handler: AdminHandler): AdminHandler {
+function bounded(handler: AdminHandler, hooks: TimedServerHooks): AdminHandler {
   const unanswered = new WeakMap<Socket, number>();
   return (req, res) => {
     const socket = req.socket;
@@ -103,7 +110,12 @@ function bounded(handler: AdminHandler): AdminHandler {
       return;
     }
     unanswered.set(socket, n);
-    res.once('close', () => unanswered.set(socket, (unanswered.get(socket) ?? 1) - 1));
+    if (n === 1) hooks.busy?.(socket);
+    res.once('close', () => {
+      const left = (unanswered.get(socket) ?? 1) - 1;
+      unanswered.set(socket, left);
+      if (left === 0 && !socket.destroyed) hooks.idle?.(socket);
+    });
     handler(req, res);
   };
 }
@@ -120,7 +132,7 @@ export function createTimedHttpServer(handler: AdminHandler, timeouts: HttpTimeo
       // Node checks the two timeouts on this period (30 s by default): a fraction of the shorter.
       connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 4))),
     },
-    bounded(handler),
+    bounded(handler, hooks),
   );
   // A connection that neither reads its answers nor sends goes after the request timeout (the
   // socket's inactivity timer; idle keep-alive connections go sooner, at keepAliveTimeout).
@@ -177,12 +189,16 @@ export class AdminServer {
     endpoints: AdminEndpoints,
     private readonly opts: AdminServerOptions,
   ) {
-    const server = createTimedHttpServer(createAdminHandler(endpoints), opts.timeouts ?? DEFAULT_HTTP_TIMEOUTS, { onListenerError: opts.onListenerError });
-    this.server = server;
     // Refusing the newcomer (http.Server's maxConnections) let a flood of idle sockets, opened
     // again as they were closed, keep every probe out: the pod failed its liveness probe.
     const cap = opts.maxConnections ?? adminConnectionCap(0);
     const idle = new EvictionQueue<Socket>((s) => !s.destroyed);
+    const server = createTimedHttpServer(createAdminHandler(endpoints), opts.timeouts ?? DEFAULT_HTTP_TIMEOUTS, {
+      onListenerError: opts.onListenerError,
+      busy: (socket) => idle.delete(socket),
+      idle: (socket) => idle.add(socket),
+    });
+    this.server = server;
     let open = 0;
     server.on('connection', (socket: Socket) => {
       if (open >= cap && !idle.evictOldest()) {
@@ -196,7 +212,6 @@ export class AdminServer {
         idle.delete(socket);
       });
     });
-    evictableWhileIdle(server, idle, () => true);
   }
 
   /** Listen; resolves with the port. */

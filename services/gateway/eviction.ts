@@ -9,9 +9,6 @@
  * every connection is one of those, the newcomer is refused as before.
  */
 
-import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
-
 /** What may be closed to admit a newcomer. */
 export interface Evictable {
   destroy(): void;
@@ -55,24 +52,3 @@ export class EvictionQueue<T extends Evictable> {
   }
 }
 
-/**
- * Keep `server`'s sockets in `queue` only while none of their requests is being answered: taken
- * out at a request, put back (as the newest) once every request of the socket is answered. A
- * count, not a flag: a client may pipeline requests, and the first answer must not make the
- * socket a candidate while the next is still being answered. `tracked` says which sockets are
- * the queue's at all.
- */
-export function evictableWhileIdle(server: HttpServer, queue: Pick<EvictionQueue<Socket>, 'add' | 'delete'>, tracked: (socket: Socket) => boolean): void {
-  const answering = new WeakMap<Socket, number>();
-  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-    const socket = req.socket;
-    if (!tracked(socket)) return;
-    answering.set(socket, (answering.get(socket) ?? 0) + 1);
-    queue.delete(socket);
-    res.once('close', () => {
-      const n = (answering.get(socket) ?? 1) - 1;
-      answering.set(socket, n);
-      if (n === 0 && !socket.destroyed && tracked(socket)) queue.add(socket);
-    });
-  });
-}

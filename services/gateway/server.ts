@@ -31,7 +31,7 @@ import {
 } from '../telemetry';
 import { Connection, type ConnectionHost } from './connection';
 import { ADMIN_RESERVE, API_RESERVE, effectiveMaxConnections } from './descriptors';
-import { evictableWhileIdle, EvictionQueue } from './eviction';
+import { EvictionQueue } from './eviction';
 import { TokenBucket } from './token-bucket';
 import type { Inbound, InboundLimits } from './inbound';
 import type { OutboundLimits } from './outbound-queue';
@@ -282,11 +282,17 @@ export class GatewayServer implements ConnectionHost {
     const server = createTimedHttpServer(
       handler,
       { headersTimeoutMs: cfg.httpHeadersTimeoutMs, requestTimeoutMs: cfg.httpRequestTimeoutMs, keepAliveTimeoutMs: cfg.httpKeepAliveTimeoutMs },
-      { onTimeout: () => this.counters.limitHits[Limit.HttpTimeout]++, onListenerError: (err) => this.listenerError(err) },
+      {
+        onTimeout: () => this.counters.limitHits[Limit.HttpTimeout]++,
+        onListenerError: (err) => this.listenerError(err),
+        // An HTTP connection is a candidate for eviction only while no request of it is being answered.
+        busy: (socket) => this.evictable.delete(socket),
+        idle: (socket) => {
+          if (this.httpSockets.has(socket)) this.evictable.add(socket);
+        },
+      },
     );
     if (admin) server.on('connection', (socket: Socket) => this.acceptAdmin(socket));
-    // An HTTP connection is a candidate for eviction only while no request of it is being answered.
-    evictableWhileIdle(server, this.evictable, (socket) => this.httpSockets.has(socket));
     return server;
   }
 

@@ -20,7 +20,8 @@ import * as grpc from '@grpc/grpc-js';
 import { API_ACCEPT_BURST, API_ACCEPTS_PER_SEC, MAX_API_CONNECTIONS, MAX_CALLS_READING, MAX_STREAMS, MAX_UNPROVEN_CALLS, MAX_WATCHERS, startApiServer, switchboardService, type ApiServer } from '../../services/api';
 import { createLogger, silentLogger } from '../../services/telemetry';
 import { freePort } from '../helpers/net';
-import { startServer } from '../helpers/server';
+import { startServer, type TestServer } from '../helpers/server';
+import type { Config } from '../../services/control';
 import { waitFor } from '../helpers/wait';
 import { helloClient, type WireClient } from '../helpers/wire';
 import { assertRssWithin, assertWitnessServed, peakRss, settledRss, startTarget, Witness, type Target } from './harness';
@@ -49,6 +50,22 @@ function stalledPublishes(port: number, sessions: ClientHttp2Session[], n: numbe
     streams.push(st);
   }
   return streams;
+}
+
+/**
+ * A server with its gRPC API on a free port and the key KEY (`overrides` on top), and the HTTP/2
+ * sessions a test opens to it: all stopped after the test.
+ */
+async function keyedApi(t: { after(fn: () => unknown): void }, overrides: Partial<Config> = {}): Promise<{ srv: TestServer; api: ApiServer; sessions: ClientHttp2Session[] }> {
+  const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY, ...overrides });
+  const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
+  const sessions: ClientHttp2Session[] = [];
+  t.after(async () => {
+    for (const s of sessions) s.destroy();
+    await api.stop();
+    await srv.close();
+  });
+  return { srv, api, sessions };
 }
 
 function call(c: Client, method: string, req: Record<string, unknown>): Promise<{ reply?: Record<string, unknown>; err?: grpc.ServiceError }> {
@@ -403,14 +420,7 @@ test('gRPC port: connections holding unfinished calls without a key do not keep 
   // grpc-js reads a call's key only once its request message is complete: 16 connections each
   // holding one Publish whose message never completes held the port, and every real caller got
   // UNAVAILABLE for as long as they stayed.
-  const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY, httpRequestTimeoutMs: 1500 });
-  const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
-  const sessions: ClientHttp2Session[] = [];
-  t.after(async () => {
-    for (const s of sessions) s.destroy();
-    await api.stop();
-    await srv.close();
-  });
+  const { srv, api, sessions } = await keyedApi(t, { httpRequestTimeoutMs: 1500 });
   let closed = 0;
   const hold = async (): Promise<void> => {
     const s = http2Connect(`http://127.0.0.1:${api.port}`);
@@ -477,14 +487,7 @@ async function rawPublish(port: number, headers: Record<string, string>, bytes: 
 // 16 connections x 8 calls of 1 MB with a wrong key made the server receive and decode 140 MB/s
 // (every call refused), the TCP witness's p99 went from 5 to 181 ms, and RSS rose by 190 MiB.
 test('gRPC: a call without a valid key is UNAUTHENTICATED on its metadata, and its message is not read', async (t) => {
-  const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY });
-  const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
-  const sessions: ClientHttp2Session[] = [];
-  t.after(async () => {
-    for (const s of sessions) s.destroy();
-    await api.stop();
-    await srv.close();
-  });
+  const { api, sessions } = await keyedApi(t);
   const MB = 1000 * 1000;
   for (const headers of [{}, { 'x-api-key': 'wrong' }, { authorization: 'Bearer wrong' }] as Record<string, string>[]) {
     const r = await rawPublish(api.port, headers, MB);
@@ -538,14 +541,7 @@ test('gRPC Disconnect: the reason is clipped to 512 characters in the log, as in
 // to 161-1233 ms. A connection that has not made a call with a valid key may open only
 // MAX_UNPROVEN_CALLS; a client with the key is not held to it.
 test('gRPC port: a connection without a valid key may open at most MAX_UNPROVEN_CALLS calls (rapid reset)', async (t) => {
-  const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY });
-  const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
-  const sessions: ClientHttp2Session[] = [];
-  t.after(async () => {
-    for (const s of sessions) s.destroy();
-    await api.stop();
-    await srv.close();
-  });
+  const { srv, api, sessions } = await keyedApi(t);
   const open = (): ClientHttp2Session => {
     const s = http2Connect(`http://127.0.0.1:${api.port}`, { peerMaxConcurrentStreams: 1000 });
     s.on('error', () => {});
@@ -596,12 +592,7 @@ test('gRPC port: a connection without a valid key may open at most MAX_UNPROVEN_
 // connections a second from 8 loops (witness p99 142 ms, RSS +72 MiB; with the rate bound 62 ms
 // and +36 MiB on the same machine).
 test('gRPC port: at most API_ACCEPTS_PER_SEC new connections a second from one address', async (t) => {
-  const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY });
-  const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
-  t.after(async () => {
-    await api.stop();
-    await srv.close();
-  });
+  const { srv, api } = await keyedApi(t);
   /** A connection from `localAddress`: whether the server closed it within 300 ms. */
   const refused = (localAddress: string): Promise<boolean> =>
     new Promise((resolve) => {
@@ -648,12 +639,7 @@ test('gRPC port: at most API_ACCEPTS_PER_SEC new connections a second from one a
 // deploy of more than API_ACCEPT_BURST pods had connections closed at accept. A connection that
 // proves a key gives its token back.
 test('gRPC port: connections that prove a key are not charged to their address', async (t) => {
-  const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY });
-  const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
-  t.after(async () => {
-    await api.stop();
-    await srv.close();
-  });
+  const { srv, api } = await keyedApi(t);
   const Ctor = switchboardService();
   const N = 3 * API_ACCEPT_BURST;
   for (let i = 0; i < N; i++) {
@@ -670,14 +656,7 @@ test('gRPC port: connections that prove a key are not charged to their address',
 // by 205 MiB (witness p99 208 ms). At most MAX_CALLS_READING are read at once; the others wait,
 // unread, and leave the queue when they end.
 test('gRPC: at most MAX_CALLS_READING calls with the key are read at once; the others wait their turn', async (t) => {
-  const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY });
-  const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
-  const sessions: ClientHttp2Session[] = [];
-  t.after(async () => {
-    for (const s of sessions) s.destroy();
-    await api.stop();
-    await srv.close();
-  });
+  const { api, sessions } = await keyedApi(t);
   // Keyed Publish calls whose message never completes, each holding a place.
   let answered = 0;
   const hold = async (n: number): Promise<void> => {
@@ -711,14 +690,7 @@ test('gRPC: at most MAX_CALLS_READING calls with the key are read at once; the o
 // Found in review: a keyed call whose message stopped coming held its MAX_CALLS_READING place
 // until its deadline (or for ever): two stalled connections stopped every API call.
 test('gRPC: a keyed call whose message stops coming gives its place back at HTTP_REQUEST_TIMEOUT_MS', async (t) => {
-  const srv = await startServer({ apiPort: 0, apiHost: '127.0.0.1', apiKey: KEY, httpRequestTimeoutMs: 1000 });
-  const api = (await startApiServer(srv.server, srv.config, silentLogger)) as ApiServer;
-  const sessions: ClientHttp2Session[] = [];
-  t.after(async () => {
-    for (const s of sessions) s.destroy();
-    await api.stop();
-    await srv.close();
-  });
+  const { api, sessions } = await keyedApi(t, { httpRequestTimeoutMs: 1000 });
   const statuses: string[] = [];
   for (const st of stalledPublishes(api.port, sessions, MAX_CALLS_READING)) {
     st.on('trailers', (h) => statuses.push(String(h['grpc-status'])));

@@ -32,13 +32,19 @@ const leasePath = `/apis/coordination.k8s.io/v1/namespaces/${OPERATOR_NS}/leases
 /** The operator's Deployment as k8s/operator names it (k8s/rbac lets the operator read only it). */
 const DEPLOYMENT = 'switchboard-operator';
 
-test('two replicas: only the leader writes; kill -9 it and the other takes over within the lease time', async (t) => {
-  const kubeconfig = await operatorKubeconfig(cp);
+/** Two operator replicas with a 3 s lease: `a` started first and leading, then `b`. */
+async function twoReplicas(kubeconfig: string) {
   const a = await startOperator(kubeconfig, { LEASE_DURATION_MS: '3000' });
   ops.push(a);
   await waitFor(async () => (await getObject<Lease>(cp, leasePath))?.spec.holderIdentity === a.identity, 20_000, 'a to lead', 100);
   const b = await startOperator(kubeconfig, { LEASE_DURATION_MS: '3000' });
   ops.push(b);
+  return [a, b] as const;
+}
+
+test('two replicas: only the leader writes; kill -9 it and the other takes over within the lease time', async (t) => {
+  const kubeconfig = await operatorKubeconfig(cp);
+  const [a, b] = await twoReplicas(kubeconfig);
 
   const ns = await cp.createNamespace(namespaceFor(t.name));
   await cp.apply(switchboard('first', { redis: { url: redis.url } }), { namespace: ns });
@@ -143,11 +149,7 @@ test('the Lease is owned by the operator Deployment: kill -9 every replica, dele
 test('a leader paused past its lease writes nothing after it resumes while another holds the Lease', async (t) => {
   const kubeconfig = await operatorKubeconfig(cp);
   assert.equal(await getObject<Lease>(cp, leasePath), undefined, 'no Lease left by the test before');
-  const a = await startOperator(kubeconfig, { LEASE_DURATION_MS: '3000' });
-  ops.push(a);
-  await waitFor(async () => (await getObject<Lease>(cp, leasePath))?.spec.holderIdentity === a.identity, 20_000, 'a to lead', 100);
-  const b = await startOperator(kubeconfig, { LEASE_DURATION_MS: '3000' });
-  ops.push(b);
+  const [a, b] = await twoReplicas(kubeconfig);
 
   const ns = await cp.createNamespace(namespaceFor(t.name));
   const image = (tag: string) => `ghcr.io/switchboard-dev/switchboard:${tag}`;
