@@ -65,6 +65,7 @@ import {
   MAX_NAME_LENGTH,
   SwitchboardError,
 } from '../protocol';
+import { TokenBucket } from '../gateway/token-bucket';
 import { Limit } from '../telemetry/counters';
 import type { Logger } from '../telemetry/log';
 
@@ -259,7 +260,7 @@ export class ApiServer {
   }
   private lastListenerLog = 0;
   /** New connections by remote address: a token bucket each (API_ACCEPTS_PER_SEC, API_ACCEPT_BURST). */
-  private readonly accepts = new Map<string, { tokens: number; at: number }>();
+  private readonly accepts = new Map<string, TokenBucket>();
   private readonly keyDigest: Buffer | null;
   /** Open WatchStats streams, by their timer. */
   private readonly watchers = new Map<NodeJS.Timeout, grpc.ServerWritableStream<WatchStatsRequest, unknown>>();
@@ -378,17 +379,13 @@ export class ApiServer {
     let b = this.accepts.get(address);
     if (b === undefined) {
       if (this.accepts.size >= ACCEPT_ADDRESSES) {
-        for (const [a, v] of this.accepts) if (v.tokens + ((now - v.at) * API_ACCEPTS_PER_SEC) / 1000 >= API_ACCEPT_BURST) this.accepts.delete(a);
+        for (const [a, v] of this.accepts) if (v.full(now)) this.accepts.delete(a);
         if (this.accepts.size >= ACCEPT_ADDRESSES) this.accepts.clear();
       }
-      b = { tokens: API_ACCEPT_BURST, at: now };
+      b = new TokenBucket(API_ACCEPTS_PER_SEC, API_ACCEPT_BURST, now);
       this.accepts.set(address, b);
     }
-    b.tokens = Math.min(API_ACCEPT_BURST, b.tokens + ((now - b.at) * API_ACCEPTS_PER_SEC) / 1000);
-    b.at = now;
-    if (b.tokens < 1) return false;
-    b.tokens--;
-    return true;
+    return b.take(now);
   }
 
   /**
@@ -488,7 +485,7 @@ export class ApiServer {
     // A connection that proved a key costs its address nothing (API_ACCEPTS_PER_SEC): backends
     // behind one address (a proxy, SNAT) that all hold the key are never slowed by it.
     const b = this.accepts.get(peer.slice(0, peer.lastIndexOf(':')));
-    if (b !== undefined) b.tokens = Math.min(API_ACCEPT_BURST, b.tokens + 1);
+    b?.refund(1);
   }
 
   private listenerError(err: NodeJS.ErrnoException): void {

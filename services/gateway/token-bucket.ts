@@ -37,6 +37,11 @@ export class TokenBucket {
     return true;
   }
 
+  /** Whether the bucket has refilled to its burst by time `now` (a fresh bucket would be the same). */
+  full(now: number): boolean {
+    return this.tokens + ((now - this.refilledAt) * this.perSec) / 1000 >= this.burst;
+  }
+
   /** How long until the next token, at the most (ms, at least 1). */
   get refillMs(): number {
     return Math.max(1, Math.ceil(1000 / this.perSec));
