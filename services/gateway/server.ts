@@ -161,6 +161,7 @@ export class GatewayServer implements ConnectionHost {
       authRequireExp: config.authRequireExp,
       maxRoomsPerConnection: config.maxRoomsPerConnection,
       maxRoomsTotal: config.maxRoomsTotal,
+      maxConnectionsPerUser: config.maxConnectionsPerUser,
       compressionCodecs: config.compressionCodecs,
       slowConsumerPolicy: config.slowConsumerPolicy,
     };

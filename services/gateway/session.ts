@@ -63,6 +63,8 @@ export interface SessionLimits {
   readonly authRequireExp: boolean;
   readonly maxRoomsPerConnection: number;
   readonly maxRoomsTotal: number;
+  /** Connections one user may hold here at once; 0: no cap. */
+  readonly maxConnectionsPerUser: number;
   /** Codecs offered, most preferred first; empty: no compression. */
   readonly compressionCodecs: readonly ('lz4' | 'zstd')[];
   readonly slowConsumerPolicy: 'disconnect' | 'drop';
@@ -456,6 +458,13 @@ export class Session implements HubMember, PluginContext, InboundSink {
       if (claimed !== undefined && claimed !== user) throw new SwitchboardError(ErrorCode.Unauthorized, 'user does not match the token');
     } else {
       user = nameField(msg, 'user');
+    }
+    // Every connection of a user gets each direct message to that user, and holds memory here:
+    // without a cap one user (one token) on hundreds of sockets multiplied both.
+    const cap = limits.maxConnectionsPerUser;
+    if (cap > 0 && (this.host.services.hub.connectionsOf(user)?.size ?? 0) >= cap) {
+      this.host.services.counters.limitHits[Limit.ConnectionsPerUser]++;
+      throw new SwitchboardError(ErrorCode.TooManyConnections, `this user already holds ${cap} connections here`);
     }
     this.user = user;
     this.tokenExpiresAt = expiresAt;

@@ -32,6 +32,7 @@ export const Limit = {
   ApiAccepts: 'API_ACCEPTS_PER_SEC',
   RoomsPerConnection: 'MAX_ROOMS_PER_CONNECTION',
   RoomsTotal: 'MAX_ROOMS_TOTAL',
+  ConnectionsPerUser: 'MAX_CONNECTIONS_PER_USER',
   RateLimit: 'RATE_LIMIT_PER_SEC',
   OutboundBytes: 'MAX_OUTBOUND_BYTES',
   OutboundBudget: 'OUTBOUND_BUDGET_BYTES',

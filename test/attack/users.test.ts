@@ -1,0 +1,47 @@
+// One user on many connections: every connection of a user gets each direct message to that
+// user, so one token opening hundreds of sockets multiplied every direct message sent to it.
+// MAX_CONNECTIONS_PER_USER caps the connections one user holds on a process.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { startServer } from '../helpers/server';
+import { WireClient, helloClient } from '../helpers/wire';
+import { waitFor } from '../helpers/wait';
+
+test('past MAX_CONNECTIONS_PER_USER a hello is too_many_connections and closed; other users and the held connections are served', async (t) => {
+  const srv = await startServer({ maxConnectionsPerUser: 3 });
+  const open: WireClient[] = [];
+  t.after(async () => {
+    for (const c of open) c.destroy();
+    await srv.close();
+  });
+  const held: WireClient[] = [];
+  for (let i = 0; i < 3; i++) held.push(await helloClient(srv.port, 'mallory'));
+  open.push(...held);
+
+  // Each further hello of the same user is refused and its connection closed, however many try.
+  const refused = await Promise.all(
+    Array.from({ length: 5 }, async () => {
+      const c = await WireClient.connect(srv.port);
+      open.push(c);
+      const reply = await c.request({ type: 'hello', user: 'mallory' });
+      assert.equal(await c.waitClosed(), true);
+      return reply;
+    }),
+  );
+  for (const r of refused) assert.equal(r.code, 'too_many_connections', JSON.stringify(r));
+  assert.equal(srv.server.counters.limitHits.MAX_CONNECTIONS_PER_USER, 5);
+
+  // A direct message reaches exactly the connections the user holds.
+  const alice = await helloClient(srv.port, 'alice');
+  open.push(alice);
+  assert.equal((await alice.request({ type: 'direct', to: 'mallory', data: 'hi' })).type, 'ok');
+  for (const c of held) assert.equal((await c.nextOfType('direct')).data, 'hi');
+  assert.equal(srv.server.services.hub.connectionsOf('mallory')?.size, 3);
+
+  // A connection that goes gives its place back.
+  await held[0].end();
+  await waitFor(() => srv.server.services.hub.connectionsOf('mallory')?.size === 2, 3000, 'the closed connection to leave the hub');
+  const again = await helloClient(srv.port, 'mallory');
+  open.push(again);
+  assert.equal((await held[1].request({ type: 'ping' })).type, 'pong', 'the held connections stay open');
+});
