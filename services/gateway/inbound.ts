@@ -105,7 +105,7 @@ const Pause = {
   Turn: 8,
   /** The connection's frames decompressed to more than INFLATE_BYTES_PER_SEC allows. */
   InflateBudget: 16,
-  /** The session has as many requests in flight as it takes (Session, MAX_HISTORY_IN_FLIGHT). */
+  /** The session has as many requests in flight as it takes (Session, MAX_BULK_IN_FLIGHT). */
   Requests: 32,
   /** The connection sent more than INBOUND_BYTES_PER_SEC allows. */
   Bytes: 64,

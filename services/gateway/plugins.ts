@@ -54,6 +54,13 @@ export interface MessageProcessor {
    */
   flagFor?(type: string): string | undefined;
   canHandle(type: string): boolean;
+  /**
+   * Whether a type's replies grow with the server's state rather than with the request (chat:
+   * `history`, `presence`): such requests run at most MAX_BULK_IN_FLIGHT at once per connection,
+   * and across connections within REPLY_TOTAL_BYTES_PER_SEC, each holding half of
+   * MAX_OUTBOUND_BYTES until its reply is built. Their replies should stay within that half.
+   */
+  bulk?(type: string): boolean;
   /** Throw a SwitchboardError to answer with its code. */
   process(msg: InboundMessage, ctx: PluginContext): MaybePromise<ProcessResult>;
   /** Called once when a connection closes, after it left its rooms. */

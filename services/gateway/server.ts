@@ -9,6 +9,7 @@
  * crashing; HTTP requests are timed (headers, request, keep-alive) on both ports and closed on
  * shutdown; the sweep enforces the frame timeout and token expiry besides idle and hello.
  */
+import { BulkGate } from './bulk-gate';
 import type { Server as HttpServer } from 'node:http';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { hostname } from 'node:os';
@@ -92,6 +93,7 @@ export class GatewayServer implements ConnectionHost {
   readonly plugins = new PluginRegistry();
   readonly welcomeLimits: WelcomeLimits;
   readonly sessionLimits: SessionLimits;
+  readonly bulkGate: BulkGate;
   readonly inboundLimits: InboundLimits;
   readonly outboundLimits: OutboundLimits;
   readonly counters = new Counters();
@@ -156,6 +158,7 @@ export class GatewayServer implements ConnectionHost {
       rateLimitPerSec: config.rateLimitPerSec,
       idleTimeoutMs: config.idleTimeoutMs,
     };
+    this.bulkGate = new BulkGate(config.replyTotalBytesPerSec, Math.max(1, Math.floor(config.maxOutboundBytes / 2)), () => this.counters.limitHits[Limit.ReplyTotal]++);
     this.sessionLimits = {
       authSecret: config.authSecret,
       authRequireExp: config.authRequireExp,
@@ -656,6 +659,7 @@ export class GatewayServer implements ConnectionHost {
     if (this.budgetTimer !== null) clearInterval(this.budgetTimer);
     this.stats.stop();
     this.monitor.stop();
+    this.bulkGate.close();
     await new Promise<void>((resolve) => this.sniffedHttp.close(() => resolve()));
     if (this.admin !== null) {
       const admin = this.admin;

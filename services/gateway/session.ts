@@ -16,6 +16,7 @@
  * The outbound queue only measures; the policy is applied here: a full queue drops the push
  * under SLOW_CONSUMER_POLICY=drop, and otherwise ends the session with `slow_consumer`.
  */
+import type { BulkGate, BulkWaiter } from './bulk-gate';
 import type { MaybePromise, RoomPosition } from '../bus';
 import {
   Codec,
@@ -77,6 +78,8 @@ export interface SessionHost {
   /** Announced in welcome. */
   readonly welcomeLimits: WelcomeLimits;
   readonly sessionLimits: SessionLimits;
+  /** REPLY_TOTAL_BYTES_PER_SEC: places for bulk requests, shared by every session of the server. */
+  readonly bulkGate: BulkGate;
   nextSessionId(): string;
   /** Whether a feature flag is on for a user; gated plugins check it. */
   featureEnabled(flag: string, user: string): boolean;
@@ -115,12 +118,13 @@ const REPLY_CHARGE_MIN = 1024;
 export const CLOSE_GRACE_MS = 2000;
 
 /**
- * `history` requests one connection may have in flight at once (a store read, each reply up to
- * half of MAX_OUTBOUND_BYTES). Later ones wait, in order, and the connection is not read until
- * one finishes: a client that pipelines history requests waits in TCP instead of having the
- * gateway fetch and hold every page at once (docs/operations.md, "Limits").
+ * Bulk requests (`history`, `presence`: MessageProcessor.bulk) one connection may have in flight
+ * at once (a store read, each reply up to half of MAX_OUTBOUND_BYTES). Later ones wait, in order,
+ * and the connection is not read until one finishes: a client that pipelines history requests
+ * waits in TCP instead of having the gateway fetch and hold every page at once
+ * (docs/operations.md, "Limits"). Across connections, REPLY_TOTAL_BYTES_PER_SEC (bulk-gate.ts).
  */
-export const MAX_HISTORY_IN_FLIGHT = 4;
+export const MAX_BULK_IN_FLIGHT = 4;
 
 /**
  * Requests of any kind one connection may have running at once (waiting for the bus: in cluster
@@ -162,16 +166,25 @@ function disconnectReasonOf(code: ErrorCode): DisconnectReason {
   return DisconnectReason.ProtocolError;
 }
 
+/** The frame answering a request: a plugin's Outbound as is, an object as `ok` with the id; undefined: nothing to build. */
+function replyOf(id: RequestId | undefined, r: ProcessResult): Outbound | undefined {
+  if (r === undefined) return undefined;
+  if (r instanceof Outbound) return r;
+  const out: Record<string, unknown> = { type: 'ok' };
+  if (id !== undefined) out.id = id;
+  return Outbound.of(Object.assign(out, r));
+}
+
 const EMPTY_ROOMS: ReadonlySet<string> = new Set();
 const STATE_ENDING = SessionState.Ending;
 const VERDICT_QUEUED = Verdict.Queued;
 
 /** A reply waiting for the replies of earlier requests (async handlers). */
 interface ReplySlot {
-  /** A `history` request waiting for a place (MAX_HISTORY_IN_FLIGHT); null once it runs. */
+  /** A bulk request waiting for a place (MAX_BULK_IN_FLIGHT, the BulkGate); null once it runs. */
   waiting: { msg: InboundMessage; plugin: MessageProcessor } | null;
-  /** It counts against MAX_HISTORY_IN_FLIGHT: a history request running asynchronously. */
-  history: boolean;
+  /** A bulk request running asynchronously: it holds a place here and in the BulkGate. */
+  bulk: boolean;
   /** It counts against MAX_REQUESTS_IN_FLIGHT: its handler runs asynchronously. */
   running: boolean;
   done: boolean;
@@ -181,7 +194,7 @@ interface ReplySlot {
   failed: boolean;
 }
 
-export class Session implements HubMember, PluginContext, InboundSink {
+export class Session implements HubMember, PluginContext, InboundSink, BulkWaiter {
   state: SessionState = SessionState.Sniffing;
   user = '';
   sessionId = '';
@@ -201,13 +214,15 @@ export class Session implements HubMember, PluginContext, InboundSink {
    */
   private missed: Set<string> | null = null;
   private readonly replies = new InOrder<ReplySlot>((slot) => this.takeReply(slot));
-  /** `history` requests running (asynchronously), and those waiting for a place, in order. */
-  private historyRunning = 0;
+  /** Bulk requests running (asynchronously), and those waiting for a place, in order. */
+  private bulkRunning = 0;
+  /** Whether this session waits in the BulkGate's queue (at most once: it asks for one place at a time). */
+  private bulkQueued = false;
   /** Requests whose handler has not settled yet (MAX_REQUESTS_IN_FLIGHT). */
   private running = 0;
   /** Whether input is held (history places, or requests in flight); holdInput is told on changes only. */
   private inputHeld = false;
-  private historyWaiting: ReplySlot[] | null = null;
+  private bulkWaiting: ReplySlot[] | null = null;
 
   constructor(
     private readonly host: SessionHost,
@@ -292,24 +307,35 @@ export class Session implements HubMember, PluginContext, InboundSink {
 
   /** Run a core type (plugin null: hello, refresh) or a plugin; reply now or when it settles. */
   private execute(msg: InboundMessage, plugin: MessageProcessor | null): void {
-    const history = plugin !== null && msg.type === 'history';
-    if (history && this.historyRunning >= MAX_HISTORY_IN_FLIGHT) {
-      // Its reply keeps its place in the order; the request runs once another one finishes.
-      const slot: ReplySlot = { waiting: { msg, plugin }, history: false, running: false, done: false, id: msg.id, result: undefined, error: undefined, failed: false };
-      this.replies.hold(slot);
-      (this.historyWaiting ??= []).push(slot);
-      this.updateInputHold();
+    if (plugin === null || plugin.bulk === undefined || !plugin.bulk(msg.type)) {
+      this.run(msg, plugin, null, false);
       return;
     }
-    this.run(msg, plugin, null, history);
+    const waiting = this.bulkWaiting;
+    if ((waiting === null || waiting.length === 0) && this.bulkRunning < MAX_BULK_IN_FLIGHT && !this.bulkQueued) {
+      if (this.host.bulkGate.acquire(this)) {
+        this.run(msg, plugin, null, true);
+        return;
+      }
+      this.bulkQueued = true;
+    }
+    // Its reply keeps its place in the order; the request runs once it has a place.
+    const slot: ReplySlot = { waiting: { msg, plugin }, bulk: false, running: false, done: false, id: msg.id, result: undefined, error: undefined, failed: false };
+    this.replies.hold(slot);
+    (this.bulkWaiting ??= []).push(slot);
+    this.updateInputHold();
   }
 
-  /** Run a request; `slot`: its reply's place, already held (it waited for a history place). */
-  private run(msg: InboundMessage, plugin: MessageProcessor | null, slot: ReplySlot | null, history: boolean): void {
+  /**
+   * Run a request; `slot`: its reply's place, already held (it waited for a bulk place). `bulk`:
+   * it holds a place in the BulkGate, settled here when it answers at once, else in settle().
+   */
+  private run(msg: InboundMessage, plugin: MessageProcessor | null, slot: ReplySlot | null, bulk: boolean): void {
     let result: MaybePromise<ProcessResult>;
     try {
       result = plugin !== null ? plugin.process(msg, this) : msg.type === 'hello' ? this.hello(msg) : this.refresh(msg);
     } catch (err) {
+      if (bulk) this.host.bulkGate.settle(0);
       if (slot !== null) this.settle(slot, undefined, err, true);
       else this.replyInOrder(msg.id, undefined, err, true);
       return;
@@ -317,12 +343,12 @@ export class Session implements HubMember, PluginContext, InboundSink {
     if (result instanceof Promise) {
       // Replies leave in request order even when handlers finish out of order (cluster mode).
       if (slot === null) {
-        slot = { waiting: null, history: false, running: false, done: false, id: msg.id, result: undefined, error: undefined, failed: false };
+        slot = { waiting: null, bulk: false, running: false, done: false, id: msg.id, result: undefined, error: undefined, failed: false };
         this.replies.hold(slot);
       }
-      if (history) {
-        slot.history = true;
-        this.historyRunning++;
+      if (bulk) {
+        slot.bulk = true;
+        this.bulkRunning++;
       }
       slot.running = true;
       if (++this.running >= MAX_REQUESTS_IN_FLIGHT) this.updateInputHold();
@@ -333,35 +359,68 @@ export class Session implements HubMember, PluginContext, InboundSink {
       );
       return;
     }
+    if (bulk) result = this.bulkAnswered(msg.id, result);
     if (slot !== null) this.settle(slot, result, undefined, false);
     else this.replyInOrder(msg.id, result, undefined, false);
   }
 
-  /** A history request finished: start the next waiting one, or read the connection again. */
-  private historyDone(): void {
-    this.historyRunning--;
-    const waiting = this.historyWaiting;
-    while (waiting !== null && waiting.length > 0 && this.historyRunning < MAX_HISTORY_IN_FLIGHT) {
-      const slot = waiting.shift()!;
-      const w = slot.waiting!;
-      slot.waiting = null;
+  /** A bulk request's reply, built now to settle its place in the BulkGate with its real size. */
+  private bulkAnswered(id: RequestId | undefined, result: ProcessResult): Outbound | undefined {
+    const reply = replyOf(id, result);
+    this.host.bulkGate.settle(reply === undefined ? 0 : reply.json.length);
+    return reply;
+  }
+
+  /**
+   * The BulkGate reserved a place for this session (it waited in the gate's queue): run its
+   * first waiting bulk request, or give the place back if the connection has gone.
+   */
+  bulkGranted(): void {
+    this.bulkQueued = false;
+    const slot = this.bulkWaiting?.shift();
+    if (slot === undefined || !this.live) {
+      this.host.bulkGate.settle(0);
+      if (slot !== undefined) this.startBulk(slot);
+    } else this.startBulk(slot);
+    this.nextBulk();
+  }
+
+  /** Run a waiting bulk request that has its place (or, once the session ended, answer nothing). */
+  private startBulk(slot: ReplySlot): void {
+    const w = slot.waiting!;
+    slot.waiting = null;
+    if (!this.live) {
+      this.settle(slot, undefined, undefined, false);
+      return;
+    }
+    this.run(w.msg, w.plugin, slot, true);
+  }
+
+  /** Start the waiting bulk requests that get a place now; queue in the gate for the next one. */
+  private nextBulk(): void {
+    const waiting = this.bulkWaiting;
+    while (waiting !== null && waiting.length > 0 && !this.bulkQueued && this.bulkRunning < MAX_BULK_IN_FLIGHT) {
       if (!this.live) {
-        this.settle(slot, undefined, undefined, false);
+        this.startBulk(waiting.shift()!);
         continue;
       }
-      this.run(w.msg, w.plugin, slot, true);
+      if (!this.host.bulkGate.acquire(this)) {
+        this.bulkQueued = true;
+        break;
+      }
+      this.startBulk(waiting.shift()!);
     }
     if (waiting !== null && waiting.length === 0) this.updateInputHold();
   }
 
   /**
-   * Hold input while a history request waits for a place, or while MAX_REQUESTS_IN_FLIGHT run;
+   * Hold input while a bulk request waits for a place, or while MAX_REQUESTS_IN_FLIGHT run;
    * read again once neither holds (requests: once half of them finished, so that a client at the
    * bound is not read a frame at a time).
    */
   private updateInputHold(): void {
     const hold =
-      (this.historyWaiting !== null && this.historyWaiting.length > 0) ||
+      (this.bulkWaiting !== null && this.bulkWaiting.length > 0) ||
       this.running >= (this.inputHeld ? MAX_REQUESTS_IN_FLIGHT / 2 : MAX_REQUESTS_IN_FLIGHT);
     if (hold === this.inputHeld || !this.live) return;
     this.inputHeld = hold;
@@ -375,19 +434,24 @@ export class Session implements HubMember, PluginContext, InboundSink {
       else this.reply(id, result);
       return;
     }
-    this.replies.hold({ waiting: null, history: false, running: false, done: true, id, result, error, failed });
+    this.replies.hold({ waiting: null, bulk: false, running: false, done: true, id, result, error, failed });
   }
 
   private settle(slot: ReplySlot, result: ProcessResult, error: unknown, failed: boolean): void {
+    let bulk = false;
+    if (slot.bulk) {
+      slot.bulk = false;
+      bulk = true;
+      this.bulkRunning--;
+      if (failed) this.host.bulkGate.settle(0);
+      else result = this.bulkAnswered(slot.id, result);
+    }
     slot.done = true;
     slot.result = result;
     slot.error = error;
     slot.failed = failed;
     this.replies.drain();
-    if (slot.history) {
-      slot.history = false;
-      this.historyDone();
-    }
+    if (bulk) this.nextBulk();
     // Last: reading again runs the requests that waited, which should find this one's places free.
     if (slot.running) {
       slot.running = false;
@@ -409,13 +473,7 @@ export class Session implements HubMember, PluginContext, InboundSink {
       if (id !== undefined) this.enqueue(Outbound.of({ type: 'ok', id }), true);
       return;
     }
-    let reply: Outbound;
-    if (r instanceof Outbound) reply = r;
-    else {
-      const out: Record<string, unknown> = { type: 'ok' };
-      if (id !== undefined) out.id = id;
-      reply = Outbound.of(Object.assign(out, r));
-    }
+    const reply = r instanceof Outbound ? r : replyOf(id, r)!;
     const n = reply.json.length;
     if (n >= REPLY_CHARGE_MIN) this.transport.chargeReply(n);
     this.enqueue(reply, true);

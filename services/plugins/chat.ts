@@ -65,6 +65,25 @@ export function publishChat(bus: Bus, room: string, from: string, dataJson: stri
   return tracing.enabled ? traceReceive(room, {}, (tp) => (req.trace = tp), () => bus.publish(req)) : bus.publish(req);
 }
 
+/**
+ * The members of a room, as many as fit in `budget` characters of JSON (at least one), and
+ * `more: true` when some were left out. A room's member list is the one reply whose size grows
+ * with the square of the attack (each member's name in every member's reply): 1,500 connections
+ * with 775-byte names made each `presence` reply 1.2 MB.
+ */
+function presenceReply(room: string, users: readonly string[], budget: number): Record<string, unknown> {
+  let bytes = 0;
+  let kept = 0;
+  while (kept < users.length) {
+    const b = JSON.stringify(users[kept]).length + 1;
+    if (kept > 0 && bytes + b > budget) break;
+    bytes += b;
+    kept++;
+  }
+  if (kept === users.length) return { type: 'presence', room, users };
+  return { type: 'presence', room, users: users.slice(0, kept), more: true, count: users.length };
+}
+
 function then<T>(v: MaybePromise<T>, f: (v: T) => ProcessResult): MaybePromise<ProcessResult> {
   return v instanceof Promise ? v.then(f) : f(v);
 }
@@ -74,6 +93,8 @@ export const chatPlugin: MessageProcessor = {
   canHandle: (type) => TYPES.has(type),
   // Rooms and chat are the core of the product; only history (a store read) sits behind a flag.
   flagFor: (type) => (type === 'history' ? 'history' : undefined),
+  // Their replies follow the room (its history, its members), not the request's size.
+  bulk: (type) => type === 'history' || type === 'presence',
   process(msg, ctx) {
     switch (msg.type) {
       case 'send_chat': {
@@ -95,7 +116,8 @@ export const chatPlugin: MessageProcessor = {
         return ctx.leaveRoom(memberRoom(msg, ctx));
       case 'presence': {
         const room = memberRoom(msg, ctx);
-        return then(ctx.services.bus.presence(room), (users) => ({ type: 'presence', room, users }));
+        const budget = Math.max(1, Math.floor(ctx.services.config.maxOutboundBytes / 2));
+        return then(ctx.services.bus.presence(room), (users) => presenceReply(room, users, budget));
       }
       case 'history': {
         const room = memberRoom(msg, ctx);

@@ -25,6 +25,7 @@ export const Limit = {
   InflateBytes: 'INFLATE_BYTES_PER_SEC',
   InflateTotal: 'INFLATE_TOTAL_BYTES_PER_SEC',
   InboundBytes: 'INBOUND_BYTES_PER_SEC',
+  ReplyTotal: 'REPLY_TOTAL_BYTES_PER_SEC',
   MaxJsonDepth: 'MAX_JSON_DEPTH',
   MaxConnections: 'MAX_CONNECTIONS',
   ApiConnections: 'MAX_API_CONNECTIONS',

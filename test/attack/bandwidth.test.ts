@@ -125,3 +125,57 @@ test('8 clients pipelining history requests for megabyte pages get them at INBOU
   assert.ok(((await target.metric('switchboard_limit_exceeded_total{limit="INBOUND_BYTES_PER_SEC"}')) ?? 0) > 0, 'the budget was hit');
   await assertWitnessServed(witness);
 });
+
+// Found from outside: each connection's first large reply fits its own budget, and nothing bounded
+// large replies across connections. Five hundred connections each asking one `history` of a 2 MB
+// page made one turn write a gigabyte (every other client waited 4-10 s); in cluster mode a
+// thousand grew Redis by 2.4 GB of output buffers. Bulk requests now take a place in
+// REPLY_TOTAL_BYTES_PER_SEC first: the pages go out at that rate, in order, none refused.
+test('many connections each asking one megabyte history page get it within REPLY_TOTAL_BYTES_PER_SEC; none refused, the witness is served', async (t) => {
+  const RATE = 8 * MIB;
+  const target = await startTarget({ REPLY_TOTAL_BYTES_PER_SEC: String(RATE) });
+  t.after(() => target.stop());
+  const filler = await RawClient.open(target.port);
+  t.after(() => filler.destroy());
+  await filler.hello('filler');
+  filler.line({ type: 'join_room', room: 'big', id: 'j' });
+  await filler.waitFor((m) => m.id === 'j');
+  for (let i = 0; i < 10; i++) {
+    filler.line({ type: 'send_chat', room: 'big', data: 'x'.repeat(100_000), id: `s${i}` });
+    await filler.waitFor((m) => m.id === `s${i}`, 10_000);
+  }
+  const witness = await Witness.start(target.port, t);
+  await witness.served(5);
+  const N = 48;
+  const askers: RawClient[] = [];
+  for (let i = 0; i < N; i++) {
+    const a = await RawClient.open(target.port);
+    t.after(() => a.destroy());
+    await a.hello(`asker-${i}`);
+    a.line({ type: 'join_room', room: 'big', id: 'j' });
+    await a.waitFor((m) => m.id === 'j');
+    askers.push(a);
+  }
+  const startBytes = askers.map((a) => a.bytesIn);
+  const sentAt = Date.now();
+  for (const a of askers) a.line({ type: 'history', room: 'big', since: 0, id: 'h' });
+  const answered = (a: RawClient) => a.lines.some((m) => m.id === 'h');
+  await waitFor(() => askers.every(answered), 60_000, 'every history request answered', { intervalMs: 10 });
+  const took = Date.now() - sentAt;
+  let page = 0;
+  for (const [i, a] of askers.entries()) {
+    const reply = a.lines.find((m) => m.id === 'h')!;
+    assert.equal(reply.type, 'history', `asker ${i}: ${JSON.stringify(reply).slice(0, 200)}`);
+    // Lines this large are not parsed here: their size says the page is whole (10 x 100 kB).
+    assert.ok((reply.bytes as number) > 1_000_000, `asker ${i}: a page of ${String(reply.bytes)} bytes`);
+    assert.equal(a.closed, false);
+    page = Math.max(page, a.bytesIn - startBytes[i]);
+  }
+  // The bucket starts with an eighth of a second's worth (at least two pages' reservations of
+  // half MAX_OUTBOUND_BYTES, 4 MiB here); the rest comes at RATE.
+  const earliest = ((N * page - 4 * MIB) / RATE) * 1000;
+  assert.ok(took >= earliest * 0.9, `${N} pages of ${(page / MIB).toFixed(2)} MiB sent in ${took} ms, faster than the budget allows (${earliest.toFixed(0)} ms)`);
+  assert.ok(((await target.metric('switchboard_limit_exceeded_total{limit="REPLY_TOTAL_BYTES_PER_SEC"}')) ?? 0) > 0, 'the budget was hit');
+  const w = await assertWitnessServed(witness);
+  t.diagnostic(`${N} pages in ${took} ms (budget allows ${earliest.toFixed(0)}); witness p50 ${w.p50.toFixed(1)} p99 ${w.p99.toFixed(1)} max ${w.max.toFixed(1)} ms`);
+});

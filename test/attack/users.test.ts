@@ -45,3 +45,28 @@ test('past MAX_CONNECTIONS_PER_USER a hello is too_many_connections and closed; 
   open.push(again);
   assert.equal((await held[1].request({ type: 'ping' })).type, 'pong', 'the held connections stay open');
 });
+
+test('presence of a room of many long names is cut at half MAX_OUTBOUND_BYTES, with more and count', async (t) => {
+  const srv = await startServer({ maxOutboundBytes: 16384 });
+  const open: WireClient[] = [];
+  t.after(async () => {
+    for (const c of open) c.destroy();
+    await srv.close();
+  });
+  const N = 120;
+  for (let i = 0; i < N; i++) {
+    const c = await helloClient(srv.port, `${String(i).padStart(3, '0')}-${'n'.repeat(120)}`);
+    open.push(c);
+    await c.join('crowd');
+  }
+  const reply = await open[0].request({ type: 'presence', room: 'crowd' });
+  const users = reply.users as string[];
+  assert.equal(reply.more, true);
+  assert.equal(reply.count, N);
+  assert.ok(users.length > 0 && users.length < N, `${users.length} names`);
+  assert.ok(JSON.stringify(users).length <= 8192, `${JSON.stringify(users).length} characters of names`);
+  assert.equal(new Set(users).size, users.length, 'no name twice');
+  // A room that fits is answered whole, as before.
+  const small = await open[0].request({ type: 'presence', room: 'nowhere' });
+  assert.equal(small.code, 'not_in_room');
+});

@@ -1,7 +1,7 @@
 /**
  * Cluster history under hostile use, against a real redis-server: a page is bounded in bytes in
  * Redis itself (history.lua), not built whole and cut afterwards, and one connection has at most
- * MAX_HISTORY_IN_FLIGHT history requests running, the rest waiting in order with the connection
+ * MAX_BULK_IN_FLIGHT history requests running, the rest waiting in order with the connection
  * not read meanwhile. Without either, a few clients asking for pages of large messages at once
  * took gigabytes in Redis and the gateway (a gateway died of its heap limit).
  */
@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import type { HistoryPage, HistoryQuery } from '../../services/bus';
 import { Keys } from '../../services/bus/keys';
 import { RedisBus } from '../../services/bus/redis';
-import { MAX_HISTORY_IN_FLIGHT } from '../../services/gateway/session';
+import { MAX_BULK_IN_FLIGHT } from '../../services/gateway/session';
 import { silentLogger } from '../../services/telemetry/log';
 import { RedisProcess, stopAllRedis } from '../helpers/redis';
 import { startServer } from '../helpers/server';
@@ -73,7 +73,7 @@ describe('cluster history', () => {
     }
   });
 
-  test(`one connection has at most ${MAX_HISTORY_IN_FLIGHT} history requests running; the rest wait, and every reply comes in order`, async (t) => {
+  test(`one connection has at most ${MAX_BULK_IN_FLIGHT} history requests running; the rest wait, and every reply comes in order`, async (t) => {
     const bus = newBus('gw-hist-2');
     let running = 0;
     let most = 0;
@@ -104,7 +104,7 @@ describe('cluster history', () => {
       assert.equal(reply.id, i);
       assert.equal((reply.messages as unknown[]).length, 20);
     }
-    assert.ok(most <= MAX_HISTORY_IN_FLIGHT, `${most} history reads ran at once`);
+    assert.ok(most <= MAX_BULK_IN_FLIGHT, `${most} history reads ran at once`);
     assert.ok(most > 1, 'history reads still run concurrently up to the bound');
     // The connection is read again afterwards.
     assert.equal((await c.request({ type: 'ping' }, 3000)).type, 'pong');
