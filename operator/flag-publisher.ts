@@ -13,6 +13,12 @@
  * is ready and the reads a write needs (HEXISTS, HLEN) are done, with nothing awaited between the
  * answer and the MULTI going out. A publish that started before a step-down, or was paused during
  * those reads, sends nothing.
+ *
+ * Every publish is bounded: each Redis command by `commandTimeoutMs` (connecting too), and the
+ * whole publish (the Secret, connecting, the reads, the MULTI) by `publishTimeoutMs`, or sooner
+ * when the caller's signal fires. Past that it fails (the FeatureFlag's RedisUnavailable, retried
+ * with backoff) and the gate refuses its MULTI should the reads ever be answered: a Redis that
+ * accepts connections and never answers made a publish wait for ever.
  */
 import { deleteFlag, writeFlag } from '../services/control';
 import type { FeatureFlag as ServerFlag } from '../services/control';
@@ -29,33 +35,88 @@ interface Connection {
   readonly redis: FlagsRedis;
 }
 
+export interface FlagPublisherOptions {
+  /** A Redis command (or connecting) without an answer within this time fails. @default 2000 */
+  readonly commandTimeoutMs?: number;
+  /** A whole publish or unpublish not done within this time fails. @default 5000 */
+  readonly publishTimeoutMs?: number;
+}
+
+/** The error of a publish that passed publishTimeoutMs. */
+export class PublishTimeoutError extends Error {
+  constructor(what: string, ms: number) {
+    super(`${what}: Redis did not answer within ${ms} ms`);
+    this.name = 'PublishTimeoutError';
+  }
+}
+
 export class FlagPublisher {
   private readonly conns = new Map<string, Connection>();
+  private readonly commandTimeoutMs: number;
+  private readonly publishTimeoutMs: number;
 
   constructor(
     private readonly kube: Pick<Kube, 'core'>,
     private readonly log: Logger,
     private readonly mayWrite: WriteGate = () => true,
-  ) {}
-
-  async write(sb: Switchboard, flag: ServerFlag): Promise<void> {
-    const redis = await this.redisFor(sb);
-    const gate = () => this.gate(sb, `publish flag ${flag.name}`);
-    // Early, so a replica that does not lead does not even read; the check that counts is
-    // beforeWrite's, right before the MULTI.
-    gate();
-    await writeFlag(redis, flag, { beforeWrite: gate });
+    options: FlagPublisherOptions = {},
+  ) {
+    this.commandTimeoutMs = options.commandTimeoutMs ?? 2000;
+    this.publishTimeoutMs = options.publishTimeoutMs ?? 5000;
   }
 
-  async remove(sb: Switchboard, name: string): Promise<void> {
-    const redis = await this.redisFor(sb);
-    const gate = () => this.gate(sb, `unpublish flag ${name}`);
-    gate();
-    await deleteFlag(redis, name, { beforeWrite: gate });
+  /** Publish a flag to a Switchboard's Redis; `signal` (the reconcile's) ends it early. */
+  async write(sb: Switchboard, flag: ServerFlag, signal?: AbortSignal): Promise<void> {
+    await this.bounded(sb, `publish flag ${flag.name}`, signal, async (redis, gate) => {
+      // Early, so a replica that does not lead does not even read; the check that counts is
+      // beforeWrite's, right before the MULTI.
+      gate();
+      await writeFlag(redis, flag, { beforeWrite: gate });
+    });
   }
 
-  private gate(sb: Switchboard, what: string): void {
-    if (!this.mayWrite()) throw new NotLeaderError(`${what} to ${keyString(sb.metadata)}`);
+  async remove(sb: Switchboard, name: string, signal?: AbortSignal): Promise<void> {
+    await this.bounded(sb, `unpublish flag ${name}`, signal, async (redis, gate) => {
+      gate();
+      await deleteFlag(redis, name, { beforeWrite: gate });
+    });
+  }
+
+  /**
+   * Run `op` within publishTimeoutMs (or until `signal` fires). Its gate throws from then on, so
+   * an op that is still waiting for Redis when it gives up never sends its MULTI.
+   */
+  private async bounded(sb: Switchboard, what: string, signal: AbortSignal | undefined, op: (redis: FlagsRedis, gate: () => void) => Promise<void>): Promise<void> {
+    const target = `${what} to ${keyString(sb.metadata)}`;
+    const ended = new AbortController();
+    const end = (reason: unknown) => ended.abort(reason);
+    const timer = setTimeout(() => end(new PublishTimeoutError(target, this.publishTimeoutMs)), this.publishTimeoutMs);
+    timer.unref();
+    const onSignal = () => end(signal?.reason ?? new Error(`${target}: aborted`));
+    if (signal?.aborted) onSignal();
+    signal?.addEventListener('abort', onSignal, { once: true });
+    const gate = () => {
+      if (ended.signal.aborted) throw ended.signal.reason;
+      if (!this.mayWrite()) throw new NotLeaderError(target);
+    };
+    try {
+      const work = (async () => {
+        gate();
+        await op(await this.redisFor(sb), gate);
+      })();
+      work.catch(() => undefined); // settles later when given up on; its error is not news then
+      await Promise.race([
+        work,
+        new Promise<never>((_, reject) => {
+          if (ended.signal.aborted) reject(ended.signal.reason);
+          ended.signal.addEventListener('abort', () => reject(ended.signal.reason), { once: true });
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onSignal);
+      end(undefined); // nothing of this op may write any more
+    }
   }
 
   /** The Switchboards it holds a connection for, as namespace/name. */
@@ -89,7 +150,7 @@ export class FlagPublisher {
     const held = this.conns.get(key);
     if (held !== undefined && held.url === url && held.cluster === cluster) return held.redis;
     if (held !== undefined) held.redis.disconnect();
-    const redis = flagsRedis(url, 'switchboard-operator', cluster);
+    const redis = flagsRedis(url, 'switchboard-operator', cluster, { commandTimeoutMs: this.commandTimeoutMs });
     redis.on('error', () => undefined); // failures surface on the commands; logged by the caller
     this.conns.set(key, { url, cluster, redis });
     this.log.info(held === undefined ? 'redis connection for flags' : 'redis connection for flags replaced (its URL changed)', { switchboard: key });

@@ -28,6 +28,17 @@ export type { ObjectKey } from './kube/key';
 export { MetricsScaleHandler, type ScaleHandler, type ScaleState } from './scaling/handler';
 export { decide, type ScalingDecision, type ScalingInput } from './scaling/policy';
 
+/** Keys of one kind reconciled at once (never the same key twice). */
+export const QUEUE_WORKERS = 4;
+/** A reconcile still running after this long fails (retried with backoff) and frees its worker. */
+export const RECONCILE_TIMEOUT_MS = 30_000;
+/** A step-down or shutdown waits this long at most for the reconciles still running. */
+export const STOP_TIMEOUT_MS = 5_000;
+/** A Redis command of a flag publish, or connecting, without an answer fails after this long. */
+export const REDIS_COMMAND_TIMEOUT_MS = 2_000;
+/** A whole flag publish (one FeatureFlag to one Switchboard's Redis) fails after this long. */
+export const PUBLISH_TIMEOUT_MS = 5_000;
+
 export class Operator {
   readonly metrics = new OperatorMetrics();
   private readonly kube: Kube;
@@ -74,7 +85,7 @@ export class Operator {
     });
 
     const events = new EventRecorder(this.kube, log);
-    this.publisher = new FlagPublisher(this.kube, log, () => this.mayWrite());
+    this.publisher = new FlagPublisher(this.kube, log, () => this.mayWrite(), { commandTimeoutMs: REDIS_COMMAND_TIMEOUT_MS, publishTimeoutMs: PUBLISH_TIMEOUT_MS });
     this.scale = new MetricsScaleHandler({
       log, events, metrics: this.metrics,
       onUpdate: (k) => this.sbQueue.add(k),
@@ -96,7 +107,7 @@ export class Operator {
       overloaded: (k) => this.scale.overloaded(k),
     });
     this.sbQueue = this.queue('Switchboard', (k) => this.sbController.reconcile(k));
-    this.ffQueue = this.queue('FeatureFlag', (k) => this.ffController.reconcile(k));
+    this.ffQueue = this.queue('FeatureFlag', (k, signal) => this.ffController.reconcile(k, signal));
 
     this.elector = config.leaderElection
       ? new LeaderElector({
@@ -180,12 +191,12 @@ export class Operator {
     await this.admin?.close();
   }
 
-  private queue(kind: 'Switchboard' | 'FeatureFlag', reconcile: (key: ObjectKey) => Promise<void>): WorkQueue {
+  private queue(kind: 'Switchboard' | 'FeatureFlag', reconcile: (key: ObjectKey, signal: AbortSignal) => Promise<void>): WorkQueue {
     return new WorkQueue(
-      async (key) => {
+      async (key, signal) => {
         const end = this.metrics.reconcileDuration.startTimer({ kind });
         try {
-          await reconcile(key);
+          await reconcile(key, signal);
           this.metrics.reconciles.inc({ kind, result: 'ok' });
         } catch (err) {
           this.metrics.reconciles.inc({ kind, result: 'error' });
@@ -198,6 +209,9 @@ export class Operator {
       {
         baseDelayMs: 100,
         maxDelayMs: 60_000,
+        concurrency: QUEUE_WORKERS,
+        timeoutMs: RECONCILE_TIMEOUT_MS,
+        stopTimeoutMs: STOP_TIMEOUT_MS,
         onError: (key, err, attempt) => this.log.warn('reconcile failed, retrying with backoff', { kind, key: keyString(key), attempt, err: describe(err) }),
       },
     );

@@ -41,7 +41,8 @@ export function serverFlag(ff: FeatureFlag, effective: boolean): ServerFlag {
 export class FeatureFlagController {
   constructor(private readonly d: FeatureFlagControllerDeps) {}
 
-  async reconcile(key: ObjectKey): Promise<void> {
+  /** `signal`: the work queue's deadline for this reconcile (publishes stop when it fires). */
+  async reconcile(key: ObjectKey, signal?: AbortSignal): Promise<void> {
     const { namespace, name } = key;
     const ff = this.d.get(key);
     if (ff === undefined) return;
@@ -49,7 +50,7 @@ export class FeatureFlagController {
 
     if (ff.metadata.deletionTimestamp) {
       if (!(ff.metadata.finalizers ?? []).includes(FLAG_FINALIZER)) return;
-      for (const sb of targets) await this.d.publisher.remove(sb, flagNameOf(ff));
+      for (const sb of targets) await this.d.publisher.remove(sb, flagNameOf(ff), signal);
       await this.patchFinalizers(ff, (ff.metadata.finalizers ?? []).filter((f) => f !== FLAG_FINALIZER));
       this.d.log.info('flag unpublished', { flag: keyString(key), from: targets.map((t) => t.metadata.name) });
       return;
@@ -61,18 +62,21 @@ export class FeatureFlagController {
     const published: string[] = [];
     const failed: string[] = [];
     let shedOn: string[] = [];
-    for (const sb of targets) {
+    // To every target at once: each publish is bounded, and one Redis that does not answer must
+    // not delay the others by its bound.
+    await Promise.all(targets.map(async (sb) => {
       const shed = ff.spec.enabled && ff.spec.nonCritical && this.d.overloaded({ namespace, name: sb.metadata.name });
       if (shed) shedOn.push(sb.metadata.name);
       try {
-        await this.d.publisher.write(sb, serverFlag(ff, ff.spec.enabled && !shed));
+        await this.d.publisher.write(sb, serverFlag(ff, ff.spec.enabled && !shed), signal);
         published.push(sb.metadata.name);
       } catch (err) {
         failed.push(sb.metadata.name);
         this.d.log.warn('could not publish flag', { flag: keyString(key), switchboard: sb.metadata.name, err: describe(err) });
       }
-    }
+    }));
     shedOn = shedOn.sort();
+    failed.sort();
 
     let reason: FlagReason;
     let message: string;

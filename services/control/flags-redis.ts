@@ -22,14 +22,32 @@ export const REDIS_SOURCE = 'redis';
 /** A single Redis or a Redis Cluster (`sb:flags` is one key, so one slot either way). */
 export type FlagsRedis = Redis | Cluster;
 
+export interface FlagsRedisOptions {
+  /**
+   * A command without a reply within this time fails, as the gateways' REDIS_TIMEOUT_MS
+   * (services/bus/redis-conn.ts), and so does connecting: a TCP connect, or a handshake with no
+   * reply, past it closes the socket and reconnects with backoff. A Redis that accepts connections
+   * and answers nothing (SIGSTOPped, wedged) is then an error within a bound, not a wait for ever.
+   * @default 0 (no timeout: commands wait for Redis)
+   */
+  commandTimeoutMs?: number;
+}
+
 /**
  * A Redis connection for flags: fail fast while Redis is down, reconnect with capped backoff.
  * With `cluster`, `url` is a seed node of a Redis Cluster (REDIS_CLUSTER), and the hash is read
  * from whichever node owns its slot; PUBLISH reaches subscribers on every node.
  */
-export function flagsRedis(url: string, name: string, cluster = false): FlagsRedis {
+export function flagsRedis(url: string, name: string, cluster = false, options: FlagsRedisOptions = {}): FlagsRedis {
   const backoff = (times: number) => Math.min(50 * 2 ** Math.min(times, 6), 2000);
-  const opts: RedisOptions = { connectionName: name, maxRetriesPerRequest: 1, enableOfflineQueue: true, retryStrategy: backoff };
+  const bound = options.commandTimeoutMs !== undefined && options.commandTimeoutMs > 0 ? options.commandTimeoutMs : undefined;
+  const opts: RedisOptions = {
+    connectionName: name,
+    maxRetriesPerRequest: 1,
+    enableOfflineQueue: true,
+    retryStrategy: backoff,
+    ...(bound === undefined ? {} : { commandTimeout: bound, connectTimeout: bound, socketTimeout: bound }),
+  };
   if (!cluster) return new Redis(url, opts);
   const u = new URL(url);
   return new Cluster([{ host: u.hostname, port: Number(u.port || 6379) }], {
@@ -41,6 +59,7 @@ export function flagsRedis(url: string, name: string, cluster = false): FlagsRed
     },
     enableOfflineQueue: true,
     clusterRetryStrategy: backoff,
+    ...(bound === undefined ? {} : { slotsRefreshTimeout: bound }),
   });
 }
 
