@@ -21,8 +21,19 @@ export class MetricsError extends Error {
 /** How much of a text from Prometheus (an error message) the operator shows. */
 export const MAX_MESSAGE_CHARS = 512;
 
-/** The largest answer read from Prometheus; an instant vector of one series is a few hundred bytes. */
+/**
+ * The most bytes read from Prometheus for one round of queries, all answers together (each one
+ * too); an instant vector of one series is a few hundred bytes. With rounds of one Switchboard
+ * never overlapping, this bounds what its metrics loop holds.
+ */
 export const MAX_ANSWER_BYTES = 4 * 1024 * 1024;
+
+/** What one round's queries share: the round's abort signal and what they have read so far. */
+export interface RoundBudget {
+  readonly signal?: AbortSignal;
+  /** Bytes read by the round's answers so far, against MAX_ANSWER_BYTES. */
+  bytes: number;
+}
 
 /**
  * Every `scheme://userinfo@` in a text, with the userinfo masked (as services/control's redactUrl).
@@ -112,19 +123,24 @@ export class PrometheusClient {
     private readonly timeoutMs = 5000,
   ) {}
 
-  /** A scalar from an instant vector query; undefined when it has no series. */
-  async scalar(promql: string): Promise<number | undefined> {
+  /**
+   * A scalar from an instant vector query; undefined when it has no series. `round` (shared by
+   * the queries of one round) aborts it and bounds the bytes read by all of them together.
+   */
+  async scalar(promql: string, round: RoundBudget = { bytes: 0 }): Promise<number | undefined> {
     const url = `${this.baseUrl.replace(/\/+$/, '')}/api/v1/query?query=${encodeURIComponent(promql)}`;
+    const timeout = AbortSignal.timeout(this.timeoutMs);
+    const signal = round.signal === undefined ? timeout : AbortSignal.any([timeout, round.signal]);
     let res: Response;
     try {
-      res = await fetch(url, { signal: AbortSignal.timeout(this.timeoutMs) });
+      res = await fetch(url, { signal });
     } catch (err) {
       const reason = redactCredentials((err as Error)?.message ?? String(err));
       throw new MetricsError(`prometheus unreachable at ${redactCredentials(this.baseUrl)}: ${reason}`, { cause: redactedCause(err) });
     }
     let body: ApiAnswer;
     try {
-      body = JSON.parse(await readBounded(res, MAX_ANSWER_BYTES)) as ApiAnswer;
+      body = JSON.parse(await readBounded(res, round)) as ApiAnswer;
     } catch (err) {
       if (err instanceof MetricsError) throw err;
       throw new MetricsError(`prometheus answered ${res.status} without JSON`, { cause: err });
@@ -145,7 +161,22 @@ export class PrometheusClient {
   async clusterMetrics(sel: Selector, spec: Pick<SwitchboardSpec, 'prometheus'>): Promise<ClusterMetrics | null> {
     const q = queries(sel, spec.prometheus?.rateWindow ?? '1m');
     const keys = Object.keys(q) as Array<keyof ClusterMetrics>;
-    const values = await Promise.all(keys.map((k) => this.scalar(q[k])));
+    // One round, one AbortController: the first failure ends the queries still running, and the
+    // round returns only once every request is closed. With Promise.all it ended at the first
+    // failure while the others went on downloading (up to 4 MiB each, for up to 5 s), and the next
+    // round started beside them: a Prometheus failing one query fast and answering the others
+    // slowly grew the operator by 586 MiB in 15 s.
+    const abort = new AbortController();
+    const round: RoundBudget = { signal: abort.signal, bytes: 0 };
+    let failure: { err: unknown } | undefined;
+    const settled = await Promise.allSettled(keys.map((k) => this.scalar(q[k], round).catch((err: unknown) => {
+      failure ??= { err };
+      abort.abort(err);
+      throw err;
+    })));
+    abort.abort(); // nothing is open any more; listeners go
+    if (failure !== undefined) throw failure.err;
+    const values = settled.map((r) => (r as PromiseFulfilledResult<number | undefined>).value);
     const out = {} as ClusterMetrics;
     keys.forEach((k, i) => {
       const v = values[i];
@@ -163,10 +194,14 @@ export class PrometheusClient {
   }
 }
 
-/** The body of `res` as text, or a MetricsError past `max` bytes (nothing more is read). */
-async function readBounded(res: Response, max: number): Promise<string> {
+/**
+ * The body of `res` as text, or a MetricsError once the round has read more than
+ * MAX_ANSWER_BYTES (nothing more is read).
+ */
+async function readBounded(res: Response, round: RoundBudget): Promise<string> {
+  const max = MAX_ANSWER_BYTES;
   const declared = Number(res.headers.get('content-length') ?? NaN);
-  if (declared > max) {
+  if (round.bytes + declared > max) {
     await res.body?.cancel().catch(() => {});
     throw new MetricsError(`prometheus answered ${res.status} with ${declared} bytes, over ${max}`);
   }
@@ -178,9 +213,14 @@ async function readBounded(res: Response, max: number): Promise<string> {
     const { done, value } = await reader.read();
     if (done) break;
     bytes += value.byteLength;
+    round.bytes += value.byteLength;
     if (bytes > max) {
       await reader.cancel().catch(() => {});
       throw new MetricsError(`prometheus answered ${res.status} with more than ${max} bytes`);
+    }
+    if (round.bytes > max) {
+      await reader.cancel().catch(() => {});
+      throw new MetricsError(`prometheus answered more than ${max} bytes to one round of queries`);
     }
     chunks.push(value);
   }

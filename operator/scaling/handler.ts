@@ -23,12 +23,15 @@ export const TIERS: readonly Tier[] = ['gateway', 'broadcast'];
 export type MetricsState = 'unknown' | 'available' | 'unavailable';
 
 /**
- * The metrics loop's period is clamped to this range. Below the minimum a loop costs more than it
- * tells; above the maximum Node's timers overflow (a delay over 2^31-1 ms, about 24.8 days, fires
- * after 1 ms), so a spec.prometheus.interval of 597h would query Prometheus every millisecond.
- * The CRD refuses an interval above an hour; this covers objects stored before that rule.
+ * The metrics loop's period is clamped to this range. Below the minimum (1 s, Prometheus' own
+ * finest useful scrape interval) a loop costs more than it tells: the CRD admits "0s", which ran
+ * a round every 100 ms. A round still running when the next is due is not doubled (poll awaits it),
+ * so a slow Prometheus is asked at most once per round's timeout. Above the maximum Node's timers
+ * overflow (a delay over 2^31-1 ms, about 24.8 days, fires after 1 ms), so a
+ * spec.prometheus.interval of 597h would query Prometheus every millisecond. The CRD refuses an
+ * interval above an hour; this covers objects stored before that rule.
  */
-export const LOOP_INTERVAL_MS = { min: 100, max: 3_600_000 } as const;
+export const LOOP_INTERVAL_MS = { min: 1000, max: 3_600_000 } as const;
 
 /** The loop's period for a spec.prometheus.interval in ms (default 15 s), within LOOP_INTERVAL_MS. */
 export function loopInterval(ms: number | undefined): number {

@@ -6,9 +6,11 @@ import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { test, type TestContext } from 'node:test';
 import { OperatorMetrics } from '../../operator/metrics';
-import { MetricsError, PrometheusClient, redactCredentials } from '../../operator/prometheus';
-import { MetricsScaleHandler } from '../../operator/scaling/handler';
+import { parseDuration } from '../../operator/api/types';
+import { MAX_ANSWER_BYTES, MetricsError, PrometheusClient, redactCredentials } from '../../operator/prometheus';
+import { loopInterval, MetricsScaleHandler } from '../../operator/scaling/handler';
 import { silentLogger } from '../../services/telemetry/log';
+import { waitFor } from '../helpers/wait';
 import { EventLog, ManualTimers, sbFixture } from './fixtures';
 
 test('redactCredentials masks the userinfo of every URL in a text, and nothing else', () => {
@@ -108,4 +110,60 @@ test('a hostile Prometheus: long errors are cut, HTTP errors and huge answers ar
   assert.match(String(await nan.clusterMetrics(sel, spec).catch((e: Error) => e.message)), /deliveredPerSecond = NaN/);
   const quiet = await hostilePrometheus(t, (q, res) => res.end(vector(q.includes('histogram_quantile') ? 'NaN' : '1')));
   assert.equal((await quiet.clusterMetrics(sel, spec))?.p99LatencyMs, 0, 'a p99 of no traffic is 0');
+});
+
+test('a failed query ends its round: the other requests are closed when clusterMetrics returns, and the next round starts after', { timeout: 15_000 }, async (t) => {
+  // count(up) fails at once; the seven others answer slowly. The round used to end at the first
+  // failure while the others went on downloading (4 MiB each, up to the 5 s timeout), and with an
+  // interval of "0s" a new round started every 100 ms beside them: +586 MiB in 15 s.
+  let open = 0;
+  let most = 0;
+  const client = await hostilePrometheus(t, (q, res) => {
+    open++;
+    most = Math.max(most, open);
+    res.on('close', () => open--);
+    if (q.startsWith('count(up{') && q.includes('gateway')) {
+      res.statusCode = 500;
+      res.end('{}');
+      return;
+    }
+    res.writeHead(200);
+    const timer = setInterval(() => res.write(Buffer.alloc(64 * 1024, 0x20)), 20);
+    res.on('close', () => clearInterval(timer));
+  });
+  const sel = { namespace: 'ns', name: 'sb' };
+  const spec = { prometheus: { url: 'unused', interval: '0s', rateWindow: '1m' } };
+  for (let round = 0; round < 3; round++) {
+    const started = Date.now();
+    await assert.rejects(client.clusterMetrics(sel, spec), /prometheus answered 500/);
+    assert.ok(Date.now() - started < 2000, `round ${round} took ${Date.now() - started} ms`);
+    await waitFor(() => open === 0, 1000, `round ${round}: every request of the round closed (${open} open)`);
+  }
+  assert.ok(most <= 8, `${most} requests open at once: rounds overlapped`);
+  assert.equal(loopInterval(parseDuration('0s')), 1000, 'an interval of "0s" runs a round a second, not every 100 ms');
+});
+
+test('one round reads at most MAX_ANSWER_BYTES from Prometheus, all answers together', { timeout: 15_000 }, async (t) => {
+  // Eight answers of 1 MiB each (blanks, then a valid vector), each under the per-answer cap.
+  let written = 0;
+  const client = await hostilePrometheus(t, (_q, res) => {
+    res.writeHead(200);
+    const chunk = Buffer.alloc(64 * 1024, 0x20);
+    let n = 0;
+    const more = (): void => {
+      while (n < 16) {
+        n++;
+        written += chunk.length;
+        if (!res.write(chunk)) return void res.once('drain', more);
+      }
+      res.end(vector('1'));
+    };
+    more();
+  });
+  const sel = { namespace: 'ns', name: 'sb' };
+  await assert.rejects(client.clusterMetrics(sel, { prometheus: { url: 'unused', interval: '1s', rateWindow: '1m' } }), (err: unknown) => {
+    assert.ok(err instanceof MetricsError);
+    assert.match(err.message, new RegExp(`more than ${MAX_ANSWER_BYTES} bytes to one round`));
+    return true;
+  });
 });
