@@ -111,10 +111,32 @@ export function queries(sel: Selector, window: string): Record<keyof ClusterMetr
   };
 }
 
+/**
+ * A sample value as Prometheus writes it (a JSON string, Go's strconv.FormatFloat): a decimal
+ * number with an optional exponent, or NaN, +Inf, -Inf.
+ */
+const PROMETHEUS_FLOAT = /^(?:[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|Inf)|NaN)$/;
+
+/**
+ * The number in a sample value, or a MetricsError when it is not one in Prometheus' syntax.
+ * `Number()` read "", null and [] as 0, true as 1 and "0x7fffffff" as 2147483647: a broken or
+ * hostile endpoint's junk became data to scale on.
+ */
+export function parseSampleValue(raw: unknown): number {
+  if (typeof raw !== 'string' || !PROMETHEUS_FLOAT.test(raw)) {
+    throw new MetricsError(`prometheus gave ${clip(JSON.stringify(raw) ?? String(raw), 64)}, not a number`);
+  }
+  if (raw.endsWith('Inf')) return raw.startsWith('-') ? -Infinity : Infinity;
+  return Number(raw);
+}
+
+/** Counts of pods: a whole number of them. */
+const POD_COUNTS: ReadonlySet<keyof ClusterMetrics> = new Set(['gatewayPods', 'broadcastPods']);
+
 interface ApiAnswer {
   status: 'success' | 'error';
   error?: string;
-  data?: { resultType: string; result: Array<{ metric: Record<string, string>; value: [number, string] }> };
+  data?: { resultType: string; result: Array<{ metric: Record<string, string>; value: [number, unknown] }> };
 }
 
 export class PrometheusClient {
@@ -151,7 +173,7 @@ export class PrometheusClient {
     const first = body.data.result?.[0];
     if (first === undefined) return undefined;
     // NaN stays NaN (a quantile of no traffic); clusterMetrics decides what it means.
-    return Number(first.value?.[1]);
+    return parseSampleValue(Array.isArray(first.value) ? first.value[1] : undefined);
   }
 
   /**
@@ -186,6 +208,9 @@ export class PrometheusClient {
       if (v !== undefined && !(Number.isFinite(v) && Math.abs(v) <= Number.MAX_SAFE_INTEGER) && !(k === 'p99LatencyMs' && Number.isNaN(v))) {
         throw new MetricsError(`prometheus gave ${k} = ${v}, not a usable number`);
       }
+      // Every value is a count, a rate, a size or a ratio: none is below zero, and pods are whole.
+      if (v !== undefined && v < 0) throw new MetricsError(`prometheus gave ${k} = ${v}, below zero`);
+      if (v !== undefined && POD_COUNTS.has(k) && !Number.isInteger(v)) throw new MetricsError(`prometheus gave ${k} = ${v}, not a whole number of pods`);
       out[k] = v === undefined || Number.isNaN(v) ? 0 : v;
     });
     // No gateway target reporting "up" means no data at all: the caller must not act on zeros.

@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { test, type TestContext } from 'node:test';
 import { OperatorMetrics } from '../../operator/metrics';
 import { parseDuration } from '../../operator/api/types';
-import { MAX_ANSWER_BYTES, MetricsError, PrometheusClient, redactCredentials } from '../../operator/prometheus';
+import { MAX_ANSWER_BYTES, MetricsError, parseSampleValue, PrometheusClient, redactCredentials } from '../../operator/prometheus';
 import { loopInterval, MetricsScaleHandler } from '../../operator/scaling/handler';
 import { silentLogger } from '../../services/telemetry/log';
 import { waitFor } from '../helpers/wait';
@@ -165,5 +165,46 @@ test('one round reads at most MAX_ANSWER_BYTES from Prometheus, all answers toge
     assert.ok(err instanceof MetricsError);
     assert.match(err.message, new RegExp(`more than ${MAX_ANSWER_BYTES} bytes to one round`));
     return true;
+  });
+});
+
+test('only numbers in Prometheus\' syntax are data: junk, negatives and fractions of pods are missing data', { timeout: 15_000 }, async (t) => {
+  // Number() read "" / null / [] as 0, true as 1, "0x7fffffff" as 2147483647; -1e15 msg/s and
+  // 0.001 gateway pods were taken as they came.
+  assert.deepEqual(['0', '12', '-0', '1.5', '.5', '5.', '1e3', '2.5E-3', '+7', 'NaN'].map(parseSampleValue), [0, 12, -0, 1.5, 0.5, 5, 1000, 0.0025, 7, NaN]);
+  assert.equal(parseSampleValue('+Inf'), Infinity);
+  assert.equal(parseSampleValue('-Inf'), -Infinity);
+  for (const junk of ['', ' 1', '1 ', '0x7fffffff', '0b1', '1_000', 'Infinity', 'inf', 'nan', '1e', 'e3', '--1', null, true, [], {}, 5, undefined]) {
+    assert.throws(() => parseSampleValue(junk), MetricsError, JSON.stringify(junk));
+  }
+
+  const sel = { namespace: 'ns', name: 'sb' };
+  const spec = { prometheus: { url: 'unused', interval: '1s', rateWindow: '1m' } };
+  const answering = async (value: (q: string) => unknown) =>
+    hostilePrometheus(t, (q, res) => res.end(JSON.stringify({ status: 'success', data: { resultType: 'vector', result: [{ metric: {}, value: [0, value(q)] }] } })));
+  const isPods = (q: string) => q.startsWith('count(up{');
+  const cases: Array<[string, (q: string) => unknown, RegExp]> = [
+    ['"" connections', (q) => (isPods(q) ? '2' : q.includes('switchboard_connections') ? '' : '1'), /gave "", not a number/],
+    ['null values', (q) => (isPods(q) ? '2' : null), /gave null, not a number/],
+    ['[] values', (q) => (isPods(q) ? '2' : []), /gave \[\], not a number/],
+    ['true values', (q) => (isPods(q) ? '2' : true), /gave true, not a number/],
+    ['hex values', (q) => (isPods(q) ? '2' : '0x7fffffff'), /gave "0x7fffffff", not a number/],
+    ['a number, not a string', (q) => (isPods(q) ? '2' : 3), /gave 3, not a number/],
+    ['negative rates', (q) => (isPods(q) ? '2' : '-1e15'), /= -1000000000000000, below zero/],
+    ['negative pods', (q) => (isPods(q) ? '-5' : '1000000'), /gatewayPods = -5, below zero/],
+    ['a fraction of a pod', (q) => (isPods(q) ? '0.001' : '10'), /gatewayPods = 0\.001, not a whole number of pods/],
+    ['+Inf', (q) => (isPods(q) ? '2' : '+Inf'), /= Infinity, not a usable number/],
+  ];
+  for (const [name, value, want] of cases) {
+    const client = await answering(value);
+    await assert.rejects(client.clusterMetrics(sel, spec), (err: unknown) => {
+      assert.ok(err instanceof MetricsError, `${name}: ${String(err)}`);
+      assert.match(err.message, want, name);
+      return true;
+    });
+  }
+  const good = await answering((q) => (isPods(q) ? '3' : q.includes('histogram_quantile') ? 'NaN' : '1.5e2'));
+  assert.deepEqual(await good.clusterMetrics(sel, spec), {
+    gatewayPods: 3, broadcastPods: 3, deliveredPerSecond: 150, receivedPerSecond: 150, connections: 150, p99LatencyMs: 0, memoryMiB: 150, errorRate: 150,
   });
 });
