@@ -4,12 +4,13 @@
  *
  * Editors replace files in several ways (write in place, write a temp file and rename, delete and
  * recreate), so we watch the directory rather than the file and debounce events. A file that does
- * not parse or validate, or is past the caps (MAX_FLAGS_FILE_BYTES, MAX_FLAGS), is rejected with
+ * not parse or validate, is past the caps (MAX_FLAGS_FILE_BYTES, MAX_FLAGS), or is not a regular
+ * file (a device, a FIFO, a directory, through a symlink or not), is rejected with
  * one log line naming the problem, and the last good set stays in force. A missing file counts as an empty set (every flag at its default: on).
  * A first load has no last good set: start() resolves false, and startFlags refuses to start.
  */
-import { watch, type FSWatcher } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { constants, watch, type FSWatcher, type Stats } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { Logger } from '../telemetry/log';
@@ -36,20 +37,48 @@ export function parseFlagsFile(text: string, path: string): FeatureFlag[] {
   return parseFlagSet(doc);
 }
 
+/** What a path that is not a regular file is, for the rejection message. */
+function kindOf(st: Stats): string {
+  if (st.isDirectory()) return 'a directory';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isSocket()) return 'a socket';
+  return 'not a regular file';
+}
+
+// O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, for ever (it does
+// nothing to a regular file's reads). Not on Windows, which has no FIFOs to open this way.
+const OPEN_FLAGS = constants.O_RDONLY | (constants.O_NONBLOCK ?? 0);
+
 /**
- * The text of a flags file of at most MAX_FLAGS_FILE_BYTES. The size is checked before the read,
- * so a huge file is neither held in memory nor parsed, and again after it (the file may have
- * grown in between).
+ * The text of a flags file of at most MAX_FLAGS_FILE_BYTES. Only a regular file is read (through
+ * a symlink too): a device such as /dev/zero has size 0 and never ends, and a FIFO blocks its
+ * reader, so either held a reload (and every one after it) for ever, the first while memory grew
+ * without bound. The path is checked before it is opened (a device is not opened at all) and the
+ * handle after (the path may have changed in between). The size is checked before the read, so a
+ * huge file is neither held in memory nor parsed, and the read stops after one byte more than the
+ * limit whatever the size said (a file may grow, and /proc files say 0).
  */
 async function readCapped(path: string): Promise<string> {
-  const fh = await open(path, 'r');
+  const notRegular = (st: Stats) => new FlagError(`the path is ${kindOf(st)}: only a regular file (or a symlink to one) is read`);
+  const before = await stat(path);
+  if (!before.isFile()) throw notRegular(before);
+  const fh = await open(path, OPEN_FLAGS);
   try {
-    const tooBig = (n: number) => new FlagError(`the file is ${n} bytes, more than the limit of ${MAX_FLAGS_FILE_BYTES}`);
-    const { size } = await fh.stat();
-    if (size > MAX_FLAGS_FILE_BYTES) throw tooBig(size);
-    const data = await fh.readFile();
-    if (data.length > MAX_FLAGS_FILE_BYTES) throw tooBig(data.length);
-    return data.toString('utf8');
+    const tooBig = (n: number, more = '') => new FlagError(`the file is ${more}${n} bytes, more than the limit of ${MAX_FLAGS_FILE_BYTES}`);
+    const st = await fh.stat();
+    if (!st.isFile()) throw notRegular(st);
+    if (st.size > MAX_FLAGS_FILE_BYTES) throw tooBig(st.size);
+    const buf = Buffer.allocUnsafe(MAX_FLAGS_FILE_BYTES + 1);
+    let n = 0;
+    while (n < buf.length) {
+      const { bytesRead } = await fh.read(buf, n, buf.length - n, n);
+      if (bytesRead === 0) break;
+      n += bytesRead;
+    }
+    if (n > MAX_FLAGS_FILE_BYTES) throw tooBig(n, 'at least ');
+    return buf.toString('utf8', 0, n);
   } finally {
     await fh.close();
   }

@@ -4,7 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
-import { rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, constants, openSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { defaultConfig, FlagStore, FlagsFileSource, FlagsStartError, MAX_FLAGS, MAX_FLAGS_FILE_BYTES, startFlags, writeFlag, type FlagService } from '../../services/control';
@@ -195,6 +196,101 @@ test('welcome.flags carries flags named __proto__ and constructor', async (t) =>
 function longNames(n: number): string[] {
   return Array.from({ length: n }, (_, i) => `flag_${String(i).padStart(58, '0')}x`);
 }
+
+/** Point `link` at `target` atomically (a new symlink renamed over it), as a deployment would. */
+function swapSymlink(link: string, target: string): void {
+  const tmp = `${link}.tmp`;
+  rmSync(tmp, { force: true });
+  symlinkSync(target, tmp);
+  renameSync(tmp, link);
+}
+
+/**
+ * A reader stuck opening or reading FIFOs (a regression) is released, so the test fails instead of
+ * keeping the process alive: opening the write end succeeds only while a reader waits.
+ */
+function releaseFifoReaders(...fifos: string[]): void {
+  for (const fifo of fifos) {
+    try {
+      closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK));
+    } catch {
+      // ENXIO: nobody is reading it.
+    }
+  }
+}
+
+test('flags file: a symlink swapped to /dev/zero is rejected without reading it, the last good set stays, and the hot reload works once it points to a file again', async (t) => {
+  const dir = tempDir();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'flags.json');
+  writeFileSync(join(dir, 'a.json'), JSON.stringify({ flags: { history: { enabled: false } } }));
+  writeFileSync(join(dir, 'b.json'), JSON.stringify({ flags: { direct: { enabled: false } } }));
+  swapSymlink(path, 'a.json');
+  const store = new FlagStore();
+  const { log, lines } = captureLog();
+  const src = new FlagsFileSource({ path, store, log, debounceMs: 20 });
+  t.after(() => src.stop());
+  assert.equal(await src.start(), true);
+  assert.equal(store.isEnabled('history', 'u'), false);
+
+  // stat says 0 bytes and the read never ends: it grew the heap by 200 MB a second and held
+  // every later reload behind it.
+  const rss = process.memoryUsage().rss;
+  swapSymlink(path, '/dev/zero');
+  await waitFor(() => src.rejects > 0, 3000, '/dev/zero to be rejected');
+  const rejected = lines.find((l) => l.msg === 'flags file rejected, keeping the last good flags');
+  assert.ok(rejected, 'the usual log line');
+  assert.equal(rejected.level, 'error');
+  assert.match(String(rejected.err), /character device: only a regular file/);
+  assert.equal(store.isEnabled('history', 'u'), false, 'the last good set stays');
+  assert.ok(process.memoryUsage().rss - rss < 64 * 1024 * 1024, 'nothing read');
+
+  // A directory, likewise.
+  swapSymlink(path, dir);
+  await waitFor(() => src.rejects > 1, 3000, 'a directory to be rejected');
+  assert.match(String(lines.filter((l) => l.msg === 'flags file rejected, keeping the last good flags')[1].err), /directory/);
+
+  swapSymlink(path, 'b.json');
+  await waitFor(() => store.isEnabled('history', 'u') && !store.isEnabled('direct', 'u'), 3000, 'the hot reload of b.json');
+  assert.equal(src.lastError, null);
+});
+
+test('flags file: a FIFO is rejected at once (opening it does not wait for a writer), on the first load as on a reload', async (t) => {
+  const dir = tempDir();
+  const fifo = join(dir, 'fifo');
+  execFileSync('mkfifo', [fifo]);
+  const path = join(dir, 'flags.yaml');
+  t.after(() => {
+    releaseFifoReaders(fifo, path);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  // The first load: the start is refused, promptly, rather than hanging for ever.
+  execFileSync('mkfifo', [path]);
+  const first = new FlagsFileSource({ path, store: new FlagStore(), log: captureLog().log, debounceMs: 20 });
+  t.after(() => first.stop());
+  let started: boolean | undefined;
+  void first.start().then((ok) => (started = ok));
+  await waitFor(() => started !== undefined, 3000, 'the first load of a FIFO to finish');
+  assert.equal(started, false);
+  assert.match(String(first.lastError), /FIFO: only a regular file/);
+  first.stop();
+  rmSync(path);
+
+  // A reload: rejected, the last good set stays, and the next good file loads.
+  writeFileSync(path, 'flags:\n  history: {enabled: false}\n');
+  const store = new FlagStore();
+  const src = new FlagsFileSource({ path, store, log: captureLog().log, debounceMs: 20 });
+  t.after(() => src.stop());
+  assert.equal(await src.start(), true);
+  swapSymlink(path, fifo);
+  await waitFor(() => src.rejects > 0, 3000, 'the FIFO to be rejected');
+  assert.match(String(src.lastError), /FIFO/);
+  assert.equal(store.isEnabled('history', 'u'), false, 'the last good set stays');
+  rmSync(path);
+  writeFileSync(path, 'flags:\n  direct: {enabled: false}\n');
+  await waitFor(() => store.isEnabled('history', 'u') && !store.isEnabled('direct', 'u'), 3000, 'the hot reload of the regular file');
+});
 
 test('flags file: past MAX_FLAGS flags or MAX_FLAGS_FILE_BYTES it is rejected and the last good set stays; a full set fits welcome', async (t) => {
   const dir = tempDir();
