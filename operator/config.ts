@@ -43,8 +43,8 @@ export const OPERATOR_SETTINGS: readonly SettingDefinition[] = [
   { key: 'OPERATOR_ADMIN_HOST', kind: 'string', default: '0.0.0.0', doc: 'Address of the admin HTTP listener.' },
   { key: 'LEADER_ELECTION', kind: 'bool', default: 'true', doc: 'Off: this replica always acts (run one replica only).' },
   { key: 'LEASE_NAME', kind: 'string', default: 'switchboard-operator', doc: 'Name of the coordination.k8s.io Lease.' },
-  { key: 'LEASE_DURATION_MS', kind: 'int', default: '15000', min: 1000, doc: 'A dead leader is replaced after this long.' },
-  { key: 'RESYNC_MS', kind: 'int', default: '30000', min: 100, doc: 'Every Switchboard and FeatureFlag is reconciled at least this often.' },
+  { key: 'LEASE_DURATION_MS', kind: 'int', default: '15000', min: 1000, unit: 'ms', doc: 'A dead leader is replaced after this long.' },
+  { key: 'RESYNC_MS', kind: 'int', default: '30000', min: 100, unit: 'ms', doc: 'Every Switchboard and FeatureFlag is reconciled at least this often.' },
   { key: 'POD_NAME', kind: 'string', default: '', doc: 'This replica\'s identity in the Lease; empty: hostname-pid.' },
   { key: 'OPERATOR_DEPLOYMENT', kind: 'string', default: '', doc: 'The operator\'s own Deployment in OPERATOR_NAMESPACE: the owner of the leader Lease, which is garbage-collected with it; no Lease is created while it is missing. Empty: no owner.' },
 ];

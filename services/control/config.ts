@@ -36,6 +36,20 @@ export function redactUrl(url: string): string {
 
 type Kind = 'port' | 'int' | 'string' | 'enum' | 'bool' | 'url' | 'list';
 
+/**
+ * The longest delay a Node timer takes: 2^31-1 ms, about 24.8 days. setTimeout and setInterval
+ * (and socket timeouts) take anything longer as 1 ms, with a TimeoutOverflowWarning, so a
+ * setting meant as "practically never" fired all the time.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+/** The same bound for a duration in seconds that becomes a timer. */
+export const MAX_TIMER_SEC = Math.floor(MAX_TIMER_MS / 1000);
+/** The longest Redis TTL in seconds we send (about 68 years; 0 is "never" where a setting allows it). */
+export const MAX_REDIS_TTL_SEC = 2 ** 31 - 1;
+
+/** The unit of a duration setting; it decides the setting's maximum unless the row sets one. */
+type Unit = 'ms' | 's';
+
 interface Setting {
   readonly key: string;
   /** Its field in Config (camelCase); operator tables leave it out. */
@@ -46,6 +60,16 @@ interface Setting {
   readonly min?: number;
   readonly max?: number;
   readonly values?: readonly string[];
+  /**
+   * A duration (every *_MS and *_SEC setting that is not a rate): its maximum is MAX_TIMER_MS
+   * (MAX_TIMER_SEC for seconds) unless the row sets a lower one, or another for a Redis TTL.
+   */
+  readonly unit?: Unit;
+}
+
+/** A setting's maximum: the row's own, else its unit's, else none. */
+export function settingMax(s: Setting): number | undefined {
+  return s.max ?? (s.unit === 'ms' ? MAX_TIMER_MS : s.unit === 's' ? MAX_TIMER_SEC : undefined);
 }
 
 /**
@@ -65,11 +89,11 @@ const SETTINGS_TABLE = [
   { key: 'MAX_CONNECTIONS', field: 'maxConnections', kind: 'int', default: '0', min: 0, doc: 'Connections this process holds at once, client and HTTP on both ports; 0 derives it from the file-descriptor limit (RLIMIT_NOFILE: 90% of it, less 32).' },
   { key: 'MAX_CONNECTIONS_PER_USER', field: 'maxConnectionsPerUser', kind: 'int', default: '64', min: 0, doc: 'Connections one user may hold on this process at once (each gets every direct message to the user); one more hello is `too_many_connections` and closed. 0: no cap.' },
   { key: 'MAX_ROOMS_TOTAL', field: 'maxRoomsTotal', kind: 'int', default: '100000', min: 1, doc: 'Rooms with members this process holds in total; joining one more is `too_many_rooms`.' },
-  { key: 'FRAME_TIMEOUT_MS', field: 'frameTimeoutMs', kind: 'int', default: '10000', min: 100, doc: 'A frame must be complete within this time of its first byte, else `frame_timeout` and close. Partial frames do not reset the idle timer.' },
+  { key: 'FRAME_TIMEOUT_MS', field: 'frameTimeoutMs', kind: 'int', default: '10000', min: 100, unit: 'ms', doc: 'A frame must be complete within this time of its first byte, else `frame_timeout` and close. Partial frames do not reset the idle timer.' },
   { key: 'PARTIAL_FRAMES_BUDGET_BYTES', field: 'partialFramesBudgetBytes', kind: 'int', default: '67108864', min: 0, doc: 'Bytes of incomplete frames held for all connections together; past it, connections growing a partial frame stop being read until it frees, and past it by a quarter the largest partial frames are refused (`overloaded`) and their connections closed. 0: no budget.' },
   { key: 'MAX_JSON_DEPTH', field: 'maxJsonDepth', kind: 'int', default: '64', min: 1, doc: 'Deepest nesting of objects and arrays a message may have; deeper is `bad_request`.' },
-  { key: 'IDLE_TIMEOUT_MS', field: 'idleTimeoutMs', kind: 'int', default: '60000', min: 100, doc: 'A connection that sends no frame for this long is closed (reason idle_timeout).' },
-  { key: 'HELLO_TIMEOUT_MS', field: 'helloTimeoutMs', kind: 'int', default: '10000', min: 100, doc: 'A connection must send hello within this time.' },
+  { key: 'IDLE_TIMEOUT_MS', field: 'idleTimeoutMs', kind: 'int', default: '60000', min: 100, unit: 'ms', doc: 'A connection that sends no frame for this long is closed (reason idle_timeout).' },
+  { key: 'HELLO_TIMEOUT_MS', field: 'helloTimeoutMs', kind: 'int', default: '10000', min: 100, unit: 'ms', doc: 'A connection must send hello within this time.' },
   { key: 'INFLATE_BYTES_PER_SEC', field: 'inflateBytesPerSec', kind: 'int', default: '4194304', min: 0, doc: 'Bytes per second one connection\'s compressed frames may decompress to (a few bytes of zstd can stand for a megabyte); past it the connection is read no faster. 0: no budget.' },
   { key: 'INFLATE_TOTAL_BYTES_PER_SEC', field: 'inflateTotalBytesPerSec', kind: 'int', default: '33554432', min: 0, doc: 'Bytes per second the compressed frames of all connections together may decompress to; past it compressed frames wait (their connections are read no faster), so many connections each within INFLATE_BYTES_PER_SEC cannot together stall the process. A frame is charged its output bound before it is decompressed: at most an eighth of a second\'s worth is decompressing at once. 0: no budget.' },
   { key: 'INBOUND_BYTES_PER_SEC', field: 'inboundBytesPerSec', kind: 'int', default: '4194304', min: 0, doc: 'Bytes per second one connection may send (its burst: a second\'s worth, or MAX_FRAME_BYTES if larger), replies of 1 KiB or more to its requests (history, presence) counted too; past it the connection is read no faster, nothing is dropped. 0: no budget.' },
@@ -80,14 +104,14 @@ const SETTINGS_TABLE = [
   { key: 'MAX_OUTBOUND_BYTES', field: 'maxOutboundBytes', kind: 'int', default: '4194304', min: 1024, doc: 'Bytes queued for one connection (ours plus the socket buffer) before it is a slow consumer.' },
   { key: 'SLOW_CONSUMER_POLICY', field: 'slowConsumerPolicy', kind: 'enum', default: 'disconnect', values: ['disconnect', 'drop'], doc: 'disconnect: send slow_consumer and close; drop: drop messages for that client and count them.' },
   { key: 'HISTORY_SIZE', field: 'historySize', kind: 'int', default: '100', min: 0, doc: 'Messages kept per room for `history` and recovery after reconnect.' },
-  { key: 'HISTORY_TTL_SEC', field: 'historyTtlSec', kind: 'int', default: '86400', min: 0, doc: 'Cluster: a room\'s position and history expire this long after its last message (or after the join that created its position; a room nothing was said in goes when its last member leaves): room names nobody uses again do not stay in Redis for ever. While members are in a room its position is renewed (its history is not). A room that comes back after that starts a new epoch. 0: never expire.' },
+  { key: 'HISTORY_TTL_SEC', field: 'historyTtlSec', kind: 'int', default: '86400', min: 0, unit: 's', max: MAX_REDIS_TTL_SEC, doc: 'Cluster: a room\'s position and history expire this long after its last message (or after the join that created its position; a room nothing was said in goes when its last member leaves): room names nobody uses again do not stay in Redis for ever. While members are in a room its position is renewed (its history is not). A room that comes back after that starts a new epoch. 0: never expire.' },
   { key: 'HISTORY_ROOM_BYTES', field: 'historyRoomBytes', kind: 'int', default: '4194304', min: 0, doc: 'Standalone: estimated bytes of history kept per room (oldest messages go first).' },
   { key: 'HISTORY_TOTAL_BYTES', field: 'historyTotalBytes', kind: 'int', default: '67108864', min: 0, doc: 'Standalone: estimated bytes of history kept over all rooms (each message as its JSON text, two bytes a character plus 64); over it the longest idle rooms lose their history first.' },
-  { key: 'HTTP_HEADERS_TIMEOUT_MS', field: 'httpHeadersTimeoutMs', kind: 'int', default: '5000', min: 100, doc: 'HTTP (client and admin port): time from connecting to the end of the request headers; then 408 and close.' },
-  { key: 'HTTP_REQUEST_TIMEOUT_MS', field: 'httpRequestTimeoutMs', kind: 'int', default: '10000', min: 100, doc: 'HTTP: time to receive a whole request; then 408 and close.' },
-  { key: 'HTTP_KEEPALIVE_TIMEOUT_MS', field: 'httpKeepAliveTimeoutMs', kind: 'int', default: '5000', min: 100, doc: 'HTTP: an idle keep-alive connection is closed after this long.' },
+  { key: 'HTTP_HEADERS_TIMEOUT_MS', field: 'httpHeadersTimeoutMs', kind: 'int', default: '5000', min: 100, unit: 'ms', doc: 'HTTP (client and admin port): time from connecting to the end of the request headers; then 408 and close.' },
+  { key: 'HTTP_REQUEST_TIMEOUT_MS', field: 'httpRequestTimeoutMs', kind: 'int', default: '10000', min: 100, unit: 'ms', doc: 'HTTP: time to receive a whole request; then 408 and close.' },
+  { key: 'HTTP_KEEPALIVE_TIMEOUT_MS', field: 'httpKeepAliveTimeoutMs', kind: 'int', default: '5000', min: 100, unit: 'ms', doc: 'HTTP: an idle keep-alive connection is closed after this long.' },
   { key: 'METRICS_ON_CLIENT_PORT', field: 'metricsOnClientPort', kind: 'bool', default: 'false', doc: 'Also serve /metrics on the client port (it is always on the admin port); /stats, /healthz and /readyz are served on both.' },
-  { key: 'SHUTDOWN_DRAIN_MS', field: 'shutdownDrainMs', kind: 'int', default: '10000', min: 0, doc: 'On SIGTERM, how long to wait for clients to drain and leave before exiting.' },
+  { key: 'SHUTDOWN_DRAIN_MS', field: 'shutdownDrainMs', kind: 'int', default: '10000', min: 0, unit: 'ms', doc: 'On SIGTERM, how long to wait for clients to drain and leave before exiting.' },
   { key: 'COMPRESSION_THRESHOLD', field: 'compressionThreshold', kind: 'int', default: '512', min: 0, doc: 'Binary-mode frames with a body above this many bytes are compressed (negotiated codec) when that makes them smaller.' },
   { key: 'COMPRESSION_CODECS', field: 'compressionCodecs', kind: 'list', default: 'lz4,zstd', values: ['lz4', 'zstd'], doc: 'Codecs the server offers in hello, most preferred first (lz4, zstd); empty disables compression.' },
   { key: 'FLAGS_FILE', field: 'flagsFile', kind: 'string', default: '', doc: 'Feature flags file (JSON or YAML), hot-reloaded; empty: no file. See docs/flags.md.' },
@@ -100,20 +124,20 @@ const SETTINGS_TABLE = [
   { key: 'REDIS_CLUSTER', field: 'redisCluster', kind: 'bool', default: 'false', doc: 'Treat REDIS_URL as a seed node of a Redis Cluster (keys are hash-tagged for it).' },
   { key: 'STREAM_SHARDS', field: 'streamShards', kind: 'int', default: '8', min: 1, doc: 'Ingress stream shards (sb:in:{N}); the same on every gateway. The unit of broadcast ownership and per-room order.' },
   { key: 'BROADCAST_BATCH', field: 'broadcastBatch', kind: 'int', default: '512', min: 1, max: 10000, doc: 'Ingress entries a broadcast worker reads and routes per batch (at most 10000: a batch\'s ids and arguments go to Redis as one command).' },
-  { key: 'REDIS_TIMEOUT_MS', field: 'redisTimeoutMs', kind: 'int', default: '2000', min: 100, doc: 'A Redis command that has no reply within this time fails: the client gets `unavailable`, and /readyz turns 503 while Redis stays stalled.' },
-  { key: 'LEASE_MS', field: 'leaseMs', kind: 'int', default: '5000', min: 100, doc: 'Shard lease of a broadcast worker; a dead worker\'s shards move after this long.' },
-  { key: 'HEARTBEAT_MS', field: 'heartbeatMs', kind: 'int', default: '2000', min: 100, doc: 'Gateway heartbeat period; a gateway silent for 3 periods is removed from routing.' },
+  { key: 'REDIS_TIMEOUT_MS', field: 'redisTimeoutMs', kind: 'int', default: '2000', min: 100, unit: 'ms', doc: 'A Redis command that has no reply within this time fails: the client gets `unavailable`, and /readyz turns 503 while Redis stays stalled.' },
+  { key: 'LEASE_MS', field: 'leaseMs', kind: 'int', default: '5000', min: 100, unit: 'ms', doc: 'Shard lease of a broadcast worker; a dead worker\'s shards move after this long.' },
+  { key: 'HEARTBEAT_MS', field: 'heartbeatMs', kind: 'int', default: '2000', min: 100, unit: 'ms', doc: 'Gateway heartbeat period; a gateway silent for 3 periods is removed from routing.' },
   { key: 'INGRESS_MAXLEN', field: 'ingressMaxLen', kind: 'int', default: '1000000', min: 1000, doc: 'Safety cap per ingress stream; the broadcast tier trims what it processed.' },
   { key: 'EGRESS_MAXLEN', field: 'egressMaxLen', kind: 'int', default: '100000', min: 100, doc: 'Messages of unread backlog kept in each gateway egress stream (approximate; a gateway trims what it has read itself): a gateway lagging further behind loses the oldest and tells its members where their rooms are.' },
   { key: 'LOG_LEVEL', field: 'logLevel', kind: 'enum', default: 'info', values: ['debug', 'info', 'warn', 'error', 'silent'], doc: 'Log verbosity; logs are JSON lines on stderr.' },
-  { key: 'OVERLOAD_P99_LATENCY_MS', field: 'overloadP99LatencyMs', kind: 'int', default: '50', min: 0, doc: 'Overload when p99 delivery latency over one monitor interval exceeds this (ms); 0 disables. The origin used 1 ms.' },
-  { key: 'OVERLOAD_EVENT_LOOP_LAG_MS', field: 'overloadEventLoopLagMs', kind: 'int', default: '100', min: 0, doc: 'Overload when p99 event-loop delay over one interval exceeds this (ms); 0 disables.' },
+  { key: 'OVERLOAD_P99_LATENCY_MS', field: 'overloadP99LatencyMs', kind: 'int', default: '50', min: 0, unit: 'ms', doc: 'Overload when p99 delivery latency over one monitor interval exceeds this (ms); 0 disables. The origin used 1 ms.' },
+  { key: 'OVERLOAD_EVENT_LOOP_LAG_MS', field: 'overloadEventLoopLagMs', kind: 'int', default: '100', min: 0, unit: 'ms', doc: 'Overload when p99 event-loop delay over one interval exceeds this (ms); 0 disables.' },
   { key: 'OVERLOAD_MEMORY_PERCENT', field: 'overloadMemoryPercent', kind: 'int', default: '85', min: 0, doc: 'Overload when RSS exceeds this percentage of the container memory limit (of RAM without one); 0 disables.' },
   { key: 'OVERLOAD_MEMORY_MB', field: 'overloadMemoryMb', kind: 'int', default: '0', min: 0, doc: 'Absolute RSS threshold in MiB; when set it replaces OVERLOAD_MEMORY_PERCENT. The origin used 15 MB.' },
   { key: 'OVERLOAD_HEAP_PERCENT', field: 'overloadHeapPercent', kind: 'int', default: '85', min: 0, doc: 'Overload when the V8 heap in use exceeds this percentage of its limit (heap_size_limit, --max-old-space-size); 0 disables.' },
   { key: 'OVERLOAD_MAX_MSG_PER_SEC', field: 'overloadMaxMsgPerSec', kind: 'int', default: '0', min: 0, doc: 'Overload when this process receives more messages per second than this (its capacity); 0 disables.' },
   { key: 'OVERLOAD_ERROR_RATE_PERCENT', field: 'overloadErrorRatePercent', kind: 'int', default: '1', min: 0, doc: 'Overload when server-side errors (internal, unavailable; each connection counted once per interval) exceed this percentage of messages; 0 disables.' },
-  { key: 'OVERLOAD_INTERVAL_MS', field: 'overloadIntervalMs', kind: 'int', default: '1000', min: 50, doc: 'Performance monitor sampling interval.' },
+  { key: 'OVERLOAD_INTERVAL_MS', field: 'overloadIntervalMs', kind: 'int', default: '1000', min: 50, unit: 'ms', doc: 'Performance monitor sampling interval.' },
   { key: 'OVERLOAD_ENTER_SAMPLES', field: 'overloadEnterSamples', kind: 'int', default: '3', min: 1, doc: 'Consecutive intervals with a breach before the process is overloaded.' },
   { key: 'OVERLOAD_EXIT_SAMPLES', field: 'overloadExitSamples', kind: 'int', default: '5', min: 1, doc: 'Consecutive clear intervals before it recovers.' },
   { key: 'OVERLOAD_RECOVERY_PERCENT', field: 'overloadRecoveryPercent', kind: 'int', default: '80', min: 1, doc: 'Hysteresis: an interval is clear when every value is below this percentage of its threshold.' },
@@ -191,10 +215,12 @@ function parseValue(s: Setting, value: string): string | number | boolean | stri
       return n;
     }
     case 'int': {
-      const want = s.max === undefined ? `an integer >= ${s.min ?? 0}` : `an integer from ${s.min ?? 0} to ${s.max}`;
+      const max = settingMax(s);
+      const unit = s.unit === 'ms' ? ' (milliseconds)' : s.unit === 's' ? ' (seconds)' : '';
+      const want = (max === undefined ? `an integer >= ${s.min ?? 0}` : `an integer from ${s.min ?? 0} to ${max}`) + unit;
       if (!/^-?\d+$/.test(value)) throw new ConfigError(s.key, want, value);
       const n = Number(value);
-      if (!Number.isSafeInteger(n) || n < (s.min ?? 0) || (s.max !== undefined && n > s.max)) throw new ConfigError(s.key, want, value);
+      if (!Number.isSafeInteger(n) || n < (s.min ?? 0) || (max !== undefined && n > max)) throw new ConfigError(s.key, want, value);
       return n;
     }
     case 'enum':

@@ -71,9 +71,13 @@ describe('cli', () => {
     [{ TCP_PORT: 'abc' }, 'TCP_PORT', 'a port number 0-65535'],
     [{ MAX_ROOMS_PER_CONNECTION: '-3' }, 'MAX_ROOMS_PER_CONNECTION', 'an integer >= 1'],
     [{ SLOW_CONSUMER_POLICY: 'maybe' }, 'SLOW_CONSUMER_POLICY', 'one of disconnect, drop'],
+    // Above 2^31-1 ms a timer fires after 1 ms: the overload monitor ran every millisecond.
+    [{ OVERLOAD_INTERVAL_MS: '3000000000' }, 'OVERLOAD_INTERVAL_MS', 'an integer from 50 to 2147483647 (milliseconds)'],
   ] as const) {
-    test(`invalid ${key}: one line naming the key and the expected form, exit code 2`, async () => {
+    test(`invalid ${key}: one line naming the key and the expected form, exit code 2`, async (t) => {
       const p = spawnCli([], { ...BASE, ...env });
+      t.after(() => p.kill());
+      await waitFor(() => p.child.exitCode !== null || p.child.signalCode !== null, 5000, 'the process to exit');
       const { code } = await p.exited;
       assert.equal(code, 2);
       const lines = p.stderr.filter((l) => l !== '');
@@ -82,6 +86,20 @@ describe('cli', () => {
       assert.ok(lines[0].includes(expected), lines[0]);
     });
   }
+
+  test('a duration past the longest timer stops every role at start-up: one line, exit code 2', async (t) => {
+    for (const [role, key] of [['gateway', 'HEARTBEAT_MS'], ['broadcast', 'LEASE_MS'], ['broadcast', 'HISTORY_TTL_SEC'], ['operator', 'RESYNC_MS'], ['operator', 'LEASE_DURATION_MS']] as const) {
+      // Unreachable Redis and Kubernetes: a role that accepted the value would keep trying them.
+      const p = spawnCli([role], { ...BASE, [key]: '3000000000', REDIS_URL: 'redis://127.0.0.1:1', KUBECONFIG: '/nonexistent' });
+      t.after(() => p.kill());
+      await waitFor(() => p.child.exitCode !== null || p.child.signalCode !== null, 5000, `${role} with ${key} to exit`);
+      const { code } = await p.exited;
+      const lines = p.stderr.filter((l) => l !== '');
+      assert.equal(code, 2, `${role} ${key}: ${lines.join('\n')}`);
+      assert.equal(lines.length, 1, `stderr: ${lines.join('\n')}`);
+      assert.match(lines[0], new RegExp(`^switchboard: invalid ${key}="3000000000": expected an integer from \\d+ to 2147483647 \\((milliseconds|seconds)\\)$`));
+    }
+  });
 
   test("the default role is standalone; .env with the origin's keys is read; the environment wins", async (t) => {
     const port = await freePort();

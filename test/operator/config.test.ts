@@ -43,7 +43,7 @@ test('defaults, integers and the admin port', () => {
   assert.equal(op({ LEASE_NAME: '' }).leaseName, 'switchboard-operator', 'empty is the default');
   assert.equal(op({ OPERATOR_ADMIN_PORT: '-1' }).adminPort, -1, '-1 disables');
   assert.equal(op({ OPERATOR_ADMIN_PORT: '0' }).adminPort, 0);
-  for (const [key, value] of [['OPERATOR_ADMIN_PORT', '70000'], ['OPERATOR_ADMIN_PORT', '-2'], ['LEASE_DURATION_MS', '999'], ['RESYNC_MS', '1.5'], ['RESYNC_MS', '']]) {
+  for (const [key, value] of [['OPERATOR_ADMIN_PORT', '70000'], ['OPERATOR_ADMIN_PORT', '-2'], ['LEASE_DURATION_MS', '999'], ['RESYNC_MS', '1.5'], ['RESYNC_MS', ''], ['RESYNC_MS', '3000000000'], ['LEASE_DURATION_MS', '2147483648']]) {
     assert.throws(() => op({ [key]: value }), (err: unknown) => err instanceof ConfigError && err.key === key, `${key}=${value}`);
   }
 });

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { ConfigError, defaultConfig, loadConfig, parseDotEnv, redactedConfig, SETTINGS } from '../../services/control';
+import { loadOperatorConfig, OPERATOR_SETTINGS } from '../../operator/config';
+import { ConfigError, defaultConfig, loadConfig, MAX_REDIS_TTL_SEC, MAX_TIMER_MS, parseDotEnv, redactedConfig, settingMax, SETTINGS } from '../../services/control';
 import { tempDir } from '../helpers/cli';
 
 function dotEnv(text: string): string {
@@ -109,6 +110,10 @@ describe('config', () => {
     [{ SLOW_CONSUMER_POLICY: 'ignore' }, 'SLOW_CONSUMER_POLICY', /one of disconnect, drop/],
     [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL', /one of/],
     [{ REDIS_URL: 'http://x' }, 'REDIS_URL', /redis:\/\//],
+    // Past the longest timer Node takes: the overload monitor ran every 1 ms.
+    [{ OVERLOAD_INTERVAL_MS: '3000000000' }, 'OVERLOAD_INTERVAL_MS', /integer from 50 to 2147483647 \(milliseconds\)/],
+    [{ IDLE_TIMEOUT_MS: '2147483648' }, 'IDLE_TIMEOUT_MS', /integer from 100 to 2147483647/],
+    [{ HISTORY_TTL_SEC: '2147483648' }, 'HISTORY_TTL_SEC', /integer from 0 to 2147483647 \(seconds\)/],
   ];
   for (const [env, key, expected] of invalid) {
     test(`invalid ${key}=${Object.values(env)[0]} is a ConfigError naming the key and the expected form`, () => {
@@ -129,6 +134,34 @@ describe('config', () => {
   test('ADMIN_PORT=-1 disables the admin port (the only port that accepts -1)', () => {
     assert.equal(loadConfig({ env: { ADMIN_PORT: '-1' }, dotEnvPath: null }).adminPort, -1);
   });
+
+  // Every duration of every role: the server's roles (one table) and the operator's. A *_MS or
+  // *_SEC key that is not a rate must say its unit, so that it has a maximum a timer (or Redis)
+  // takes; above it start-up stops like below the minimum, instead of a timer firing every 1 ms.
+  const tables = [
+    { name: 'server', table: SETTINGS, load: (env: Record<string, string>) => loadConfig({ env, dotEnvPath: null }) },
+    { name: 'operator', table: OPERATOR_SETTINGS, load: (env: Record<string, string>) => loadOperatorConfig(env, { dotEnvPath: null }) },
+  ];
+  for (const { name, table, load } of tables) {
+    test(`${name}: every duration setting has a maximum a timer takes; past it is a ConfigError naming the key`, () => {
+      const durations = table.filter((s) => /_(MS|SEC)$/.test(s.key) && !/_PER_SEC$/.test(s.key));
+      assert.ok(durations.length > 0);
+      for (const s of durations) {
+        assert.ok(s.unit === (s.key.endsWith('_MS') ? 'ms' : 's'), `${s.key} declares its unit`);
+        const max = settingMax(s)!;
+        const limit = s.key === 'HISTORY_TTL_SEC' ? MAX_REDIS_TTL_SEC : s.unit === 'ms' ? MAX_TIMER_MS : Math.floor(MAX_TIMER_MS / 1000);
+        assert.ok(max !== undefined && max <= limit, `${s.key}: maximum ${max}, at most ${limit}`);
+        assert.doesNotThrow(() => load({ [s.key]: String(max) }), `${s.key}=${max} is accepted`);
+        for (const value of [String(max + 1), '3000000000', '9007199254740991']) {
+          assert.throws(
+            () => load({ [s.key]: value }),
+            (err: unknown) => err instanceof ConfigError && err.key === s.key && err.message.includes(`to ${max}`) && !err.message.includes('\n'),
+            `${s.key}=${value}`,
+          );
+        }
+      }
+    });
+  }
 
   test('every setting has a default that itself validates', () => {
     const keys = SETTINGS.map((s) => s.key);
