@@ -7,6 +7,8 @@
  * clock read of its own. A full bucket only moves its refill time; the arithmetic runs only once
  * a client has spent some tokens.
  */
+import { MAX_TIMER_MS } from '../control/config';
+
 /** The shortest pause of a connection past its rate limit (ms). */
 export const RATE_PAUSE_MS = 100;
 
@@ -96,8 +98,12 @@ export class TokenBucket {
     this.tokens = Math.min(this.burst, this.tokens + n);
   }
 
-  /** How long until the debt is repaid (ms, at least 1). */
+  /**
+   * How long until the debt is repaid (ms, at least 1), at most MAX_TIMER_MS: it is a timer's
+   * delay, and a longer one fires after 1 ms (a debt of a few MB at INBOUND_BYTES_PER_SEC=1 re-armed
+   * its timer every millisecond). The timer checks positive() again and waits for what is left.
+   */
   get debtMs(): number {
-    return Math.max(1, Math.ceil((-this.tokens * 1000) / this.perSec) + 1);
+    return Math.min(MAX_TIMER_MS, Math.max(1, Math.ceil((-this.tokens * 1000) / this.perSec) + 1));
   }
 }

@@ -5,6 +5,7 @@ import { Writable } from 'node:stream';
 import { test } from 'node:test';
 import { OutboundQueue, Verdict } from '../../services/gateway/outbound-queue';
 import { Codec, InOrder, Mode, Outbound } from '../../services/protocol';
+import { MAX_TIMER_MS } from '../../services/control/config';
 import { TokenBucket } from '../../services/gateway/token-bucket';
 import { waitFor } from '../helpers/wait';
 
@@ -180,6 +181,15 @@ test('TokenBucket metered: spending leaves it in debt, and it is positive again 
   assert.equal(b.positive(100_000), true); // refilled to the cap, not beyond
   b.spend(1001);
   assert.equal(b.positive(100_000), false);
+});
+
+test('TokenBucket metered: the debt is a timer delay, never past the longest timer Node takes', () => {
+  // INBOUND_BYTES_PER_SEC=1 and a 4 MiB frame: 4.2e9 ms, which setTimeout takes as 1 ms.
+  const b = new TokenBucket(1, 4 << 20, 0);
+  b.spend(8 << 20);
+  assert.equal(b.positive(0), false);
+  assert.equal(b.debtMs, MAX_TIMER_MS);
+  assert.equal(b.positive(MAX_TIMER_MS), false, 'still owing after one timer: the next one waits again');
 });
 
 test('InOrder: a queue that never empties (a client always one request ahead) does not keep what left', () => {
