@@ -59,11 +59,19 @@ export class BroadcastCounters {
   reclaimed = 0;
   failures = 0;
   batches = 0;
+  /**
+   * Rooms this worker had sequenced whose sequence started again in a new epoch lower than it had
+   * seen: Redis lost writes (restarted empty or behind, a failover, keys expired).
+   */
+  epochRestarts = 0;
 }
 
 type ApplyClient = RedisClient & {
-  /** See apply.lua: maxlen, epoch, the JSON before the epoch, then id, head, end per entry. */
-  sbApply(seqKey: string, histKey: string, roomKey: string, maxlen: number, epoch: string, epochJson: string, ttlSec: number, ...idHeadEnd: string[]): Promise<ApplyReply>;
+  /**
+   * See apply.lua: maxlen, epoch, the JSON before the epoch, ttl, the room's epoch and seq as this
+   * worker last saw them ('' and 0: not seen), then id, head, end per entry.
+   */
+  sbApply(seqKey: string, histKey: string, roomKey: string, maxlen: number, epoch: string, epochJson: string, ttlSec: number, seenEpoch: string, seenSeq: number, ...idHeadEnd: string[]): Promise<ApplyReply>;
   sbHeartbeat(workers: string, id: string, leaseMs: number): Promise<string[]>;
   sbRenew(lease: string, owner: string, ttl: number): Promise<number>;
   sbRelease(lease: string, owner: string): Promise<number>;
@@ -89,6 +97,18 @@ interface Parsed {
   end: string;
 }
 
+/** The room's epoch and seq as apply.lua last returned them to this worker. */
+interface Seen {
+  epoch: string;
+  seq: number;
+}
+
+/**
+ * How many rooms' last (epoch, seq) a worker remembers to find Redis rolled back (apply.lua); the
+ * oldest used is forgotten first. About 100 bytes a room.
+ */
+export const SEEN_ROOMS = 100_000;
+
 /** The entries of one room in a batch and the APPLY arguments. */
 interface RoomBatch {
   room: string;
@@ -110,6 +130,14 @@ export class BroadcastWorker {
   readonly egressConn: RedisClient;
   /** The live workers in the order every worker agrees on, as of the last heartbeat. */
   live: string[] = [];
+  /**
+   * Per room this worker sequenced, the epoch and seq apply.lua last returned (at most
+   * SEEN_ROOMS, the least recently used forgotten first). apply.lua compares them with what Redis
+   * holds: the same epoch with a lower seq means Redis came back behind (a snapshot, an AOF
+   * fsynced every second, a replica promoted early) and lost writes this worker made, and the room
+   * starts again in a new epoch rather than give new messages the seqs members already had.
+   */
+  private readonly seen = new Map<string, Seen>();
 
   constructor(readonly opts: BroadcastOptions) {
     const timeout = opts.timeoutMs ?? 2000;
@@ -240,7 +268,16 @@ export class BroadcastWorker {
     // Used only by rooms that have no epoch yet (new, or Redis lost them).
     const epoch = newEpoch();
     const rooms = [...byRoom.values()];
-    const replies = await Promise.all(rooms.map((rb) => cmd.sbApply(Keys.seq(rb.room), Keys.history(rb.room), Keys.room(rb.room), historySize, epoch, ROOM_MESSAGE_EPOCH, ttl, ...rb.args)));
+    const seen = this.seen;
+    const replies = await Promise.all(
+      rooms.map((rb) => {
+        const s = seen.get(rb.room);
+        return cmd.sbApply(Keys.seq(rb.room), Keys.history(rb.room), Keys.room(rb.room), historySize, epoch, ROOM_MESSAGE_EPOCH, ttl, s?.epoch ?? '', s?.seq ?? 0, ...rb.args);
+      }),
+    );
+    let restarted: string | null = null;
+    for (let r = 0; r < rooms.length; r++) if (this.remember(rooms[r].room, replies[r])) restarted = rooms[r].room;
+    if (restarted !== null) this.opts.log.warn('room sequences started again in a new epoch: Redis lost writes', { room: restarted, total: this.counters.epochRestarts });
     const routed = new Set<string>();
     for (const r of replies) for (const gw of r[1]) routed.add(gw);
     await this.egress.learn(routed);
@@ -275,6 +312,30 @@ export class BroadcastWorker {
     if (spans !== null) for (const s of spans) s.end();
     this.counters.entries += entries.length;
     this.counters.batches++;
+  }
+
+  /**
+   * Remember the room's epoch and seq from its APPLY reply: its last entry's seq (the newest
+   * unless every entry was a redelivery, and then no newer than what Redis held). True when the
+   * room had started again in a new epoch below the seq we had seen (counted in epochRestarts).
+   */
+  private remember(room: string, reply: ApplyReply): boolean {
+    const epoch = reply[0];
+    const seq = Number(reply[reply.length - 2]);
+    const seen = this.seen;
+    const prev = seen.get(room);
+    let restarted = false;
+    if (prev !== undefined) {
+      if (prev.epoch === epoch && seq <= prev.seq) return false;
+      restarted = prev.epoch !== epoch && seq <= prev.seq;
+      if (restarted) this.counters.epochRestarts++;
+      // Moved to the end: the least recently used room is the first one forgotten.
+      seen.delete(room);
+    } else if (seen.size >= SEEN_ROOMS) {
+      seen.delete(seen.keys().next().value!);
+    }
+    if (seq > 0) seen.set(room, { epoch, seq });
+    return restarted;
   }
 
   /** Entries read but not yet acknowledged, over the shards this worker owns. */

@@ -22,6 +22,17 @@
 -- starts (no seq yet) drops any history left without it: those entries belong to a sequence that
 -- no longer exists, and their ids would collide with the new one's.
 --
+-- Redis that comes back behind (restarted from an RDB snapshot or an AOF fsynced every second, a
+-- replica promoted before it had everything) keeps the room's epoch with an older seq: going on
+-- from there would give new messages the seqs of lost ones, which members already had, and they
+-- would drop them as seen. The worker passes the room's epoch and seq as this script last
+-- returned them to it (ARGV[5], ARGV[6]; '' and 0 when it has none): the same epoch with a lower
+-- seq means Redis lost writes of this very worker, and the room starts again in a new epoch, as
+-- if it had none (seq 1, history dropped: its ids <seq>-1 would collide). Members see the epoch
+-- change instead of reused seqs. Not seen here: a rollback after the worker that sequenced the
+-- room restarted, or when another worker owned the room's shard since (it passes nothing, or an
+-- older seq).
+--
 -- A room's position and history expire ARGV[4] seconds after its last new message (0: never), so
 -- room names used once do not stay in Redis for ever; a room that comes back starts a new epoch.
 --
@@ -31,8 +42,9 @@
 -- KEYS[1] = sb:seq:{room} (hash: seq, epoch, last, n = the newest entries that may be redelivered)   KEYS[2] = sb:hist:{room} (stream, ids <seq>-1)
 -- KEYS[3] = sb:room:{room} (set: gateways with members in the room)
 -- ARGV[1] = history max length, ARGV[2] = epoch to use if the room has none, ARGV[3] = the JSON
--- between seq and epoch, ARGV[4] = seconds the room's keys live after this message (0: for ever);
--- then per entry: ingress entry id, JSON up to the seq value, JSON after
+-- between seq and epoch, ARGV[4] = seconds the room's keys live after this message (0: for ever),
+-- ARGV[5] = the room's epoch as this worker last saw it ('' if none), ARGV[6] = its seq then (0);
+-- then per entry (from ARGV[7]): ingress entry id, JSON up to the seq value, JSON after
 -- the epoch (the template is services/protocol/outbound.ts's, in pieces).
 -- Returns {epoch, gateways, seq1, json1, seq2, json2, ...}, one pair per entry in argument order;
 -- json is false for a newly applied entry (its JSON is exactly head .. seq .. ARGV[3] .. epoch ..
@@ -53,12 +65,18 @@ local seq = tonumber(state[1])
 local last = state[2]
 local epoch = state[3]
 local mayRedeliver = tonumber(state[4]) or 1000
+-- Rolled back under this worker (see above): the room's sequence starts again in a new epoch.
+if epoch and epoch == ARGV[5] and (seq or 0) < tonumber(ARGV[6]) then
+  seq = nil
+  last = nil
+  epoch = nil
+end
 local out = {false, redis.call('SMEMBERS', KEYS[3])}
 -- Which entries are new: the entries are in id order, so the redelivered ones (id <= last) come
 -- first and everything from the first new one on is new. One comparison per call when nothing is
 -- redelivered, instead of two per entry (string.match in cmp was most of the script's time).
 local ttl = tonumber(ARGV[4])
-local first = 5
+local first = 7
 if last then
   while first <= #ARGV and cmp(ARGV[first], last) <= 0 do first = first + 3 end
 end
@@ -67,7 +85,7 @@ local newest = nil
 if fresh > 0 then newest = ARGV[#ARGV - 2] end
 -- A retry (it redelivers some) keeps the entries it retried findable too.
 local run = fresh
-if first > 5 then run = mayRedeliver + fresh end
+if first > 7 then run = mayRedeliver + fresh end
 if fresh > 0 then
   if not seq then
     redis.call('DEL', KEYS[2])
@@ -89,7 +107,7 @@ if maxlen == 0 then trim = '=' end
 out[1] = epoch or ARGV[2]
 local mid = ARGV[3] .. out[1]
 local byId = nil
-for i = 5, #ARGV, 3 do
+for i = 7, #ARGV, 3 do
   local id = ARGV[i]
   if i < first then
     if not byId then
