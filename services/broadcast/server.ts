@@ -74,6 +74,7 @@ export class BroadcastServer {
       routed_total: c.routed,
       reclaimed_total: c.reclaimed,
       failures_total: c.failures,
+      epoch_restarts_total: c.epochRestarts,
       stream_pending: this.lastPending,
       memory_mb: Math.round(safeRssBytes() / 104857.6) / 10,
       uptime_s: Math.round((Date.now() - this.startedAt) / 1000),

@@ -226,7 +226,7 @@ export class GatewayMetrics {
 
 /** What the broadcast role's metrics read (BroadcastWorker's counters and its pending count). */
 export interface BroadcastMetricsSource {
-  readonly counters: { readonly entries: number; readonly routed: number; readonly reclaimed: number; readonly failures: number };
+  readonly counters: { readonly entries: number; readonly routed: number; readonly reclaimed: number; readonly failures: number; readonly epochRestarts: number };
   /** Ingress entries read and not yet acknowledged; may query Redis (called at scrape time). */
   pending(): number | Promise<number>;
 }
@@ -259,6 +259,7 @@ export class BroadcastMetrics {
     counter('broadcast_routed_total', 'Egress entries written (one per member gateway per message).', () => c.routed);
     counter('broadcast_reclaimed_total', 'Pending entries taken over from a previous shard owner.', () => c.reclaimed);
     counter('broadcast_failures_total', 'Shard batches that failed and were retried.', () => c.failures);
+    counter('broadcast_epoch_restarts_total', 'Rooms this worker had sequenced that started again in a new epoch below the seq it had seen: Redis lost writes.', () => c.epochRestarts);
   }
 
   async expose(): Promise<Exposition> {

@@ -161,7 +161,7 @@ export function exposedSeriesNames(exposition: string): Set<string> {
 
 /** The broadcast role's series names, from its real registry (the counters are not under test). */
 export async function broadcastSeriesNames(): Promise<Set<string>> {
-  const m = new BroadcastMetrics({ counters: { entries: 0, routed: 0, reclaimed: 0, failures: 0 }, pending: () => 0 });
+  const m = new BroadcastMetrics({ counters: { entries: 0, routed: 0, reclaimed: 0, failures: 0, epochRestarts: 0 }, pending: () => 0 });
   return exposedSeriesNames((await m.expose()).body);
 }
 
