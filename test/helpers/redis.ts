@@ -93,6 +93,14 @@ export class RedisProcess {
     return this;
   }
 
+  /** A crash (SIGKILL): nothing is flushed; a start again loads what was on disk (AOF or RDB). */
+  async kill(): Promise<void> {
+    const p = this.proc;
+    if (p === null) return;
+    this.proc = null;
+    await stopChild(p, 'SIGKILL');
+  }
+
   /** Graceful stop: the append-only file is flushed, so a restart keeps every accepted entry. */
   async stop(): Promise<void> {
     const p = this.proc;
