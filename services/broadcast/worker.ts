@@ -60,8 +60,8 @@ export class BroadcastCounters {
   failures = 0;
   batches = 0;
   /**
-   * Rooms this worker had sequenced whose sequence started again in a new epoch lower than it had
-   * seen: Redis lost writes (restarted empty or behind, a failover, keys expired).
+   * Rooms started again in a new epoch because Redis held a lower seq in the epoch this worker had
+   * seen (it came back behind and lost writes this worker made; apply.lua).
    */
   epochRestarts = 0;
 }
@@ -85,8 +85,12 @@ function defineScripts(client: RedisClient): ApplyClient {
   return client as ApplyClient;
 }
 
-/** What apply.lua returns: the room's epoch, its routing set, then seq and stored JSON (or null) per entry. */
-type ApplyReply = [string, string[], ...(number | string | null)[]];
+/**
+ * What apply.lua returns: the room's epoch, its routing set, 1 if the room started again in a new
+ * epoch because Redis was behind what this worker had seen (else 0), then seq and stored JSON (or
+ * null) per entry.
+ */
+type ApplyReply = [string, string[], number, ...(number | string | null)[]];
 
 /** One ingress entry of a batch. */
 interface Parsed {
@@ -269,15 +273,23 @@ export class BroadcastWorker {
     const epoch = newEpoch();
     const rooms = [...byRoom.values()];
     const seen = this.seen;
+    const prevs: (Seen | undefined)[] = new Array(rooms.length);
     const replies = await Promise.all(
-      rooms.map((rb) => {
-        const s = seen.get(rb.room);
+      rooms.map((rb, r) => {
+        const s = (prevs[r] = seen.get(rb.room));
         return cmd.sbApply(Keys.seq(rb.room), Keys.history(rb.room), Keys.room(rb.room), historySize, epoch, ROOM_MESSAGE_EPOCH, ttl, s?.epoch ?? '', s?.seq ?? 0, ...rb.args);
       }),
     );
-    let restarted: string | null = null;
-    for (let r = 0; r < rooms.length; r++) if (this.remember(rooms[r].room, replies[r])) restarted = rooms[r].room;
-    if (restarted !== null) this.opts.log.warn('room sequences started again in a new epoch: Redis lost writes', { room: restarted, total: this.counters.epochRestarts });
+    let restarted: RoomBatch | null = null;
+    for (let r = 0; r < rooms.length; r++) {
+      const reply = replies[r];
+      if (reply[2] === 1) {
+        this.counters.epochRestarts++;
+        restarted = rooms[r];
+      }
+      this.remember(rooms[r].room, prevs[r], reply);
+    }
+    if (restarted !== null) this.opts.log.warn('Redis came back behind: rooms start again in a new epoch', { room: restarted.room, total: this.counters.epochRestarts });
     const routed = new Set<string>();
     for (const r of replies) for (const gw of r[1]) routed.add(gw);
     await this.egress.learn(routed);
@@ -291,9 +303,9 @@ export class BroadcastWorker {
       const lists = gws.map((gw) => out.get(gw) ?? out.set(gw, []).get(gw)!);
       for (let j = 0; j < list.length; j++) {
         const e = list[j];
-        const seq = Number(replies[r][2 + 2 * j]);
+        const seq = Number(replies[r][3 + 2 * j]);
         if (seq === 0) continue; // a redelivery older than the kept history: nothing to send
-        const stored = replies[r][3 + 2 * j] as string | null;
+        const stored = replies[r][4 + 2 * j] as string | null;
         const json = stored ?? e.head + seq + ROOM_MESSAGE_EPOCH + roomEpoch + e.end;
         // A sampled message: the routing span continues the publisher's trace, and the gateways'
         // deliver spans continue from it.
@@ -315,27 +327,22 @@ export class BroadcastWorker {
   }
 
   /**
-   * Remember the room's epoch and seq from its APPLY reply: its last entry's seq (the newest
-   * unless every entry was a redelivery, and then no newer than what Redis held). True when the
-   * room had started again in a new epoch below the seq we had seen (counted in epochRestarts).
+   * Remember the room's epoch and seq from its APPLY reply (`prev`: what we had): its last entry's
+   * seq, the newest unless every entry was a redelivery (then no newer than what Redis held).
    */
-  private remember(room: string, reply: ApplyReply): boolean {
+  private remember(room: string, prev: Seen | undefined, reply: ApplyReply): void {
     const epoch = reply[0];
     const seq = Number(reply[reply.length - 2]);
+    if (seq === 0) return; // redeliveries history no longer held: nothing learnt
     const seen = this.seen;
-    const prev = seen.get(room);
-    let restarted = false;
     if (prev !== undefined) {
-      if (prev.epoch === epoch && seq <= prev.seq) return false;
-      restarted = prev.epoch !== epoch && seq <= prev.seq;
-      if (restarted) this.counters.epochRestarts++;
+      if (prev.epoch === epoch && seq <= prev.seq) return;
       // Moved to the end: the least recently used room is the first one forgotten.
       seen.delete(room);
     } else if (seen.size >= SEEN_ROOMS) {
       seen.delete(seen.keys().next().value!);
     }
-    if (seq > 0) seen.set(room, { epoch, seq });
-    return restarted;
+    seen.set(room, { epoch, seq });
   }
 
   /** Entries read but not yet acknowledged, over the shards this worker owns. */

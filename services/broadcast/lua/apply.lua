@@ -46,7 +46,9 @@
 -- ARGV[5] = the room's epoch as this worker last saw it ('' if none), ARGV[6] = its seq then (0);
 -- then per entry (from ARGV[7]): ingress entry id, JSON up to the seq value, JSON after
 -- the epoch (the template is services/protocol/outbound.ts's, in pieces).
--- Returns {epoch, gateways, seq1, json1, seq2, json2, ...}, one pair per entry in argument order;
+-- Returns {epoch, gateways, rolled back (1 if the room started again in a new epoch because Redis
+-- was behind ARGV[5]/ARGV[6], else 0), seq1, json1, seq2, json2, ...}, one pair per entry in
+-- argument order;
 -- json is false for a newly applied entry (its JSON is exactly head .. seq .. ARGV[3] .. epoch ..
 -- end, which the caller builds itself rather than receive it back), the stored JSON for a
 -- redelivered one.
@@ -65,13 +67,14 @@ local seq = tonumber(state[1])
 local last = state[2]
 local epoch = state[3]
 local mayRedeliver = tonumber(state[4]) or 1000
+local out = {false, redis.call('SMEMBERS', KEYS[3]), 0}
 -- Rolled back under this worker (see above): the room's sequence starts again in a new epoch.
 if epoch and epoch == ARGV[5] and (seq or 0) < tonumber(ARGV[6]) then
+  out[3] = 1
   seq = nil
   last = nil
   epoch = nil
 end
-local out = {false, redis.call('SMEMBERS', KEYS[3])}
 -- Which entries are new: the entries are in id order, so the redelivered ones (id <= last) come
 -- first and everything from the first new one on is new. One comparison per call when nothing is
 -- redelivered, instead of two per entry (string.match in cmp was most of the script's time).
