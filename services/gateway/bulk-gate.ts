@@ -9,22 +9,35 @@
  * a thousand of them grew Redis by 2.4 GB of output buffers. Here a bulk request reserves the
  * most its reply may be (half of MAX_OUTBOUND_BYTES: the page bound) before it runs, and the
  * reservation is settled with the reply's real size once it is built. A request that finds the
- * bucket empty waits, in arrival order across connections; its connection is not read meanwhile
- * (the session holds its input), so nothing is refused and other clients' requests never wait
- * here. The bucket holds an eighth of a second's worth, at least two reservations: what is
- * reserved at once, so what runs in Redis and is built at once, stays within it.
+ * bucket empty waits, and its connection is not read meanwhile (the session holds its input);
+ * other clients' requests never wait here. The bucket holds an eighth of a second's worth, at
+ * least two reservations: what is reserved at once, so what runs in Redis and is built at once,
+ * stays within it. Places go round the users that wait (acquire()), and a request that waited
+ * BULK_WAIT_MS is answered `overloaded`.
  */
 import { TokenBucket } from './token-bucket';
 
 /** A session with a bulk request waiting for a place. */
 export interface BulkWaiter {
+  /** Whose turn it takes: places go round the users waiting, not first come first served. */
+  readonly user: string;
   /** A place was reserved for it: run the next waiting bulk request, or give the place back. */
   bulkGranted(): void;
 }
 
+/**
+ * How long a bulk request may wait for its place before it is answered `overloaded` (ms). Replies
+ * leave in request order, so everything a client asked after it waits too; the bound keeps one
+ * connection's replies moving whatever floods the gate.
+ */
+export const BULK_WAIT_MS = 5000;
+
 export class BulkGate {
   private readonly bucket: TokenBucket | null;
-  private readonly queue: (BulkWaiter | null)[] = [];
+  /** Per user, its sessions waiting for a place, in order (each session at most once). */
+  private readonly byUser = new Map<string, BulkWaiter[]>();
+  /** Users with waiting sessions, in the order their turns come (each at most once). */
+  private turns: string[] = [];
   private head = 0;
   private timer: NodeJS.Timeout | null = null;
   /** Inside pump(): a settle from a request run synchronously by a grant only adjusts the bucket. */
@@ -42,11 +55,20 @@ export class BulkGate {
     this.bucket = perSec > 0 ? new TokenBucket(perSec, Math.max(2 * reserve, perSec / 8), Date.now()) : null;
   }
 
-  /** A place now (true), or `w.bulkGranted()` later, after those that waited before it. */
+  /**
+   * A place now (true), or `w.bulkGranted()` later. Places go round the users that wait, one at
+   * a time, and within a user in arrival order: a user on many connections (or many users of one
+   * attacker, each on many) takes one turn in each round, not one per connection, so a flood of
+   * history requests cannot push everyone else's to the back of one long line.
+   */
   acquire(w: BulkWaiter): boolean {
     if (this.bucket === null) return true;
-    if (this.head === this.queue.length && this.admit()) return true;
-    this.queue.push(w);
+    if (this.head === this.turns.length && this.admit()) return true;
+    const queue = this.byUser.get(w.user);
+    if (queue === undefined) {
+      this.byUser.set(w.user, [w]);
+      this.turns.push(w.user);
+    } else queue.push(w);
     this.onWait();
     this.arm();
     return false;
@@ -61,9 +83,11 @@ export class BulkGate {
     if (!this.pumping) this.pump();
   }
 
-  /** Requests waiting for a place (all connections). */
+  /** Sessions waiting for a place (all users). */
   get waiting(): number {
-    return this.queue.length - this.head;
+    let n = 0;
+    for (const q of this.byUser.values()) n += q.length;
+    return n;
   }
 
   close(): void {
@@ -78,30 +102,33 @@ export class BulkGate {
     return true;
   }
 
-  /** Admit the waiting requests the bucket has room for, in order. */
+  /** Admit the waiting requests the bucket has room for, a user at a time. */
   pump(): void {
     this.pumping = true;
     try {
-      while (this.head < this.queue.length && this.admit()) {
-        const w = this.queue[this.head]!;
-        this.queue[this.head++] = null;
+      while (this.head < this.turns.length && this.admit()) {
+        const user = this.turns[this.head++];
+        const queue = this.byUser.get(user)!;
+        const w = queue.shift()!;
+        if (queue.length === 0) this.byUser.delete(user);
+        else this.turns.push(user);
         w.bulkGranted();
       }
     } finally {
       this.pumping = false;
     }
-    if (this.head === this.queue.length) {
-      this.queue.length = 0;
+    if (this.head === this.turns.length) {
+      this.turns = [];
       this.head = 0;
-    } else if (this.head > 1024 && this.head * 2 > this.queue.length) {
-      this.queue.splice(0, this.head);
+    } else if (this.head > 1024 && this.head * 2 > this.turns.length) {
+      this.turns = this.turns.slice(this.head);
       this.head = 0;
     }
     this.arm();
   }
 
   private arm(): void {
-    if (this.timer !== null || this.head === this.queue.length) return;
+    if (this.timer !== null || this.head === this.turns.length) return;
     this.timer = setTimeout(onRefill, this.bucket!.debtMs, this);
     this.timer.unref();
   }

@@ -83,6 +83,10 @@ export class Connection implements SessionTransport {
     this.inbound.chargeReply(bytes);
   }
 
+  get lastSeen(): number {
+    return this.inbound.lastSeen;
+  }
+
   // ---- socket events -----------------------------------------------------------------------
 
   /** The first bytes were HTTP: this is no client session; the HTTP server takes the socket. */

@@ -8,7 +8,7 @@
  * which is what makes fan-out cheap: the cost is per socket per turn, not per message.
  */
 import type { Bus, MaybePromise } from '../bus';
-import type { Outbound } from '../protocol';
+import type { DisconnectReason, Outbound } from '../protocol';
 import { preciseNow } from '../telemetry/clock';
 import { DropReason, type Counters } from '../telemetry/counters';
 import { SpanKind, startSpan, tracing, type Span } from '../telemetry/tracing';
@@ -22,6 +22,12 @@ export interface HubMember {
   missedRoom(room: string): void;
   /** Write everything queued (called by the flush). */
   flush(): void;
+  /** Taking input and sending (not closing). */
+  readonly live: boolean;
+  /** When the member's client last sent a frame (ms since the epoch). */
+  readonly lastSeen: number;
+  /** Close with a `reconnect` push giving the reason. */
+  disconnect(reason: DisconnectReason): void;
 }
 
 interface LocalRoom {

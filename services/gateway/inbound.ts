@@ -258,11 +258,18 @@ export class Inbound implements FrameSink {
     }
     if (!this.requestsHeld) return;
     this.requestsHeld = false;
+    // What the client sent meanwhile waited in TCP, not read: the wait was ours, not its silence.
+    this.lastSeen = Date.now();
     // What waited runs now, and may hold requests again before the end.
     this.order.drain();
     if (this.requestsHeld) return;
     this.unpause(Pause.Requests);
     if (!this.order.holding) this.unpause(Pause.Inflate);
+  }
+
+  /** The session holds the client's requests (its own are still running or waiting): not idle. */
+  get heldByServer(): boolean {
+    return this.requestsHeld;
   }
 
   /** The server's budget wait is over: read again (unless something else holds the input). */

@@ -522,6 +522,7 @@ export class GatewayServer implements ConnectionHost {
       const { session, inbound } = conn;
       if (!session.live) continue;
       if (session.caughtUpAfterDrops) session.announceMissed();
+      session.expireBulk(now);
       if (inbound.partialSince !== 0 && now - inbound.partialSince > cfg.frameTimeoutMs) {
         inbound.frameTimedOut(cfg.frameTimeoutMs);
       } else if (session.state <= SessionState.AwaitingHello && now - session.openedAt > cfg.helloTimeoutMs) {
@@ -531,7 +532,7 @@ export class GatewayServer implements ConnectionHost {
         else session.fail(undefined, ErrorCode.Unauthorized, `no hello within ${cfg.helloTimeoutMs} ms`);
       } else if (session.tokenExpiresAt !== 0 && now >= session.tokenExpiresAt) {
         session.tokenExpired();
-      } else if (now - inbound.lastSeen > cfg.idleTimeoutMs) {
+      } else if (now - inbound.lastSeen > cfg.idleTimeoutMs && !inbound.heldByServer) {
         hits[Limit.IdleTimeout]++;
         session.disconnect(DisconnectReason.IdleTimeout);
       }

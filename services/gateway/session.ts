@@ -16,7 +16,7 @@
  * The outbound queue only measures; the policy is applied here: a full queue drops the push
  * under SLOW_CONSUMER_POLICY=drop, and otherwise ends the session with `slow_consumer`.
  */
-import type { BulkGate, BulkWaiter } from './bulk-gate';
+import { BULK_WAIT_MS, type BulkGate, type BulkWaiter } from './bulk-gate';
 import type { MaybePromise, RoomPosition } from '../bus';
 import {
   Codec,
@@ -102,6 +102,8 @@ export interface SessionTransport {
   destroy(): void;
   /** A reply of `bytes` to one of this client's requests: charged like bytes it sent (INBOUND_BYTES_PER_SEC). */
   chargeReply(bytes: number): void;
+  /** When the client last sent a complete frame (ms since the epoch). */
+  readonly lastSeen: number;
 }
 
 /**
@@ -166,6 +168,27 @@ function disconnectReasonOf(code: ErrorCode): DisconnectReason {
   return DisconnectReason.ProtocolError;
 }
 
+/**
+ * A user at MAX_CONNECTIONS_PER_USER says hello again: whether there is room, counting only
+ * connections still live, and otherwise by closing the user's quietest connection if it has sent
+ * nothing since `quietBefore` (a quarter of IDLE_TIMEOUT_MS): a client whose network dropped
+ * without a FIN reconnects at once, instead of being locked out until its dead sockets time out.
+ * The one closed gets `reconnect` with reason `idle_timeout`.
+ */
+function makeRoomFor(held: ReadonlySet<HubMember>, cap: number, quietBefore: number): boolean {
+  let live = 0;
+  let quietest: HubMember | null = null;
+  for (const m of held) {
+    if (!m.live) continue;
+    live++;
+    if (quietest === null || m.lastSeen < quietest.lastSeen) quietest = m;
+  }
+  if (live < cap) return true;
+  if (quietest === null || quietest.lastSeen >= quietBefore) return false;
+  quietest.disconnect(DisconnectReason.IdleTimeout);
+  return true;
+}
+
 /** The frame answering a request: a plugin's Outbound as is, an object as `ok` with the id; undefined: nothing to build. */
 function replyOf(id: RequestId | undefined, r: ProcessResult): Outbound | undefined {
   if (r === undefined) return undefined;
@@ -182,7 +205,7 @@ const VERDICT_QUEUED = Verdict.Queued;
 /** A reply waiting for the replies of earlier requests (async handlers). */
 interface ReplySlot {
   /** A bulk request waiting for a place (MAX_BULK_IN_FLIGHT, the BulkGate); null once it runs. */
-  waiting: { msg: InboundMessage; plugin: MessageProcessor } | null;
+  waiting: { msg: InboundMessage; plugin: MessageProcessor; at: number } | null;
   /** A bulk request running asynchronously: it holds a place here and in the BulkGate. */
   bulk: boolean;
   /** It counts against MAX_REQUESTS_IN_FLIGHT: its handler runs asynchronously. */
@@ -244,6 +267,11 @@ export class Session implements HubMember, PluginContext, InboundSink, BulkWaite
 
   get rooms(): ReadonlySet<string> {
     return this.roomSet ?? EMPTY_ROOMS;
+  }
+
+  /** When the client last sent a frame (HubMember: the quietest of a user's is replaced at its cap). */
+  get lastSeen(): number {
+    return this.transport.lastSeen;
   }
 
   /** Taking input and sending (any state before Ending). */
@@ -320,7 +348,7 @@ export class Session implements HubMember, PluginContext, InboundSink, BulkWaite
       this.bulkQueued = true;
     }
     // Its reply keeps its place in the order; the request runs once it has a place.
-    const slot: ReplySlot = { waiting: { msg, plugin }, bulk: false, running: false, done: false, id: msg.id, result: undefined, error: undefined, failed: false };
+    const slot: ReplySlot = { waiting: { msg, plugin, at: Date.now() }, bulk: false, running: false, done: false, id: msg.id, result: undefined, error: undefined, failed: false };
     this.replies.hold(slot);
     (this.bulkWaiting ??= []).push(slot);
     this.updateInputHold();
@@ -383,6 +411,22 @@ export class Session implements HubMember, PluginContext, InboundSink, BulkWaite
       if (slot !== undefined) this.startBulk(slot);
     } else this.startBulk(slot);
     this.nextBulk();
+  }
+
+  /**
+   * The server's sweep: bulk requests that waited BULK_WAIT_MS for a place are answered
+   * `overloaded` (their replies, and everything asked after them, would wait on). The session
+   * keeps its turn in the gate; a place granted with nothing waiting is given back.
+   */
+  expireBulk(now: number): void {
+    const waiting = this.bulkWaiting;
+    if (waiting === null || waiting.length === 0 || now - waiting[0].waiting!.at < BULK_WAIT_MS) return;
+    while (waiting.length > 0 && now - waiting[0].waiting!.at >= BULK_WAIT_MS) {
+      const slot = waiting.shift()!;
+      slot.waiting = null;
+      this.settle(slot, undefined, new SwitchboardError(ErrorCode.Overloaded, `no place for this request within ${BULK_WAIT_MS} ms: too many history and presence requests; retry later`), true);
+    }
+    if (waiting.length === 0) this.updateInputHold();
   }
 
   /** Run a waiting bulk request that has its place (or, once the session ended, answer nothing). */
@@ -520,9 +564,12 @@ export class Session implements HubMember, PluginContext, InboundSink, BulkWaite
     // Every connection of a user gets each direct message to that user, and holds memory here:
     // without a cap one user (one token) on hundreds of sockets multiplied both.
     const cap = limits.maxConnectionsPerUser;
-    if (cap > 0 && (this.host.services.hub.connectionsOf(user)?.size ?? 0) >= cap) {
-      this.host.services.counters.limitHits[Limit.ConnectionsPerUser]++;
-      throw new SwitchboardError(ErrorCode.TooManyConnections, `this user already holds ${cap} connections here`);
+    if (cap > 0) {
+      const held = this.host.services.hub.connectionsOf(user);
+      if (held !== undefined && held.size >= cap && !makeRoomFor(held, cap, Date.now() - this.host.services.config.idleTimeoutMs / 4)) {
+        this.host.services.counters.limitHits[Limit.ConnectionsPerUser]++;
+        throw new SwitchboardError(ErrorCode.TooManyConnections, `this user already holds ${cap} connections here`);
+      }
     }
     this.user = user;
     this.tokenExpiresAt = expiresAt;

@@ -179,3 +179,66 @@ test('many connections each asking one megabyte history page get it within REPLY
   const w = await assertWitnessServed(witness);
   t.diagnostic(`${N} pages in ${took} ms (budget allows ${earliest.toFixed(0)}); witness p50 ${w.p50.toFixed(1)} p99 ${w.p99.toFixed(1)} max ${w.max.toFixed(1)} ms`);
 });
+
+// Found from outside, against the first version of that budget: one line of waiting requests,
+// first come first served, let one client on many sockets push every other client's `presence`
+// 6 s back, and its pings with it (replies leave in request order); with a shorter idle timeout the
+// waiting client was even closed as idle. Places now go round the users that wait, and a request
+// that waits BULK_WAIT_MS is answered `overloaded`.
+test('bulk requests of two users on 80 connections: another user\'s presence gets the next turn; the flood is answered or refused overloaded, never left waiting', async (t) => {
+  const RATE = 4 * MIB;
+  const target = await startTarget({ REPLY_TOTAL_BYTES_PER_SEC: String(RATE), IDLE_TIMEOUT_MS: '3000' });
+  t.after(() => target.stop());
+  const filler = await RawClient.open(target.port);
+  t.after(() => filler.destroy());
+  await filler.hello('filler');
+  filler.line({ type: 'join_room', room: 'big', id: 'j' });
+  await filler.waitFor((m) => m.id === 'j');
+  for (let i = 0; i < 10; i++) {
+    filler.line({ type: 'send_chat', room: 'big', data: 'x'.repeat(100_000), id: `s${i}` });
+    await filler.waitFor((m) => m.id === `s${i}`, 10_000);
+  }
+  const victim = await RawClient.open(target.port);
+  t.after(() => victim.destroy());
+  await victim.hello('victim');
+  victim.line({ type: 'join_room', room: 'quiet', id: 'j' });
+  await victim.waitFor((m) => m.id === 'j');
+  const N = 80;
+  const flood: RawClient[] = [];
+  for (let i = 0; i < N; i++) {
+    const a = await RawClient.open(target.port);
+    t.after(() => a.destroy());
+    await a.hello(`flood-${i % 2}`);
+    a.line({ type: 'join_room', room: 'big', id: 'j' });
+    await a.waitFor((m) => m.id === 'j');
+    flood.push(a);
+  }
+  const sentAt = Date.now();
+  for (const a of flood) a.line({ type: 'history', room: 'big', since: 0, id: 'h' });
+  await waitFor(async () => ((await target.metric('switchboard_limit_exceeded_total{limit="REPLY_TOTAL_BYTES_PER_SEC"}')) ?? 0) > 0, 5000, 'the budget to be hit');
+  const askedAt = Date.now();
+  victim.line({ type: 'presence', room: 'quiet', id: 'p' });
+  victim.line({ type: 'ping', id: 'after' });
+  const presence = await victim.waitFor((m) => m.id === 'p', 10_000, 'the presence reply');
+  const waited = Date.now() - askedAt;
+  await victim.waitFor((m) => m.id === 'after', 1000, 'the pong after it');
+  assert.deepEqual(presence.users, ['victim']);
+  assert.ok(waited < 2500, `presence answered after ${waited} ms behind ${N} waiting history requests`);
+  // Every flood request is answered: its page, or overloaded once it waited BULK_WAIT_MS (5 s).
+  await waitFor(() => flood.every((a) => a.lines.some((m) => m.id === 'h')), 15_000, 'every flood request answered', { intervalMs: 20 });
+  const took = Date.now() - sentAt;
+  const replies = flood.map((a) => a.lines.find((m) => m.id === 'h')!);
+  const pages = replies.filter((m) => m.type === 'history').length;
+  const refused = replies.filter((m) => m.type === 'error' && m.code === 'overloaded').length;
+  assert.equal(pages + refused, N, `every reply a page or overloaded: ${JSON.stringify(replies.filter((m) => m.type !== 'history' && m.code !== 'overloaded')).slice(0, 300)}`);
+  assert.ok(pages > 0 && refused > 0, `${pages} pages, ${refused} refused`);
+  assert.ok(took < 12_000, `the last flood reply after ${took} ms`);
+  // A connection waiting on the server is not idle: none of the flood was closed as idle (3 s)
+  // before its reply (after it, silent for 3 s, it may be).
+  for (const a of flood) {
+    const reply = a.lines.findIndex((m) => m.id === 'h');
+    const idle = a.lines.findIndex((m) => m.type === 'reconnect');
+    assert.ok(idle === -1 || idle > reply, 'closed as idle while its request waited');
+  }
+  t.diagnostic(`victim's presence after ${waited} ms; flood: ${pages} pages, ${refused} overloaded, last after ${took} ms`);
+});

@@ -70,3 +70,37 @@ test('presence of a room of many long names is cut at half MAX_OUTBOUND_BYTES, w
   const small = await open[0].request({ type: 'presence', room: 'nowhere' });
   assert.equal(small.code, 'not_in_room');
 });
+
+test('at MAX_CONNECTIONS_PER_USER a hello replaces the user\'s connection quiet for a quarter of IDLE_TIMEOUT_MS, never an active one', async (t) => {
+  const srv = await startServer({ maxConnectionsPerUser: 2, idleTimeoutMs: 2000 });
+  const open: WireClient[] = [];
+  t.after(async () => {
+    for (const c of open) c.destroy();
+    await srv.close();
+  });
+  const silent = await helloClient(srv.port, 'roamer'); // its network dropped: it sends nothing more
+  const active = await helloClient(srv.port, 'roamer');
+  open.push(silent, active);
+  const keepAlive = setInterval(() => active.send({ type: 'ping' }), 100);
+  t.after(() => clearInterval(keepAlive));
+  let codes: unknown[] = [];
+  // Refused while both are recent; once the silent one has been quiet for 500 ms, it is replaced.
+  await waitFor(
+    async () => {
+      const c = await WireClient.connect(srv.port);
+      open.push(c);
+      const reply = await c.request({ type: 'hello', user: 'roamer' });
+      codes.push(reply.type === 'welcome' ? 'welcome' : reply.code);
+      return reply.type === 'welcome';
+    },
+    3000,
+    'a hello to replace the quiet connection',
+    { intervalMs: 50 },
+  );
+  codes = [...new Set(codes)];
+  assert.deepEqual(codes[0], 'too_many_connections', 'refused while both connections were recent');
+  const push = await silent.nextOfType('reconnect');
+  assert.equal(push.reason, 'idle_timeout');
+  assert.equal(await silent.waitClosed(), true);
+  assert.equal((await active.request({ type: 'ping' })).type, 'pong', 'the active connection stays');
+});

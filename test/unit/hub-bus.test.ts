@@ -21,6 +21,9 @@ class FakeMember implements HubMember {
     return true;
   }
   missedRoom(): void {}
+  readonly live = true;
+  readonly lastSeen = 0;
+  disconnect(): void {}
   flush(): void {
     this.flushes.push(this.queued);
     this.queued = [];
