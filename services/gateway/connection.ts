@@ -44,9 +44,10 @@ export class Connection implements SessionTransport {
       () => hub.markDirty(this.session),
       (bytes) => (counters.bytesSent += bytes),
       () => host.outboundBacklogged(this),
+      hub,
     );
     this.session = new Session(host, out, this, now);
-    this.inbound = new Inbound(socket, this.session, host.inboundLimits, counters, host, (first) => this.handOver(first), now);
+    this.inbound = new Inbound(socket, this.session, host.inboundLimits, counters, host, (first) => this.handOver(first), now, hub);
     (socket as ConnSocket)[CONN] = this;
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);

@@ -87,6 +87,14 @@ export interface PartialBudget {
   partialOverflow(inbound: Inbound): void;
 }
 
+/** The hub's flush, as a connection that yielded its turn sees it. */
+export interface FlushGate {
+  /** The last flush carried dirty connections over to a later turn (FLUSH_TURN_BYTES). */
+  readonly flushBehind: boolean;
+  /** Call `waiter.flushCaughtUp()` once the flush has caught up. */
+  waitForFlush(waiter: Inbound): void;
+}
+
 /** What is read from: the socket, paused and resumed for backpressure. */
 export interface Readable {
   pause(): unknown;
@@ -101,7 +109,7 @@ const Pause = {
   Budget: 2,
   /** The rate-limit bucket is empty: read no more than one chunk per tenth of a second. */
   Rate: 4,
-  /** TURN_BYTES were handled: the rest of this event-loop turn belongs to the others. */
+  /** TURN_BYTES were handled: the rest of this event-loop turn belongs to the others (and while the hub's flush is behind, until it caught up). */
   Turn: 8,
   /** The connection's frames decompressed to more than INFLATE_BYTES_PER_SEC allows. */
   InflateBudget: 16,
@@ -182,6 +190,8 @@ export class Inbound implements FrameSink {
     /** The first bytes are HTTP: hand the socket over with them. */
     private readonly onHttp: (firstBytes: Buffer) => void,
     now: number,
+    /** The hub: after yielding its turn a connection waits for the flush to catch up. */
+    private readonly flushGate: FlushGate | null = null,
   ) {
     this.lastSeen = now;
     this.chunkAt = now;
@@ -339,8 +349,24 @@ export class Inbound implements FrameSink {
     setImmediate(onNextTurn, this);
   }
 
-  /** @internal setImmediate: a new turn, read again. */
+  /**
+   * @internal setImmediate: a new turn, read again; unless the hub's flush is behind (it carried
+   * connections over past FLUSH_TURN_BYTES): then read again once it has caught up. A burst of
+   * frames is what yields a turn, and its fan-out is what the flush is behind with: a sender of
+   * megabyte messages to hundreds of members is read at the pace their sockets are written,
+   * instead of piling its messages up in their queues until they are cut off as slow consumers.
+   */
   nextTurn(): void {
+    const gate = this.flushGate;
+    if (gate !== null && gate.flushBehind && !this.stopped) {
+      gate.waitForFlush(this);
+      return;
+    }
+    this.unpause(Pause.Turn);
+  }
+
+  /** @internal the hub's flush caught up after this connection yielded its turn. */
+  flushCaughtUp(): void {
     this.unpause(Pause.Turn);
   }
 

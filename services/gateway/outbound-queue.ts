@@ -20,6 +20,18 @@ export interface ByteSink {
   readonly writableLength: number;
 }
 
+/**
+ * The per-turn write budget shared by every queue of a gateway (the hub's FLUSH_TURN_BYTES):
+ * each flush takes its bytes from `turnLeft`, and an inline flush waits for the hub's flush
+ * once it is spent.
+ */
+export interface WriteTurn {
+  turnLeft: number;
+}
+
+/** No per-turn budget (a queue outside a gateway, in tests). */
+const UNLIMITED_TURN: WriteTurn = { turnLeft: Infinity };
+
 /** The bounds of one connection's outbound side, from MAX_OUTBOUND_BYTES and friends. */
 export interface OutboundLimits {
   /** Everything pending for a client (queued, waiting for compression, in the socket). */
@@ -44,7 +56,8 @@ export type Verdict = (typeof Verdict)[keyof typeof Verdict];
 /**
  * Queued bytes that trigger a write before the end of the turn (nats.js' inline threshold): a
  * busy turn must not pile up more than the outbound bound in our queue, or members that read
- * perfectly well would be taken for slow consumers.
+ * perfectly well would be taken for slow consumers. Only while the turn's write budget lasts
+ * (WriteTurn): past it the queue waits for the hub's flush, in the order it became dirty.
  */
 const INLINE_FLUSH_BYTES = 32 * 1024;
 
@@ -79,6 +92,8 @@ export class OutboundQueue implements FrameWaiter {
      * OUTBOUND_BUDGET_BYTES check looks only at such queues.
      */
     private readonly backlogged: () => void = noBacklogWatch,
+    /** The gateway's write budget for this turn (the hub). */
+    private readonly turn: WriteTurn = UNLIMITED_TURN,
   ) {
     this.held = new InOrder((msg) => this.takeCompressed(msg));
   }
@@ -86,6 +101,11 @@ export class OutboundQueue implements FrameWaiter {
   /** Everything pending for the client: queued, waiting for compression, in the sink. */
   get pendingBytes(): number {
     return this.queuedBytes + this.heldBytes + this.sink.writableLength;
+  }
+
+  /** Bytes in our queue, not handed to the sink yet. */
+  get queued(): number {
+    return this.queuedBytes;
   }
 
   /** Bytes waiting to be written: our queue plus the sink's own buffer. */
@@ -163,7 +183,7 @@ export class OutboundQueue implements FrameWaiter {
     if (this.queuedBytes === 0) this.becameDirty();
     this.queue.push(buf);
     this.queuedBytes += buf.length;
-    if (this.queuedBytes >= INLINE_FLUSH_BYTES) this.flush();
+    if (this.queuedBytes >= INLINE_FLUSH_BYTES && this.turn.turnLeft > 0) this.flush();
   }
 
   /** The last frame of a closing connection (an error, a reconnect push): past the bound. */
@@ -177,13 +197,18 @@ export class OutboundQueue implements FrameWaiter {
     return this.queuedBytes === 0;
   }
 
-  /** Write everything queued as one corked writev (the shared frames, no copy per socket). */
+  /**
+   * Write everything queued as one corked writev (the shared frames, no copy per socket), and
+   * charge it to the turn's write budget.
+   */
   flush(): void {
     const n = this.queue.length;
     if (n === 0) return;
     const sink = this.sink;
     const queue = this.queue;
-    this.wrote(this.queuedBytes);
+    const bytes = this.queuedBytes;
+    this.wrote(bytes);
+    this.turn.turnLeft -= bytes;
     this.queuedBytes = 0;
     if (n === 1) sink.write(queue[0]);
     else {

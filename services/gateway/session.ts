@@ -771,6 +771,11 @@ export class Session implements HubMember, PluginContext, InboundSink, BulkWaite
     this.fail(undefined, ErrorCode.SlowConsumer, 'outbound buffer full: the client does not read fast enough');
   }
 
+  /** Bytes queued, not written yet (the hub's flush). */
+  get queuedBytes(): number {
+    return this.out.queued;
+  }
+
   /** The hub's once-per-turn flush. */
   flush(): void {
     if (this.state === SessionState.Closed) return;

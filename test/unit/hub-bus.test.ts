@@ -24,6 +24,9 @@ class FakeMember implements HubMember {
   readonly live = true;
   readonly lastSeen = 0;
   disconnect(): void {}
+  get queuedBytes(): number {
+    return this.queued.length;
+  }
   flush(): void {
     this.flushes.push(this.queued);
     this.queued = [];
