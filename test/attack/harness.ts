@@ -116,6 +116,8 @@ export interface WitnessResult {
   max: number;
   closed: boolean;
   messages: Record<string, unknown>[];
+  /** Every round trip, ms, in ascending order. */
+  sorted: number[];
 }
 
 /** A client that pings every `everyMs` while the attack runs; stop() gives its latency. */
@@ -171,7 +173,7 @@ export class Witness {
     // Nearest rank: with 200 pings the p99 is the third largest, so one scheduling hiccup of a
     // machine shared with other work does not decide the test, two more would.
     const q = (p: number) => (sorted.length === 0 ? NaN : sorted[Math.max(0, Math.ceil(sorted.length * p) - 1)]);
-    return { count: sorted.length, p50: q(0.5), p99: q(0.99), max: sorted[sorted.length - 1] ?? NaN, closed, messages: this.messages };
+    return { count: sorted.length, p50: q(0.5), p99: q(0.99), max: sorted[sorted.length - 1] ?? NaN, closed, messages: this.messages, sorted };
   }
 }
 
