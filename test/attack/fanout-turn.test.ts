@@ -16,8 +16,8 @@ const SIZE = 1_000_000;
 /**
  * The witness's worst round trip may be at most this fraction of the time one message's fan-out
  * takes (all of it, divided by MESSAGES). Written in one turn, a message's fan-out is one turn: a
- * ping that arrives during it waits for all of it (the old flush: worst round trips of 0.7-1.1 s
- * on a quiet 2-core machine, 1.9-4.1 s on a loaded one, each about a whole message's fan-out).
+ * ping that arrives during it waits for all of it (the old flush: worst round trips of 0.35-1.3 s
+ * on a quiet 2-core machine, 1.9-4.1 s on a loaded one, 2.4-4 times this bound).
  * Spread over turns of FLUSH_TURN_BYTES, a ping waits a turn or two (15-40 ms quiet, at most 524 ms
  * with two busy loops competing for the cores, when the fan-out took several times as long too).
  * A bound relative to the fan-out's own duration follows the machine's speed and load, which an
