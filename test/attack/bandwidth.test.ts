@@ -4,11 +4,33 @@
 // per-connection bucket: past it the socket is not read until the debt is repaid, so TCP slows
 // the sender down. Nothing is dropped and the connection stays; everyone else is served.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { waitFor } from '../helpers/wait';
-import { assertWitnessServed, RawClient, startTarget, Witness } from './harness';
+import { assertWitnessServed, RawClient, startTarget, Witness, type Target } from './harness';
 
 const MIB = 1024 * 1024;
+
+/** A target (with `env`) whose room `big` holds about a megabyte of history: 10 messages of 100 kB. */
+async function targetWithBigHistory(t: TestContext, env: Record<string, string>): Promise<Target> {
+  const target = await startTarget(env);
+  t.after(() => target.stop());
+  const filler = await joined(t, target.port, 'filler', 'big');
+  for (let i = 0; i < 10; i++) {
+    filler.line({ type: 'send_chat', room: 'big', data: 'x'.repeat(100_000), id: `s${i}` });
+    await filler.waitFor((m) => m.id === `s${i}`, 10_000);
+  }
+  return target;
+}
+
+/** A raw client that said hello as `user` and joined `room`; closed after the test. */
+async function joined(t: TestContext, port: number, user: string, room: string): Promise<RawClient> {
+  const c = await RawClient.open(port);
+  t.after(() => c.destroy());
+  await c.hello(user);
+  c.line({ type: 'join_room', room, id: 'j' });
+  await c.waitFor((m) => m.id === 'j');
+  return c;
+}
 
 test('8 clients sending megabyte frames as fast as they can are read at INBOUND_BYTES_PER_SEC each, in order, none lost; the witness is served', async (t) => {
   // BANDWIDTH_TEST_RATE reruns the attack at another budget (0: none), to see what it is worth.
@@ -67,29 +89,14 @@ test('8 clients sending megabyte frames as fast as they can are read at INBOUND_
 // are charged to the requester's INBOUND_BYTES_PER_SEC: its next requests wait in TCP.
 test('8 clients pipelining history requests for megabyte pages get them at INBOUND_BYTES_PER_SEC each; none refused, the witness is served', async (t) => {
   const RATE = 2 * MIB;
-  const target = await startTarget({ INBOUND_BYTES_PER_SEC: String(RATE) });
-  t.after(() => target.stop());
-  const filler = await RawClient.open(target.port);
-  t.after(() => filler.destroy());
-  await filler.hello('filler');
-  filler.line({ type: 'join_room', room: 'big', id: 'j' });
-  await filler.waitFor((m) => m.id === 'j');
-  // About a megabyte of history: 10 messages of 100 kB.
-  for (let i = 0; i < 10; i++) {
-    filler.line({ type: 'send_chat', room: 'big', data: 'x'.repeat(100_000), id: `s${i}` });
-    await filler.waitFor((m) => m.id === `s${i}`, 10_000);
-  }
+  const target = await targetWithBigHistory(t, { INBOUND_BYTES_PER_SEC: String(RATE) });
   const witness = await Witness.start(target.port, t);
   await witness.served(5);
   const N = 8;
   const SECONDS = 4;
   const attackers: RawClient[] = [];
   for (let i = 0; i < N; i++) {
-    const a = await RawClient.open(target.port);
-    t.after(() => a.destroy());
-    await a.hello(`reader-${i}`);
-    a.line({ type: 'join_room', room: 'big', id: 'j' });
-    await a.waitFor((m) => m.id === 'j');
+    const a = await joined(t, target.port, `reader-${i}`, 'big');
     attackers.push(a);
   }
   const replies = (a: RawClient) => a.lines.filter((m) => m.type === 'history').length;
@@ -133,27 +140,13 @@ test('8 clients pipelining history requests for megabyte pages get them at INBOU
 // REPLY_TOTAL_BYTES_PER_SEC first: the pages go out at that rate, in order, none refused.
 test('many connections each asking one megabyte history page get it within REPLY_TOTAL_BYTES_PER_SEC; none refused, the witness is served', async (t) => {
   const RATE = 8 * MIB;
-  const target = await startTarget({ REPLY_TOTAL_BYTES_PER_SEC: String(RATE) });
-  t.after(() => target.stop());
-  const filler = await RawClient.open(target.port);
-  t.after(() => filler.destroy());
-  await filler.hello('filler');
-  filler.line({ type: 'join_room', room: 'big', id: 'j' });
-  await filler.waitFor((m) => m.id === 'j');
-  for (let i = 0; i < 10; i++) {
-    filler.line({ type: 'send_chat', room: 'big', data: 'x'.repeat(100_000), id: `s${i}` });
-    await filler.waitFor((m) => m.id === `s${i}`, 10_000);
-  }
+  const target = await targetWithBigHistory(t, { REPLY_TOTAL_BYTES_PER_SEC: String(RATE) });
   const witness = await Witness.start(target.port, t);
   await witness.served(5);
   const N = 48;
   const askers: RawClient[] = [];
   for (let i = 0; i < N; i++) {
-    const a = await RawClient.open(target.port);
-    t.after(() => a.destroy());
-    await a.hello(`asker-${i}`);
-    a.line({ type: 'join_room', room: 'big', id: 'j' });
-    await a.waitFor((m) => m.id === 'j');
+    const a = await joined(t, target.port, `asker-${i}`, 'big');
     askers.push(a);
   }
   const startBytes = askers.map((a) => a.bytesIn);
@@ -187,30 +180,12 @@ test('many connections each asking one megabyte history page get it within REPLY
 // that waits BULK_WAIT_MS is answered `overloaded`.
 test('bulk requests of two users on 80 connections: another user\'s presence gets the next turn; the flood is answered or refused overloaded, never left waiting', async (t) => {
   const RATE = 4 * MIB;
-  const target = await startTarget({ REPLY_TOTAL_BYTES_PER_SEC: String(RATE), IDLE_TIMEOUT_MS: '3000' });
-  t.after(() => target.stop());
-  const filler = await RawClient.open(target.port);
-  t.after(() => filler.destroy());
-  await filler.hello('filler');
-  filler.line({ type: 'join_room', room: 'big', id: 'j' });
-  await filler.waitFor((m) => m.id === 'j');
-  for (let i = 0; i < 10; i++) {
-    filler.line({ type: 'send_chat', room: 'big', data: 'x'.repeat(100_000), id: `s${i}` });
-    await filler.waitFor((m) => m.id === `s${i}`, 10_000);
-  }
-  const victim = await RawClient.open(target.port);
-  t.after(() => victim.destroy());
-  await victim.hello('victim');
-  victim.line({ type: 'join_room', room: 'quiet', id: 'j' });
-  await victim.waitFor((m) => m.id === 'j');
+  const target = await targetWithBigHistory(t, { REPLY_TOTAL_BYTES_PER_SEC: String(RATE), IDLE_TIMEOUT_MS: '3000' });
+  const victim = await joined(t, target.port, 'victim', 'quiet');
   const N = 80;
   const flood: RawClient[] = [];
   for (let i = 0; i < N; i++) {
-    const a = await RawClient.open(target.port);
-    t.after(() => a.destroy());
-    await a.hello(`flood-${i % 2}`);
-    a.line({ type: 'join_room', room: 'big', id: 'j' });
-    await a.waitFor((m) => m.id === 'j');
+    const a = await joined(t, target.port, `flood-${i % 2}`, 'big');
     flood.push(a);
   }
   const sentAt = Date.now();
