@@ -97,7 +97,7 @@ const SETTINGS_TABLE = [
   { key: 'INFLATE_BYTES_PER_SEC', field: 'inflateBytesPerSec', kind: 'int', default: '4194304', min: 0, doc: 'Bytes per second one connection\'s compressed frames may decompress to (a few bytes of zstd can stand for a megabyte); past it the connection is read no faster. 0: no budget.' },
   { key: 'INFLATE_TOTAL_BYTES_PER_SEC', field: 'inflateTotalBytesPerSec', kind: 'int', default: '33554432', min: 0, doc: 'Bytes per second the compressed frames of all connections together may decompress to; past it compressed frames wait (their connections are read no faster), so many connections each within INFLATE_BYTES_PER_SEC cannot together stall the process. A frame is charged its output bound before it is decompressed: at most an eighth of a second\'s worth is decompressing at once. 0: no budget.' },
   { key: 'INBOUND_BYTES_PER_SEC', field: 'inboundBytesPerSec', kind: 'int', default: '4194304', min: 0, doc: 'Bytes per second one connection may send (its burst: a second\'s worth, or MAX_FRAME_BYTES if larger), replies of 1 KiB or more to its requests (history, presence) counted too; past it the connection is read no faster, nothing is dropped. 0: no budget.' },
-  { key: 'REPLY_TOTAL_BYTES_PER_SEC', field: 'replyTotalBytesPerSec', kind: 'int', default: '67108864', min: 0, doc: 'Bytes per second of bulk replies (`history` pages, `presence` lists) all connections together may be sent. Each such request holds half of MAX_OUTBOUND_BYTES (the most its reply may be) until its reply is built; past the budget the next ones wait in arrival order and their connections are not read. 0: no budget.' },
+  { key: 'REPLY_TOTAL_BYTES_PER_SEC', field: 'replyTotalBytesPerSec', kind: 'int', default: '67108864', min: 0, doc: 'Bytes per second of bulk replies (`history` pages, `presence` lists) all connections together may be sent. Each such request holds half of MAX_OUTBOUND_BYTES (the most its reply may be) until its reply is built; past the budget the next ones wait, taking turns by user, their connections not read; one that waits 5 s is `overloaded`. 0: no budget.' },
   { key: 'RATE_LIMIT_PER_SEC', field: 'rateLimitPerSec', kind: 'int', default: '2000', min: 1, doc: 'Sustained messages per second one connection may send (token bucket).' },
   { key: 'RATE_LIMIT_BURST', field: 'rateLimitBurst', kind: 'int', default: '4000', min: 1, doc: 'Bucket size: messages a connection may send in a burst.' },
   { key: 'OUTBOUND_BUDGET_BYTES', field: 'outboundBudgetBytes', kind: 'int', default: '268435456', min: 0, doc: 'Output pending for all connections together (each one\'s as MAX_OUTBOUND_BYTES counts it); past it, the connections with the most pending are disconnected as slow consumers until the total is back under three quarters of it. 0: no budget.' },
@@ -297,4 +297,13 @@ export type SettingDefinition = Setting;
 export function loadSettingsTable(table: readonly SettingDefinition[], opts: LoadOptions = {}): Map<string, string | number | boolean | string[]> {
   const raw = rawSettings(opts);
   return new Map(table.map((s) => [s.key, parseValue(s, raw.get(s.key) ?? s.default)]));
+}
+
+/**
+ * The most one bulk reply (a `history` page, a `presence` list) may be: half of
+ * MAX_OUTBOUND_BYTES, so that one reply never makes a reader that keeps up a slow consumer. It is
+ * also what each bulk request reserves of REPLY_TOTAL_BYTES_PER_SEC until its reply is built.
+ */
+export function bulkReplyBytes(config: Pick<Config, 'maxOutboundBytes'>): number {
+  return Math.max(1, Math.floor(config.maxOutboundBytes / 2));
 }

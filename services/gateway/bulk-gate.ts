@@ -11,7 +11,7 @@
  * reservation is settled with the reply's real size once it is built. A request that finds the
  * bucket empty waits, and its connection is not read meanwhile (the session holds its input);
  * other clients' requests never wait here. The bucket holds an eighth of a second's worth, at
- * least two reservations: what is reserved at once, so what runs in Redis and is built at once,
+ * least BULK_RESERVATIONS: what is reserved at once, so what runs in Redis and is built at once,
  * stays within it. Places go round the users that wait (acquire()), and a request that waited
  * BULK_WAIT_MS is answered `overloaded`.
  */
@@ -31,6 +31,14 @@ export interface BulkWaiter {
  * connection's replies moving whatever floods the gate.
  */
 export const BULK_WAIT_MS = 5000;
+
+/**
+ * Reservations the bucket holds at once when full: bulk requests running together (in cluster
+ * mode each one is a Redis round trip, holding its reservation until the reply). Two (4 MiB at the
+ * defaults) let only a handful of small `history` reads run at once on a whole gateway, which a
+ * reconnect storm would queue for seconds.
+ */
+const BULK_RESERVATIONS = 16;
 
 export class BulkGate {
   private readonly bucket: TokenBucket | null;
@@ -52,7 +60,7 @@ export class BulkGate {
     readonly reserve: number,
     private readonly onWait: () => void,
   ) {
-    this.bucket = perSec > 0 ? new TokenBucket(perSec, Math.max(2 * reserve, perSec / 8), Date.now()) : null;
+    this.bucket = perSec > 0 ? new TokenBucket(perSec, Math.max(BULK_RESERVATIONS * reserve, perSec / 8), Date.now()) : null;
   }
 
   /**

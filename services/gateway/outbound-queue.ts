@@ -152,6 +152,17 @@ export class OutboundQueue implements FrameWaiter {
    *   stops sending requests is past that.
    */
   private admits(size: number, reply: boolean): boolean {
+    if (this.fits(size, reply)) return true;
+    // What our own queue holds may only have been kept back by the flush's turn budget
+    // (FLUSH_TURN_BYTES), not by the client: write it now, and judge by what the socket keeps.
+    // Several senders fanning out megabytes in one turn filled readers that read perfectly well
+    // past the bound before the flush reached them, and cut them off as slow consumers.
+    if (this.queuedBytes === 0) return false;
+    this.flush();
+    return this.fits(size, reply);
+  }
+
+  private fits(size: number, reply: boolean): boolean {
     const pending = this.pendingBytes;
     const max = this.limits.maxOutboundBytes;
     if (pending + size <= max || pending === 0) return true;

@@ -16,7 +16,7 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { MemoryBus, type Bus } from '../bus';
 import { createAdminHandler, createTimedHttpServer, type AdminEndpoints, type AdminHandler } from '../admin';
-import { FlagStore, type Config, type FeatureFlags } from '../control';
+import { bulkReplyBytes, FlagStore, type Config, type FeatureFlags } from '../control';
 import { DisconnectReason, ErrorCode, type WelcomeLimits } from '../protocol';
 import {
   Counters,
@@ -158,7 +158,7 @@ export class GatewayServer implements ConnectionHost {
       rateLimitPerSec: config.rateLimitPerSec,
       idleTimeoutMs: config.idleTimeoutMs,
     };
-    this.bulkGate = new BulkGate(config.replyTotalBytesPerSec, Math.max(1, Math.floor(config.maxOutboundBytes / 2)), () => this.counters.limitHits[Limit.ReplyTotal]++);
+    this.bulkGate = new BulkGate(config.replyTotalBytesPerSec, bulkReplyBytes(config), () => this.counters.limitHits[Limit.ReplyTotal]++);
     this.sessionLimits = {
       authSecret: config.authSecret,
       authRequireExp: config.authRequireExp,

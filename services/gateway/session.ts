@@ -171,7 +171,7 @@ function disconnectReasonOf(code: ErrorCode): DisconnectReason {
 /**
  * A user at MAX_CONNECTIONS_PER_USER says hello again: whether there is room, counting only
  * connections still live, and otherwise by closing the user's quietest connection if it has sent
- * nothing since `quietBefore` (a quarter of IDLE_TIMEOUT_MS): a client whose network dropped
+ * nothing since `quietBefore` (half of IDLE_TIMEOUT_MS: longer than a client's ping interval): a client whose network dropped
  * without a FIN reconnects at once, instead of being locked out until its dead sockets time out.
  * The one closed gets `reconnect` with reason `idle_timeout`.
  */
@@ -387,14 +387,31 @@ export class Session implements HubMember, PluginContext, InboundSink, BulkWaite
       );
       return;
     }
-    if (bulk) result = this.bulkAnswered(msg.id, result);
+    if (bulk) {
+      try {
+        result = this.bulkAnswered(msg.id, result);
+      } catch (err) {
+        if (slot !== null) this.settle(slot, undefined, err, true);
+        else this.replyInOrder(msg.id, undefined, err, true);
+        return;
+      }
+    }
     if (slot !== null) this.settle(slot, result, undefined, false);
     else this.replyInOrder(msg.id, result, undefined, false);
   }
 
-  /** A bulk request's reply, built now to settle its place in the BulkGate with its real size. */
+  /**
+   * A bulk request's reply, built now to settle its place in the BulkGate with its real size; a
+   * reply that cannot be built (a plugin's BigInt) settles the place and throws.
+   */
   private bulkAnswered(id: RequestId | undefined, result: ProcessResult): Outbound | undefined {
-    const reply = replyOf(id, result);
+    let reply: Outbound | undefined;
+    try {
+      reply = replyOf(id, result);
+    } catch (err) {
+      this.host.bulkGate.settle(0);
+      throw err;
+    }
     this.host.bulkGate.settle(reply === undefined ? 0 : reply.json.length);
     return reply;
   }
@@ -420,7 +437,8 @@ export class Session implements HubMember, PluginContext, InboundSink, BulkWaite
    */
   expireBulk(now: number): void {
     const waiting = this.bulkWaiting;
-    if (waiting === null || waiting.length === 0 || now - waiting[0].waiting!.at < BULK_WAIT_MS) return;
+    // Only a wait for the gate's place: one for the connection's own MAX_BULK_IN_FLIGHT is the client's.
+    if (!this.bulkQueued || waiting === null || waiting.length === 0 || now - waiting[0].waiting!.at < BULK_WAIT_MS) return;
     while (waiting.length > 0 && now - waiting[0].waiting!.at >= BULK_WAIT_MS) {
       const slot = waiting.shift()!;
       slot.waiting = null;
@@ -488,7 +506,15 @@ export class Session implements HubMember, PluginContext, InboundSink, BulkWaite
       bulk = true;
       this.bulkRunning--;
       if (failed) this.host.bulkGate.settle(0);
-      else result = this.bulkAnswered(slot.id, result);
+      else {
+        try {
+          result = this.bulkAnswered(slot.id, result);
+        } catch (err) {
+          result = undefined;
+          error = err;
+          failed = true;
+        }
+      }
     }
     slot.done = true;
     slot.result = result;
@@ -566,7 +592,7 @@ export class Session implements HubMember, PluginContext, InboundSink, BulkWaite
     const cap = limits.maxConnectionsPerUser;
     if (cap > 0) {
       const held = this.host.services.hub.connectionsOf(user);
-      if (held !== undefined && held.size >= cap && !makeRoomFor(held, cap, Date.now() - this.host.services.config.idleTimeoutMs / 4)) {
+      if (held !== undefined && held.size >= cap && !makeRoomFor(held, cap, Date.now() - this.host.services.config.idleTimeoutMs / 2)) {
         this.host.services.counters.limitHits[Limit.ConnectionsPerUser]++;
         throw new SwitchboardError(ErrorCode.TooManyConnections, `this user already holds ${cap} connections here`);
       }

@@ -5,6 +5,7 @@
  */
 import type { MessageProcessor, PluginContext, ProcessResult } from '../gateway/plugins';
 import type { Bus, HistoryPage, MaybePromise, PublishRequest, PublishResult } from '../bus';
+import { bulkReplyBytes } from '../control';
 import {
   dataJsonField,
   ErrorCode,
@@ -66,7 +67,7 @@ export function publishChat(bus: Bus, room: string, from: string, dataJson: stri
 }
 
 /**
- * The members of a room, as many as fit in `budget` characters of JSON (at least one), and
+ * The members of a room, as many as fit in `budget` bytes of JSON (at least one), and
  * `more: true` when some were left out. A room's member list is the one reply whose size grows
  * with the square of the attack (each member's name in every member's reply): 1,500 connections
  * with 775-byte names made each `presence` reply 1.2 MB.
@@ -75,7 +76,7 @@ function presenceReply(room: string, users: readonly string[], budget: number): 
   let bytes = 0;
   let kept = 0;
   while (kept < users.length) {
-    const b = JSON.stringify(users[kept]).length + 1;
+    const b = Buffer.byteLength(JSON.stringify(users[kept])) + 1;
     if (kept > 0 && bytes + b > budget) break;
     bytes += b;
     kept++;
@@ -116,19 +117,19 @@ export const chatPlugin: MessageProcessor = {
         return ctx.leaveRoom(memberRoom(msg, ctx));
       case 'presence': {
         const room = memberRoom(msg, ctx);
-        const budget = Math.max(1, Math.floor(ctx.services.config.maxOutboundBytes / 2));
+        const budget = bulkReplyBytes(ctx.services.config);
         return then(ctx.services.bus.presence(room), (users) => presenceReply(room, users, budget));
       }
       case 'history': {
         const room = memberRoom(msg, ctx);
         const since = optionalCountField(msg, 'since');
         const epoch = optionalStringField(msg, 'epoch');
-        const { historySize, maxOutboundBytes } = ctx.services.config;
+        const { historySize } = ctx.services.config;
         const asked = optionalCountField(msg, 'limit');
         // A page of none would say `more` for ever: a client paging on it would never progress.
         if (asked === 0) throw new SwitchboardError(ErrorCode.BadRequest, 'field "limit" must be at least 1');
         const limit = Math.min(asked ?? historySize, historySize);
-        const budget = Math.max(1, Math.floor(maxOutboundBytes / 2));
+        const budget = bulkReplyBytes(ctx.services.config);
         return then(
           ctx.services.bus.history(room, { since, epoch, limit, maxBytes: budget }),
           // The newest page, unless the epoch asked for is gone (the page then starts at the oldest).

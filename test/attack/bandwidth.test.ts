@@ -143,7 +143,7 @@ test('many connections each asking one megabyte history page get it within REPLY
   const target = await targetWithBigHistory(t, { REPLY_TOTAL_BYTES_PER_SEC: String(RATE) });
   const witness = await Witness.start(target.port, t);
   await witness.served(5);
-  const N = 48;
+  const N = 64;
   const askers: RawClient[] = [];
   for (let i = 0; i < N; i++) {
     const a = await joined(t, target.port, `asker-${i}`, 'big');
@@ -164,9 +164,9 @@ test('many connections each asking one megabyte history page get it within REPLY
     assert.equal(a.closed, false);
     page = Math.max(page, a.bytesIn - startBytes[i]);
   }
-  // The bucket starts with an eighth of a second's worth (at least two pages' reservations of
-  // half MAX_OUTBOUND_BYTES, 4 MiB here); the rest comes at RATE.
-  const earliest = ((N * page - 4 * MIB) / RATE) * 1000;
+  // The bucket starts with an eighth of a second's worth, at least 16 reservations of half
+  // MAX_OUTBOUND_BYTES (32 MiB here); the rest comes at RATE.
+  const earliest = ((N * page - 32 * MIB) / RATE) * 1000;
   assert.ok(took >= earliest * 0.9, `${N} pages of ${(page / MIB).toFixed(2)} MiB sent in ${took} ms, faster than the budget allows (${earliest.toFixed(0)} ms)`);
   assert.ok(((await target.metric('switchboard_limit_exceeded_total{limit="REPLY_TOTAL_BYTES_PER_SEC"}')) ?? 0) > 0, 'the budget was hit');
   const w = await assertWitnessServed(witness);

@@ -127,3 +127,53 @@ test('large messages fanned out to 1000 readers are written over several turns: 
   assert.equal(w.closed, false, 'the witness was disconnected');
   assert.ok(w.max < bound, `witness worst round trip ${w.max.toFixed(1)} ms (p99 ${w.p99.toFixed(1)}, ${w.count} pings) is not under ${bound.toFixed(0)} ms, a third of one message's fan-out (${perMessageMs.toFixed(0)} ms)`);
 });
+
+// Found by review: past the turn's budget, frames stayed in the members' own queues, which count
+// toward MAX_OUTBOUND_BYTES; six senders each fanning out one 1 MB message in the same turn put
+// 6 MB in every member's queue and cut 265-270 of 300 readers that read perfectly well off as slow
+// consumers. A queue past the bound is now written at once, and judged by what the socket keeps.
+test('six senders fanning out 1 MB each at once to 300 readers: every reader gets every message, nobody is a slow consumer', async (t) => {
+  const READERS = 300;
+  const SENDERS = 6;
+  const target = await startTarget();
+  t.after(() => target.stop());
+  const members: Member[] = [];
+  t.after(() => {
+    for (const m of members) m.socket.destroy();
+  });
+  for (let i = 0; i < READERS; i++) {
+    const m = new Member(connect({ host: '127.0.0.1', port: target.port, noDelay: true }));
+    m.send({ type: 'hello', user: `r${i}` });
+    m.send({ type: 'join_room', room: 'fan', id: 'j' });
+    members.push(m);
+  }
+  const senders: RawClient[] = [];
+  for (let i = 0; i < SENDERS; i++) {
+    const s = await RawClient.open(target.port);
+    t.after(() => s.destroy());
+    await s.hello(`sender-${i}`);
+    senders.push(s);
+  }
+  // The senders join last: once every reader's join is answered, so is theirs.
+  for (const s of senders) s.line({ type: 'join_room', room: 'fan', id: 'j' });
+  for (const s of senders) await s.waitFor((m) => m.id === 'j');
+  let probe = 0;
+  await waitFor(
+    async () => {
+      const id = `p${++probe}`;
+      senders[0].line({ type: 'presence', room: 'fan', id });
+      return ((await senders[0].waitFor((m) => m.id === id)).users as unknown[]).length === READERS + SENDERS;
+    },
+    20_000,
+    'every reader to join',
+    { intervalMs: 50 },
+  );
+  const data = 'y'.repeat(SIZE);
+  for (const s of senders) s.line({ type: 'send_chat', room: 'fan', data, id: 'big' });
+  await waitFor(() => members.every((m) => m.seqs.length === SENDERS || m.closed), 60_000, 'every reader to get every message', { intervalMs: 10 });
+  for (const [i, m] of members.entries()) {
+    assert.equal(m.closed, false, `reader ${i} was disconnected`);
+    assert.deepEqual(m.seqs, Array.from({ length: SENDERS }, (_, k) => k + 1), `reader ${i} got every message, in order`);
+  }
+  assert.equal(await target.metric('switchboard_errors_total{code="slow_consumer"}'), 0, 'nobody was a slow consumer');
+});

@@ -71,20 +71,21 @@ test('presence of a room of many long names is cut at half MAX_OUTBOUND_BYTES, w
   assert.equal(small.code, 'not_in_room');
 });
 
-test('at MAX_CONNECTIONS_PER_USER a hello replaces the user\'s connection quiet for a quarter of IDLE_TIMEOUT_MS, never an active one', async (t) => {
-  const srv = await startServer({ maxConnectionsPerUser: 2, idleTimeoutMs: 2000 });
+test('at MAX_CONNECTIONS_PER_USER a hello replaces the user\'s connection quiet for half of IDLE_TIMEOUT_MS, never an active one', async (t) => {
+  const srv = await startServer({ maxConnectionsPerUser: 2, idleTimeoutMs: 4000 });
   const open: WireClient[] = [];
   t.after(async () => {
     for (const c of open) c.destroy();
     await srv.close();
   });
   const silent = await helloClient(srv.port, 'roamer'); // its network dropped: it sends nothing more
+  const silentAt = Date.now();
   const active = await helloClient(srv.port, 'roamer');
   open.push(silent, active);
   const keepAlive = setInterval(() => active.send({ type: 'ping' }), 100);
   t.after(() => clearInterval(keepAlive));
   let codes: unknown[] = [];
-  // Refused while both are recent; once the silent one has been quiet for 500 ms, it is replaced.
+  // Refused while both are recent; once the silent one has been quiet for 2 s, it is replaced.
   await waitFor(
     async () => {
       const c = await WireClient.connect(srv.port);
@@ -93,12 +94,15 @@ test('at MAX_CONNECTIONS_PER_USER a hello replaces the user\'s connection quiet 
       codes.push(reply.type === 'welcome' ? 'welcome' : reply.code);
       return reply.type === 'welcome';
     },
-    3000,
+    5000,
     'a hello to replace the quiet connection',
     { intervalMs: 50 },
   );
   codes = [...new Set(codes)];
   assert.deepEqual(codes[0], 'too_many_connections', 'refused while both connections were recent');
+  // Replaced, not timed out: the sweep would close it only after IDLE_TIMEOUT_MS (4 s).
+  const replacedAfter = Date.now() - silentAt;
+  assert.ok(replacedAfter < 3500, `replaced after ${replacedAfter} ms`);
   const push = await silent.nextOfType('reconnect');
   assert.equal(push.reason, 'idle_timeout');
   assert.equal(await silent.waitClosed(), true);
