@@ -4,6 +4,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { startServer } from '../helpers/server';
+import { BULK_WAIT_MS } from '../../services/gateway/bulk-gate';
+import { MAX_BULK_IN_FLIGHT } from '../../services/gateway/session';
+import type { MessageProcessor } from '../../services/gateway';
+import { builtinPlugins } from '../../services/plugins';
 import { WireClient, helloClient } from '../helpers/wire';
 import { waitFor } from '../helpers/wait';
 
@@ -107,4 +111,32 @@ test('at MAX_CONNECTIONS_PER_USER a hello replaces the user\'s connection quiet 
   assert.equal(push.reason, 'idle_timeout');
   assert.equal(await silent.waitClosed(), true);
   assert.equal((await active.request({ type: 'ping' })).type, 'pong', 'the active connection stays');
+});
+
+test('a bulk request waiting only for its connection\'s own places (MAX_BULK_IN_FLIGHT) is never answered overloaded', async (t) => {
+  // A bulk type whose requests finish when the test says so.
+  const pending: (() => void)[] = [];
+  const slow: MessageProcessor = {
+    name: 'slow-bulk',
+    canHandle: (type) => type === 'slow_bulk',
+    bulk: () => true,
+    process: () => new Promise<void>((resolve) => pending.push(resolve)),
+  };
+  const srv = await startServer({ replyTotalBytesPerSec: 0 }, { plugins: [...builtinPlugins(), slow] });
+  const c = await helloClient(srv.port, 'patient');
+  t.after(async () => {
+    c.destroy();
+    await srv.close();
+  });
+  const ids = Array.from({ length: MAX_BULK_IN_FLIGHT + 1 }, (_, i) => `b${i}`);
+  for (const id of ids) c.send({ type: 'slow_bulk', id });
+  await waitFor(() => pending.length === MAX_BULK_IN_FLIGHT, 3000, 'the first requests to run');
+  // The last one waits past BULK_WAIT_MS for a place of its own connection's, then runs.
+  const since = Date.now();
+  await waitFor(() => Date.now() - since > BULK_WAIT_MS + 1500, BULK_WAIT_MS + 3000, 'the wait bound and a sweep to pass', { intervalMs: 100 });
+  while (pending.length > 0) pending.shift()!();
+  await waitFor(() => pending.length === 1, 3000, 'the last request to run');
+  pending.shift()!();
+  const replies = await Promise.all(ids.map((id) => c.next((m) => m.id === id)));
+  assert.deepEqual(replies.map((m) => m.type), ids.map(() => 'ok'));
 });
