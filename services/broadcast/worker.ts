@@ -337,11 +337,15 @@ export class BroadcastWorker {
     const seen = this.seen;
     if (prev !== undefined) {
       if (prev.epoch === epoch && seq <= prev.seq) return;
-      // Moved to the end: the least recently used room is the first one forgotten.
+      // The same entry, updated and moved to the end: the least recently used room is the first
+      // one forgotten, and a busy room costs no new object per batch.
+      prev.epoch = epoch;
+      prev.seq = seq;
       seen.delete(room);
-    } else if (seen.size >= SEEN_ROOMS) {
-      seen.delete(seen.keys().next().value!);
+      seen.set(room, prev);
+      return;
     }
+    if (seen.size >= SEEN_ROOMS) seen.delete(seen.keys().next().value!);
     seen.set(room, { epoch, seq });
   }
 

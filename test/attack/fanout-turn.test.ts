@@ -6,7 +6,7 @@
 // up. Every member still gets every message, in order, and nobody is cut off as a slow consumer.
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { waitFor } from '../helpers/wait';
 import { RawClient, startTarget, Witness } from './harness';
 
@@ -66,20 +66,25 @@ class Member {
   }
 }
 
-test('large messages fanned out to 1000 readers are written over several turns: the witness is served, every reader gets every message in order', async (t) => {
-  const target = await startTarget();
-  t.after(() => target.stop());
+/** `n` members (users `${prefix}0`...) that say hello and join room `fan`; closed after the test. */
+function membersOf(t: TestContext, port: number, n: number, prefix: string): Member[] {
   const members: Member[] = [];
   t.after(() => {
     for (const m of members) m.socket.destroy();
   });
-  for (let i = 0; i < MEMBERS; i++) {
-    const socket = connect({ host: '127.0.0.1', port: target.port, noDelay: true });
-    const m = new Member(socket);
-    m.send({ type: 'hello', user: `m${i}` });
+  for (let i = 0; i < n; i++) {
+    const m = new Member(connect({ host: '127.0.0.1', port, noDelay: true }));
+    m.send({ type: 'hello', user: `${prefix}${i}` });
     m.send({ type: 'join_room', room: 'fan', id: 'j' });
     members.push(m);
   }
+  return members;
+}
+
+test('large messages fanned out to 1000 readers are written over several turns: the witness is served, every reader gets every message in order', async (t) => {
+  const target = await startTarget();
+  t.after(() => target.stop());
+  const members = membersOf(t, target.port, MEMBERS, 'm');
   const sender = await RawClient.open(target.port);
   t.after(() => sender.destroy());
   await sender.hello('sender');
@@ -137,16 +142,7 @@ test('six senders fanning out 1 MB each at once to 300 readers: every reader get
   const SENDERS = 6;
   const target = await startTarget();
   t.after(() => target.stop());
-  const members: Member[] = [];
-  t.after(() => {
-    for (const m of members) m.socket.destroy();
-  });
-  for (let i = 0; i < READERS; i++) {
-    const m = new Member(connect({ host: '127.0.0.1', port: target.port, noDelay: true }));
-    m.send({ type: 'hello', user: `r${i}` });
-    m.send({ type: 'join_room', room: 'fan', id: 'j' });
-    members.push(m);
-  }
+  const members = membersOf(t, target.port, READERS, 'r');
   const senders: RawClient[] = [];
   for (let i = 0; i < SENDERS; i++) {
     const s = await RawClient.open(target.port);
